@@ -1,0 +1,1 @@
+"""The ``biometrics`` command line."""

@@ -1,0 +1,302 @@
+"""``biometrics`` command line: verify, detect, evaluate, bench, models.
+
+Exit codes scripts can rely on: 0 success (``verify``: same person), 1 ``verify``: different people,
+2 error (unreadable input, no face, bad model, bad arguments) with a one-line reason on stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from biometrics.errors import BiometricsError
+
+EXIT_DIFFERENT = 1
+EXIT_ERROR = 2
+SHARED_LFW = Path("../shared/data/lfw")
+
+
+def reports_errors(command):
+    """Turn a BiometricsError into one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except BiometricsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper
+
+
+def pipeline_options(command):
+    """The model and runtime options every pipeline command shares."""
+    options = [
+        click.option("--detector", default=None, help="Detector name or .onnx path (default: the pipeline's)."),
+        click.option("--embedder", default=None, help="Embedder name or .onnx path (default: the pipeline's)."),
+        click.option("--threads", type=click.IntRange(1), default=None, help="ONNX Runtime threads (default: all)."),
+        click.option(
+            "--max-side",
+            type=click.IntRange(64),
+            default=1280,
+            show_default=True,
+            help="Downscale images whose longer side exceeds this before detection.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _pipeline(detector, embedder, threads, max_side, threshold=None):
+    from biometrics.pipeline import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, FacePipeline
+
+    return FacePipeline(
+        detector or DEFAULT_DETECTOR,
+        embedder or DEFAULT_EMBEDDER,
+        threads=threads,
+        max_side=max_side,
+        threshold=threshold,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="biometrics")
+def cli():
+    """Face verification with small, fast, honestly measured models."""
+
+
+@cli.command()
+@click.argument("image_a", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("image_b", type=click.Path(dir_okay=False, path_type=Path))
+@pipeline_options
+@click.option("--threshold", type=float, default=None, help="Cosine-similarity threshold (default: the card's).")
+@click.option(
+    "--select",
+    type=click.Choice(["largest", "center", "score"]),
+    default="largest",
+    show_default=True,
+    help="Which face to use when an image has several.",
+)
+@click.option("--face-a", type=click.IntRange(0), default=None, help="Use face N of image A (order of `detect`).")
+@click.option("--face-b", type=click.IntRange(0), default=None, help="Use face N of image B (order of `detect`).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@reports_errors
+def verify(image_a, image_b, detector, embedder, threads, max_side, threshold, select, face_a, face_b, as_json):
+    """Are the faces in IMAGE_A and IMAGE_B the same person? Exit 0 yes, 1 no, 2 error."""
+    pipeline = _pipeline(detector, embedder, threads, max_side, threshold)
+    result = pipeline.verify(
+        image_a, image_b, select=(select if face_a is None else face_a, select if face_b is None else face_b)
+    )
+    card_threshold = pipeline.embedder.model.card.data.get("threshold", {})
+    meaning = card_threshold.get("meaning") if threshold is None else "given on the command line"
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "same_person": bool(result.same_person),
+                    "similarity": round(result.similarity, 4),
+                    "threshold": result.threshold,
+                    "threshold_meaning": meaning,
+                    "images": [
+                        {"path": str(path), "faces_found": count, "face": face.to_dict()}
+                        for path, count, face in zip((image_a, image_b), result.faces_found, result.faces, strict=True)
+                    ],
+                    "timings_ms": {stage: round(ms, 2) for stage, ms in result.timings_ms.items()},
+                    "models": {"detector": pipeline.detector.name, "embedder": pipeline.embedder.name},
+                }
+            )
+        )
+    else:
+        verdict = "SAME person" if result.same_person else "DIFFERENT people"
+        relation = ">=" if result.same_person else "<"
+        click.echo(f"{verdict}: similarity {result.similarity:.4f} {relation} threshold {result.threshold:.4f}")
+        if meaning:
+            click.echo(f"threshold: {meaning}")
+        click.echo(
+            "faces found: "
+            + ", ".join(f"{p.name} {n}" for p, n in zip((image_a, image_b), result.faces_found, strict=True))
+        )
+        click.echo(
+            "time (ms): "
+            + ", ".join(f"{s} {ms:.1f}" for s, ms in result.timings_ms.items())
+            + f", total {sum(result.timings_ms.values()):.1f}"
+        )
+        click.echo(f"models: {pipeline.detector.name} + {pipeline.embedder.name}")
+    sys.exit(0 if result.same_person else EXIT_DIFFERENT)
+
+
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@pipeline_options
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write a copy of the image with boxes and landmarks drawn.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@reports_errors
+def detect(image, detector, embedder, threads, max_side, out, as_json):
+    """List the faces in IMAGE (box, score, 5 landmarks), highest score first."""
+    from biometrics.detection import ARCHITECTURES
+    from biometrics.imaging import load_image
+    from biometrics.pipeline import DEFAULT_DETECTOR
+    from biometrics.registry import ModelRegistry
+
+    model = ModelRegistry().resolve(detector or DEFAULT_DETECTOR, task="detection")
+    face_detector = ARCHITECTURES[model.card.architecture](model, threads=threads, max_side=max_side)
+    pixels = load_image(image)
+    faces = face_detector.detect(pixels)
+    if out is not None:
+        from biometrics.visualize import draw_faces, save_image
+
+        save_image(out, draw_faces(pixels, faces))
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "image": str(image),
+                    "size": list(pixels.shape[1::-1]),
+                    "detector": model.name,
+                    "faces": [face.to_dict() for face in faces],
+                }
+            )
+        )
+    else:
+        click.echo(f"{image}: {len(faces)} face(s) ({model.name})")
+        for i, face in enumerate(faces):
+            x1, y1, x2, y2 = face.box
+            click.echo(f"  [{i}] score {face.score:.3f} box ({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f})")
+
+
+@cli.group()
+def evaluate():
+    """Benchmark accuracy on a dataset and write a report (JSON, Markdown, plots)."""
+
+
+@evaluate.command("lfw")
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=SHARED_LFW,
+    show_default=True,
+    help="Folder with pairs.txt and lfw-deepfunneled.tgz (or the unpacked folder).",
+)
+@click.option("--folds", default="1-10", show_default=True, help="View 2 folds to report on, e.g. 6-10.")
+@click.option("--detector", "detectors", multiple=True, help="Detector(s) to compare (repeatable).")
+@click.option("--embedder", "embedders", multiple=True, help="Embedder(s) to compare (repeatable).")
+@click.option("--threads", type=click.IntRange(1), default=None)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
+@click.option("--progress/--no-progress", default=True)
+@reports_errors
+def evaluate_lfw_command(data, folds, detectors, embedders, threads, out, progress):
+    """LFW View 2 verification: accuracy (k-fold), AUC, EER, TAR@FAR, ROC/DET curves."""
+    from biometrics.evaluation.lfw import evaluate_lfw, parse_folds
+    from biometrics.evaluation.report import run_metadata, write_verification_report
+    from biometrics.pipeline import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, FacePipeline
+
+    fold_list = parse_folds(folds)
+    runs, models = {}, []
+    for detector in detectors or (DEFAULT_DETECTOR,):
+        for embedder in embedders or (DEFAULT_EMBEDDER,):
+            # The threshold is irrelevant here: every metric chooses its own on the right pairs.
+            pipeline = FacePipeline(detector, embedder, threads=threads, threshold=0.0)
+            label = f"{pipeline.detector.name} + {pipeline.embedder.name}"
+            runs[label] = evaluate_lfw(pipeline, data, fold_list, progress=progress)
+            models += [m for m in (pipeline.detector.model, pipeline.embedder.model) if m not in models]
+            summary = runs[label]["summary"]
+            click.echo(
+                f"{label}: accuracy {100 * summary['accuracy_mean']:.2f}% ± "
+                f"{100 * summary['accuracy_std']:.2f} on folds {folds} ({summary['pairs']} pairs)"
+            )
+    files = write_verification_report(out, f"LFW View 2, folds {folds}", runs, run_metadata(models, threads))
+    click.echo(f"report: {files['md']}")
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
+@click.option(
+    "--threads",
+    "thread_counts",
+    type=click.IntRange(1),
+    multiple=True,
+    help="Thread counts to time (default: 1 and all cores).",
+)
+@click.option("--iterations", type=click.IntRange(5), default=50, show_default=True)
+@click.option("--batch", type=click.IntRange(1), default=32, show_default=True, help="Batch for throughput.")
+@reports_errors
+def bench(models, out, thread_counts, iterations, batch):
+    """Efficiency card per model: params, MACs, size, latency p50/p95, throughput, peak RSS."""
+    from biometrics.evaluation.efficiency import benchmark_model, write_efficiency_report
+    from biometrics.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    cards = []
+    for name in models:
+        model = registry.resolve(name)
+        shape = model.card.data.get("bench_input_shape")
+        if not shape:
+            raise BiometricsError(f"model '{model.name}': its card has no bench_input_shape")
+        click.echo(f"benchmarking {model.name} at {shape} ...", err=True)
+        cards.append(
+            benchmark_model(
+                model.onnx_bytes,
+                shape,
+                name=model.name,
+                threads=list(thread_counts) or None,
+                batch=batch,
+                iterations=iterations,
+                sha256=model.source_sha256,
+                file_size_bytes=model.source_path.stat().st_size,
+            )
+        )
+    json_path, md_path = write_efficiency_report(cards, out)
+    click.echo(md_path.read_text())
+    click.echo(f"report: {md_path}")
+
+
+@cli.group()
+def models():
+    """List, inspect and download models."""
+
+
+@models.command("list")
+def models_list():
+    """Registered models and their tasks."""
+    from biometrics.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    for name in registry.names():
+        card = registry.card(name)
+        click.echo(f"{name:24s} {card.task:10s} {card.data.get('licence', '?'):12s} {card.data.get('description', '')}")
+
+
+@models.command("show")
+@click.argument("name")
+@reports_errors
+def models_show(name):
+    """Print a model's card (JSON)."""
+    from biometrics.registry import ModelRegistry
+
+    click.echo(json.dumps(ModelRegistry().card(name).data, indent=2))
+
+
+@models.command("fetch")
+@click.argument("name")
+@reports_errors
+def models_fetch(name):
+    """Download a model's file from the URL on its card (checked against its SHA-256)."""
+    from biometrics.registry import ModelRegistry
+
+    click.echo(ModelRegistry().fetch(name))
+
+
+def main() -> None:
+    cli(prog_name="biometrics")

@@ -1,0 +1,68 @@
+"""Face embedders: aligned 112x112 crops in, L2-normalised embeddings out."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from biometrics.errors import ModelError
+from biometrics.registry import ResolvedModel
+
+
+class Embedder:
+    """An ONNX embedder for ArcFace-aligned crops.
+
+    The card says the channel order and, if the graph does not normalise itself, ``mean``/``std``.
+    Batches are split into chunks of ``batch_size`` (one call at a time if the graph's batch is fixed).
+    """
+
+    def __init__(self, model: ResolvedModel, *, batch_size: int = 32, threads: int | None = None):
+        self.model = model
+        spec = model.card.input
+        self.size = tuple(spec.get("size", (112, 112)))
+        self.rgb = spec.get("channel_order", "RGB").upper() == "RGB"
+        self.mean = np.float32(spec.get("mean", 0.0))
+        self.std = np.float32(spec.get("std", 1.0))
+        self.session = model.session(threads)
+        graph_input = self.session.get_inputs()[0]
+        expected = (3, *self.size)
+        if len(graph_input.shape) != 4 or any(
+            isinstance(got, int) and got != want for got, want in zip(graph_input.shape[1:], expected, strict=True)
+        ):
+            raise ModelError(
+                f"model '{model.name}' is not an embedder for {self.size[0]}x{self.size[1]} crops "
+                f"(its input is {graph_input.shape})"
+            )
+        self.input_name = graph_input.name
+        self.batch_size = batch_size if not isinstance(graph_input.shape[0], int) else graph_input.shape[0]
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def threshold(self) -> float | None:
+        """The card's default decision threshold on cosine similarity (see its ``threshold`` block)."""
+        block = self.model.card.data.get("threshold")
+        return None if block is None else float(block["value"])
+
+    def embed(self, crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        """Embeddings (N x D, unit length) for N aligned BGR uint8 crops."""
+        batch = np.asarray(crops)
+        if batch.ndim == 3:
+            batch = batch[None]
+        if batch.shape[1:3] != self.size:
+            raise ValueError(f"{self.name} expects {self.size[0]}x{self.size[1]} crops, got {batch.shape[1:3]}")
+        if self.rgb:
+            batch = batch[..., ::-1]
+        tensor = (batch.transpose(0, 3, 1, 2).astype(np.float32) - self.mean) / self.std
+        outputs = [
+            self.session.run(None, {self.input_name: np.ascontiguousarray(tensor[i : i + self.batch_size])})[0]
+            for i in range(0, len(tensor), self.batch_size)
+        ]
+        embeddings = np.concatenate(outputs).reshape(len(tensor), -1).astype(np.float32)
+        return embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+
+
+ARCHITECTURES = {"arcface112": Embedder}
+
+__all__ = ["ARCHITECTURES", "Embedder"]

@@ -1,0 +1,23 @@
+"""Errors a user or a script can act on. Each carries the CLI exit code it maps to."""
+
+
+class BiometricsError(Exception):
+    """Base class: a one-line, user-facing reason. The CLI prints it and exits with ``exit_code``."""
+
+    exit_code = 2
+
+
+class ImageError(BiometricsError):
+    """The input is not a readable image (missing, truncated, not an image, too many pixels)."""
+
+
+class NoFaceError(BiometricsError):
+    """The image decoded fine but no face was found in it."""
+
+
+class ModelError(BiometricsError):
+    """A model file is missing, has the wrong checksum, or is not the model its card describes."""
+
+
+class DataError(BiometricsError):
+    """A benchmark dataset is missing or malformed."""

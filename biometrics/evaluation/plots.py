@@ -1,0 +1,130 @@
+"""PNG plots for verification reports: ROC, DET and score histograms.
+
+Built on ``matplotlib.figure.Figure`` with the Agg canvas, never pyplot, so there is no global figure
+state and no display is needed (works headless, in threads and in tests). Each function takes several
+curves keyed by a legend label, because reports compare models in one figure; each writes a PNG and
+returns its path (parent folders are created).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from biometrics.evaluation.metrics import RocCurve
+
+__all__ = ["plot_det", "plot_roc", "plot_score_histograms"]
+
+# Rates below this are clipped so log axes stay finite (0 is where every ROC starts).
+MIN_RATE = 1e-5
+# FMR operating points marked on ROC plots (the ones verification_summary reports).
+MARKED_FMRS = (1e-3, 1e-2)
+
+
+def _new_figure() -> Figure:
+    fig = Figure(figsize=(6.4, 4.8), dpi=120)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
+
+
+def _tmr_at(curve: RocCurve, fmr: float) -> float:
+    """Step-function TMR at a given FMR: the best TMR with FMR <= fmr (what tar_at_far reports)."""
+    ok = curve.fmr <= fmr
+    return float(curve.tmr[ok].max()) if ok.any() else 0.0
+
+
+def plot_roc(curves: dict[str, RocCurve], path: str | os.PathLike[str], title: str = "") -> Path:
+    """TMR vs FMR with a log FMR axis (clipped at 1e-5), marking each curve at FMR 1e-3 and 1e-2."""
+    if not curves:
+        raise ValueError("plot_roc needs at least one curve")
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for fmr_mark in MARKED_FMRS:
+        ax.axvline(fmr_mark, color="0.6", linestyle=":", linewidth=1)
+    for label, c in curves.items():
+        (line,) = ax.step(np.clip(c.fmr, MIN_RATE, 1.0), c.tmr, where="post", label=label)
+        marks = np.array(MARKED_FMRS)
+        ax.plot(marks, [_tmr_at(c, m) for m in marks], "o", color=line.get_color(), markersize=4)
+    ax.set_xscale("log")
+    ax.set_xlim(MIN_RATE, 1.0)
+    ax.set_ylim(0.0, 1.01)
+    ax.set_xlabel("False match rate (FMR)")
+    ax.set_ylabel("True match rate (TMR)")
+    ax.set_title(title or "ROC")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_det(curves: dict[str, RocCurve], path: str | os.PathLike[str], title: str = "") -> Path:
+    """FNMR vs FMR, both axes log-scale (rates clipped at 1e-5): lower-left is better."""
+    if not curves:
+        raise ValueError("plot_det needs at least one curve")
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for label, c in curves.items():
+        ax.step(np.clip(c.fmr, MIN_RATE, 1.0), np.clip(c.fnmr, MIN_RATE, 1.0), where="post", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(MIN_RATE, 1.0)
+    ax.set_ylim(MIN_RATE, 1.0)
+    ax.set_xlabel("False match rate (FMR)")
+    ax.set_ylabel("False non-match rate (FNMR)")
+    ax.set_title(title or "DET")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_score_histograms(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    path: str | os.PathLike[str],
+    threshold: float | None = None,
+    title: str = "",
+    bins: int = 50,
+) -> Path:
+    """Genuine vs impostor score densities on shared bins, with an optional threshold line.
+
+    Densities (not counts) because impostor pairs usually far outnumber genuine ones.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    lab = np.asarray(labels)
+    if s.ndim != 1 or lab.shape != s.shape:
+        raise ValueError(f"scores and labels must be 1-D and the same length, got {s.shape} and {lab.shape}")
+    gen, imp = s[lab == 1], s[lab == 0]
+    if gen.size == 0 or imp.size == 0:
+        raise ValueError("need both genuine (1) and impostor (0) scores to plot histograms")
+    edges = np.histogram_bin_edges(s, bins=bins)
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    ax.hist(imp, bins=edges, density=True, alpha=0.5, label=f"impostor (n={imp.size})", color="tab:red")
+    ax.hist(gen, bins=edges, density=True, alpha=0.5, label=f"genuine (n={gen.size})", color="tab:green")
+    if threshold is not None:
+        ax.axvline(
+            float(threshold),
+            color="k",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"threshold = {float(threshold):.4g}",
+        )
+    ax.set_xlabel("Similarity score")
+    ax.set_ylabel("Density")
+    ax.set_title(title or "Score distributions")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,40 @@
+"""The typed record that crosses every boundary of the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face, in the pixel coordinates of the image it was found in.
+
+    ``box`` is (x1, y1, x2, y2); ``landmarks`` is 5x2 in the order right eye, left eye (as seen in the
+    image: left then right), nose tip, right mouth corner, left mouth corner; ``embedding`` is
+    L2-normalised, or None until an embedder has run.
+    """
+
+    box: np.ndarray
+    landmarks: np.ndarray
+    score: float
+    embedding: np.ndarray | None = None
+
+    @property
+    def area(self) -> float:
+        x1, y1, x2, y2 = self.box
+        return float(max(0.0, x2 - x1) * max(0.0, y2 - y1))
+
+    @property
+    def center(self) -> tuple[float, float]:
+        x1, y1, x2, y2 = self.box
+        return float(x1 + x2) / 2.0, float(y1 + y2) / 2.0
+
+    def to_dict(self) -> dict:
+        """JSON-ready geometry; the embedding is left out on purpose (biometric data is not logged)."""
+        return {
+            "box": [round(float(v), 1) for v in self.box],
+            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
+            "score": round(float(self.score), 4),
+        }

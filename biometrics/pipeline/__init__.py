@@ -1,0 +1,19 @@
+"""The face pipeline: detect -> align -> embed -> compare, behind one small facade."""
+
+from biometrics.pipeline.facade import (
+    DEFAULT_DETECTOR,
+    DEFAULT_EMBEDDER,
+    FacePipeline,
+    VerificationResult,
+    cosine_similarity,
+    select_face,
+)
+
+__all__ = [
+    "DEFAULT_DETECTOR",
+    "DEFAULT_EMBEDDER",
+    "FacePipeline",
+    "VerificationResult",
+    "cosine_similarity",
+    "select_face",
+]

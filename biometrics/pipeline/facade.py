@@ -1,0 +1,153 @@
+"""``FacePipeline``: the one object an application needs (in the spirit of InsightFace's FaceAnalysis)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from biometrics import detection, embedding
+from biometrics.alignment import align_face
+from biometrics.errors import ModelError, NoFaceError
+from biometrics.face import Face
+from biometrics.imaging import load_image
+from biometrics.registry import ModelRegistry
+
+DEFAULT_DETECTOR = "yunet-teacher"
+DEFAULT_EMBEDDER = "sface-teacher"
+SELECTIONS = ("largest", "center", "score")
+
+
+def cosine_similarity(a: Face | np.ndarray, b: Face | np.ndarray) -> float:
+    """Cosine similarity of two embeddings (or two embedded faces); 1 = identical direction."""
+    u = a.embedding if isinstance(a, Face) else a
+    v = b.embedding if isinstance(b, Face) else b
+    if u is None or v is None:
+        raise ValueError("both faces need an embedding; run FacePipeline.analyze first")
+    return float(np.dot(u, v) / max(np.linalg.norm(u) * np.linalg.norm(v), 1e-12))
+
+
+def select_face(faces: list[Face], how: str | int = "largest", image_shape: tuple[int, ...] | None = None) -> Face:
+    """Pick one face: ``largest`` box, closest to the image ``center``, best ``score``, or an index."""
+    if not faces:
+        raise NoFaceError("no face found")
+    if isinstance(how, int):
+        if not 0 <= how < len(faces):
+            raise NoFaceError(f"face index {how} out of range: {len(faces)} face(s) found")
+        return faces[how]
+    if how == "largest":
+        return max(faces, key=lambda face: face.area)
+    if how == "score":
+        return max(faces, key=lambda face: face.score)
+    if how == "center":
+        if image_shape is None:
+            raise ValueError("selecting the centre face needs the image shape")
+        cy, cx = image_shape[0] / 2, image_shape[1] / 2
+        return min(faces, key=lambda face: (face.center[0] - cx) ** 2 + (face.center[1] - cy) ** 2)
+    raise ValueError(f"unknown face selection '{how}' (choose from {', '.join(SELECTIONS)} or an index)")
+
+
+@dataclass
+class VerificationResult:
+    """The answer to "are these the same person?", with what it was based on."""
+
+    same_person: bool
+    similarity: float
+    threshold: float
+    faces: tuple[Face, Face]
+    faces_found: tuple[int, int]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class FacePipeline:
+    """Detector + aligner + embedder, each an ONNX model resolved by name from the registry."""
+
+    def __init__(
+        self,
+        detector: str | os.PathLike = DEFAULT_DETECTOR,
+        embedder: str | os.PathLike = DEFAULT_EMBEDDER,
+        *,
+        threads: int | None = None,
+        registry: ModelRegistry | None = None,
+        threshold: float | None = None,
+        max_side: int = 1280,
+        score_threshold: float = 0.6,
+    ):
+        registry = registry or ModelRegistry()
+        detector_model = registry.resolve(detector, task="detection")
+        embedder_model = registry.resolve(embedder, task="embedding")
+        self.detector = detection.ARCHITECTURES[detector_model.card.architecture](
+            detector_model, threads=threads, max_side=max_side, score_threshold=score_threshold
+        )
+        self.embedder = embedding.ARCHITECTURES[embedder_model.card.architecture](embedder_model, threads=threads)
+        self.threshold = threshold if threshold is not None else self.embedder.threshold
+        if self.threshold is None:
+            raise ModelError(
+                f"embedder '{self.embedder.name}' has no calibrated threshold in its card; pass threshold= explicitly"
+            )
+        self.timings_ms: dict[str, float] = {}
+
+    @contextmanager
+    def _timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.timings_ms[stage] = self.timings_ms.get(stage, 0.0) + (time.perf_counter() - start) * 1000
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        with self._timed("detect"):
+            return self.detector.detect(image)
+
+    def embed(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
+        """The same faces with their embeddings filled in (one batched embedder call)."""
+        if not faces:
+            return []
+        with self._timed("align"):
+            crops = np.stack([align_face(image, face.landmarks, self.embedder.size[0]) for face in faces])
+        with self._timed("embed"):
+            vectors = self.embedder.embed(crops)
+        return [dataclasses.replace(face, embedding=vector) for face, vector in zip(faces, vectors, strict=True)]
+
+    def analyze(self, image: np.ndarray) -> list[Face]:
+        """All faces in a BGR image, detected and embedded."""
+        return self.embed(image, self.detect(image))
+
+    def embed_one(self, image: np.ndarray, select: str | int = "largest") -> tuple[Face, int]:
+        """The selected face of an image, embedded, and how many faces the image had."""
+        faces = self.detect(image)
+        if not faces:
+            raise NoFaceError("no face found")
+        face = select_face(faces, select, image.shape)
+        return self.embed(image, [face])[0], len(faces)
+
+    def verify(
+        self,
+        a: str | os.PathLike | np.ndarray,
+        b: str | os.PathLike | np.ndarray,
+        select: tuple[str | int, str | int] = ("largest", "largest"),
+    ) -> VerificationResult:
+        """Compare the selected face of two images (paths or BGR arrays)."""
+        self.timings_ms = {}
+        embedded, counts = [], []
+        for source, how in zip((a, b), select, strict=True):
+            with self._timed("decode"):
+                image = source if isinstance(source, np.ndarray) else load_image(source)
+            try:
+                face, count = self.embed_one(image, how)
+            except NoFaceError as exc:
+                raise NoFaceError(f"{source if not isinstance(source, np.ndarray) else 'image'}: {exc}") from None
+            embedded.append(face)
+            counts.append(count)
+        similarity = cosine_similarity(*embedded)
+        return VerificationResult(
+            similarity >= self.threshold,
+            similarity,
+            self.threshold,
+            tuple(embedded),
+            tuple(counts),
+            dict(self.timings_ms),
+        )

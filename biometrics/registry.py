@@ -1,0 +1,228 @@
+"""Named models with cards, resolved from models/, an installed package, the cache or a user path.
+
+A card (``models/<name>/card.json``) says what the model is (task, input, origin, licence), where its file
+comes from, its SHA-256, how to prepare it for ONNX Runtime, and what it measured. The checksum is verified
+every time a model is loaded, so a swapped or corrupted file never runs silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnxruntime as ort
+
+from biometrics.errors import ModelError
+from biometrics.onnx_tools import prepare
+from biometrics.runtime import create_session
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def cache_dir() -> Path:
+    """Where prepared models and unpacked datasets go (``BIOMETRICS_CACHE`` or ~/.cache/biometrics)."""
+    if os.environ.get("BIOMETRICS_CACHE"):
+        return Path(os.environ["BIOMETRICS_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "biometrics"
+
+
+def default_model_dirs() -> list[Path]:
+    """``BIOMETRICS_MODELS`` (if set), the repository's models/ folder, and the copy inside a wheel."""
+    dirs = [Path(p) for p in os.environ.get("BIOMETRICS_MODELS", "").split(os.pathsep) if p]
+    dirs += [PACKAGE_DIR.parent / "models", PACKAGE_DIR / "_bundled_models"]
+    return [d for d in dirs if d.is_dir()]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A model's card as stored in JSON, plus the folder it was read from."""
+
+    name: str
+    task: str  # "detection" or "embedding"
+    architecture: str  # which runtime adapter decodes its outputs
+    data: dict = field(repr=False)
+    folder: Path | None = None
+
+    @classmethod
+    def from_json(cls, path: Path) -> ModelCard:
+        try:
+            data = json.loads(path.read_text())
+            return cls(data["name"], data["task"], data["architecture"], data, path.parent)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"{path}: not a valid model card ({exc})") from None
+
+    @property
+    def source(self) -> dict:
+        return self.data.get("source", {})
+
+    @property
+    def input(self) -> dict:
+        return self.data.get("input", {})
+
+    @property
+    def sha256(self) -> str | None:
+        return self.source.get("sha256")
+
+    @property
+    def how_to_obtain(self) -> str:
+        return self.source.get("obtain", "see the model card")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model ready to load: its card, the verified source file and the ONNX bytes to run."""
+
+    card: ModelCard
+    source_path: Path
+    source_sha256: str
+    onnx_bytes: bytes = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    def session(self, threads: int | None = None) -> ort.InferenceSession:
+        """An ONNX Runtime session; a file ONNX Runtime cannot load is a ModelError naming the model."""
+        try:
+            return create_session(self.onnx_bytes, threads)
+        except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, InvalidGraph...)
+            reason = str(exc).strip().splitlines()[0][:200]
+            raise ModelError(f"model '{self.name}': ONNX Runtime cannot load {self.source_path} ({reason})") from None
+
+
+class ModelRegistry:
+    """Looks models up by name in a list of folders; constructed explicitly, no global state."""
+
+    def __init__(self, model_dirs: list[Path] | None = None, cache: Path | None = None):
+        self.model_dirs = default_model_dirs() if model_dirs is None else [Path(d) for d in model_dirs]
+        self.cache = cache or cache_dir()
+
+    def names(self, task: str | None = None) -> list[str]:
+        cards = {}
+        for folder in self.model_dirs:
+            for card_path in sorted(folder.glob("*/card.json")):
+                card = ModelCard.from_json(card_path)
+                cards.setdefault(card.name, card)
+        return sorted(name for name, card in cards.items() if task is None or card.task == task)
+
+    def card(self, name_or_path: str | os.PathLike, task: str | None = None) -> ModelCard:
+        """The card for a registered name, or for a user's ``.onnx`` file (a ``.json`` card beside it)."""
+        text = os.fspath(name_or_path)
+        path = Path(text)
+        if path.suffix == ".onnx" or path.is_file():
+            return self._card_for_user_file(path, task)
+        for folder in self.model_dirs:
+            card_path = folder / text / "card.json"
+            if card_path.is_file():
+                card = ModelCard.from_json(card_path)
+                if task and card.task != task:
+                    raise ModelError(f"model '{text}' is a {card.task} model, not a {task} model")
+                return card
+        known = ", ".join(self.names(task)) or "none"
+        raise ModelError(f"unknown model '{text}' (known {task or ''} models: {known}; or give a path to a .onnx)")
+
+    def _card_for_user_file(self, path: Path, task: str | None) -> ModelCard:
+        if not path.is_file():
+            raise ModelError(f"model file {path} does not exist")
+        card_path = path.with_suffix(".json")
+        if card_path.is_file():
+            card = ModelCard.from_json(card_path)
+            data = dict(card.data, source=dict(card.source, path=str(path.resolve()), package=None))
+            return ModelCard(card.name, card.task, card.architecture, data, path.parent)
+        if task != "embedding":
+            raise ModelError(f"{path}: a detector needs a card {card_path.name} beside it naming its architecture")
+        # Our embedder convention: Nx3x112x112 RGB in 0..255, normalisation inside the graph.
+        data = {
+            "name": path.stem,
+            "task": "embedding",
+            "architecture": "arcface112",
+            "source": {"path": str(path.resolve())},
+            "input": {"size": [112, 112], "channel_order": "RGB"},
+        }
+        return ModelCard(path.stem, "embedding", "arcface112", data, path.parent)
+
+    def _locate(self, card: ModelCard) -> Path:
+        source = card.source
+        candidates: list[Path] = []
+        if source.get("file") and card.folder:
+            candidates.append(card.folder / source["file"])
+        if source.get("path") and not source.get("package"):
+            candidates.append(Path(source["path"]))
+        if source.get("package"):
+            spec = importlib.util.find_spec(source["package"])
+            if spec and spec.submodule_search_locations:
+                candidates.append(Path(list(spec.submodule_search_locations)[0]) / source["path"])
+        if source.get("url"):
+            candidates.append(self._download_path(card))
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        raise ModelError(f"model '{card.name}': file not found; {card.how_to_obtain}")
+
+    def _download_path(self, card: ModelCard) -> Path:
+        return self.cache / "downloads" / Path(card.source["url"]).name
+
+    def fetch(self, name: str, timeout: float = 30.0) -> Path:
+        """Download a model's file from its card's URL into the cache, verifying the SHA-256."""
+        card = self.card(name)
+        url = card.source.get("url")
+        if not url:
+            raise ModelError(f"model '{name}' has no download URL; {card.how_to_obtain}")
+        target = self._download_path(card)
+        if target.is_file() and sha256_file(target) == card.sha256:
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                payload = response.read()
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise ModelError(f"model '{name}': cannot download {url} ({exc}); offline? {card.how_to_obtain}") from None
+        if hashlib.sha256(payload).hexdigest() != card.sha256:
+            raise ModelError(f"model '{name}': downloaded file from {url} has the wrong SHA-256; not saved")
+        _atomic_write(target, payload)
+        return target
+
+    def resolve(self, name_or_path: str | os.PathLike, task: str | None = None) -> ResolvedModel:
+        """Find, verify and prepare a model. Raises ModelError naming the model and how to get it."""
+        card = self.card(name_or_path, task)
+        path = self._locate(card)
+        digest = sha256_file(path)
+        if card.sha256 and digest != card.sha256:
+            raise ModelError(
+                f"model '{card.name}': {path} has SHA-256 {digest[:16]}…, expected {card.sha256[:16]}… "
+                f"(wrong or corrupted file); {card.how_to_obtain}"
+            )
+        steps = card.data.get("prepare", [])
+        if not steps:
+            return ResolvedModel(card, path, digest, path.read_bytes())
+        prepared = self.cache / "prepared" / f"{card.name}-{digest[:16]}-{'+'.join(steps)}.onnx"
+        if not prepared.is_file():
+            try:
+                payload = prepare(path.read_bytes(), steps)
+            except Exception as exc:  # a file that is not ONNX, or not the graph the card describes
+                raise ModelError(f"model '{card.name}': {path} could not be prepared ({exc})") from None
+            _atomic_write(prepared, payload)
+        return ResolvedModel(card, path, digest, prepared.read_bytes())
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    """Write to a temporary file and rename, so a killed process never leaves half a model."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
+        handle.write(payload)
+    os.replace(handle.name, path)

@@ -1,0 +1,57 @@
+"""Shared fixtures: real models, real images from ../shared (skipped with a reason if it is absent)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from biometrics.imaging import load_image
+from biometrics.pipeline import FacePipeline
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SAMPLES = SHARED / "data" / "samples"
+
+
+def _expected_sha256(relative: str) -> str | None:
+    sums = SHARED / "SHA256SUMS"
+    for line in sums.read_text().splitlines() if sums.is_file() else []:
+        digest, name = line.split(maxsplit=1)
+        if name.removeprefix("./") == relative:
+            return digest
+    return None
+
+
+def shared_file(relative: str) -> Path:
+    """A file from ../shared: skip if ../shared is absent, fail if the file's checksum is wrong."""
+    path = SHARED / relative
+    if not path.is_file():
+        pytest.skip(f"../shared/{relative} not available (tests need the shared data beside the checkout)")
+    expected = _expected_sha256(relative)
+    if expected is not None:
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == expected, f"../shared/{relative}: wrong checksum"
+    return path
+
+
+@pytest.fixture
+def sample():
+    """sample('obama.jpg') -> Path of a verified sample photo."""
+    return lambda name: shared_file(f"data/samples/{name}")
+
+
+@pytest.fixture(scope="session")
+def pipeline() -> FacePipeline:
+    """The default pipeline with real models, built once per test session."""
+    return FacePipeline(threads=2)
+
+
+@pytest.fixture
+def no_face_photo(tmp_path, sample) -> Path:
+    """A real photo without a face: the lower half of obama.jpg (suit and background)."""
+    import cv2
+
+    image = load_image(sample("obama.jpg"))
+    path = tmp_path / "no_face.jpg"
+    cv2.imwrite(str(path), image[560:])
+    return path

@@ -1,0 +1,92 @@
+"""The command line as a script sees it: exit codes, one-line reasons on stderr, JSON on stdout."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from biometrics.cli.main import cli
+
+
+@pytest.fixture
+def run():
+    def invoke(*args):
+        return CliRunner().invoke(cli, [str(a) for a in args])
+
+    return invoke
+
+
+def test_verify_same_person_exits_0(run, sample):
+    result = run("verify", sample("obama.jpg"), sample("obama2.jpg"), "--threads", 2)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("SAME person: similarity")
+    assert "time (ms): decode" in result.stdout and "threshold: cosine similarity at which FMR" in result.stdout
+
+
+def test_verify_different_people_exits_1_with_json(run, sample):
+    result = run("verify", sample("obama.jpg"), sample("biden.jpg"), "--json", "--threads", 2)
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert report["same_person"] is False and report["similarity"] < report["threshold"]
+    assert report["models"] == {"detector": "yunet-teacher", "embedder": "sface-teacher"}
+    assert [image["faces_found"] for image in report["images"]] == [1, 1]
+    assert "embedding" not in json.dumps(report)  # biometric templates are never printed
+
+
+def test_verify_bad_inputs_exit_2_with_one_line_reason(run, sample, tmp_path, no_face_photo):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a photo\n")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(sample("obama.jpg").read_bytes()[:20_000])
+    cases = {
+        text: "not an image",
+        truncated: "corrupt or truncated",
+        no_face_photo: "no face found",
+        tmp_path / "missing.jpg": "no such file",
+    }
+    for path, reason in cases.items():
+        result = run("verify", path, sample("obama.jpg"))
+        assert result.exit_code == 2, (path, result.output)
+        assert result.stdout == ""
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and reason in lines[0], result.stderr
+
+
+def test_verify_picks_a_chosen_face(run, sample):
+    """In two_people.jpg exactly one of the two faces is Obama."""
+    codes = [run("verify", sample("two_people.jpg"), sample("obama.jpg"), "--face-a", i).exit_code for i in (0, 1)]
+    assert sorted(codes) == [0, 1]
+    result = run("verify", sample("two_people.jpg"), sample("obama.jpg"), "--face-a", 7)
+    assert result.exit_code == 2 and "out of range" in result.stderr
+
+
+def test_unknown_model_exits_2(run, sample):
+    result = run("verify", sample("obama.jpg"), sample("obama2.jpg"), "--embedder", "no-such-model")
+    assert result.exit_code == 2 and "unknown model 'no-such-model'" in result.stderr
+
+
+def test_detect_json_and_annotated_output(run, sample, tmp_path):
+    out = tmp_path / "annotated.jpg"
+    result = run("detect", sample("two_people.jpg"), "--json", "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert len(report["faces"]) == 2 and report["size"] == [1126, 661]
+    assert all(len(face["landmarks"]) == 5 for face in report["faces"])
+    assert out.stat().st_size > 10_000
+
+
+def test_console_script_end_to_end(sample):
+    """The installed `biometrics` entry point, in a real process."""
+    exe = Path(sys.executable).with_name("biometrics")
+    exe = exe if exe.is_file() else shutil.which("biometrics")
+    proc = subprocess.run(
+        [exe, "verify", sample("biden.jpg"), sample("biden2.jpg")], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("SAME person")

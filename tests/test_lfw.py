@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+
+from biometrics.errors import DataError
+from biometrics.evaluation.datasets import unpack_once
+from biometrics.evaluation.lfw import (
+    EmbeddedImages,
+    evaluate_lfw,
+    impostor_calibration,
+    parse_folds,
+    read_pairs,
+)
+from biometrics.evaluation.report import run_metadata, write_verification_report
+from tests.conftest import shared_file
+
+
+def test_official_pairs_file_has_ten_identity_disjoint_folds():
+    pairs = read_pairs(shared_file("data/lfw/pairs.txt"))
+    assert len(pairs) == 6000
+    assert sum(pair.same for pair in pairs) == 3000
+    people = {
+        fold: {p.name_a for p in pairs if p.fold == fold} | {p.name_b for p in pairs if p.fold == fold}
+        for fold in range(1, 11)
+    }
+    for fold in range(1, 11):
+        assert all(not people[fold] & people[other] for other in range(fold + 1, 11))
+    assert [pair.same for pair in pairs[:600]] == [True] * 300 + [False] * 300
+    assert pairs[0].images[0].endswith("_0001.jpg") or pairs[0].images[0].count("_0") == 1
+
+
+def test_parse_folds():
+    assert parse_folds("6-10") == [6, 7, 8, 9, 10]
+    assert parse_folds("1,3,5-6") == [1, 3, 5, 6]
+    for bad in ("0-3", "11", "a-b"):
+        with pytest.raises(DataError):
+            parse_folds(bad)
+
+
+def test_malformed_pairs_file(tmp_path):
+    path = tmp_path / "pairs.txt"
+    path.write_text("10 300\nAaron 1 2\n")
+    with pytest.raises(DataError, match="expected 6000 pairs"):
+        read_pairs(path)
+
+
+def test_archive_is_unpacked_once_and_checked(tmp_path):
+    archive = tmp_path / "data.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("data/hello.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    root = unpack_once(archive, cache=tmp_path / "cache")
+    assert (root / "data" / "hello.txt").read_text() == "hello"
+    assert unpack_once(archive, cache=tmp_path / "cache") == root
+    with pytest.raises(DataError, match="does not match"):
+        unpack_once(archive, "f" * 64, cache=tmp_path / "cache2")
+
+
+def test_calibration_uses_only_cross_identity_pairs():
+    # Two people, two images each: the impostor pairs are the 4 cross pairs, never the 2 genuine ones.
+    keys = ["A/A_0001.jpg", "A/A_0002.jpg", "B/B_0001.jpg", "B/B_0002.jpg"]
+    angles = np.deg2rad([0, 10, 80, 95])
+    embeddings = np.column_stack([np.cos(angles), np.sin(angles)])
+    calibration = impostor_calibration(EmbeddedImages(keys, embeddings, []), fmrs=(0.25,))
+    assert calibration["impostor_pairs"] == 4
+    cross = sorted(np.cos(np.deg2rad([80, 95, 70, 85])))
+    assert cross[-2] < calibration["thresholds"]["0.25"] <= cross[-1]
+
+
+def test_report_files(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat([1, 0], 300)
+    run = {
+        "folds": [1, 2],
+        "images": 10,
+        "detection_failures": {"count": 1, "images": ["x"], "fallback": "c"},
+        "calibration": {"impostor_pairs": 9, "thresholds": {"0.001": 0.5, "0.0001": 0.6}},
+        "scores": np.where(labels == 1, rng.normal(0.7, 0.1, 600), rng.normal(0.1, 0.1, 600)),
+        "labels": labels,
+    }
+    from biometrics.evaluation.metrics import verification_summary
+
+    run["summary"] = verification_summary(run["scores"], labels, np.tile(np.repeat([1, 2], 150), 2))
+    files = write_verification_report(tmp_path, "test", {"a + b": run}, run_metadata([]))
+    report = json.loads(files["json"].read_text())
+    assert report["results"]["a + b"]["summary"]["pairs"] == 600
+    assert "scores" not in report["results"]["a + b"]
+    assert "| a + b | 1-2 | 600 |" in files["md"].read_text()
+    assert all(files[key].stat().st_size > 1000 for key in ("roc", "det", "scores_0"))
+
+
+@pytest.mark.slow
+def test_lfw_two_folds_end_to_end(pipeline, tmp_path):
+    """The real protocol on folds 1-2 (1,200 pairs): the teachers are near-perfect there."""
+    lfw = shared_file("data/lfw/pairs.txt").parent
+    result = evaluate_lfw(pipeline, lfw, [1, 2], progress=False)
+    assert result["summary"]["pairs"] == 1200
+    assert result["summary"]["accuracy_mean"] >= 0.99
+    assert result["detection_failures"]["count"] <= 5
