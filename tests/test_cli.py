@@ -90,3 +90,14 @@ def test_console_script_end_to_end(sample):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("SAME person")
+
+
+def test_bench_writes_an_efficiency_card(run, tmp_path):
+    result = run("bench", "yunet-teacher", "--out", tmp_path, "--threads", 1, "--iterations", 5, "--batch", 2)
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "efficiency.json").read_text())[0]
+    assert card["name"] == "yunet-teacher" and card["input_shape"] == [1, 3, 480, 640]
+    assert card["parameters"] > 50_000 and card["macs"] > 100e6
+    run_1t = card["runs"][0]
+    assert run_1t["threads"] == 1 and 0 < run_1t["latency_batch1"]["p50_ms"] <= run_1t["latency_batch1"]["p95_ms"]
+    assert "| yunet-teacher |" in (tmp_path / "efficiency.md").read_text()

@@ -11,7 +11,6 @@ from biometrics.errors import DataError
 from biometrics.evaluation.datasets import unpack_once
 from biometrics.evaluation.lfw import (
     EmbeddedImages,
-    evaluate_lfw,
     impostor_calibration,
     parse_folds,
     read_pairs,
@@ -96,10 +95,36 @@ def test_report_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_lfw_two_folds_end_to_end(pipeline, tmp_path):
-    """The real protocol on folds 1-2 (1,200 pairs): the teachers are near-perfect there."""
+def test_evaluate_lfw_command_end_to_end(tmp_path):
+    """`biometrics evaluate lfw` on folds 1-2 (1,200 real pairs): a complete report, teacher-level accuracy."""
+    from click.testing import CliRunner
+
+    from biometrics.cli.main import cli
+
     lfw = shared_file("data/lfw/pairs.txt").parent
-    result = evaluate_lfw(pipeline, lfw, [1, 2], progress=False)
-    assert result["summary"]["pairs"] == 1200
-    assert result["summary"]["accuracy_mean"] >= 0.99
-    assert result["detection_failures"]["count"] <= 5
+    result = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            "lfw",
+            "--data",
+            str(lfw),
+            "--folds",
+            "1-2",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+            "--threads",
+            "2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    run = report["results"]["yunet-teacher + sface-teacher"]
+    assert run["summary"]["pairs"] == 1200 and run["folds"] == [1, 2]
+    assert run["summary"]["accuracy_mean"] >= 0.99
+    assert run["detection_failures"]["count"] <= 5
+    assert {m["name"] for m in report["meta"]["models"]} == {"yunet-teacher", "sface-teacher"}
+    assert report["meta"]["threads"] == 2 and report["meta"]["machine"]["cpu_count"]
+    for name in ("report.md", "roc.png", "det.png", "scores_0.png"):
+        assert (tmp_path / name).stat().st_size > 500
