@@ -10,7 +10,8 @@ import pytest
 from biometrics.imaging import load_image
 from biometrics.pipeline import FacePipeline
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 SAMPLES = SHARED / "data" / "samples"
 
 

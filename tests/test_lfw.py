@@ -86,8 +86,13 @@ def test_report_files(tmp_path):
     from biometrics.evaluation.metrics import verification_summary
 
     run["summary"] = verification_summary(run["scores"], labels, np.tile(np.repeat([1, 2], 150), 2))
-    files = write_verification_report(tmp_path, "test", {"a + b": run}, run_metadata([]))
+    card = {"runs": [{"threads": 1, "latency_batch1": {"p50_ms": 2.5}}], "file_size_bytes": 1_100_000,
+            "parameters": 910_000, "macs": 149_000_000}
+    files = write_verification_report(tmp_path, "test", {"a + b": run}, run_metadata([]), {"a + b": card})
     report = json.loads(files["json"].read_text())
+    assert report["results"]["a + b"]["efficiency"]["parameters"] == 910_000
+    assert "| a + b | " in files["md"].read_text().split("## Accuracy and cost")[1]
+    assert files["pareto"].stat().st_size > 1000
     assert report["results"]["a + b"]["summary"]["pairs"] == 600
     assert "scores" not in report["results"]["a + b"]
     assert "| a + b | 1-2 | 600 |" in files["md"].read_text()

@@ -1,4 +1,4 @@
-"""``biometrics`` command line: verify, detect, evaluate, bench, models.
+"""``biometrics`` command line: verify, detect, evaluate, bench, distill, models.
 
 Exit codes scripts can rely on: 0 success (``verify``: same person), 1 ``verify``: different people,
 2 error (unreadable input, no face, bad model, bad arguments) with a one-line reason on stderr.
@@ -194,20 +194,22 @@ def evaluate():
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
 @click.option("--progress/--no-progress", default=True)
+@click.option("--bench", is_flag=True, help="Also measure each embedder's efficiency and plot accuracy vs latency.")
 @reports_errors
-def evaluate_lfw_command(data, folds, detectors, embedders, threads, out, progress):
+def evaluate_lfw_command(data, folds, detectors, embedders, threads, out, progress, bench):
     """LFW View 2 verification: accuracy (k-fold), AUC, EER, TAR@FAR, ROC/DET curves."""
     from biometrics.evaluation.lfw import evaluate_lfw, parse_folds
     from biometrics.evaluation.report import run_metadata, write_verification_report
     from biometrics.pipeline import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, FacePipeline
 
     fold_list = parse_folds(folds)
-    runs, models = {}, []
+    runs, models, pipelines = {}, [], {}
     for detector in detectors or (DEFAULT_DETECTOR,):
         for embedder in embedders or (DEFAULT_EMBEDDER,):
             # The threshold is irrelevant here: every metric chooses its own on the right pairs.
             pipeline = FacePipeline(detector, embedder, threads=threads, threshold=0.0)
             label = f"{pipeline.detector.name} + {pipeline.embedder.name}"
+            pipelines[label] = pipeline
             runs[label] = evaluate_lfw(pipeline, data, fold_list, progress=progress)
             models += [m for m in (pipeline.detector.model, pipeline.embedder.model) if m not in models]
             summary = runs[label]["summary"]
@@ -215,8 +217,54 @@ def evaluate_lfw_command(data, folds, detectors, embedders, threads, out, progre
                 f"{label}: accuracy {100 * summary['accuracy_mean']:.2f}% ± "
                 f"{100 * summary['accuracy_std']:.2f} on folds {folds} ({summary['pairs']} pairs)"
             )
-    files = write_verification_report(out, f"LFW View 2, folds {folds}", runs, run_metadata(models, threads))
+    efficiency = None
+    if bench:
+        from biometrics.evaluation.efficiency import write_efficiency_report
+
+        embedders_by_label = {label: pipe.embedder.model for label, pipe in pipelines.items()}
+        cards = {
+            card["name"]: card
+            for card in _benchmark(
+                list({m.name: m for m in embedders_by_label.values()}.values()), _all_thread_counts()
+            )
+        }
+        write_efficiency_report(list(cards.values()), out)
+        efficiency = {label: cards[model.name] for label, model in embedders_by_label.items()}
+    files = write_verification_report(
+        out, f"LFW View 2, folds {folds}", runs, run_metadata(models, threads), efficiency
+    )
     click.echo(f"report: {files['md']}")
+
+
+def _all_thread_counts() -> tuple[int, ...]:
+    import os
+
+    return tuple(sorted({1, os.cpu_count() or 1}))
+
+
+def _benchmark(models, thread_counts=(), iterations=50, batch=32) -> list[dict]:
+    """Efficiency cards for resolved models, each measured in its own process at its card's input shape."""
+    from biometrics.evaluation.efficiency import benchmark_model
+
+    cards = []
+    for model in models:
+        shape = model.card.data.get("bench_input_shape")
+        if not shape:
+            raise BiometricsError(f"model '{model.name}': its card has no bench_input_shape")
+        click.echo(f"benchmarking {model.name} at {shape} ...", err=True)
+        cards.append(
+            benchmark_model(
+                model.onnx_bytes,
+                shape,
+                name=model.name,
+                threads=list(thread_counts) or [1],
+                batch=batch,
+                iterations=iterations,
+                sha256=model.source_sha256,
+                file_size_bytes=model.source_path.stat().st_size,
+            )
+        )
+    return cards
 
 
 @cli.command()
@@ -234,32 +282,56 @@ def evaluate_lfw_command(data, folds, detectors, embedders, threads, out, progre
 @reports_errors
 def bench(models, out, thread_counts, iterations, batch):
     """Efficiency card per model: params, MACs, size, latency p50/p95, throughput, peak RSS."""
-    from biometrics.evaluation.efficiency import benchmark_model, write_efficiency_report
+    from biometrics.evaluation.efficiency import write_efficiency_report
     from biometrics.registry import ModelRegistry
 
     registry = ModelRegistry()
-    cards = []
-    for name in models:
-        model = registry.resolve(name)
-        shape = model.card.data.get("bench_input_shape")
-        if not shape:
-            raise BiometricsError(f"model '{model.name}': its card has no bench_input_shape")
-        click.echo(f"benchmarking {model.name} at {shape} ...", err=True)
-        cards.append(
-            benchmark_model(
-                model.onnx_bytes,
-                shape,
-                name=model.name,
-                threads=list(thread_counts) or None,
-                batch=batch,
-                iterations=iterations,
-                sha256=model.source_sha256,
-                file_size_bytes=model.source_path.stat().st_size,
-            )
-        )
+    cards = _benchmark(
+        [registry.resolve(name) for name in models], thread_counts or _all_thread_counts(), iterations, batch
+    )
     json_path, md_path = write_efficiency_report(cards, out)
     click.echo(md_path.read_text())
     click.echo(f"report: {md_path}")
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Checkpoints and training log (default: runs/<recipe name>).",
+)
+@click.option(
+    "--models-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("models"),
+    show_default=True,
+    help="Where the FP32 and INT8 models and their cards are written.",
+)
+@click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many steps (resumable).")
+@click.option("--fresh", is_flag=True, help="Ignore an existing checkpoint and start again.")
+@click.option("--threads", type=click.IntRange(1), default=None)
+@click.option("--progress/--no-progress", default=True)
+@reports_errors
+def distill(recipe, work_dir, models_dir, max_steps, fresh, threads, progress):
+    """Train a student from a recipe (pipelines/*.yaml): distil, quantize to INT8, export ONNX + cards."""
+    try:
+        from biometrics.training.distill import distill as run_distill
+        from biometrics.training.recipe import Recipe
+    except ImportError as exc:
+        raise BiometricsError(f"training needs the train extra (pip install -e '.[train]'): {exc}") from None
+    loaded = Recipe.load(recipe)
+    summary = run_distill(
+        loaded,
+        work_dir or Path("runs") / loaded.name,
+        models_dir,
+        max_steps=max_steps,
+        fresh=fresh,
+        threads=threads,
+        progress=progress,
+    )
+    click.echo(json.dumps(summary, indent=2))
 
 
 @cli.group()
@@ -300,3 +372,7 @@ def models_fetch(name):
 
 def main() -> None:
     cli(prog_name="biometrics")
+
+
+# Commands with a module of their own; imported last because they use the helpers above.
+

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from biometrics.evaluation.metrics import RocCurve
 
-__all__ = ["plot_det", "plot_roc", "plot_score_histograms"]
+__all__ = ["plot_det", "plot_pareto", "plot_roc", "plot_score_histograms"]
 
 # Rates below this are clipped so log axes stay finite (0 is where every ROC starts).
 MIN_RATE = 1e-5
@@ -126,5 +126,33 @@ def plot_score_histograms(
     ax.set_title(title or "Score distributions")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_pareto(points: dict[str, tuple[float, float, float]], path: str | os.PathLike[str], title: str = "") -> Path:
+    """Accuracy against latency, one marker per model, marker area proportional to file size.
+
+    ``points`` maps a label to (latency_ms, accuracy, file_size_bytes). Up and to the left is better.
+    """
+    if not points:
+        raise ValueError("plot_pareto needs at least one point")
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    largest = max(size for _, _, size in points.values())
+    for label, (latency, accuracy, size) in points.items():
+        ax.scatter([latency], [100 * accuracy], s=40 + 960 * size / largest, alpha=0.6, label=label)
+        ax.annotate(
+            f"{label}\n{size / 1e6:.2f} MB",
+            (latency, 100 * accuracy),
+            fontsize=7,
+            xytext=(6, 6),
+            textcoords="offset points",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("Embedding latency, batch 1, 1 thread (ms, log scale)")
+    ax.set_ylabel("LFW accuracy (%)")
+    ax.set_title(title or "Accuracy vs latency (marker area = file size)")
+    ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)

@@ -43,14 +43,22 @@ def run_metadata(models: list, threads: int | None = None) -> dict:
     }
 
 
+def _p50_1thread(card: dict) -> float:
+    return next(run["latency_batch1"]["p50_ms"] for run in card["runs"] if run["threads"] == 1)
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.2f}%"
 
 
-def write_verification_report(out_dir: Path, title: str, runs: dict[str, dict], meta: dict) -> dict[str, Path]:
+def write_verification_report(
+    out_dir: Path, title: str, runs: dict[str, dict], meta: dict, efficiency: dict[str, dict] | None = None
+) -> dict[str, Path]:
     """Write report.json, report.md, roc.png, det.png and one score histogram per run.
 
-    ``runs`` maps a label (e.g. "yunet-teacher + sface-teacher") to an ``evaluate_lfw`` result.
+    ``runs`` maps a label (e.g. "yunet-teacher + sface-teacher") to an ``evaluate_lfw`` result. With
+    ``efficiency`` (label -> the embedder's efficiency card, measured in the same run) the report also gets an
+    accuracy-vs-cost table and a Pareto plot.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     curves = {label: metrics.roc(run["scores"], run["labels"]) for label, run in runs.items()}
@@ -63,7 +71,17 @@ def write_verification_report(out_dir: Path, title: str, runs: dict[str, dict], 
             threshold=float(np.median([f["threshold"] for f in run["summary"]["per_fold"]])),
             title=label,
         )
+    if efficiency:
+        files["pareto"] = plots.plot_pareto(
+            {
+                label: (_p50_1thread(card), runs[label]["summary"]["accuracy_mean"], card["file_size_bytes"])
+                for label, card in efficiency.items()
+            },
+            out_dir / "pareto.png",
+        )
     public = {label: {k: v for k, v in run.items() if k not in ("scores", "labels")} for label, run in runs.items()}
+    for label, card in (efficiency or {}).items():
+        public[label]["efficiency"] = card
     (out_dir / "report.json").write_text(json.dumps({"title": title, "meta": meta, "results": public}, indent=2))
     files["json"] = out_dir / "report.json"
     files["md"] = out_dir / "report.md"
@@ -120,6 +138,22 @@ def _markdown(title: str, results: dict[str, dict], meta: dict, files: dict[str,
     ]
     for label, run in results.items():
         lines.append(f"| {label} | " + " | ".join(_pct(f["accuracy"]) for f in run["summary"]["per_fold"]) + " |")
+    if any("efficiency" in run for run in results.values()):
+        lines += [
+            "",
+            "## Accuracy and cost (embedder, measured in this run)",
+            "",
+            "| pipeline | accuracy | p50 ms (batch 1, 1 thread) | size (MB) | params (M) | MACs (M) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label, run in results.items():
+            card = run["efficiency"]
+            lines.append(
+                f"| {label} | {_pct(run['summary']['accuracy_mean'])} | {_p50_1thread(card):.2f} "
+                f"| {card['file_size_bytes'] / 1e6:.2f} | {card['parameters'] / 1e6:.3f} "
+                f"| {card['macs'] / 1e6:.1f} |"
+            )
+        lines += ["", "Full efficiency cards: [efficiency.md](efficiency.md)."]
     lines += ["", "## Models", ""] + [f"- `{m['name']}` sha256 `{m['sha256']}`" for m in meta["models"]]
     lines += ["", "## Plots", ""] + [f"![{key}]({path.name})" for key, path in files.items() if path.suffix == ".png"]
     return "\n".join(lines) + "\n"

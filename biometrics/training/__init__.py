@@ -1,0 +1,1 @@
+"""Training: distil, quantize, export. Needs the ``train`` extra (PyTorch); the runtime never imports this."""

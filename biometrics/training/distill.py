@@ -1,0 +1,247 @@
+"""Knowledge distillation of a face embedder: the student learns the teacher's embedding geometry.
+
+Losses on L2-normalised embeddings: ``cosine`` (1 - cos(student, teacher) per face) and ``pairwise`` (the
+batch's student similarity matrix should equal the teacher's: it preserves who-resembles-whom, which is what
+verification uses). Teacher targets are computed once per face and its mirror image (ONNX Runtime) and cached;
+the student sees augmented views of the face and must still land on the teacher's embedding of it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from biometrics.errors import BiometricsError
+from biometrics.registry import ModelRegistry
+from biometrics.training.export import export_onnx, quantize_int8, write_card
+from biometrics.training.faces import build_face_cache, gather_sources, teacher_targets
+from biometrics.training.recipe import Recipe
+from biometrics.training.student import EmbedderConfig, FaceEmbedderNet, count_parameters, prune_teacher, sface_to_torch
+
+
+def build_student(recipe: Recipe) -> FaceEmbedderNet:
+    spec = dict(recipe.student)
+    init = spec.pop("init", "scratch")
+    spec["stages"] = tuple(spec.get("stages", range(1, 15)))
+    config = EmbedderConfig(**spec)
+    if init == "scratch":
+        return FaceEmbedderNet(config)
+    if init == "teacher-pruned":
+        teacher = sface_to_torch(ModelRegistry().resolve(recipe.teacher, task="embedding").onnx_bytes)
+        return prune_teacher(teacher, config)
+    raise BiometricsError(f"recipe {recipe.name}: unknown student init '{init}' (scratch or teacher-pruned)")
+
+
+def augment(batch: torch.Tensor, spec: dict, generator: torch.Generator) -> torch.Tensor:
+    """Photometric and small geometric changes a deployed camera produces (RGB 0-255, N x 3 x H x W)."""
+    n = batch.shape[0]
+    rand = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    shift, scale = spec.get("shift_px", 0) / (batch.shape[-1] / 2), spec.get("scale", 0.0)
+    if shift or scale:
+        zoom = 1 + (rand(n) * 2 - 1) * scale
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0] = theta[:, 1, 1] = zoom
+        theta[:, :, 2] = (rand(n, 2) * 2 - 1) * shift
+        grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+        batch = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if spec.get("brightness") or spec.get("contrast"):
+        mean = batch.mean(dim=(1, 2, 3), keepdim=True)
+        contrast = 1 + (rand(n, 1, 1, 1) * 2 - 1) * spec.get("contrast", 0.0)
+        brightness = (rand(n, 1, 1, 1) * 2 - 1) * spec.get("brightness", 0.0) * 255
+        batch = (batch - mean) * contrast + mean + brightness
+    if spec.get("grayscale"):
+        gray = batch.mean(dim=1, keepdim=True).expand_as(batch)
+        batch = torch.where((rand(n) < spec["grayscale"]).view(n, 1, 1, 1), gray, batch)
+    if spec.get("downscale"):
+        chosen = rand(n) < spec["downscale"]
+        if chosen.any():
+            size = int(batch.shape[-1] * (0.3 + 0.4 * float(rand(1))))
+            small = F.interpolate(batch[chosen], size=size, mode="bilinear", antialias=True, align_corners=False)
+            batch[chosen] = F.interpolate(small, size=batch.shape[-1], mode="bilinear", align_corners=False)
+    return batch.clamp(0, 255)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, weights: dict) -> tuple[torch.Tensor, dict]:
+    s, t = F.normalize(student, dim=1), F.normalize(teacher, dim=1)
+    terms = {"cosine": (1 - (s * t).sum(dim=1)).mean()}
+    if weights.get("pairwise"):
+        off_diagonal = ~torch.eye(len(s), dtype=torch.bool)
+        terms["pairwise"] = F.mse_loss((s @ s.T)[off_diagonal], (t @ t.T)[off_diagonal])
+    total = sum(weights.get(name, 0.0) * value for name, value in terms.items())
+    return total, {name: float(value.detach()) for name, value in terms.items()}
+
+
+def _to_tensor(crops: np.ndarray) -> torch.Tensor:
+    """BGR uint8 N x H x W x 3 -> RGB float N x 3 x H x W in 0-255, channels-last for faster CPU convs."""
+    rgb = torch.from_numpy(np.ascontiguousarray(crops[..., ::-1])).permute(0, 3, 1, 2).float()
+    return rgb.contiguous(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def agreement(net: FaceEmbedderNet, crops: np.ndarray, targets: np.ndarray, batch_size: int = 128) -> dict:
+    """How well the student reproduces the teacher on held-out faces: mean cosine, and the correlation of
+    their pairwise similarities (the quantity verification thresholds)."""
+    net.eval()
+    outputs = [F.normalize(net(_to_tensor(crops[i : i + batch_size])), dim=1) for i in range(0, len(crops), batch_size)]
+    s, t = torch.cat(outputs), F.normalize(torch.from_numpy(targets[:, 0]), dim=1)
+    upper = torch.triu_indices(len(s), len(s), 1)
+    pair_s, pair_t = (s @ s.T)[upper[0], upper[1]], (t @ t.T)[upper[0], upper[1]]
+    return {
+        "cosine_to_teacher": float((s * t).sum(1).mean()),
+        "pairwise_similarity_correlation": float(torch.corrcoef(torch.stack([pair_s, pair_t]))[0, 1]),
+        "pairwise_similarity_mae": float((pair_s - pair_t).abs().mean()),
+    }
+
+
+def _lr_at(step: int, total: int, recipe: Recipe) -> float:
+    base, warmup = float(recipe.optimizer["lr"]), int(recipe.schedule.get("warmup_steps", 0))
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (
+        recipe.schedule.get("final_lr_fraction", 0.0)
+        + (1 - recipe.schedule.get("final_lr_fraction", 0.0)) * 0.5 * (1 + math.cos(math.pi * progress))
+    )
+
+
+def _save_atomic(state: dict, path: Path) -> None:
+    torch.save(state, path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+def distill(
+    recipe: Recipe,
+    work_dir: Path,
+    models_dir: Path,
+    *,
+    max_steps: int | None = None,
+    fresh: bool = False,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run (or resume) a recipe; export FP32 and INT8 ONNX with cards into ``models_dir``. Returns a summary."""
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.manual_seed(recipe.seed)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    data_root = Path(recipe.data.get("root", "../shared/data"))
+    faces = build_face_cache(gather_sources(data_root, recipe.data), recipe.detector, progress=progress)
+    targets = teacher_targets(faces, recipe.teacher, progress=progress)
+    order = np.random.default_rng(recipe.seed).permutation(len(targets))
+    holdout_idx = np.sort(order[: int(recipe.data.get("holdout", 0))])
+    train_idx = np.sort(order[len(holdout_idx) :])
+    crops = np.asarray(faces.crops)
+
+    net = build_student(recipe).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(
+        net.parameters(),
+        lr=float(recipe.optimizer["lr"]),
+        weight_decay=float(recipe.optimizer.get("weight_decay", 0.0)),
+    )
+    steps_per_epoch = len(train_idx) // recipe.batch_size
+    total_steps = steps_per_epoch * recipe.epochs
+    checkpoint, log_path = work_dir / "checkpoint.pt", work_dir / "train_log.jsonl"
+    step = 0
+    if checkpoint.is_file() and not fresh:
+        state = torch.load(checkpoint, weights_only=False)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
+    elif log_path.exists():
+        log_path.unlink()
+    generator = torch.Generator().manual_seed(recipe.seed + step)
+    every = int(recipe.raw.get("checkpoint_every", 200))
+    limit = total_steps if max_steps is None else min(total_steps, max_steps)
+    bar = tqdm(total=limit, initial=step, desc=f"distill {recipe.name}", unit="step", disable=not progress)
+    started, running = time.time(), []
+    while step < limit:
+        epoch, position = divmod(step, steps_per_epoch)
+        epoch_order = train_idx[np.random.default_rng(recipe.seed + epoch).permutation(len(train_idx))]
+        net.train()
+        batch_idx = np.sort(epoch_order[position * recipe.batch_size : (position + 1) * recipe.batch_size])
+        flip = torch.rand(len(batch_idx), generator=generator) < recipe.augmentation.get("flip", 0.0)
+        images = _to_tensor(crops[batch_idx])
+        images[flip] = images[flip].flip(-1)
+        target = torch.from_numpy(targets[batch_idx, flip.numpy().astype(np.int64)])
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, total_steps, recipe)
+        loss, terms = distillation_loss(net(augment(images, recipe.augmentation, generator)), target, recipe.loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        running.append(terms)
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss):.4f}")
+        end_of_epoch = step % steps_per_epoch == 0
+        if step % every == 0 or end_of_epoch or step == limit:
+            record = {
+                "step": step,
+                "epoch": step / steps_per_epoch,
+                "lr": _lr_at(step - 1, total_steps, recipe),
+                **{f"loss_{k}": float(np.mean([r[k] for r in running])) for k in running[0]},
+                "seconds": round(time.time() - started, 1),
+            }
+            if (end_of_epoch or step == limit) and len(holdout_idx):
+                record["holdout"] = agreement(net, crops[holdout_idx], targets[holdout_idx])
+            with open(log_path, "a") as log:
+                log.write(json.dumps(record) + "\n")
+            running = []
+            _save_atomic({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, checkpoint)
+    bar.close()
+    if step < total_steps:
+        return {"finished": False, "step": step, "total_steps": total_steps, "work_dir": str(work_dir)}
+    return export(recipe, net, crops[train_idx], faces, work_dir, models_dir, len(holdout_idx))
+
+
+def export(
+    recipe: Recipe, net: FaceEmbedderNet, train_crops: np.ndarray, faces, work_dir: Path, models_dir: Path, holdout: int
+) -> dict:
+    """FP32 and INT8 ONNX with cards, into ``models_dir/<name>/``."""
+    names = recipe.output
+    fp32_path = export_onnx(net, models_dir / names["fp32"] / "model.onnx")
+    quant = recipe.quantization
+    calibration = train_crops[
+        np.random.default_rng(recipe.seed).permutation(len(train_crops))[: int(quant.get("calibration_faces", 256))]
+    ]
+    int8_path = quantize_int8(
+        fp32_path,
+        models_dir / names["int8"] / "model.onnx",
+        calibration,
+        per_channel=bool(quant.get("per_channel", True)),
+        exclude_nodes=quant.get("exclude_nodes"),
+    )
+    datasets = sorted({row["dataset"] for row in faces.meta})
+    data_split = {
+        "train_faces": len(train_crops),
+        "holdout_faces": holdout,
+        "datasets": datasets,
+        "lfw_excluded_folds": recipe.data.get("lfw", {}).get("exclude_folds", []),
+        "report_folds": recipe.report_folds,
+        "note": "LFW people of the excluded (report) folds are not in the training data; "
+        "thresholds and quantization calibration use training faces only",
+    }
+    log = [json.loads(line) for line in (work_dir / "train_log.jsonl").read_text().splitlines()]
+    training = {
+        "epochs": recipe.epochs,
+        "steps": log[-1]["step"],
+        "seconds": log[-1]["seconds"],
+        "parameters_torch": count_parameters(net),
+        "final_holdout": next((r["holdout"] for r in reversed(log) if "holdout" in r), None),
+        "log": str(work_dir / "train_log.jsonl"),
+    }
+    recipe_record = dict(recipe.raw, _path=str(recipe.path or ""))
+    common = {"recipe": recipe_record, "data_split": data_split, "teacher": recipe.teacher, "training": training}
+    description = recipe.raw.get("description", f"student embedder distilled from {recipe.teacher}")
+    write_card(fp32_path, name=names["fp32"], description=description + " (FP32)", precision="fp32", **common)
+    write_card(
+        int8_path, name=names["int8"], description=description + " (INT8 static QDQ)", precision="int8", **common
+    )
+    return {"finished": True, "fp32": str(fp32_path), "int8": str(int8_path), "training": training}

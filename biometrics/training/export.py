@@ -1,0 +1,131 @@
+"""PyTorch -> ONNX (FP32) -> ONNX Runtime static INT8 (QDQ), and the model cards that go with them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from biometrics.evaluation.efficiency import count_macs, count_parameters
+from biometrics.registry import sha256_file
+
+
+def export_onnx(net: torch.nn.Module, path: Path, size: int = 112) -> Path:
+    """FP32 ONNX with a dynamic batch axis; input ``data`` is Nx3xHxW RGB 0-255, as our embedders take."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    net = net.eval().to(memory_format=torch.contiguous_format)
+    torch.onnx.export(
+        net,
+        torch.zeros(1, 3, size, size),
+        str(path),
+        input_names=["data"],
+        output_names=["embedding"],
+        dynamic_axes={"data": {0: "batch"}, "embedding": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    onnx.checker.check_model(onnx.load(str(path)))
+    return path
+
+
+class _CropReader(CalibrationDataReader):
+    """Feeds aligned training crops (BGR uint8) to the calibrator, one at a time, as the model expects them."""
+
+    def __init__(self, crops: np.ndarray):
+        self._batches = iter(np.ascontiguousarray(crops[:, :, :, ::-1].transpose(0, 3, 1, 2), dtype=np.float32))
+
+    def get_next(self) -> dict | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {"data": batch[None]}
+
+
+def quantize_int8(
+    fp32_path: Path,
+    int8_path: Path,
+    calibration_crops: np.ndarray,
+    *,
+    per_channel: bool = True,
+    exclude_nodes: list[str] | None = None,
+) -> Path:
+    """Static INT8 with ONNX Runtime: QDQ format, per-channel int8 weights, uint8 activations.
+
+    Calibration uses training faces only (never evaluation images). ``exclude_nodes`` keeps chosen nodes
+    (e.g. the first conv or the embedding layer) in FP32 if quantizing them costs accuracy.
+    """
+    int8_path.parent.mkdir(parents=True, exist_ok=True)
+    preprocessed = int8_path.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32_path), str(preprocessed), skip_symbolic_shape=True)
+    try:
+        quantize_static(
+            str(preprocessed),
+            str(int8_path),
+            _CropReader(calibration_crops),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude_nodes or [],
+        )
+    finally:
+        preprocessed.unlink(missing_ok=True)
+    return int8_path
+
+
+def write_card(
+    model_path: Path,
+    *,
+    name: str,
+    description: str,
+    recipe: dict,
+    data_split: dict,
+    teacher: str,
+    training: dict,
+    precision: str,
+) -> Path:
+    """``card.json`` beside the model: what it is, how it was made, its size and its checksum."""
+    model = onnx.load(str(model_path))
+    card = {
+        "name": name,
+        "task": "embedding",
+        "architecture": "arcface112",
+        "description": description,
+        "origin": f"trained by this project: `biometrics distill {recipe.get('_path', '')}`".strip(),
+        "licence": "Apache-2.0",
+        "precision": precision,
+        "source": {
+            "file": model_path.name,
+            "sha256": sha256_file(model_path),
+            "obtain": f"shipped in models/{name}/; rebuild with `biometrics distill {recipe.get('_path', '')}`",
+        },
+        "input": {
+            "size": [112, 112],
+            "layout": "NCHW",
+            "channel_order": "RGB",
+            "range": "0-255; the graph normalises (x - 127.5) / 128",
+            "alignment": "arcface-5pt-112",
+        },
+        "bench_input_shape": [1, 3, 112, 112],
+        "teacher": teacher,
+        "data_split": data_split,
+        "recipe": {k: v for k, v in recipe.items() if not k.startswith("_")},
+        "training": training,
+        "size": {
+            "parameters": count_parameters(model),
+            "macs": count_macs(model, {"data": [1, 3, 112, 112]}),
+            "file_size_bytes": os.path.getsize(model_path),
+        },
+    }
+    card_path = model_path.parent / "card.json"
+    previous = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    if previous.get("source", {}).get("sha256") == card["source"]["sha256"]:
+        for kept in ("threshold", "measured"):  # still true of this very file
+            if kept in previous:
+                card[kept] = previous[kept]
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    return card_path

@@ -1,0 +1,175 @@
+"""Training faces: detected and aligned by our own pipeline, cached once as 112x112 crops.
+
+The sources are the people we may train on: LFW minus the people of the report folds, aligned CelebA, and
+UTKFace (no identities). Crops and their metadata are cached under ``<cache>/training/<key>/`` so every
+recipe that asks for the same faces reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from biometrics import detection
+from biometrics.alignment import align_face
+from biometrics.errors import DataError, ImageError
+from biometrics.evaluation.datasets import unpack_once
+from biometrics.evaluation.lfw import locate_images, read_pairs
+from biometrics.imaging import load_image
+from biometrics.pipeline import select_face
+from biometrics.registry import ModelRegistry, cache_dir
+
+CELEBA_ARCHIVE = ("celeba/celeba_align10k.tgz", "96023cf2ee53420507a782fc455658d8fff850eca83bd851c48f33344b6929d2")
+UTKFACE_ARCHIVE = ("utkface/utkface_part1.tgz", "a7d178a36f12f69eaa2a4d0e7e20b9df50d0bd1afe17a2c090baa14a7c5ae851")
+
+
+@dataclass(frozen=True)
+class FaceSource:
+    """One image to take a face from; ``identity`` is None where the dataset has no labels."""
+
+    path: Path
+    dataset: str
+    identity: str | None
+
+
+def lfw_people_in_folds(pairs_path: Path, folds: list[int]) -> set[str]:
+    return {name for p in read_pairs(pairs_path) if p.fold in folds for name in (p.name_a, p.name_b)}
+
+
+def lfw_sources(data_root: Path, exclude_folds: list[int]) -> list[FaceSource]:
+    """Every LFW image whose person appears in none of ``exclude_folds`` (the report folds)."""
+    lfw_dir = data_root / "lfw"
+    excluded = lfw_people_in_folds(lfw_dir / "pairs.txt", exclude_folds)
+    root = locate_images(lfw_dir)
+    return [
+        FaceSource(path, "lfw", f"lfw/{path.parent.name}")
+        for path in sorted(root.glob("*/*.jpg"))
+        if path.parent.name not in excluded
+    ]
+
+
+def celeba_sources(data_root: Path) -> list[FaceSource]:
+    root = unpack_once(data_root / CELEBA_ARCHIVE[0], CELEBA_ARCHIVE[1]) / "celeba_align10k"
+    rows = [line.split() for line in (root / "identity.txt").read_text().splitlines() if line.strip()]
+    return [
+        FaceSource(
+            root / "images" / rel if not rel.startswith("images/") else root / rel, "celeba", f"celeba/{identity}"
+        )
+        for rel, identity in rows
+    ]
+
+
+def utkface_sources(data_root: Path) -> list[FaceSource]:
+    root = unpack_once(data_root / UTKFACE_ARCHIVE[0], UTKFACE_ARCHIVE[1]) / "utkface_part1" / "images"
+    return [FaceSource(path, "utkface", None) for path in sorted(root.glob("*.jpg"))]
+
+
+def gather_sources(data_root: Path, spec: dict) -> list[FaceSource]:
+    """The images a recipe's ``data`` block names, e.g. {lfw: {exclude_folds: [6..10]}, celeba: {}, utkface: {}}."""
+    sources: list[FaceSource] = []
+    if "lfw" in spec:
+        sources += lfw_sources(data_root, spec["lfw"].get("exclude_folds", []))
+    if "celeba" in spec:
+        sources += celeba_sources(data_root)
+    if "utkface" in spec:
+        sources += utkface_sources(data_root)
+    limit = spec.get("limit")
+    if limit:
+        rng = np.random.default_rng(0)
+        sources = [sources[i] for i in sorted(rng.choice(len(sources), size=min(limit, len(sources)), replace=False))]
+    if not sources:
+        raise DataError("the recipe's data block selects no images")
+    return sources
+
+
+@dataclass
+class FaceCache:
+    """Aligned crops (N x 112 x 112 x 3, BGR uint8) and, per crop, its dataset and identity."""
+
+    folder: Path
+    crops: np.ndarray
+    meta: list[dict]
+
+    @property
+    def identities(self) -> list[str | None]:
+        return [row["identity"] for row in self.meta]
+
+
+def _cache_key(sources: list[FaceSource], detector: str) -> str:
+    digest = hashlib.sha256(detector.encode())
+    for source in sources:
+        digest.update(f"{source.dataset}:{source.path.name}:{source.identity}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def build_face_cache(
+    sources: list[FaceSource],
+    detector_name: str = "yunet-teacher",
+    size: int = 112,
+    cache: Path | None = None,
+    progress: bool = True,
+) -> FaceCache:
+    """Detect (the face nearest the centre), align and store each source's face; skip images with none.
+
+    Images are padded by a quarter of their size before detection: aligned CelebA crops are so tight that a
+    detector trained on scenes misses many of them otherwise.
+    """
+    folder = (cache or cache_dir()) / "training" / f"faces-{_cache_key(sources, detector_name)}"
+    if (folder / "meta.json").is_file():
+        return FaceCache(
+            folder, np.load(folder / "crops.npy", mmap_mode="r"), json.loads((folder / "meta.json").read_text())
+        )
+    model = ModelRegistry().resolve(detector_name, task="detection")
+    detector = detection.ARCHITECTURES[model.card.architecture](model, score_threshold=0.5)
+    crops, meta, skipped = [], [], 0
+    for source in tqdm(sources, desc="aligning training faces", unit="img", disable=not progress):
+        try:
+            image = load_image(source.path)
+        except ImageError:
+            skipped += 1
+            continue
+        pad = max(image.shape[:2]) // 4
+        padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+        faces = detector.detect(padded)
+        if not faces:
+            skipped += 1
+            continue
+        face = select_face(faces, "center", padded.shape)
+        crops.append(align_face(padded, face.landmarks, size))
+        meta.append({"dataset": source.dataset, "identity": source.identity, "file": source.path.name})
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "crops.npy.tmp.npy", np.stack(crops))
+    os.replace(folder / "crops.npy.tmp.npy", folder / "crops.npy")
+    (folder / "skipped.txt").write_text(f"{skipped} of {len(sources)} images had no detectable face\n")
+    (folder / "meta.json").write_text(json.dumps(meta))  # written last: marks the cache complete
+    return FaceCache(folder, np.load(folder / "crops.npy", mmap_mode="r"), meta)
+
+
+def teacher_targets(faces: FaceCache, teacher: str, batch_size: int = 64, progress: bool = True) -> np.ndarray:
+    """Teacher embeddings of every crop and of its mirror image (N x 2 x D), computed once and cached.
+
+    The teacher runs in ONNX Runtime exactly as it does at verification time, so the student learns the
+    geometry the product actually uses.
+    """
+    from biometrics.embedding import ARCHITECTURES
+
+    model = ModelRegistry().resolve(teacher, task="embedding")
+    path = faces.folder / f"targets-{model.name}-{model.source_sha256[:12]}.npy"
+    if path.is_file():
+        return np.load(path)
+    embedder = ARCHITECTURES[model.card.architecture](model, batch_size=batch_size)
+    chunks = []
+    for start in tqdm(range(0, len(faces.crops), batch_size), desc=f"teacher {model.name}", disable=not progress):
+        batch = np.asarray(faces.crops[start : start + batch_size])
+        chunks.append(np.stack([embedder.embed(batch), embedder.embed(batch[:, :, ::-1])], axis=1))
+    targets = np.concatenate(chunks).astype(np.float32)
+    np.save(path.with_suffix(".tmp.npy"), targets)
+    os.replace(path.with_suffix(".tmp.npy"), path)
+    return targets

@@ -1,0 +1,87 @@
+"""Training recipes: one YAML file under pipelines/ declares everything a run depends on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from biometrics.errors import BiometricsError
+
+
+class RecipeError(BiometricsError):
+    """A recipe file is missing, not YAML, or lacks a required entry."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A distillation recipe. Sections are kept as plain dicts: they are recorded verbatim in model cards."""
+
+    name: str
+    task: str
+    teacher: str
+    detector: str
+    data: dict
+    student: dict
+    augmentation: dict
+    loss: dict
+    optimizer: dict
+    schedule: dict
+    batch_size: int
+    epochs: int
+    seed: int
+    quantization: dict
+    output: dict
+    report_folds: str
+    path: Path | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, path: Path) -> Recipe:
+        try:
+            raw = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise RecipeError(f"{path}: cannot read recipe ({exc})") from None
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{path}: a recipe is a YAML mapping")
+        required = [
+            "name",
+            "task",
+            "teacher",
+            "detector",
+            "data",
+            "student",
+            "loss",
+            "optimizer",
+            "batch_size",
+            "epochs",
+            "seed",
+            "output",
+            "report_folds",
+        ]
+        missing = [key for key in required if key not in raw]
+        if missing:
+            raise RecipeError(f"{path}: missing {', '.join(missing)}")
+        if raw["task"] != "embedding":
+            raise RecipeError(f"{path}: task '{raw['task']}' is not supported by this trainer (embedding)")
+        return cls(
+            name=raw["name"],
+            task=raw["task"],
+            teacher=raw["teacher"],
+            detector=raw["detector"],
+            data=raw["data"],
+            student=raw["student"],
+            augmentation=raw.get("augmentation", {}),
+            loss=raw["loss"],
+            optimizer=raw["optimizer"],
+            schedule=raw.get("schedule", {}),
+            batch_size=int(raw["batch_size"]),
+            epochs=int(raw["epochs"]),
+            seed=int(raw["seed"]),
+            quantization=raw.get("quantization", {}),
+            output=raw["output"],
+            report_folds=str(raw["report_folds"]),
+            path=Path(path),
+            raw=raw,
+        )

@@ -1,0 +1,119 @@
+"""Training smoke test: a tiny student trains for a few steps, exports and quantizes, and the runtime loads it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch", reason="training needs the train extra (pip install -e '.[train]')")
+
+from biometrics.embedding import Embedder  # noqa: E402
+from biometrics.registry import ModelRegistry  # noqa: E402
+from biometrics.training.recipe import Recipe, RecipeError  # noqa: E402
+from biometrics.training.student import (  # noqa: E402
+    EmbedderConfig,
+    FaceEmbedderNet,
+    count_parameters,
+    prune_teacher,
+    sface_to_torch,
+)
+from tests.conftest import ROOT, SHARED, shared_file  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return sface_to_torch(ModelRegistry().resolve("sface-teacher").onnx_bytes)
+
+
+def test_teacher_in_pytorch_matches_onnx_runtime(teacher):
+    model = ModelRegistry().resolve("sface-teacher")
+    reference = Embedder(model, threads=1)
+    crops = np.random.default_rng(0).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    with torch.no_grad():
+        ours = teacher(torch.from_numpy(np.ascontiguousarray(crops[..., ::-1].transpose(0, 3, 1, 2))).float())
+    ours = torch.nn.functional.normalize(ours, dim=1).numpy()
+    np.testing.assert_allclose((ours * reference.embed(crops)).sum(1), 1.0, atol=1e-4)
+    assert count_parameters(teacher) == 9_642_880
+
+
+def test_pruned_student_has_the_configured_shape(teacher):
+    config = EmbedderConfig(width=0.5, activation="relu")
+    student = prune_teacher(teacher, config)
+    assert config.channels()[-1] == 512 and count_parameters(student) <= 1_000_000
+    # The GDC head is the best rank-1 split of the teacher's FC slice of each kept channel.
+    kernel = student.spatial.weight.data.reshape(512, 49)
+    column = student.linear.weight.data.T
+    rank_one = column[:, :, None] * kernel[:, None, :]
+    assert torch.isfinite(rank_one).all() and rank_one.abs().sum() > 0
+    with torch.no_grad():
+        assert student.eval()(torch.zeros(2, 3, 112, 112)).shape == (2, 128)
+
+
+def test_scratch_network_and_bad_configs():
+    assert FaceEmbedderNet(EmbedderConfig(width=0.25, stages=(1, 2, 3))).config.channels() == [8, 16, 32]
+    with pytest.raises(ValueError, match="unknown head"):
+        FaceEmbedderNet(EmbedderConfig(head="mlp"))
+
+
+def test_recipe_errors(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\n")
+    with pytest.raises(RecipeError, match="missing task"):
+        Recipe.load(path)
+
+
+def test_distill_smoke_trains_exports_and_quantizes(tmp_path):
+    """A tiny student, a handful of LFW faces, a few steps: FP32 + INT8 ONNX with cards that the runtime loads."""
+    shared_file("data/lfw/pairs.txt")
+    recipe = yaml.safe_load((ROOT / "pipelines" / "sface-student.yaml").read_text())
+    recipe.update(
+        name="smoke",
+        epochs=1,
+        batch_size=8,
+        checkpoint_every=2,
+        data={"root": str(SHARED / "data"), "lfw": {"exclude_folds": list(range(2, 11))}, "limit": 40, "holdout": 8},
+        student=dict(recipe["student"], width=0.25, stages=[1, 2, 3, 5, 7, 13, 14]),
+        quantization={"calibration_faces": 8, "per_channel": True},
+        output={"fp32": "smoke-fp32", "int8": "smoke-int8"},
+    )
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    from click.testing import CliRunner
+
+    from biometrics.cli.main import cli
+
+    args = [
+        "distill",
+        str(path),
+        "--work-dir",
+        str(tmp_path / "run"),
+        "--models-dir",
+        str(tmp_path / "models"),
+        "--threads",
+        "2",
+        "--no-progress",
+    ]
+    partial = CliRunner().invoke(cli, [*args, "--max-steps", "2"])
+    assert partial.exit_code == 0, partial.output
+    assert json.loads(partial.stdout)["finished"] is False
+    result = CliRunner().invoke(cli, args)  # resumes from the checkpoint at step 2
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["finished"] is True
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log][0] == 2 and "holdout" in log[-1]
+
+    registry = ModelRegistry([tmp_path / "models"], cache=tmp_path / "cache")
+    crops = np.random.default_rng(1).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
+    for name, precision in (("smoke-fp32", "fp32"), ("smoke-int8", "int8")):
+        model = registry.resolve(name, task="embedding")
+        assert model.card.data["precision"] == precision
+        assert model.card.data["data_split"]["lfw_excluded_folds"] == list(range(2, 11))
+        embeddings = Embedder(model, threads=1).embed(crops)
+        np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    int8 = registry.resolve("smoke-int8")
+    assert any(node.op_type == "QuantizeLinear" for node in onnx.load_from_string(int8.onnx_bytes).graph.node)
