@@ -21,3 +21,11 @@ class ModelError(BiometricsError):
 
 class DataError(BiometricsError):
     """A benchmark dataset is missing or malformed."""
+
+
+class GalleryError(BiometricsError):
+    """The gallery cannot be used as asked: missing, wrong key, other embedder, unknown person, corrupt file."""
+
+
+class SourceError(BiometricsError):
+    """A live video source cannot be opened or stopped delivering frames (missing camera, lost stream)."""

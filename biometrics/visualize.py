@@ -13,20 +13,38 @@ from biometrics.face import Face
 LANDMARK_COLOURS = ((255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 0, 255), (0, 255, 255))
 
 
-def draw_faces(image: np.ndarray, faces: list[Face], labels: list[str] | None = None) -> np.ndarray:
-    """A copy of ``image`` with each face's box, landmarks and label (default: index and score)."""
+def _thickness(image: np.ndarray) -> int:
+    return max(1, round(max(image.shape[:2]) / 600))
+
+
+def draw_faces(
+    image: np.ndarray,
+    faces: list[Face],
+    labels: list[str] | None = None,
+    colours: list[tuple[int, int, int]] | None = None,
+) -> np.ndarray:
+    """A copy of ``image`` with each face's box, landmarks and label (default: index and score), box and
+    label in the face's BGR colour (default: green)."""
     canvas = image.copy()
-    thickness = max(1, round(max(image.shape[:2]) / 600))
+    thickness = _thickness(image)
     for i, face in enumerate(faces):
+        colour = colours[i] if colours else (0, 255, 0)
         x1, y1, x2, y2 = (int(round(v)) for v in face.box)
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 255, 0), thickness)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)
         for (x, y), colour in zip(face.landmarks, LANDMARK_COLOURS, strict=True):
             cv2.circle(canvas, (int(round(x)), int(round(y))), thickness + 1, colour, -1)
         text = labels[i] if labels else f"{i}: {face.score:.2f}"
-        cv2.putText(
-            canvas, text, (x1, max(0, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, (0, 255, 0), thickness
-        )
+        cv2.putText(canvas, text, (x1, max(0, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, colour, thickness)
     return canvas
+
+
+def draw_caption(canvas: np.ndarray, text: str) -> None:
+    """Write a status line (e.g. frames per second) in the top-left corner of ``canvas``, in place."""
+    thickness = _thickness(canvas)
+    scale = 0.5 * thickness
+    (width, height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    cv2.rectangle(canvas, (0, 0), (width + 8, height + baseline + 8), (0, 0, 0), -1)
+    cv2.putText(canvas, text, (4, height + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness)
 
 
 def save_image(path: Path, image: np.ndarray) -> None:

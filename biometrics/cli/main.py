@@ -375,4 +375,7 @@ def main() -> None:
 
 
 # Commands with a module of their own; imported last because they use the helpers above.
+from biometrics.cli import gallery_commands, live_commands  # noqa: E402
 
+for command in (*gallery_commands.COMMANDS, *live_commands.COMMANDS):
+    cli.add_command(command)

@@ -94,6 +94,7 @@ class FacePipeline:
 
     @contextmanager
     def _timed(self, stage: str) -> Iterator[None]:
+        """Add the block's wall time to ``timings_ms[stage]`` (reset by each ``verify``; cumulative otherwise)."""
         start = time.perf_counter()
         yield
         self.timings_ms[stage] = self.timings_ms.get(stage, 0.0) + (time.perf_counter() - start) * 1000

@@ -1,0 +1,225 @@
+"""Gallery commands: ``enroll``, ``identify`` and ``gallery list|remove|export|reembed``.
+
+Registered on the ``biometrics`` group by ``biometrics.cli.main`` (import that module, not this one).
+``identify`` exits 0 when a face is identified, 1 when every face is unknown, 2 on error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from biometrics.cli.main import _pipeline, pipeline_options, reports_errors
+from biometrics.pipeline.facade import SELECTIONS
+
+EXIT_UNKNOWN = 1
+
+
+def gallery_options(command):
+    """Where the gallery is and how to unlock it."""
+    command = click.option(
+        "--key-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="File with the base64 AES-256 key of an encrypted gallery (default: $BIOMETRICS_GALLERY_KEY).",
+    )(command)
+    return click.option(
+        "--gallery",
+        "gallery_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Gallery file (default: $BIOMETRICS_GALLERY or ~/.local/share/biometrics/gallery.db).",
+    )(command)
+
+
+def select_option(help_text: str):
+    return click.option("--select", type=click.Choice(SELECTIONS), default="largest", show_default=True, help=help_text)
+
+
+def open_gallery(gallery_path: Path | None, key_file: Path | None, create: bool = False):
+    from biometrics.gallery import Gallery, default_gallery_path, load_key
+
+    return Gallery(gallery_path or default_gallery_path(), key=load_key(key_file), create=create)
+
+
+def _box(face) -> str:
+    return "(" + ", ".join(f"{v:.0f}" for v in face.box) + ")"
+
+
+@click.command()
+@click.argument("name")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@gallery_options
+@pipeline_options
+@select_option("Which face to enrol when an image has several.")
+@click.option("--keep-images", is_flag=True, help="Also store the images (needed by `gallery reembed`).")
+@reports_errors
+def enroll(name, images, gallery_path, key_file, detector, embedder, threads, max_side, select, keep_images):
+    """Add NAME to the gallery with one template per image (all images or none)."""
+    import cv2
+
+    from biometrics.errors import NoFaceError
+    from biometrics.gallery import EmbedderId, NewTemplate
+    from biometrics.imaging import load_image
+
+    pipeline = _pipeline(detector, embedder, threads, max_side)
+    templates = []
+    for path in images:
+        pixels = load_image(path)
+        try:
+            face, count = pipeline.embed_one(pixels, select)
+        except NoFaceError as exc:
+            raise NoFaceError(f"{path}: {exc}; nothing enrolled") from None
+        if count > 1:
+            click.echo(f"{path.name}: {count} faces, enrolling the {select} one at {_box(face)} (see --select)")
+        image_png = cv2.imencode(".png", pixels)[1].tobytes() if keep_images else None
+        templates.append(NewTemplate(face.embedding, path.name, tuple(face.box), image_png))
+    with open_gallery(gallery_path, key_file, create=True) as gallery:
+        person = gallery.enroll(name, EmbedderId.of(pipeline.embedder), templates)
+        click.echo(
+            f"enrolled {person.name}: {len(templates)} template(s) added, {person.templates} in total "
+            f"({gallery.path}{', images kept' if keep_images else ''})"
+        )
+
+
+@click.command()
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@gallery_options
+@pipeline_options
+@click.option("--threshold", type=float, default=None, help="Cosine-similarity threshold (default: the card's).")
+@click.option("--top-k", type=click.IntRange(1), default=5, show_default=True, help="People listed per face.")
+@click.option("--all", "every_face", is_flag=True, help="Identify every face, not only the selected one.")
+@select_option("Which face to identify without --all.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@reports_errors
+def identify(
+    image, gallery_path, key_file, detector, embedder, threads, max_side, threshold, top_k, every_face, select, as_json
+):
+    """Who is in IMAGE? Ranked people with scores; exit 0 identified, 1 unknown, 2 error."""
+    from biometrics.errors import NoFaceError
+    from biometrics.gallery import UNKNOWN, EmbedderId, TemplateIndex
+    from biometrics.imaging import load_image
+
+    pipeline = _pipeline(detector, embedder, threads, max_side, threshold)
+    with open_gallery(gallery_path, key_file) as gallery:
+        index = TemplateIndex(gallery.templates(EmbedderId.of(pipeline.embedder)))
+    pixels = load_image(image)
+    try:
+        faces = pipeline.analyze(pixels) if every_face else [pipeline.embed_one(pixels, select)[0]]
+    except NoFaceError as exc:
+        raise NoFaceError(f"{image}: {exc}") from None
+    if not faces:
+        raise NoFaceError(f"{image}: no face found")
+    results = index.identify(faces, pipeline.threshold, top_k)
+    if as_json:
+        report = {
+            "image": str(image),
+            "threshold": pipeline.threshold,
+            "embedder": pipeline.embedder.name,
+            "gallery_templates": len(index),
+            "faces": [result.to_dict() for result in results],
+        }
+        click.echo(json.dumps(report))
+    else:
+        click.echo(f"{image}: {len(results)} face(s), threshold {pipeline.threshold:.4f}, {len(index)} templates")
+        for i, result in enumerate(results):
+            ranked = ", ".join(f"{m.name} {m.score:.4f}" for m in result.matches) or "empty gallery"
+            click.echo(f"  [{i}] {result.identity or UNKNOWN} at {_box(result.face)}: {ranked}")
+    sys.exit(0 if any(result.identity for result in results) else EXIT_UNKNOWN)
+
+
+@click.group("gallery")
+def gallery_group():
+    """List, remove, export or re-embed the people in a gallery."""
+
+
+@gallery_group.command("list")
+@gallery_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@reports_errors
+def gallery_list(gallery_path, key_file, as_json):
+    """People, template and kept-image counts, enrolment dates and the model that made the templates."""
+    import dataclasses
+
+    with open_gallery(gallery_path, key_file) as gallery:
+        people, embedders = gallery.people(), gallery.embedders()
+        if as_json:
+            report = {
+                "gallery": str(gallery.path),
+                "encrypted": gallery.cipher is not None,
+                "embedders": [dataclasses.asdict(e) for e in embedders],
+                "people": [dataclasses.asdict(p) for p in people],
+            }
+            click.echo(json.dumps(report))
+            return
+        encrypted = "encrypted" if gallery.cipher is not None else "not encrypted"
+        made_by = ", ".join(map(str, embedders)) or "no templates yet"
+        click.echo(f"{gallery.path}: {len(people)} people, {encrypted}, templates by {made_by}")
+        for person in people:
+            click.echo(
+                f"  {person.name}: {person.templates} template(s), {person.kept_images} image(s) kept, "
+                f"enrolled {person.enrolled_at}, last {person.updated_at}"
+            )
+
+
+@gallery_group.command("remove")
+@click.argument("name")
+@gallery_options
+@reports_errors
+def gallery_remove(name, gallery_path, key_file):
+    """Delete NAME with all their templates and kept images."""
+    with open_gallery(gallery_path, key_file) as gallery:
+        person = gallery.remove(name)
+    click.echo(f"removed {person.name} ({person.templates} template(s), {person.kept_images} image(s))")
+
+
+@gallery_group.command("export")
+@click.argument("destination", type=click.Path(dir_okay=False, path_type=Path))
+@gallery_options
+@reports_errors
+def gallery_export(destination, gallery_path, key_file):
+    """Write a consistent copy of the gallery to DESTINATION (a new file, 0600; still encrypted if it was)."""
+    with open_gallery(gallery_path, key_file) as gallery:
+        gallery.export(destination)
+    click.echo(f"exported {gallery.path} to {destination}")
+
+
+@gallery_group.command("reembed")
+@gallery_options
+@pipeline_options
+@click.option(
+    "--drop-unkept",
+    is_flag=True,
+    help="Delete templates of another model that have no kept image (refused without this flag).",
+)
+@reports_errors
+def gallery_reembed(gallery_path, key_file, detector, embedder, threads, max_side, drop_unkept):
+    """Re-compute every template that has a kept image with the current embedder (one transaction)."""
+    import numpy as np
+
+    from biometrics.errors import GalleryError
+    from biometrics.gallery import EmbedderId
+    from biometrics.imaging import load_image
+    from biometrics.live.tracker import box_iou
+
+    pipeline = _pipeline(detector, embedder, threads, max_side)
+    with open_gallery(gallery_path, key_file) as gallery:
+        embeddings = {}
+        for kept in gallery.kept_images():
+            pixels = load_image(kept.image_png)
+            faces = pipeline.detect(pixels)
+            overlaps = box_iou(np.array([kept.face_box]), np.array([f.box for f in faces]).reshape(-1, 4))[0]
+            if not faces or overlaps.max() < 0.3:
+                raise GalleryError(f"{kept.name}/{kept.source}: the enrolled face is not found again; nothing changed")
+            embeddings[kept.template_id] = pipeline.embed(pixels, [faces[int(overlaps.argmax())]])[0].embedding
+        dropped = gallery.replace_embeddings(EmbedderId.of(pipeline.embedder), embeddings, drop_unkept)
+    click.echo(
+        f"re-embedded {len(embeddings)} template(s) with {pipeline.embedder.name}"
+        + (f", dropped {dropped} without a kept image" if dropped else "")
+    )
+
+
+COMMANDS = (enroll, identify, gallery_group)

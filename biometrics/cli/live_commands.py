@@ -1,0 +1,107 @@
+"""``biometrics live``: recognise faces in a camera, video file or stream, in a browser, a window or headless.
+
+Registered on the ``biometrics`` group by ``biometrics.cli.main`` (import that module, not this one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from biometrics.cli.gallery_commands import gallery_options
+from biometrics.cli.main import _pipeline, pipeline_options, reports_errors
+
+
+@click.command()
+@click.option("--source", default="0", show_default=True, help="Camera index, video file, or rtsp/http(s) URL.")
+@gallery_options
+@pipeline_options
+@click.option("--threshold", type=float, default=None, help="Cosine-similarity threshold (default: the card's).")
+@click.option("--headless", is_flag=True, help="No view: process as fast as possible (servers, tests, benchmarks).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the annotated video.")
+@click.option(
+    "--events",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write one JSON line per frame: index, time, tracks (id, box, identity, score).",
+)
+@click.option(
+    "--view",
+    type=click.Choice(["auto", "browser", "window"]),
+    default="auto",
+    show_default=True,
+    help="Without --headless: an OpenCV window if this OpenCV has a GUI, else the browser page.",
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Browser page port.")
+@click.option(
+    "--detect-every", type=click.IntRange(1), default=2, show_default=True, help="Run the detector every N frames."
+)
+@click.option("--keep-images", is_flag=True, help="Keep the frame of a browser enrolment in the gallery.")
+@reports_errors
+def live(
+    source,
+    gallery_path,
+    key_file,
+    detector,
+    embedder,
+    threads,
+    max_side,
+    threshold,
+    headless,
+    out,
+    events,
+    view,
+    port,
+    detect_every,
+    keep_images,
+):
+    """Live recognition: capture, detect, track, identify, and draw boxes, names, scores and FPS."""
+    import cv2
+
+    from biometrics.gallery import EmbedderId, default_gallery_path, load_key
+    from biometrics.live.capture import FrameSource
+    from biometrics.live.recognizer import LiveRecognizer
+    from biometrics.live.session import GalleryLink, LiveControls, run_live
+    from biometrics.live.views import HeadlessRecorder, WindowView, gui_available
+
+    def notify(message: str) -> None:
+        click.echo(message, err=True)
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our messages say what failed, once
+
+    pipeline = _pipeline(detector, embedder, threads, max_side, threshold)
+    link = GalleryLink(
+        gallery_path or default_gallery_path(), load_key(key_file), EmbedderId.of(pipeline.embedder), keep_images
+    )
+    index = link.load_index()
+    if index is None:
+        notify(f"no gallery at {link.path} yet: every face is unknown until someone is enrolled")
+    recognizer = LiveRecognizer(pipeline, index, detect_every=detect_every)
+    frames = FrameSource(source, pace=not headless, notify=notify)
+    views = [HeadlessRecorder(out, events, frames.fps)] if out or events else []
+    controls = None
+    if not headless:
+        if view == "auto":
+            view = "window" if gui_available() else "browser"
+        elif view == "window" and not gui_available():
+            notify("this OpenCV has no GUI (opencv-python-headless, or no display): using the browser page instead")
+            view = "browser"
+        if view == "window":
+            views.append(WindowView())
+        else:
+            from biometrics.live.web import BrowserView
+
+            controls = LiveControls(recognizer)
+            browser = BrowserView(controls, port=port)
+            views.append(browser)
+            notify(f"live view at {browser.url} (Ctrl-C to stop)")
+    try:
+        summary = run_live(frames, recognizer, views, controls, link)
+    except KeyboardInterrupt:
+        notify("stopped")
+        return
+    click.echo(f"{frames.label}: {summary}")
+
+
+COMMANDS = (live,)

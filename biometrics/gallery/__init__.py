@@ -1,0 +1,33 @@
+"""Enrol faces once, recognise them later: a persistent gallery (SQLite) and 1:N search over it."""
+
+from biometrics.gallery.cipher import KEY_ENV, load_key
+from biometrics.gallery.search import Identification, Match, TemplateIndex, faiss_available
+from biometrics.gallery.store import (
+    GALLERY_ENV,
+    UNKNOWN,
+    EmbedderId,
+    Gallery,
+    KeptImage,
+    NewTemplate,
+    Person,
+    Templates,
+    default_gallery_path,
+)
+
+__all__ = [
+    "GALLERY_ENV",
+    "KEY_ENV",
+    "UNKNOWN",
+    "EmbedderId",
+    "Gallery",
+    "Identification",
+    "KeptImage",
+    "Match",
+    "NewTemplate",
+    "Person",
+    "TemplateIndex",
+    "Templates",
+    "default_gallery_path",
+    "faiss_available",
+    "load_key",
+]

@@ -1,0 +1,369 @@
+"""The persistent gallery: people, their templates and the embedder that made them, in one SQLite file.
+
+Kill-safety comes from SQLite itself: WAL journal, ``synchronous=FULL`` and one transaction per change, so a
+process killed at any moment leaves either the whole enrolment or none of it, and never a corrupt file. The
+file is created 0600 before SQLite opens it (SQLite gives its -wal and -shm files the same mode) and a folder we
+create for it is 0700. Deleted rows are overwritten (``secure_delete``) and checkpointed out of the WAL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from biometrics.errors import GalleryError
+from biometrics.gallery.cipher import KEY_CHECK, KEY_ENV, TemplateCipher
+
+GALLERY_ENV = "BIOMETRICS_GALLERY"
+SCHEMA_VERSION = "1"
+MAX_NAME_LENGTH = 100
+UNKNOWN = "unknown"
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE people (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    enrolled_at TEXT NOT NULL
+);
+CREATE TABLE templates (
+    id INTEGER PRIMARY KEY,
+    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    embedder_name TEXT NOT NULL,
+    embedder_sha256 TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    embedding BLOB NOT NULL,  -- float32 vector, AES-GCM sealed when the gallery has a key
+    source TEXT NOT NULL,     -- file name of the image it came from
+    face_box TEXT NOT NULL,   -- JSON [x1, y1, x2, y2] of the face used, so reembed finds it again
+    image BLOB,               -- PNG of the decoded source image, only with --keep-images (sealed with a key)
+    created_at TEXT NOT NULL
+);
+CREATE INDEX templates_by_person ON templates(person_id);
+"""
+
+
+def default_gallery_path() -> Path:
+    """``BIOMETRICS_GALLERY`` or ~/.local/share/biometrics/gallery.db (XDG_DATA_HOME respected)."""
+    if os.environ.get(GALLERY_ENV):
+        return Path(os.environ[GALLERY_ENV])
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "biometrics" / "gallery.db"
+
+
+@dataclass(frozen=True)
+class EmbedderId:
+    """Which model made a template: templates are only comparable with the exact same model file."""
+
+    name: str
+    sha256: str
+    dim: int
+
+    @classmethod
+    def of(cls, embedder) -> EmbedderId:
+        """The id of a pipeline's embedder (``pipeline.embedder``)."""
+        dim = embedder.session.get_outputs()[0].shape[-1]
+        if not isinstance(dim, int):  # a dynamic output axis: ask the model
+            dim = embedder.embed(np.zeros((1, *embedder.size, 3), np.uint8)).shape[1]
+        return cls(embedder.name, embedder.model.source_sha256, dim)
+
+    def __str__(self) -> str:
+        return f"{self.name} (sha256 {self.sha256[:12]}, {self.dim}-d)"
+
+
+@dataclass(frozen=True)
+class NewTemplate:
+    """One embedding to enrol, with where it came from and, if kept, the image it was taken from."""
+
+    embedding: np.ndarray
+    source: str
+    face_box: tuple[float, float, float, float]
+    image_png: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    templates: int
+    kept_images: int
+    enrolled_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class Templates:
+    """All templates of one embedder, grouped by person: row i belongs to ``names[owners[i]]``."""
+
+    names: tuple[str, ...]
+    owners: np.ndarray  # int64, non-decreasing
+    vectors: np.ndarray  # float32, N x dim, unit length
+
+
+@dataclass(frozen=True)
+class KeptImage:
+    template_id: int
+    name: str
+    source: str
+    face_box: tuple[float, float, float, float]
+    image_png: bytes
+
+
+def check_name(name: str) -> str:
+    """A person's name as stored: trimmed, printable, not the word the CLI uses for 'nobody'."""
+    name = name.strip()
+    if not name:
+        raise GalleryError("a person's name cannot be empty")
+    if len(name) > MAX_NAME_LENGTH or not name.isprintable():
+        raise GalleryError(f"invalid name {name[:40]!r}: at most {MAX_NAME_LENGTH} printable characters")
+    if name.casefold() == UNKNOWN:
+        raise GalleryError(f"'{UNKNOWN}' is reserved: it is what identify reports for a face nobody matches")
+    return name
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _create_private_file(path: Path) -> None:
+    """Create ``path`` 0600, and any missing parent folders 0700."""
+    missing = [parent for parent in reversed(path.parents) if not parent.exists()]
+    for folder in missing:
+        folder.mkdir(mode=0o700)
+        folder.chmod(0o700)  # mkdir's mode is filtered by the umask
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    path.chmod(0o600)
+
+
+class Gallery:
+    """A gallery file, opened for one command or one live session. Use as a context manager."""
+
+    def __init__(self, path: Path, *, key: bytes | None = None, create: bool = False):
+        self.path = Path(path)
+        if not self.path.exists():
+            if not create:
+                raise GalleryError(
+                    f"{self.path}: no gallery here (enrol someone first: biometrics enroll NAME IMAGE...)"
+                )
+            try:
+                _create_private_file(self.path)
+            except OSError as exc:
+                raise GalleryError(f"{self.path}: cannot create gallery ({exc.strerror or exc})") from None
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+        try:
+            for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "secure_delete=ON"):
+                self._db.execute(f"PRAGMA {pragma}")
+            self._initialise_if_empty(key)
+            self.cipher = self._unlock(key)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise GalleryError(f"{self.path}: not a usable gallery ({exc})") from None
+        except GalleryError:
+            self._db.close()
+            raise
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic change: all of it is on disk when this returns, none of it if anything failed."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _initialise_if_empty(self, key: bytes | None) -> None:
+        """Create the schema in a new (empty) file; under the write lock, so concurrent first enrolments agree."""
+        with self._transaction() as db:
+            if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+                return
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                db.execute(statement)
+            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            if key is not None:
+                db.execute("INSERT INTO meta VALUES ('key_check', ?)", (TemplateCipher(key).seal(KEY_CHECK, b""),))
+
+    def _unlock(self, key: bytes | None) -> TemplateCipher | None:
+        try:
+            meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        except sqlite3.OperationalError:  # some other SQLite database
+            raise GalleryError(f"{self.path}: not a gallery (an SQLite file without the gallery's tables)") from None
+        if meta.get("schema_version") != SCHEMA_VERSION:
+            raise GalleryError(f"{self.path}: unsupported gallery version {meta.get('schema_version')!r}")
+        check = meta.get("key_check")
+        if check is None:
+            if key is not None:
+                raise GalleryError(f"{self.path} is not encrypted but a key was given (its templates are in clear)")
+            return None
+        if key is None:
+            raise GalleryError(f"{self.path} is encrypted: set {KEY_ENV} or pass --key-file")
+        cipher = TemplateCipher(key)
+        if cipher.open(check, b"") != KEY_CHECK:
+            raise GalleryError(f"wrong key for the encrypted gallery {self.path}")
+        return cipher
+
+    def _seal(self, data: bytes, name: str, kind: bytes) -> bytes:
+        return data if self.cipher is None else self.cipher.seal(data, kind + b"\0" + name.encode())
+
+    def _open(self, data: bytes, name: str, kind: bytes) -> bytes:
+        if self.cipher is None:
+            return data
+        plain = self.cipher.open(data, kind + b"\0" + name.encode())
+        if plain is None:
+            raise GalleryError(f"{self.path}: a stored {kind.decode()} of '{name}' fails authentication (file altered)")
+        return plain
+
+    def embedders(self) -> list[EmbedderId]:
+        rows = self._db.execute("SELECT DISTINCT embedder_name, embedder_sha256, dim FROM templates ORDER BY 1, 2")
+        return [EmbedderId(*row) for row in rows]
+
+    def _require_embedder(self, embedder: EmbedderId) -> None:
+        others = [other for other in self.embedders() if other != embedder]
+        if others:
+            raise GalleryError(
+                f"{self.path} holds templates made by {', '.join(map(str, others))}; this pipeline's embedder is "
+                f"{embedder}, and templates of different models cannot be compared (use --embedder "
+                f"{others[0].name}, or re-embed kept images with `biometrics gallery reembed`)"
+            )
+
+    def enroll(self, name: str, embedder: EmbedderId, templates: Sequence[NewTemplate]) -> Person:
+        """Add templates to ``name`` (created if new) in one transaction."""
+        name = check_name(name)
+        now = _now()
+        with self._transaction() as db:
+            self._require_embedder(embedder)
+            db.execute("INSERT OR IGNORE INTO people (name, enrolled_at) VALUES (?, ?)", (name, now))
+            (person_id,) = db.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
+            for template in templates:
+                vector = np.asarray(template.embedding, dtype=np.float32)
+                if vector.shape != (embedder.dim,):
+                    raise GalleryError(f"template of shape {vector.shape} from an embedder of {embedder.dim} dims")
+                db.execute(
+                    "INSERT INTO templates (person_id, embedder_name, embedder_sha256, dim, embedding, source,"
+                    " face_box, image, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        person_id,
+                        embedder.name,
+                        embedder.sha256,
+                        embedder.dim,
+                        self._seal(vector.tobytes(), name, b"template"),
+                        template.source,
+                        json.dumps([round(float(v), 1) for v in template.face_box]),
+                        None if template.image_png is None else self._seal(template.image_png, name, b"image"),
+                        now,
+                    ),
+                )
+        return self.person(name)
+
+    def person(self, name: str) -> Person:
+        found = [person for person in self.people() if person.name == name]
+        if not found:
+            raise GalleryError(f"no one named '{name}' in {self.path}")
+        return found[0]
+
+    def people(self) -> list[Person]:
+        rows = self._db.execute(
+            "SELECT p.name, COUNT(t.id), COUNT(t.image), p.enrolled_at, COALESCE(MAX(t.created_at), p.enrolled_at)"
+            " FROM people p LEFT JOIN templates t ON t.person_id = p.id GROUP BY p.id ORDER BY p.name"
+        )
+        return [Person(*row) for row in rows]
+
+    def remove(self, name: str) -> Person:
+        """Delete a person and all their templates and images; the freed pages are overwritten."""
+        person = self.person(name)
+        with self._transaction() as db:
+            db.execute("DELETE FROM people WHERE name = ?", (name,))
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return person
+
+    def templates(self, embedder: EmbedderId) -> Templates:
+        """Every template, decrypted, for searching with ``embedder``; refused if another model made any."""
+        self._require_embedder(embedder)
+        rows = self._db.execute(
+            "SELECT p.name, t.embedding FROM templates t JOIN people p ON p.id = t.person_id ORDER BY p.id, t.id"
+        ).fetchall()
+        names: list[str] = []
+        owners = np.empty(len(rows), dtype=np.int64)
+        vectors = np.empty((len(rows), embedder.dim), dtype=np.float32)
+        for i, (name, blob) in enumerate(rows):
+            if not names or names[-1] != name:
+                names.append(name)
+            owners[i] = len(names) - 1
+            vectors[i] = np.frombuffer(self._open(blob, name, b"template"), dtype=np.float32)
+        return Templates(tuple(names), owners, vectors)
+
+    def kept_images(self) -> list[KeptImage]:
+        rows = self._db.execute(
+            "SELECT t.id, p.name, t.source, t.face_box, t.image FROM templates t JOIN people p ON p.id = t.person_id"
+            " WHERE t.image IS NOT NULL ORDER BY t.id"
+        )
+        return [
+            KeptImage(template_id, name, source, tuple(json.loads(box)), self._open(image, name, b"image"))
+            for template_id, name, source, box, image in rows
+        ]
+
+    def count_templates(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM templates").fetchone()[0]
+
+    def replace_embeddings(self, embedder: EmbedderId, embeddings: dict[int, np.ndarray], drop_others: bool) -> int:
+        """Re-embed: set the templates in ``embeddings`` (by template id) to ``embedder``'s vectors, in one
+        transaction. Templates not given are kept only if ``embedder`` made them, else dropped if ``drop_others``
+        (refused otherwise). Returns how many templates were dropped."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT t.id, p.name, t.embedder_name, t.embedder_sha256, t.dim FROM templates t"
+                " JOIN people p ON p.id = t.person_id"
+            ).fetchall()
+            stale = {
+                tid: name for tid, name, *model in rows if tid not in embeddings and EmbedderId(*model) != embedder
+            }
+            if stale and not drop_others:
+                who = ", ".join(sorted(set(stale.values())))
+                raise GalleryError(
+                    f"{len(stale)} template(s) of another model have no kept image ({who}): re-enrol them, or pass "
+                    "--drop-unkept to delete them"
+                )
+            for tid in stale:
+                db.execute("DELETE FROM templates WHERE id = ?", (tid,))
+            names = {tid: name for tid, name, *_ in rows}
+            for tid, vector in embeddings.items():
+                db.execute(
+                    "UPDATE templates SET embedder_name = ?, embedder_sha256 = ?, dim = ?, embedding = ? WHERE id = ?",
+                    (
+                        embedder.name,
+                        embedder.sha256,
+                        embedder.dim,
+                        self._seal(np.asarray(vector, np.float32).tobytes(), names[tid], b"template"),
+                        tid,
+                    ),
+                )
+        return len(stale)
+
+    def export(self, destination: Path) -> None:
+        """A consistent copy of the gallery (safe while it is in use), 0600, encrypted if this one is."""
+        if destination.exists():
+            raise GalleryError(f"{destination} already exists; choose a new file")
+        try:
+            _create_private_file(destination)
+        except OSError as exc:
+            raise GalleryError(f"{destination}: cannot create ({exc.strerror or exc})") from None
+        copy = sqlite3.connect(destination)
+        try:
+            self._db.backup(copy)
+        finally:
+            copy.close()

@@ -1,0 +1,178 @@
+"""Frames from a camera, a video file or a network stream, read in their own thread.
+
+The queue between the reader and the recogniser is bounded. A camera or stream is real time: when the
+recogniser falls behind, the oldest frame is dropped so it always works on a recent one. A video file is read
+completely (the reader waits for room instead), so every frame of a file is processed. A stream that drops is
+reopened with exponential back-off; a camera that is missing or stops is an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from biometrics.errors import SourceError
+
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int  # position in the source (counts dropped frames too)
+    timestamp: float  # seconds: media time in a file, since the start for a camera or stream
+    image: np.ndarray
+
+
+@dataclass(frozen=True)
+class _End:
+    error: SourceError | None = None
+
+
+def describe_source(source: str) -> str:
+    return f"camera {source}" if source.isdigit() else f"stream {source}" if is_stream(source) else source
+
+
+def is_stream(source: str) -> bool:
+    return source.lower().startswith(STREAM_SCHEMES)
+
+
+class FrameSource:
+    """``--source``: a camera index ("0"), a video file, or an rtsp/http(s) URL. Iterate with ``frames()``.
+
+    ``pace`` plays a file at its own frame rate (for watching); otherwise a file is read as fast as it is
+    processed. ``open_capture`` is ``cv2.VideoCapture`` unless a test gives another opener.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        queue_size: int = 2,
+        pace: bool = False,
+        reconnect_attempts: int = 5,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
+        notify: Callable[[str], None] = lambda message: None,
+        open_capture: Callable = cv2.VideoCapture,
+    ):
+        self.source = source
+        self.label = describe_source(source)
+        self.live = source.isdigit() or is_stream(source)
+        if not self.live and not Path(source).is_file():
+            raise SourceError(f"{source}: no such video file")
+        self.pace = pace and not self.live
+        self.reconnect_attempts = reconnect_attempts
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.notify = notify
+        self._open_capture = open_capture
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read_all, name="capture", daemon=True)
+        self.dropped = 0
+        self._capture = self._open()
+        if self._capture is None:
+            raise SourceError(self._cannot_open())
+        self.fps = self._capture.get(cv2.CAP_PROP_FPS) or 30.0  # what the source says it delivers
+
+    def _cannot_open(self) -> str:
+        if self.source.isdigit():
+            return f"{self.label}: cannot open (no such camera, or another program is using it)"
+        return f"{self.label}: cannot open (not a video, unsupported codec, or unreachable)"
+
+    def _open(self):
+        capture = self._open_capture(int(self.source) if self.source.isdigit() else self.source)
+        if capture.isOpened():
+            return capture
+        capture.release()
+        return None
+
+    def frames(self) -> Iterator[Frame]:
+        """Frames until the file ends or ``stop()``; raises SourceError if the source fails."""
+        self._thread.start()
+        try:
+            while True:
+                item = self._queue.get()
+                if isinstance(item, _End):
+                    if item.error is not None:
+                        raise item.error
+                    return
+                yield item
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _read_all(self) -> None:
+        error = None
+        try:
+            self._read_frames()
+        except SourceError as exc:
+            error = exc
+        finally:
+            if self._capture is not None:
+                self._capture.release()
+        self._put(_End(error), drop_oldest=self.live)
+
+    def _read_frames(self) -> None:
+        index, start = 0, time.monotonic()
+        while not self._stop.is_set():
+            ok, image = self._capture.read()
+            if not ok:
+                if not self.live:
+                    return  # the file ended
+                if not is_stream(self.source):
+                    raise SourceError(f"{self.label} stopped delivering frames")
+                self._reconnect()
+                continue
+            if self.live:
+                timestamp = time.monotonic() - start
+            else:
+                timestamp = self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+                if self.pace:
+                    self._stop.wait(max(0.0, start + timestamp - time.monotonic()))
+            self._put(Frame(index, timestamp, image), drop_oldest=self.live)
+            index += 1
+
+    def _reconnect(self) -> None:
+        """Reopen a dropped stream, waiting backoff_s, 2 x backoff_s, ... (capped) between attempts."""
+        self._capture.release()
+        self._capture = None
+        for attempt in range(self.reconnect_attempts):
+            delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
+            self.notify(f"{self.label}: lost; reconnecting in {delay:.1f} s ({attempt + 1}/{self.reconnect_attempts})")
+            if self._stop.wait(delay):
+                return
+            self._capture = self._open()
+            if self._capture is not None:
+                self.notify(f"{self.label}: reconnected")
+                return
+        raise SourceError(f"{self.label}: lost and not back after {self.reconnect_attempts} reconnection attempts")
+
+    def _put(self, item: Frame | _End, drop_oldest: bool) -> None:
+        """Queue ``item``; when full, drop the oldest frame (real time) or wait for room (a file).
+
+        Once stopped, frames are discarded and the end marker makes room for itself: nobody reads any more."""
+        while True:
+            stopped = self._stop.is_set()
+            if stopped and isinstance(item, Frame):
+                return
+            make_room = drop_oldest or stopped
+            try:
+                self._queue.put(item, block=not make_room, timeout=0.1)
+                return
+            except queue.Full:
+                if make_room:
+                    with contextlib.suppress(queue.Empty):
+                        self._queue.get_nowait()
+                        self.dropped += 1

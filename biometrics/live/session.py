@@ -1,0 +1,161 @@
+"""The live loop: frames in, recognition, annotated frames out to every view; browser requests in between."""
+
+from __future__ import annotations
+
+import queue
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from biometrics.errors import BiometricsError, NoFaceError
+from biometrics.gallery import EmbedderId, Gallery, NewTemplate, TemplateIndex
+from biometrics.live.capture import Frame, FrameSource
+from biometrics.live.recognizer import FrameResult, LiveRecognizer
+from biometrics.live.tracker import box_iou
+from biometrics.live.views import View
+from biometrics.visualize import draw_caption, draw_faces
+
+KNOWN_COLOUR = (0, 200, 0)
+UNKNOWN_COLOUR = (0, 0, 230)
+
+
+def annotate(image: np.ndarray, result: FrameResult, fps: float) -> np.ndarray:
+    """The frame with each track's box, id, name (or unknown) and score, and the processing rate."""
+    labels = [
+        f"#{t.id} {t.identity or 'unknown'}" + ("" if t.score is None else f" {t.score:.2f}") for t in result.tracks
+    ]
+    colours = [KNOWN_COLOUR if t.identity else UNKNOWN_COLOUR for t in result.tracks]
+    canvas = draw_faces(image, [t.face for t in result.tracks], labels, colours)
+    draw_caption(canvas, f"{fps:.1f} fps  frame {result.index}")
+    return canvas
+
+
+class GalleryLink:
+    """The live session's gallery: its search index, and enrolment of a face seen in a frame."""
+
+    def __init__(self, path: Path, key: bytes | None, embedder: EmbedderId, keep_images: bool = False):
+        self.path, self.key, self.embedder, self.keep_images = path, key, embedder, keep_images
+
+    def load_index(self) -> TemplateIndex | None:
+        """The gallery's templates, or None while no gallery file exists (everyone is unknown)."""
+        if not self.path.exists():
+            return None
+        with Gallery(self.path, key=self.key) as gallery:
+            return TemplateIndex(gallery.templates(self.embedder))
+
+    def enroll(self, pipeline, name: str, frame: Frame, near_box: np.ndarray | None) -> str:
+        """Enrol the face of ``frame`` that overlaps ``near_box`` most (the largest without one)."""
+        faces = pipeline.detect(frame.image)
+        if not faces:
+            raise NoFaceError(f"no face in frame {frame.index}")
+        if near_box is None:
+            face = max(faces, key=lambda f: f.area)
+        else:
+            face = faces[int(box_iou(near_box[None], np.array([f.box for f in faces]))[0].argmax())]
+        embedded = pipeline.embed(frame.image, [face])[0]
+        image_png = cv2.imencode(".png", frame.image)[1].tobytes() if self.keep_images else None
+        template = NewTemplate(embedded.embedding, f"live frame {frame.index}", tuple(face.box), image_png)
+        with Gallery(self.path, key=self.key, create=True) as gallery:
+            person = gallery.enroll(name, self.embedder, [template])
+        return f"enrolled {person.name} ({person.templates} template(s))"
+
+
+@dataclass(frozen=True)
+class EnrolRequest:
+    name: str
+    track_id: int | None  # None: the largest face
+    done: Future
+
+
+class LiveControls:
+    """What the browser page may change. Requests are queued and carried out by the live loop between frames,
+    so the models and the gallery are only ever used from one thread."""
+
+    def __init__(self, recognizer: LiveRecognizer):
+        self.recognizer = recognizer
+        self._requests: queue.Queue[EnrolRequest] = queue.Queue()
+
+    @property
+    def threshold(self) -> float:
+        return self.recognizer.threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self.recognizer.threshold = value
+
+    def request_enrolment(self, name: str, track_id: int | None) -> Future:
+        done: Future = Future()
+        self._requests.put(EnrolRequest(name, track_id, done))
+        return done
+
+    def serve_requests(self, link: GalleryLink | None, frame: Frame, result: FrameResult) -> None:
+        while not self._requests.empty():
+            request = self._requests.get_nowait()
+            try:
+                if link is None:
+                    raise BiometricsError("this session has no gallery")
+                tracks = [t for t in result.tracks if request.track_id in (None, t.id)]
+                if request.track_id is not None and not tracks:
+                    raise BiometricsError(f"no track #{request.track_id} in the current frame")
+                near = max(tracks, key=lambda t: t.face.area).face.box if tracks else None
+                message = link.enroll(self.recognizer.pipeline, request.name, frame, near)
+                self.recognizer.use_index(link.load_index())
+                request.done.set_result(message)
+            except BiometricsError as exc:
+                request.done.set_exception(exc)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    frames: int
+    seconds: float
+    detections: int  # frames the detector ran on
+    embeddings: int  # faces embedded
+    dropped: int  # stale frames a camera or stream skipped
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.frames} frames in {self.seconds:.2f} s: {self.fps:.1f} fps "
+            f"(detector on {self.detections} frames, {self.embeddings} faces embedded, {self.dropped} dropped)"
+        )
+
+
+def run_live(
+    source: FrameSource,
+    recognizer: LiveRecognizer,
+    views: list[View],
+    controls: LiveControls | None = None,
+    link: GalleryLink | None = None,
+) -> RunSummary:
+    """Process frames until the source ends or a view closes. Ctrl-C (KeyboardInterrupt) propagates after
+    the views are closed, so the video and the events file are complete up to the last processed frame."""
+    frames = detections = embeddings = 0
+    frame_interval = None  # smoothed seconds between processed frames; the overlay shows its inverse
+    draw = any(view.wants_pixels for view in views)
+    start = last = time.perf_counter()
+    try:
+        for frame in source.frames():
+            result = recognizer.process(frame)
+            if controls is not None:
+                controls.serve_requests(link, frame, result)
+            now = time.perf_counter()
+            frame_interval = now - last if frame_interval is None else 0.9 * frame_interval + 0.1 * (now - last)
+            fps, last = 1.0 / max(frame_interval, 1e-6), now
+            frames, detections, embeddings = frames + 1, detections + result.detected, embeddings + result.embedded
+            annotated = annotate(frame.image, result, fps) if draw else None
+            for view in views:
+                view.show(annotated, result, fps)
+            if any(view.closed for view in views):
+                break
+    finally:
+        for view in views:
+            view.close()
+    return RunSummary(frames, time.perf_counter() - start, detections, embeddings, source.dropped)

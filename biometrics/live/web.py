@@ -1,0 +1,207 @@
+"""The browser view: an MJPEG stream and a small control page, served on 127.0.0.1 by the standard library.
+
+Only requests addressed to this host and port are answered (no DNS rebinding), and changes are JSON POSTs, which
+a page from another site cannot send without a CORS preflight that this server never approves.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import cv2
+import numpy as np
+
+from biometrics.errors import BiometricsError
+from biometrics.live.recognizer import FrameResult
+from biometrics.live.session import LiveControls
+
+ENROL_TIMEOUT_S = 30.0
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>biometrics live</title>
+<style>
+body { font: 14px system-ui, sans-serif; margin: 0; background: #111; color: #eee; display: flex; gap: 16px; }
+img { max-width: 75vw; height: auto; display: block; }
+aside { padding: 12px; min-width: 260px; } label { display: block; margin: 12px 0 4px; }
+input, button { font: inherit; } #tracks { white-space: pre; font-family: monospace; }
+</style></head>
+<body><img id="stream" src="/stream.mjpg" alt="live stream">
+<aside>
+<h3>biometrics live</h3>
+<div id="status">connecting...</div>
+<label>threshold <output id="threshold-value"></output></label>
+<input id="threshold" type="range" min="0" max="1" step="0.01">
+<label>enrol a face from the current frame</label>
+<input id="name" placeholder="name"> <input id="track" placeholder="track # (largest)" size="12">
+<button id="enrol">enrol</button>
+<div id="message"></div>
+<h4>tracks</h4><div id="tracks"></div>
+</aside>
+<script>
+const $ = (id) => document.getElementById(id);
+async function post(path, body) {
+  const response = await fetch(path, {method: "POST", headers: {"Content-Type": "application/json"},
+                                       body: JSON.stringify(body)});
+  const answer = await response.json();
+  if (!response.ok) throw new Error(answer.error);
+  return answer;
+}
+$("threshold").addEventListener("change", async (e) => {
+  const answer = await post("/threshold", {threshold: Number(e.target.value)});
+  $("threshold-value").textContent = answer.threshold.toFixed(2);
+});
+$("enrol").addEventListener("click", async () => {
+  const track = $("track").value.trim().replace("#", "");
+  try {
+    $("message").textContent = (await post("/enroll", {name: $("name").value,
+                                                       track: track ? Number(track) : null})).message;
+  } catch (error) { $("message").textContent = "error: " + error.message; }
+});
+let thresholdShown = false;
+async function refresh() {
+  try {
+    const state = await (await fetch("/state.json")).json();
+    $("status").textContent = `frame ${state.frame}, ${state.fps.toFixed(1)} fps`;
+    if (!thresholdShown) { $("threshold").value = state.threshold; thresholdShown = true; }
+    $("threshold-value").textContent = state.threshold.toFixed(2);
+    $("tracks").textContent = state.tracks.map(
+      (t) => `#${t.id} ${t.identity ?? "unknown"} ${t.score === null ? "" : t.score.toFixed(2)}`).join("\\n");
+  } catch (error) { $("status").textContent = "stream ended"; }
+}
+setInterval(refresh, 1000); refresh();
+</script></body></html>
+"""
+
+
+class BrowserView:
+    """Serves the annotated frames at ``url`` while the live loop runs; ``controls`` enables enrolment."""
+
+    wants_pixels = True
+    closed = False
+
+    def __init__(self, controls: LiveControls, host: str = "127.0.0.1", port: int = 8765):
+        self.controls = controls
+        self._changed = threading.Condition()
+        self._jpeg: bytes | None = None
+        self._state: dict = {"frame": None, "fps": 0.0, "tracks": []}
+        self._sequence = 0
+        self._stopping = False
+        try:
+            self.server = ThreadingHTTPServer((host, port), _handler_for(self))
+        except OSError as exc:
+            raise BiometricsError(f"cannot serve on {host}:{port} ({exc.strerror or exc}); try --port") from None
+        self.server.daemon_threads = True
+        self.url = f"http://{host}:{self.server.server_port}/"
+        self.allowed_hosts = {f"{name}:{self.server.server_port}" for name in (host, "localhost", "127.0.0.1")}
+        threading.Thread(target=self.server.serve_forever, name="browser-view", daemon=True).start()
+
+    def show(self, annotated: np.ndarray | None, result: FrameResult, fps: float) -> None:
+        jpeg = cv2.imencode(".jpg", annotated, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
+        with self._changed:
+            self._jpeg, self._sequence = jpeg, self._sequence + 1
+            self._state = {"frame": result.index, "fps": round(fps, 1), "tracks": [t.to_dict() for t in result.tracks]}
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def state(self) -> dict:
+        with self._changed:
+            return dict(self._state, threshold=self.controls.threshold)
+
+    def wait_for_frame(self, after: int, timeout: float = 1.0) -> tuple[int, bytes] | None:
+        """The next frame newer than sequence number ``after``; None when stopping or none came in time."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._stopping or self._sequence > after, timeout)
+            if self._stopping or self._sequence <= after or self._jpeg is None:
+                return None
+            return self._sequence, self._jpeg
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+
+def _handler_for(view: BrowserView) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format, *args):  # keep request logs (client addresses) off stderr
+            pass
+
+        def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: HTTPStatus, payload: dict) -> None:
+            self._send(status, json.dumps(payload).encode(), "application/json")
+
+        def _addressed_to_us(self) -> bool:
+            if self.headers.get("Host") in view.allowed_hosts:
+                return True
+            self._json(HTTPStatus.FORBIDDEN, {"error": "wrong Host header"})
+            return False
+
+        def do_GET(self):
+            if not self._addressed_to_us():
+                return
+            if self.path == "/":
+                self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
+            elif self.path == "/state.json":
+                self._json(HTTPStatus.OK, view.state())
+            elif self.path == "/stream.mjpg":
+                self._stream()
+            else:
+                self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+
+        def _stream(self) -> None:
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            sequence = 0
+            while not view.stopping:
+                latest = view.wait_for_frame(sequence)
+                if latest is None:
+                    continue
+                sequence, jpeg = latest
+                part = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
+                try:
+                    self.wfile.write(part + jpeg + b"\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+
+        def do_POST(self):
+            if not self._addressed_to_us():
+                return
+            if self.headers.get("Content-Type", "").split(";")[0] != "application/json":
+                self._json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "send JSON"})
+                return
+            try:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                if self.path == "/threshold":
+                    view.controls.threshold = float(body["threshold"])
+                    self._json(HTTPStatus.OK, {"threshold": view.controls.threshold})
+                elif self.path == "/enroll":
+                    track = body.get("track")
+                    done = view.controls.request_enrolment(str(body["name"]), None if track is None else int(track))
+                    self._json(HTTPStatus.OK, {"message": done.result(timeout=ENROL_TIMEOUT_S)})
+                else:
+                    self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+            except (ValueError, KeyError, TypeError) as exc:
+                self._json(HTTPStatus.BAD_REQUEST, {"error": f"bad request ({exc})"})
+            except BiometricsError as exc:
+                self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            except TimeoutError:
+                self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the live loop did not answer in time"})
+
+    return Handler

@@ -1,0 +1,237 @@
+"""The gallery as its users rely on it: enrol once, identify later, nothing lost, nothing leaked."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from biometrics.cli.main import cli
+from biometrics.errors import GalleryError
+from biometrics.gallery import EmbedderId, Gallery, NewTemplate, TemplateIndex, Templates, faiss_available
+from biometrics.imaging import load_image
+
+OTHER_EMBEDDER = EmbedderId("some-other-embedder", "f" * 64, 128)
+HELPER = Path(__file__).with_name("enrol_until_killed.py")
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    """Invoke the CLI with a fresh gallery (BIOMETRICS_GALLERY) in a folder that does not exist yet."""
+    monkeypatch.setenv("BIOMETRICS_GALLERY", str(tmp_path / "private" / "gallery.db"))
+    monkeypatch.delenv("BIOMETRICS_GALLERY_KEY", raising=False)
+    monkeypatch.setenv("BIOMETRICS_THREADS", "2")
+
+    def invoke(*args):
+        return CliRunner().invoke(cli, [str(a) for a in args])
+
+    return invoke
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _one_line_error(result, reason: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and reason in lines[0], result.stderr
+
+
+def test_enrol_then_identify_the_samples(run, sample, tmp_path):
+    assert run("enroll", "obama", sample("obama.jpg"), sample("obama2.jpg")).exit_code == 0
+    enrolled = run("enroll", "biden", sample("biden.jpg"))
+    assert enrolled.exit_code == 0 and "enrolled biden: 1 template(s)" in enrolled.stdout
+
+    obama = run("identify", sample("obama3.jpg"))
+    assert obama.exit_code == 0, obama.output
+    assert obama.stdout.splitlines()[1].split()[1] == "obama"
+    biden = run("identify", sample("biden2.jpg"), "--json")
+    assert biden.exit_code == 0, biden.output
+    report = json.loads(biden.stdout)
+    assert report["faces"][0]["identity"] == "biden"
+    assert [m["name"] for m in report["faces"][0]["matches"]] == ["biden", "obama"]  # ranked, max over templates
+    assert "embedding" not in biden.stdout
+
+    both = run("identify", sample("two_people.jpg"), "--all", "--json")
+    assert both.exit_code == 0, both.output
+    assert sorted(face["identity"] for face in json.loads(both.stdout)["faces"]) == ["biden", "obama"]
+
+    stranger = run("identify", sample("selfie.jpg"))
+    assert stranger.exit_code == 1 and " unknown at " in stranger.stdout  # below the card's threshold
+    assert run("identify", sample("selfie.jpg"), "--threshold", "-1").exit_code == 0  # --threshold overrides
+
+    gallery = tmp_path / "private" / "gallery.db"
+    assert _mode(gallery.parent) == 0o700 and _mode(gallery) == 0o600
+    listing = json.loads(run("gallery", "list", "--json").stdout)
+    assert [(p["name"], p["templates"]) for p in listing["people"]] == [("biden", 1), ("obama", 2)]
+    assert listing["embedders"][0]["name"] == "sface-teacher" and listing["embedders"][0]["dim"] == 128
+
+
+def test_enrol_refuses_a_photo_without_a_face_and_names_the_face_it_picks(run, sample, tmp_path, no_face_photo):
+    refused = run("enroll", "obama", sample("obama.jpg"), no_face_photo)
+    _one_line_error(refused, "no face found; nothing enrolled")
+    assert not (tmp_path / "private").exists()  # all images or none: no gallery was even created
+
+    several = run("enroll", "someone", sample("multiface.jpg"))
+    assert several.exit_code == 0 and "6 faces, enrolling the largest one at (" in several.stdout
+    _one_line_error(run("enroll", "unknown", sample("obama.jpg")), "'unknown' is reserved")
+    _one_line_error(run("identify", sample("obama.jpg"), "--gallery", tmp_path / "none.db"), "no gallery here")
+    _one_line_error(run("gallery", "remove", "nobody"), "no one named 'nobody'")
+
+
+def test_gallery_files_are_private_while_in_use(tmp_path):
+    path = tmp_path / "a" / "b" / "gallery.db"
+    with Gallery(path, create=True) as gallery:
+        gallery.enroll("x", OTHER_EMBEDDER, [NewTemplate(np.ones(128, np.float32), "x.jpg", (0, 0, 1, 1))])
+        files = [path, path.with_name("gallery.db-wal"), path.with_name("gallery.db-shm")]
+        assert all(f.exists() for f in files)
+        assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
+    assert _mode(path.parent) == 0o700 and _mode(path.parent.parent) == 0o700
+
+
+def test_templates_of_another_embedder_are_refused(run, sample, tmp_path):
+    gallery_path = tmp_path / "private" / "gallery.db"
+    with Gallery(gallery_path, create=True) as gallery:
+        gallery.enroll("obama", OTHER_EMBEDDER, [NewTemplate(np.ones(128, np.float32), "o.jpg", (0, 0, 1, 1))])
+    _one_line_error(run("identify", sample("obama3.jpg")), "cannot be compared")
+    _one_line_error(run("enroll", "biden", sample("biden.jpg")), "some-other-embedder")
+    with Gallery(gallery_path) as gallery, pytest.raises(GalleryError, match="gallery reembed"):
+        gallery.templates(EmbedderId("sface-teacher", "0" * 64, 128))
+
+
+def test_reembed_uses_kept_images_only(run, sample, tmp_path, pipeline):
+    """Templates from an old model are re-computed from kept images; ones without an image are not guessed."""
+    gallery_path = tmp_path / "private" / "gallery.db"
+    photo = load_image(sample("obama.jpg"))
+    png = cv2.imencode(".png", photo)[1].tobytes()
+    with Gallery(gallery_path, create=True) as gallery:
+        box = tuple(pipeline.detect(photo)[0].box)  # recorded at enrolment: tells reembed which face to use
+        gallery.enroll("obama", OTHER_EMBEDDER, [NewTemplate(np.ones(128, np.float32), "obama.jpg", box, png)])
+        gallery.enroll("biden", OTHER_EMBEDDER, [NewTemplate(np.ones(128, np.float32), "biden.jpg", box)])
+    _one_line_error(run("gallery", "reembed"), "have no kept image (biden)")
+    assert run("identify", sample("obama3.jpg")).exit_code == 2  # nothing changed
+    done = run("gallery", "reembed", "--drop-unkept")
+    assert done.exit_code == 0 and "re-embedded 1 template(s)" in done.stdout and "dropped 1" in done.stdout
+    identified = run("identify", sample("obama3.jpg"), "--json")
+    assert identified.exit_code == 0 and json.loads(identified.stdout)["faces"][0]["identity"] == "obama"
+
+
+def test_encrypted_gallery_needs_the_right_key(run, sample, tmp_path, monkeypatch):
+    pytest.importorskip("cryptography", reason="encryption needs the 'secure' extra (cryptography)")
+    key_file = tmp_path / "gallery.key"
+    key_file.write_text(base64.b64encode(os.urandom(32)).decode())
+    assert run("enroll", "obama", sample("obama.jpg"), "--keep-images", "--key-file", key_file).exit_code == 0
+    identified = run("identify", sample("obama3.jpg"), "--key-file", key_file)
+    assert identified.exit_code == 0 and "obama" in identified.stdout
+
+    _one_line_error(run("identify", sample("obama3.jpg")), "is encrypted")
+    monkeypatch.setenv("BIOMETRICS_GALLERY_KEY", base64.b64encode(os.urandom(32)).decode())
+    _one_line_error(run("identify", sample("obama3.jpg")), "wrong key")
+    monkeypatch.setenv("BIOMETRICS_GALLERY_KEY", "not base64!")
+    _one_line_error(run("identify", sample("obama3.jpg")), "must be base64")
+
+    stored = (tmp_path / "private" / "gallery.db").read_bytes()
+    assert b"\x89PNG" not in stored  # the kept image is sealed too
+    with Gallery(tmp_path / "private" / "gallery.db", key=base64.b64decode(key_file.read_text())) as gallery:
+        clear = gallery.templates(gallery.embedders()[0]).vectors[0].tobytes()
+    assert clear not in stored  # nor the template
+
+
+def test_remove_overwrites_and_export_copies(run, sample, tmp_path):
+    assert run("enroll", "obama", sample("obama.jpg")).exit_code == 0
+    assert run("enroll", "biden", sample("biden.jpg")).exit_code == 0
+    copy = tmp_path / "backup.db"
+    assert run("gallery", "export", copy).exit_code == 0 and _mode(copy) == 0o600
+    _one_line_error(run("gallery", "export", copy), "already exists")
+
+    removed = run("gallery", "remove", "biden")
+    assert removed.exit_code == 0 and "removed biden (1 template(s)" in removed.stdout
+    assert b"biden" not in (tmp_path / "private" / "gallery.db").read_bytes()  # secure_delete + checkpoint
+    assert "biden" not in run("gallery", "list").stdout
+    assert "biden: 1 template(s)" in run("gallery", "list", "--gallery", copy).stdout
+
+
+def test_kill_9_during_enrolment_loses_nothing_reported(tmp_path, pipeline, sample):
+    """SIGKILL a real enrolling process ~20 times at random moments: the file stays intact and every enrolment
+    the process reported is there, complete (both of its templates)."""
+    face, _ = pipeline.embed_one(load_image(sample("obama.jpg")))
+    np.save(tmp_path / "embedding.npy", face.embedding)
+    gallery_path = tmp_path / "gallery.db"
+    rng = random.Random(5)
+    reported: list[str] = []
+    for attempt in range(20):
+        log = tmp_path / f"run{attempt}.txt"
+        with open(log, "w") as out:
+            args = [gallery_path, tmp_path / "embedding.npy", sample("obama.jpg"), f"run{attempt}"]
+            process = subprocess.Popen([sys.executable, HELPER, *map(str, args)], stdout=out)
+            deadline = time.monotonic() + 30
+            while not log.read_text() and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)  # wait until it is enrolling, then kill it somewhere in the middle of that
+            time.sleep(rng.uniform(0.0, 0.15))
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        assert process.returncode == -signal.SIGKILL
+        lines = log.read_text().split("\n")
+        reported += lines[:-1]  # the last element is '' or a line cut short by the kill
+    assert len(reported) >= 20
+    with sqlite3.connect(gallery_path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        counts = dict(
+            db.execute(
+                "SELECT p.name, COUNT(t.id) FROM people p LEFT JOIN templates t ON t.person_id = p.id GROUP BY p.id"
+            )
+        )
+    assert all(counts.get(name) == 2 for name in reported)
+    assert set(counts.values()) == {2}  # never half an enrolment
+
+
+def _synthetic_gallery(rng: np.random.Generator, people: int) -> Templates:
+    owners = np.repeat(np.arange(people), rng.integers(1, 5, size=people))
+    vectors = rng.standard_normal((len(owners), 128)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return Templates(tuple(f"person{i}" for i in range(people)), owners, vectors)
+
+
+def _queries(rng: np.random.Generator, templates: Templates) -> np.ndarray:
+    near = templates.vectors[rng.choice(len(templates.vectors), 10)] + 0.05 * rng.standard_normal((10, 128))
+    return np.vstack([near, rng.standard_normal((10, 128))]).astype(np.float32)
+
+
+def test_exact_search_ranks_people_by_their_best_template():
+    rng = np.random.default_rng(0)
+    templates = _synthetic_gallery(rng, 300)
+    queries = _queries(rng, templates)
+    found = TemplateIndex(templates, backend="numpy").search(queries, 5)
+    for query, matches in zip(queries, found, strict=True):
+        scores = templates.vectors @ query
+        best = {name: scores[templates.owners == i].max() for i, name in enumerate(templates.names)}
+        expected = sorted(best, key=best.get, reverse=True)[:5]
+        assert [m.name for m in matches] == expected
+        assert np.allclose([m.score for m in matches], [best[name] for name in expected], atol=1e-5)
+
+
+def test_faiss_and_numpy_give_the_same_top_k():
+    if not faiss_available():
+        pytest.skip("faiss is not installed (pip install 'biometrics[search]'): only the NumPy search is tested")
+    rng = np.random.default_rng(1)
+    templates = _synthetic_gallery(rng, 5000)
+    queries = _queries(rng, templates)
+    exact, fast = TemplateIndex(templates, backend="numpy"), TemplateIndex(templates, backend="faiss")
+    assert fast.backend == "faiss" and TemplateIndex(templates).backend == "numpy"  # auto: small gallery, NumPy
+    for a, b in zip(exact.search(queries, 5), fast.search(queries, 5), strict=True):
+        assert [m.name for m in a] == [m.name for m in b]
+        assert np.allclose([m.score for m in a], [m.score for m in b], atol=1e-5)

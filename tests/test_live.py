@@ -1,0 +1,254 @@
+"""Live recognition as a user runs it: headless on real clips, a browser page, failing sources, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from biometrics.cli.main import cli
+from biometrics.errors import SourceError
+from biometrics.gallery import EmbedderId, Gallery, NewTemplate
+from biometrics.live.capture import FrameSource
+from biometrics.live.tracker import IoUTracker
+
+BIOMETRICS = [sys.executable, "-c", "from biometrics.cli.main import main; main()"]
+
+
+@pytest.fixture
+def performer_gallery(tmp_path, pipeline, sample) -> Path:
+    """A gallery with one person: the largest face of frame 100 of hamilton_clip.mp4."""
+    capture = cv2.VideoCapture(str(sample("hamilton_clip.mp4")))
+    capture.set(cv2.CAP_PROP_POS_FRAMES, 100)
+    ok, frame = capture.read()
+    capture.release()
+    assert ok
+    face, _ = pipeline.embed_one(frame)
+    path = tmp_path / "gallery.db"
+    with Gallery(path, create=True) as gallery:
+        template = NewTemplate(face.embedding, "frame100.png", tuple(face.box))
+        gallery.enroll("performer", EmbedderId.of(pipeline.embedder), [template])
+    return path
+
+
+def _events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_headless_run_on_the_clip_writes_video_and_events(tmp_path, sample, performer_gallery):
+    video, events = tmp_path / "annotated.mp4", tmp_path / "events.jsonl"
+    args = ["live", "--source", sample("hamilton_clip.mp4"), "--headless", "--threads", "2"]
+    result = CliRunner().invoke(
+        cli, [*map(str, args), "--gallery", performer_gallery, "--out", video, "--events", events]
+    )
+    assert result.exit_code == 0, result.output
+    assert "275 frames in" in result.stdout and " fps " in result.stdout
+
+    lines = _events(events)
+    assert [line["frame"] for line in lines] == list(range(275))  # a file is read completely, nothing dropped
+    assert all(set(track) == {"id", "box", "identity", "score"} for line in lines for track in line["tracks"])
+    assert "embedding" not in events.read_text()
+    named = [line["frame"] for line in lines if any(t["identity"] == "performer" for t in line["tracks"])]
+    assert 100 in named and len(named) > 50  # recognised, and the identity follows the track
+    assert all(sum(t["identity"] == "performer" for t in line["tracks"]) <= 1 for line in lines)
+    track_frames = sum(len(line["tracks"]) for line in lines)
+    embedded = int(result.stdout.split(" faces embedded")[0].rsplit(" ", 1)[1])
+    assert embedded < track_frames / 3  # tracks carry identities: faces are not embedded on every frame
+
+    written = cv2.VideoCapture(str(video))
+    assert written.get(cv2.CAP_PROP_FRAME_COUNT) == 275
+    assert (written.get(cv2.CAP_PROP_FRAME_WIDTH), written.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (640, 360)
+    written.release()
+
+
+def test_headless_run_on_the_1080p_video(tmp_path, sample):
+    events = tmp_path / "events.jsonl"
+    args = ["live", "--source", sample("video_1080p.mp4"), "--headless", "--threads", "2", "--max-side", "640"]
+    result = CliRunner().invoke(cli, [*map(str, args), "--gallery", tmp_path / "none.db", "--events", events])
+    assert result.exit_code == 0, result.output
+    lines = _events(events)
+    assert len(lines) == 105 and any(line["tracks"] for line in lines)
+    assert all(t["identity"] is None for line in lines for t in line["tracks"])  # no gallery: everyone unknown
+
+
+def test_unusable_sources_exit_2_with_a_reason(tmp_path):
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_text("not a video")
+    cases = {
+        str(tmp_path / "missing.mp4"): "no such video file",
+        str(not_a_video): "cannot open",
+        "9": "camera 9: cannot open",
+    }
+    for source, reason in cases.items():
+        result = CliRunner().invoke(cli, ["live", "--source", source, "--headless", "--gallery", tmp_path / "g.db"])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip().splitlines()[-1].startswith("error: ") and reason in result.stderr
+
+
+class FakeCapture:
+    """A cv2.VideoCapture stand-in delivering ``frames`` frames, then failing."""
+
+    def __init__(self, frames: int, opened: bool = True):
+        self.left, self.opened = frames, opened
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return self.opened
+
+    def read(self):
+        self.left -= 1
+        return (True, np.zeros((4, 4, 3), np.uint8)) if self.left >= 0 else (False, None)
+
+    def get(self, prop) -> float:
+        return 25.0
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_dropped_stream_is_reopened_with_back_off_then_given_up():
+    captures = iter([FakeCapture(3), FakeCapture(0, opened=False), FakeCapture(2)] + [FakeCapture(0, False)] * 3)
+    messages: list[str] = []
+    source = FrameSource(
+        "rtsp://camera.invalid/stream",
+        queue_size=100,
+        reconnect_attempts=3,
+        backoff_s=0.001,
+        notify=messages.append,
+        open_capture=lambda _: next(captures),
+    )
+    received = []
+    with pytest.raises(SourceError, match="lost and not back after 3 reconnection attempts"):
+        received.extend(source.frames())
+    assert [f.index for f in received] == [0, 1, 2, 3, 4]  # 3 frames, reconnected on the 2nd try, 2 more
+    assert any(m.endswith(": reconnected") for m in messages) and sum("reconnecting in" in m for m in messages) == 5
+
+
+def test_a_camera_that_stops_is_an_error_and_a_slow_reader_gets_recent_frames():
+    stopping = FrameSource("0", open_capture=lambda _: FakeCapture(2))
+    with pytest.raises(SourceError, match="camera 0 stopped delivering frames"):
+        list(stopping.frames())
+
+    camera = FrameSource("0", queue_size=2, open_capture=lambda _: FakeCapture(500))
+    received = []
+    with pytest.raises(SourceError):
+        for frame in camera.frames():
+            received.append(frame.index)
+            time.sleep(0.02)  # a reader slower than the camera
+    assert camera.dropped > 0 and len(received) < 500  # stale frames dropped: the queue never grew
+    assert received == sorted(received) and received[-1] == 499  # the last frame was the newest
+
+
+def test_tracker_keeps_ids_for_moving_faces():
+    from biometrics.face import Face
+
+    def face(x: float) -> Face:
+        return Face(np.array([x, 0, x + 100, 100], np.float32), np.zeros((5, 2)), 0.9)
+
+    tracker = IoUTracker(max_missed_frames=2)
+    first = [t.id for t in tracker.update([face(0), face(500)], 0)]
+    moved = [t.id for t in tracker.update([face(10), face(510), face(1000)], 1)]
+    assert moved == [*first, 3]  # same people keep their ids, a newcomer gets a new one
+    tracker.update([face(1000)], 4)
+    assert [t.id for t in tracker.tracks] == [3]  # unseen for more than 2 frames: ended
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _post(url: str, payload: dict) -> dict:
+    request = urllib.request.Request(
+        url, json.dumps(payload).encode(), {"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=40) as response:
+        return json.loads(response.read())
+
+
+def test_browser_page_in_headless_chromium(tmp_path, sample):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium): the browser page is not tested")
+    port, gallery = _free_port(), tmp_path / "gallery.db"
+    env = dict(os.environ, BIOMETRICS_THREADS="2")
+    command = [*BIOMETRICS, "live", "--source", str(sample("hamilton_clip.mp4")), "--view", "browser"]
+    server = subprocess.Popen(
+        [*command, "--port", str(port), "--gallery", str(gallery)], env=env, stderr=subprocess.PIPE, text=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{base}/state.json", timeout=2) as response:
+                    if json.loads(response.read())["frame"] is not None:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        shot = tmp_path / "page.png"
+        subprocess.run(
+            [
+                chromium,
+                *[
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--window-size=1100,500",
+                    "--timeout=3000",
+                ],
+                f"--user-data-dir={tmp_path / 'chromium'}",
+                f"--screenshot={shot}",
+                f"{base}/",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
+        page = cv2.imread(str(shot))
+        assert page is not None and page.shape == (500, 1100, 3)
+        stream = page[:360, :640]  # the MJPEG <img> sits in the top-left corner, at the clip's size
+        assert stream.std() > 20 and not np.array_equal(stream, page[:360, 640:1280])  # a picture, not a blank
+
+        assert _post(f"{base}/threshold", {"threshold": 0.5}) == {"threshold": 0.5}
+        assert _post(f"{base}/enroll", {"name": "performer", "track": None})["message"].startswith("enrolled performer")
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    with Gallery(gallery) as stored:
+        assert [p.name for p in stored.people()] == ["performer"]
+
+
+def test_ctrl_c_stops_cleanly_with_complete_events(tmp_path, sample):
+    events = tmp_path / "events.jsonl"
+    command = [*BIOMETRICS, "live", "--source", str(sample("video_1080p.mp4")), "--headless", "--threads", "2"]
+    process = subprocess.Popen(
+        [*command, "--events", str(events), "--gallery", str(tmp_path / "g.db")], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not events.exists() or events.stat().st_size == 0):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0 and "stopped" in stderr and "Traceback" not in stderr
+    lines = _events(events)  # every line written is complete JSON
+    assert lines and [line["frame"] for line in lines] == list(range(len(lines)))
