@@ -42,8 +42,9 @@ def test_teacher_in_pytorch_matches_onnx_runtime(teacher):
 
 def test_pruned_student_has_the_configured_shape(teacher):
     config = EmbedderConfig(width=0.5, activation="relu")
-    student = prune_teacher(teacher, config)
+    student, kept = prune_teacher(teacher, config)
     assert config.channels()[-1] == 512 and count_parameters(student) <= 1_000_000
+    assert [len(kept[stage]) for stage in (1, 7, 14)] == [16, 256, 512]
     # The GDC head is the best rank-1 split of the teacher's FC slice of each kept channel.
     kernel = student.spatial.weight.data.reshape(512, 49)
     column = student.linear.weight.data.T
@@ -53,10 +54,52 @@ def test_pruned_student_has_the_configured_shape(teacher):
         assert student.eval()(torch.zeros(2, 3, 112, 112)).shape == (2, 128)
 
 
+def test_feature_hints_line_up_with_the_teachers_kept_channels(teacher):
+    """A full-width PReLU 'student' pruned from the teacher is the teacher: its hints equal the teacher's."""
+    student, kept = prune_teacher(teacher, EmbedderConfig(width=1.0, head="fc"))
+    student.load_state_dict(teacher.state_dict())
+    rgb = torch.from_numpy(np.random.default_rng(0).uniform(0, 255, (2, 3, 112, 112)).astype(np.float32))
+    with torch.no_grad():
+        embedding, hints = student.eval().forward_features(rgb, [2, 7, 14])
+        reference, teacher_hints = teacher.forward_features(rgb, [2, 7, 14])
+        np.testing.assert_allclose(embedding.numpy(), teacher(rgb).numpy(), rtol=1e-4, atol=1e-4)
+    assert set(hints) == {2, 7, 14} and hints[7].shape == (2, 512, 14, 14)
+    for stage in hints:
+        torch.testing.assert_close(hints[stage], teacher_hints[stage][:, kept[stage]])
+
+
 def test_scratch_network_and_bad_configs():
-    assert FaceEmbedderNet(EmbedderConfig(width=0.25, stages=(1, 2, 3))).config.channels() == [8, 16, 32]
+    assert FaceEmbedderNet(EmbedderConfig(width=0.25, stages=(1, 3, 5, 7, 13))).config.channels() == [
+        8,
+        32,
+        64,
+        128,
+        256,
+    ]
+    with pytest.raises(ValueError, match="downsampling stages"):
+        FaceEmbedderNet(EmbedderConfig(stages=(1, 2, 3)))
     with pytest.raises(ValueError, match="unknown head"):
         FaceEmbedderNet(EmbedderConfig(head="mlp"))
+
+
+def test_embedding_only_distillation_uses_cached_targets(tmp_path):
+    """Without feature hints the teacher's cached embeddings (face and mirror) are the targets."""
+    from biometrics.training.distill import distill
+
+    raw = yaml.safe_load((ROOT / "pipelines" / "sface-student.yaml").read_text())
+    raw.update(
+        name="cached",
+        batch_size=4,
+        epochs=1,
+        loss={"cosine": 1.0},
+        data={"root": str(SHARED / "data"), "lfw": {"exclude_folds": list(range(2, 11))}, "limit": 12},
+        student=dict(raw["student"], init="scratch", width=0.25, stages=[1, 3, 5, 7, 13]),
+    )
+    path = tmp_path / "cached.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    summary = distill(Recipe.load(path), tmp_path / "run", tmp_path / "models", max_steps=2, progress=False)
+    assert summary == {"finished": False, "step": 2, "total_steps": 3, "work_dir": str(tmp_path / "run")}
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
 
 
 def test_recipe_errors(tmp_path):

@@ -2,8 +2,12 @@
 
 Losses on L2-normalised embeddings: ``cosine`` (1 - cos(student, teacher) per face) and ``pairwise`` (the
 batch's student similarity matrix should equal the teacher's: it preserves who-resembles-whom, which is what
-verification uses). Teacher targets are computed once per face and its mirror image (ONNX Runtime) and cached;
-the student sees augmented views of the face and must still land on the teacher's embedding of it.
+verification uses); and, for a student pruned from the teacher, ``features``: hints that make each chosen
+stage reproduce the teacher's activations on the channels it kept, a far denser signal than 128 numbers per face
+(embedding-only distillation reached a held-out cosine of 0.39 after an epoch here).
+
+With hints the teacher runs online on every augmented batch; without them its embeddings of each face and its
+mirror image are computed once (ONNX Runtime) and cached.
 """
 
 from __future__ import annotations
@@ -15,29 +19,69 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from biometrics.errors import BiometricsError
 from biometrics.registry import ModelRegistry
+from biometrics.runtime import create_session
 from biometrics.training.export import export_onnx, quantize_int8, write_card
 from biometrics.training.faces import build_face_cache, gather_sources, teacher_targets
 from biometrics.training.recipe import Recipe
-from biometrics.training.student import EmbedderConfig, FaceEmbedderNet, count_parameters, prune_teacher, sface_to_torch
+from biometrics.training.student import (
+    EmbedderConfig,
+    FaceEmbedderNet,
+    count_parameters,
+    prune_teacher,
+    sface_stage_tensor,
+    sface_to_torch,
+)
 
 
-def build_student(recipe: Recipe) -> FaceEmbedderNet:
+def build_student(recipe: Recipe) -> tuple[FaceEmbedderNet, dict[int, torch.Tensor]]:
+    """The student and, if pruned from the teacher, which teacher channels each of its stages kept."""
     spec = dict(recipe.student)
     init = spec.pop("init", "scratch")
     spec["stages"] = tuple(spec.get("stages", range(1, 15)))
     config = EmbedderConfig(**spec)
     if init == "scratch":
-        return FaceEmbedderNet(config)
+        return FaceEmbedderNet(config), {}
     if init == "teacher-pruned":
-        teacher = sface_to_torch(ModelRegistry().resolve(recipe.teacher, task="embedding").onnx_bytes)
-        return prune_teacher(teacher, config)
+        return prune_teacher(
+            sface_to_torch(ModelRegistry().resolve(recipe.teacher, task="embedding").onnx_bytes), config
+        )
     raise BiometricsError(f"recipe {recipe.name}: unknown student init '{init}' (scratch or teacher-pruned)")
+
+
+class OnlineTeacher:
+    """The teacher's ONNX Runtime graph with chosen stages' pre-activations exposed as extra outputs.
+
+    Feature hints need the teacher's activations on the very view the student sees, so it runs on every
+    augmented batch (and supplies that view's embedding target too). ONNX Runtime runs the int8 teacher about
+    1.4x faster than PyTorch does, and it is the exact graph the product uses.
+    """
+
+    def __init__(self, teacher: str, stages: list[int], threads: int | None = None):
+        model = onnx.load_from_string(ModelRegistry().resolve(teacher, task="embedding").onnx_bytes)
+        self.stages = stages
+        for stage in stages:
+            model.graph.output.append(
+                onnx.helper.make_tensor_value_info(sface_stage_tensor(stage), onnx.TensorProto.FLOAT, None)
+            )
+        self.session = create_session(model.SerializeToString(), threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def embed(self, crops: np.ndarray, batch_size: int = 128) -> np.ndarray:
+        """The teacher's embeddings of aligned BGR crops (for the held-out agreement log)."""
+        return np.concatenate(
+            [self(_to_tensor(crops[i : i + batch_size]))[0].numpy() for i in range(0, len(crops), batch_size)]
+        )
+
+    def __call__(self, rgb: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        embedding, *features = self.session.run(None, {self.input_name: rgb.contiguous().numpy()})
+        return torch.from_numpy(embedding), {s: torch.from_numpy(f) for s, f in zip(self.stages, features, strict=True)}
 
 
 def augment(batch: torch.Tensor, spec: dict, generator: torch.Generator) -> torch.Tensor:
@@ -69,12 +113,20 @@ def augment(batch: torch.Tensor, spec: dict, generator: torch.Generator) -> torc
     return batch.clamp(0, 255)
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, weights: dict) -> tuple[torch.Tensor, dict]:
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, weights: dict, hints: tuple[dict, dict] | None = None
+) -> tuple[torch.Tensor, dict]:
+    """Weighted sum of the recipe's terms; ``hints`` = (student features, teacher features on the kept channels)."""
     s, t = F.normalize(student, dim=1), F.normalize(teacher, dim=1)
     terms = {"cosine": (1 - (s * t).sum(dim=1)).mean()}
     if weights.get("pairwise"):
         off_diagonal = ~torch.eye(len(s), dtype=torch.bool)
         terms["pairwise"] = F.mse_loss((s @ s.T)[off_diagonal], (t @ t.T)[off_diagonal])
+    if hints:
+        # Relative MSE per stage, so early (large) and late (small) activations weigh alike.
+        terms["features"] = torch.stack(
+            [F.mse_loss(hints[0][k], hints[1][k]) / hints[1][k].pow(2).mean() for k in hints[0]]
+        ).mean()
     total = sum(weights.get(name, 0.0) * value for name, value in terms.items())
     return total, {name: float(value.detach()) for name, value in terms.items()}
 
@@ -87,11 +139,12 @@ def _to_tensor(crops: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def agreement(net: FaceEmbedderNet, crops: np.ndarray, targets: np.ndarray, batch_size: int = 128) -> dict:
+    """``targets``: the teacher's embeddings of ``crops`` (N x D)."""
     """How well the student reproduces the teacher on held-out faces: mean cosine, and the correlation of
     their pairwise similarities (the quantity verification thresholds)."""
     net.eval()
     outputs = [F.normalize(net(_to_tensor(crops[i : i + batch_size])), dim=1) for i in range(0, len(crops), batch_size)]
-    s, t = torch.cat(outputs), F.normalize(torch.from_numpy(targets[:, 0]), dim=1)
+    s, t = torch.cat(outputs), F.normalize(torch.from_numpy(targets), dim=1)
     upper = torch.triu_indices(len(s), len(s), 1)
     pair_s, pair_t = (s @ s.T)[upper[0], upper[1]], (t @ t.T)[upper[0], upper[1]]
     return {
@@ -133,13 +186,24 @@ def distill(
     work_dir.mkdir(parents=True, exist_ok=True)
     data_root = Path(recipe.data.get("root", "../shared/data"))
     faces = build_face_cache(gather_sources(data_root, recipe.data), recipe.detector, progress=progress)
-    targets = teacher_targets(faces, recipe.teacher, progress=progress)
-    order = np.random.default_rng(recipe.seed).permutation(len(targets))
+    crops = np.asarray(faces.crops)
+    order = np.random.default_rng(recipe.seed).permutation(len(crops))
     holdout_idx = np.sort(order[: int(recipe.data.get("holdout", 0))])
     train_idx = np.sort(order[len(holdout_idx) :])
-    crops = np.asarray(faces.crops)
 
-    net = build_student(recipe).to(memory_format=torch.channels_last)
+    net, kept = build_student(recipe)
+    net = net.to(memory_format=torch.channels_last)
+    teacher_online = None
+    if recipe.loss.get("features"):
+        if not kept:
+            raise BiometricsError(f"recipe {recipe.name}: feature hints need init: teacher-pruned")
+        hint_stages = [stage for stage in recipe.loss.get("hint_stages", []) if stage in kept]
+        teacher_online = OnlineTeacher(recipe.teacher, hint_stages, threads)
+        targets = None  # every batch gets the teacher's embedding of its own augmented view
+        holdout_targets = teacher_online.embed(crops[holdout_idx])
+    else:
+        targets = teacher_targets(faces, recipe.teacher, progress=progress)  # N x (face, mirror) x D, cached
+        holdout_targets = targets[holdout_idx, 0]
     optimizer = torch.optim.AdamW(
         net.parameters(),
         lr=float(recipe.optimizer["lr"]),
@@ -169,10 +233,17 @@ def distill(
         flip = torch.rand(len(batch_idx), generator=generator) < recipe.augmentation.get("flip", 0.0)
         images = _to_tensor(crops[batch_idx])
         images[flip] = images[flip].flip(-1)
-        target = torch.from_numpy(targets[batch_idx, flip.numpy().astype(np.int64)])
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, total_steps, recipe)
-        loss, terms = distillation_loss(net(augment(images, recipe.augmentation, generator)), target, recipe.loss)
+        view = augment(images, recipe.augmentation, generator)
+        if teacher_online is None:
+            target = torch.from_numpy(targets[batch_idx, flip.numpy().astype(np.int64)])
+            loss, terms = distillation_loss(net(view), target, recipe.loss)
+        else:
+            target, teacher_hints = teacher_online(view)
+            embedding, hints = net.forward_features(view, teacher_online.stages)
+            teacher_hints = {k: v[:, kept[k]] for k, v in teacher_hints.items()}
+            loss, terms = distillation_loss(embedding, target, recipe.loss, (hints, teacher_hints))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -190,7 +261,7 @@ def distill(
                 "seconds": round(time.time() - started, 1),
             }
             if (end_of_epoch or step == limit) and len(holdout_idx):
-                record["holdout"] = agreement(net, crops[holdout_idx], targets[holdout_idx])
+                record["holdout"] = agreement(net, crops[holdout_idx], holdout_targets)
             with open(log_path, "a") as log:
                 log.write(json.dumps(record) + "\n")
             running = []

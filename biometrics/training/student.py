@@ -52,7 +52,7 @@ def _conv_bn_act(in_ch: int, out_ch: int, kernel: int, stride: int, groups: int,
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, kernel, stride, padding=kernel // 2, groups=groups, bias=False),
         nn.BatchNorm2d(out_ch, eps=1e-3),
-        nn.PReLU(out_ch) if activation == "prelu" else nn.ReLU(inplace=True),
+        nn.PReLU(out_ch) if activation == "prelu" else nn.ReLU(),  # not in place: hints keep pre-activations
     )
 
 
@@ -61,6 +61,9 @@ class FaceEmbedderNet(nn.Module):
 
     def __init__(self, config: EmbedderConfig):
         super().__init__()
+        strided = {stage for stage, stride in enumerate(SFACE_STRIDES, start=1) if stride == 2}
+        if not strided <= set(config.stages):
+            raise ValueError(f"stages must keep the downsampling stages {sorted(strided)} (the head needs 7x7 maps)")
         self.config = config
         channels = config.channels()
         blocks: list[nn.Module] = []
@@ -89,9 +92,29 @@ class FaceEmbedderNet(nn.Module):
         self.embedding_bn = nn.BatchNorm1d(config.embedding_dim, eps=2e-5)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        x = (rgb - 127.5) * 0.0078125
-        x = self.spatial(self.feature_bn(self.features(x)))
+        return self._head(self.features((rgb - 127.5) * 0.0078125))
+
+    def _head(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.spatial(self.feature_bn(features))
         return self.embedding_bn(self.linear(torch.flatten(x, 1)))
+
+    def forward_features(self, rgb: torch.Tensor, stages: list[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """The embedding, and the pre-activation output (after BN) of each listed stage (teacher numbering).
+
+        Pre-activation, because student and teacher may use different activations: the hint compares what
+        each layer computes, not what its nonlinearity does with it.
+        """
+        x = (rgb - 127.5) * 0.0078125
+        hints = {}
+        for stage, block in zip(self.config.stages, self.features, strict=True):
+            if stage not in stages:
+                x = block(x)
+                continue
+            unit = block if stage == 1 else block[1]
+            pre = x if stage == 1 else block[0](x)
+            hints[stage] = unit[1](unit[0](pre))
+            x = unit[2](hints[stage])
+        return self._head(x), hints
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -110,6 +133,11 @@ def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         if node.op_type == "Reshape" and all(name in values for name in node.input):
             values[node.output[0]] = values[node.input[0]].reshape(values[node.input[1]])
     return values
+
+
+def sface_stage_tensor(stage: int) -> str:
+    """Name of stage ``stage``'s pre-activation tensor (its last BatchNormalization's output) in SFace's graph."""
+    return f"conv_{stage}_batchnorm"
 
 
 def _load_bn(bn: nn.BatchNorm2d | nn.BatchNorm1d, values: dict, prefix: str) -> None:
@@ -161,8 +189,10 @@ def _slice_unit(src: nn.Sequential, dst: nn.Sequential, out_idx: torch.Tensor, i
         dst[2].weight.data = src[2].weight.data[out_idx].clone()
 
 
-def prune_teacher(teacher: FaceEmbedderNet, config: EmbedderConfig) -> FaceEmbedderNet:
+def prune_teacher(teacher: FaceEmbedderNet, config: EmbedderConfig) -> tuple[FaceEmbedderNet, dict[int, torch.Tensor]]:
     """A student initialised from the teacher: per stage keep the channels with the largest BN scale.
+
+    Returns the student and, per kept stage, the teacher channels its channels correspond to (for feature hints).
 
     Skipped stages (not in ``config.stages``) must keep the shape of the chain: only stages whose input and
     output widths match in the teacher (the 512-wide repeats) may be skipped. The FC head becomes a GDC head:
@@ -170,6 +200,7 @@ def prune_teacher(teacher: FaceEmbedderNet, config: EmbedderConfig) -> FaceEmbed
     approximation (SVD), split into a 7x7 depthwise kernel and a column of the linear layer.
     """
     student = FaceEmbedderNet(config)
+    kept: dict[int, torch.Tensor] = {}
     in_idx: torch.Tensor | None = None
     for block, stage, out_ch in zip(student.features, config.stages, config.channels(), strict=True):
         source = teacher.features[stage - 1]
@@ -180,7 +211,7 @@ def prune_teacher(teacher: FaceEmbedderNet, config: EmbedderConfig) -> FaceEmbed
             _slice_unit(source[0], block[0], in_idx, None)  # depthwise: follows its input channels
             out_idx = _keep_top(source[1][1].weight.data, out_ch)
             _slice_unit(source[1], block[1], out_idx, in_idx)
-        in_idx = out_idx
+        in_idx = kept[stage] = out_idx
     for name in ("weight", "bias", "running_mean", "running_var"):
         getattr(student.feature_bn, name).data = getattr(teacher.feature_bn, name).data[in_idx].clone()
     fc = teacher.linear.weight.data.reshape(config.embedding_dim, -1, 49)[:, in_idx]  # D x C x 49
@@ -191,4 +222,4 @@ def prune_teacher(teacher: FaceEmbedderNet, config: EmbedderConfig) -> FaceEmbed
         student.linear.weight.data = (u[:, :, 0] * root).T.contiguous()
         student.linear.bias.data = teacher.linear.bias.data.clone()
     student.embedding_bn.load_state_dict(teacher.embedding_bn.state_dict())
-    return student
+    return student, kept
