@@ -86,8 +86,12 @@ def test_report_files(tmp_path):
     from biometrics.evaluation.metrics import verification_summary
 
     run["summary"] = verification_summary(run["scores"], labels, np.tile(np.repeat([1, 2], 150), 2))
-    card = {"runs": [{"threads": 1, "latency_batch1": {"p50_ms": 2.5}}], "file_size_bytes": 1_100_000,
-            "parameters": 910_000, "macs": 149_000_000}
+    card = {
+        "runs": [{"threads": 1, "latency_batch1": {"p50_ms": 2.5}}],
+        "file_size_bytes": 1_100_000,
+        "parameters": 910_000,
+        "macs": 149_000_000,
+    }
     files = write_verification_report(tmp_path, "test", {"a + b": run}, run_metadata([]), {"a + b": card})
     report = json.loads(files["json"].read_text())
     assert report["results"]["a + b"]["efficiency"]["parameters"] == 910_000
