@@ -300,7 +300,7 @@ def bench(models, out, thread_counts, iterations, batch):
     "--work-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Checkpoints and training log (default: runs/<recipe name>).",
+    help="Checkpoints and training log (default: <cache>/runs/<recipe name>, which outlives the work tree).",
 )
 @click.option(
     "--models-dir",
@@ -322,9 +322,11 @@ def distill(recipe, work_dir, models_dir, max_steps, fresh, threads, progress):
     except ImportError as exc:
         raise BiometricsError(f"training needs the train extra (pip install -e '.[train]'): {exc}") from None
     loaded = Recipe.load(recipe)
+    from biometrics.registry import cache_dir
+
     summary = run_distill(
         loaded,
-        work_dir or Path("runs") / loaded.name,
+        work_dir or cache_dir() / "runs" / loaded.name,
         models_dir,
         max_steps=max_steps,
         fresh=fresh,

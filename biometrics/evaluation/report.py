@@ -89,28 +89,51 @@ def write_verification_report(
     return files
 
 
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _fold_text(folds: list[int]) -> str:
+    return f"{folds[0]}-{folds[-1]}" if folds == list(range(folds[0], folds[-1] + 1)) else str(folds)
+
+
 def _markdown(title: str, results: dict[str, dict], meta: dict, files: dict[str, Path]) -> str:
+    summaries = {label: run["summary"] for label, run in results.items()}
     lines = [
         f"# {title}",
         "",
         f"Command: `{meta['command']}`  ",
-        f"Date: {meta['date']}, "
-        f"{meta['machine']['cpu_count']} CPUs, {meta['threads']} threads, onnxruntime "
-        f"{meta['versions']['onnxruntime']}",
+        f"Date: {meta['date']}, {meta['machine']['cpu_count']} CPUs, {meta['threads']} threads, "
+        f"onnxruntime {meta['versions']['onnxruntime']}",
         "",
-        "| pipeline | folds | pairs | accuracy (mean ± std) | AUC | EER | TAR@FAR=1e-2 | TAR@FAR=1e-3 "
-        "| failures to detect |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for label, run in results.items():
-        s = run["summary"]
-        folds = run["folds"]
-        fold_text = f"{folds[0]}-{folds[-1]}" if folds == list(range(folds[0], folds[-1] + 1)) else str(folds)
-        lines.append(
-            f"| {label} | {fold_text} | {s['pairs']} | {_pct(s['accuracy_mean'])} ± {_pct(s['accuracy_std'])} "
-            f"| {s['auc']:.4f} | {_pct(s['eer'])} | {_pct(s['tar_at_far']['1e-2']['tar'])} "
-            f"| {_pct(s['tar_at_far']['1e-3']['tar'])} | {run['detection_failures']['count']} / {run['images']} |"
-        )
+    lines += _md_table(
+        [
+            "pipeline",
+            "folds",
+            "pairs",
+            "accuracy (mean ± std)",
+            "AUC",
+            "EER",
+            "TAR@FAR=1e-2",
+            "TAR@FAR=1e-3",
+            "failures to detect",
+        ],
+        [
+            [
+                label,
+                _fold_text(run["folds"]),
+                str(s["pairs"]),
+                f"{_pct(s['accuracy_mean'])} ± {_pct(s['accuracy_std'])}",
+                f"{s['auc']:.4f}",
+                _pct(s["eer"]),
+                _pct(s["tar_at_far"]["1e-2"]["tar"]),
+                _pct(s["tar_at_far"]["1e-3"]["tar"]),
+                f"{run['detection_failures']['count']} / {run['images']}",
+            ]
+            for (label, run), s in zip(results.items(), summaries.values(), strict=True)
+        ],
+    )
     lines += [
         "",
         "Accuracy: each fold's threshold is chosen on the other evaluated folds (never on the fold itself).",
@@ -119,40 +142,41 @@ def _markdown(title: str, results: dict[str, dict], meta: dict, files: dict[str,
         "",
         "## Calibration (all cross-identity image pairs)",
         "",
-        "| pipeline | impostor pairs | threshold @ FMR 1e-3 | threshold @ FMR 1e-4 |",
-        "|---|---|---|---|",
     ]
-    for label, run in results.items():
-        c = run["calibration"]
-        lines.append(
-            f"| {label} | {c['impostor_pairs']:,} | {c['thresholds']['0.001']:.4f} | {c['thresholds']['0.0001']:.4f} |"
-        )
-    lines += [
-        "",
-        "## Per fold",
-        "",
-        "| pipeline | "
-        + " | ".join(f"fold {f['fold']}" for f in next(iter(results.values()))["summary"]["per_fold"])
-        + " |",
-        "|---|" + "---|" * len(next(iter(results.values()))["summary"]["per_fold"]),
-    ]
-    for label, run in results.items():
-        lines.append(f"| {label} | " + " | ".join(_pct(f["accuracy"]) for f in run["summary"]["per_fold"]) + " |")
+    lines += _md_table(
+        ["pipeline", "impostor pairs", "threshold @ FMR 1e-3", "threshold @ FMR 1e-4"],
+        [
+            [
+                label,
+                f"{run['calibration']['impostor_pairs']:,}",
+                f"{run['calibration']['thresholds']['0.001']:.4f}",
+                f"{run['calibration']['thresholds']['0.0001']:.4f}",
+            ]
+            for label, run in results.items()
+        ],
+    )
+    folds = [f["fold"] for f in next(iter(summaries.values()))["per_fold"]]
+    lines += ["", "## Per fold", ""]
+    lines += _md_table(
+        ["pipeline", *(f"fold {f}" for f in folds)],
+        [[label, *(_pct(f["accuracy"]) for f in s["per_fold"])] for label, s in summaries.items()],
+    )
     if any("efficiency" in run for run in results.values()):
-        lines += [
-            "",
-            "## Accuracy and cost (embedder, measured in this run)",
-            "",
-            "| pipeline | accuracy | p50 ms (batch 1, 1 thread) | size (MB) | params (M) | MACs (M) |",
-            "|---|---|---|---|---|---|",
-        ]
-        for label, run in results.items():
-            card = run["efficiency"]
-            lines.append(
-                f"| {label} | {_pct(run['summary']['accuracy_mean'])} | {_p50_1thread(card):.2f} "
-                f"| {card['file_size_bytes'] / 1e6:.2f} | {card['parameters'] / 1e6:.3f} "
-                f"| {card['macs'] / 1e6:.1f} |"
-            )
+        lines += ["", "## Accuracy and cost (embedder, measured in this run)", ""]
+        lines += _md_table(
+            ["pipeline", "accuracy", "p50 ms (batch 1, 1 thread)", "size (MB)", "params (M)", "MACs (M)"],
+            [
+                [
+                    label,
+                    _pct(run["summary"]["accuracy_mean"]),
+                    f"{_p50_1thread(run['efficiency']):.2f}",
+                    f"{run['efficiency']['file_size_bytes'] / 1e6:.2f}",
+                    f"{run['efficiency']['parameters'] / 1e6:.3f}",
+                    f"{run['efficiency']['macs'] / 1e6:.1f}",
+                ]
+                for label, run in results.items()
+            ],
+        )
         lines += ["", "Full efficiency cards: [efficiency.md](efficiency.md)."]
     lines += ["", "## Models", ""] + [f"- `{m['name']}` sha256 `{m['sha256']}`" for m in meta["models"]]
     lines += ["", "## Plots", ""] + [f"![{key}]({path.name})" for key, path in files.items() if path.suffix == ".png"]
