@@ -287,7 +287,7 @@ def export(
         models_dir / names["int8"] / "model.onnx",
         calibration,
         per_channel=bool(quant.get("per_channel", True)),
-        exclude_nodes=quant.get("exclude_nodes"),
+        keep_fp32=quant.get("keep_fp32"),
     )
     datasets = sorted({row["dataset"] for row in faces.meta})
     data_split = {
@@ -299,14 +299,17 @@ def export(
         "note": "LFW people of the excluded (report) folds are not in the training data; "
         "thresholds and quantization calibration use training faces only",
     }
-    log = [json.loads(line) for line in (work_dir / "train_log.jsonl").read_text().splitlines()]
+    log_text = (work_dir / "train_log.jsonl").read_text()
+    for name in (names["fp32"], names["int8"]):  # the log travels with the models it produced
+        (models_dir / name / "train_log.jsonl").write_text(log_text)
+    log = [json.loads(line) for line in log_text.splitlines()]
     training = {
         "epochs": recipe.epochs,
         "steps": log[-1]["step"],
         "seconds": log[-1]["seconds"],
         "parameters_torch": count_parameters(net),
         "final_holdout": next((r["holdout"] for r in reversed(log) if "holdout" in r), None),
-        "log": str(work_dir / "train_log.jsonl"),
+        "log": "train_log.jsonl (beside this card)",
     }
     recipe_record = dict(recipe.raw, _path=str(recipe.path or ""))
     common = {"recipe": recipe_record, "data_split": data_split, "teacher": recipe.teacher, "training": training}

@@ -1,0 +1,60 @@
+"""The models shipped in models/: each loads with a verified checksum and its card tells the truth about it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from biometrics.embedding import Embedder
+from biometrics.evaluation.efficiency import count_macs, count_parameters
+from biometrics.imaging import load_image
+from biometrics.pipeline import FacePipeline
+from biometrics.registry import ModelRegistry
+from tests.conftest import ROOT
+
+REGISTRY = ModelRegistry([ROOT / "models"])
+STUDENTS = [name for name in REGISTRY.names("embedding") if REGISTRY.card(name).data.get("teacher")]
+
+
+@pytest.mark.parametrize("name", REGISTRY.names())
+def test_every_model_resolves_and_has_a_complete_card(name):
+    model = REGISTRY.resolve(name)  # verifies the SHA-256
+    for key in ("name", "task", "architecture", "description", "origin", "licence", "input", "bench_input_shape"):
+        assert key in model.card.data, f"{name}: card lacks {key}"
+    assert model.card.name == name == model.card.folder.name
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+def test_student_cards_state_size_and_split_truthfully(name):
+    card = REGISTRY.card(name)
+    graph = onnx.load(str(card.folder / card.source["file"]))
+    assert card.data["size"]["parameters"] == count_parameters(graph) <= 1_000_000
+    assert card.data["size"]["macs"] == count_macs(graph, {"data": [1, 3, 112, 112]}) <= 250_000_000
+    assert card.data["size"]["file_size_bytes"] == (card.folder / card.source["file"]).stat().st_size
+    split = card.data["data_split"]
+    first, last = (int(v) for v in split["report_folds"].split("-"))
+    assert split["lfw_excluded_folds"] == list(range(first, last + 1))  # never trained on reported people
+    log = [json.loads(line) for line in (card.folder / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["holdout"] == card.data["training"]["final_holdout"]
+
+
+def test_int8_student_is_small(request):
+    if "sface-student" not in STUDENTS:
+        pytest.skip("no sface-student in models/")
+    card = REGISTRY.card("sface-student")
+    assert card.data["precision"] == "int8" and card.data["size"]["file_size_bytes"] <= 1_500_000
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+def test_students_tell_people_apart(name, sample):
+    """The same person is more similar than two different people, with each student."""
+    pipeline = FacePipeline(embedder=name, registry=REGISTRY, threshold=0.0, threads=1)
+    embed = lambda photo: pipeline.embed_one(load_image(sample(photo)))[0].embedding  # noqa: E731
+    obama, obama2, biden = embed("obama.jpg"), embed("obama2.jpg"), embed("biden.jpg")
+    # The first student separates them by ~0.1 (the teacher by ~0.6): tighten as the students improve.
+    assert float(obama @ obama2) > float(obama @ biden) + 0.05
+    assert isinstance(Embedder(REGISTRY.resolve(name), threads=1).threshold, float | None)
+    assert np.isclose(np.linalg.norm(obama), 1.0, atol=1e-5)
