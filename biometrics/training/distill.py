@@ -212,22 +212,24 @@ def distill(
     steps_per_epoch = len(train_idx) // recipe.batch_size
     total_steps = steps_per_epoch * recipe.epochs
     checkpoint, log_path = work_dir / "checkpoint.pt", work_dir / "train_log.jsonl"
-    step = 0
+    step, elapsed_before = 0, 0.0
     if checkpoint.is_file() and not fresh:
         state = torch.load(checkpoint, weights_only=False)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
+        step, elapsed_before = state["step"], state.get("seconds", 0.0)
     elif log_path.exists():
         log_path.unlink()
     generator = torch.Generator().manual_seed(recipe.seed + step)
     every = int(recipe.raw.get("checkpoint_every", 200))
     limit = total_steps if max_steps is None else min(total_steps, max_steps)
     bar = tqdm(total=limit, initial=step, desc=f"distill {recipe.name}", unit="step", disable=not progress)
-    started, running = time.time(), []
+    started, running, order_epoch = time.time(), [], None
     while step < limit:
         epoch, position = divmod(step, steps_per_epoch)
-        epoch_order = train_idx[np.random.default_rng(recipe.seed + epoch).permutation(len(train_idx))]
+        if epoch != order_epoch:  # the epoch's shuffle depends only on (seed, epoch), so resuming repeats it
+            epoch_order = train_idx[np.random.default_rng(recipe.seed + epoch).permutation(len(train_idx))]
+            order_epoch = epoch
         net.train()
         batch_idx = np.sort(epoch_order[position * recipe.batch_size : (position + 1) * recipe.batch_size])
         flip = torch.rand(len(batch_idx), generator=generator) < recipe.augmentation.get("flip", 0.0)
@@ -250,7 +252,7 @@ def distill(
         step += 1
         running.append(terms)
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.4f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}")
         end_of_epoch = step % steps_per_epoch == 0
         if step % every == 0 or end_of_epoch or step == limit:
             record = {
@@ -258,14 +260,20 @@ def distill(
                 "epoch": step / steps_per_epoch,
                 "lr": _lr_at(step - 1, total_steps, recipe),
                 **{f"loss_{k}": float(np.mean([r[k] for r in running])) for k in running[0]},
-                "seconds": round(time.time() - started, 1),
+                "seconds": round(elapsed_before + time.time() - started, 1),  # across resumes
             }
             if (end_of_epoch or step == limit) and len(holdout_idx):
                 record["holdout"] = agreement(net, crops[holdout_idx], holdout_targets)
             with open(log_path, "a") as log:
                 log.write(json.dumps(record) + "\n")
             running = []
-            _save_atomic({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, checkpoint)
+            state = {
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "seconds": record["seconds"],
+            }
+            _save_atomic(state, checkpoint)
     bar.close()
     if step < total_steps:
         return {"finished": False, "step": step, "total_steps": total_steps, "work_dir": str(work_dir)}
