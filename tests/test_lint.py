@@ -24,7 +24,8 @@ def test_ruff_check_is_clean():
 def test_runtime_never_imports_torch():
     """verify / detect / evaluate / bench must run without PyTorch installed."""
     code = (
-        "import sys, biometrics.cli.main, biometrics.evaluation.lfw, biometrics.evaluation.efficiency; "
+        "import sys, biometrics.cli.main, biometrics.evaluation.lfw, biometrics.evaluation.efficiency, "
+        "biometrics.evaluation.wider; "
         "print('torch' in sys.modules)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

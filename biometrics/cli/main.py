@@ -18,6 +18,7 @@ from biometrics.errors import BiometricsError
 EXIT_DIFFERENT = 1
 EXIT_ERROR = 2
 SHARED_LFW = Path("../shared/data/lfw")
+SHARED_WIDER = Path("../shared/data/wider")
 
 
 def reports_errors(command):
@@ -233,6 +234,39 @@ def evaluate_lfw_command(data, folds, detectors, embedders, threads, out, progre
     files = write_verification_report(
         out, f"LFW View 2, folds {folds}", runs, run_metadata(models, threads), efficiency
     )
+    click.echo(f"report: {files['md']}")
+
+
+@evaluate.command("wider")
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=SHARED_WIDER,
+    show_default=True,
+    help="Folder with wider_val488.tgz (or the unpacked wider_val488 folder).",
+)
+@click.option("--detector", "detectors", multiple=True, help="Detector(s) to compare (repeatable).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Threads for the accuracy run (latency: 1).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Evenly spaced sample of N images (quick check).")
+@click.option("--progress/--no-progress", default=True)
+@reports_errors
+def evaluate_wider_command(data, detectors, threads, out, limit, progress):
+    """WIDER FACE detection AP (easy/medium/hard, official protocol), PR curves and latency."""
+    from biometrics.evaluation.report import run_metadata
+    from biometrics.evaluation.wider import evaluate_wider, format_ap, write_wider_report
+    from biometrics.pipeline import DEFAULT_DETECTOR
+    from biometrics.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    models = [registry.resolve(name, task="detection") for name in detectors or (DEFAULT_DETECTOR,)]
+    results = []
+    for model in models:
+        result = evaluate_wider(model, data, threads=threads, limit=limit, progress=progress)
+        results.append(result)
+        aps = ", ".join(f"{name} {format_ap(curve.ap)}" for name, curve in result.curves.items())
+        click.echo(f"{model.name}: AP {aps} ({result.images} images); ms {result.latency_ms}")
+    files = write_wider_report(out, results, run_metadata(models, threads))
     click.echo(f"report: {files['md']}")
 
 

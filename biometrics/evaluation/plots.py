@@ -1,4 +1,4 @@
-"""PNG plots for verification reports: ROC, DET and score histograms.
+"""PNG plots for evaluation reports: ROC, DET, score histograms, Pareto fronts and detection PR curves.
 
 Built on ``matplotlib.figure.Figure`` with the Agg canvas, never pyplot, so there is no global figure
 state and no display is needed (works headless, in threads and in tests). Each function takes several
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -17,7 +18,10 @@ from matplotlib.figure import Figure
 
 from biometrics.evaluation.metrics import RocCurve
 
-__all__ = ["plot_det", "plot_pareto", "plot_roc", "plot_score_histograms"]
+if TYPE_CHECKING:  # wider.py writes its report with these plots, so it cannot be imported here at run time
+    from biometrics.evaluation.wider import PrCurve
+
+__all__ = ["plot_det", "plot_pareto", "plot_pr", "plot_roc", "plot_score_histograms"]
 
 # Rates below this are clipped so log axes stay finite (0 is where every ROC starts).
 MIN_RATE = 1e-5
@@ -154,5 +158,24 @@ def plot_pareto(points: dict[str, tuple[float, float, float]], path: str | os.Pa
     ax.set_ylabel("LFW accuracy (%)")
     ax.set_title(title or "Accuracy vs latency (marker area = file size)")
     ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_pr(curves: dict[str, PrCurve], path: str | os.PathLike[str], title: str = "") -> Path:
+    """Precision vs recall of detectors (label them with their AP): up and to the right is better."""
+    if not curves:
+        raise ValueError("plot_pr needs at least one curve")
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for label, c in curves.items():
+        ax.plot(c.recall, c.precision, label=label)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.01)
+    ax.set_xlabel("Recall")
+    ax.set_ylabel("Precision")
+    ax.set_title(title or "Precision-recall")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left")
     fig.tight_layout()
     return _save(fig, path)
