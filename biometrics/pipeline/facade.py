@@ -88,7 +88,8 @@ class FacePipeline:
         self.threshold = threshold if threshold is not None else self.embedder.threshold
         if self.threshold is None:
             raise ModelError(
-                f"embedder '{self.embedder.name}' has no calibrated threshold in its card; pass threshold= explicitly"
+                f"embedder '{self.embedder.name}' has no calibrated threshold in its card; pass a threshold "
+                "(--threshold on the command line)"
             )
         self.timings_ms: dict[str, float] = {}
 
