@@ -42,6 +42,18 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     return out
 
 
+def _finish(fig: Figure, ax, path, *, xlabel: str, ylabel: str, title: str, legend: str | None) -> Path:
+    """The ending every plot shares: labels, title, grid, optional legend, layout, PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if legend:
+        ax.legend(loc=legend)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _tmr_at(curve: RocCurve, fmr: float) -> float:
     """Step-function TMR at a given FMR: the best TMR with FMR <= fmr (what tar_at_far reports)."""
     ok = curve.fmr <= fmr
@@ -63,13 +75,15 @@ def plot_roc(curves: dict[str, RocCurve], path: str | os.PathLike[str], title: s
     ax.set_xscale("log")
     ax.set_xlim(MIN_RATE, 1.0)
     ax.set_ylim(0.0, 1.01)
-    ax.set_xlabel("False match rate (FMR)")
-    ax.set_ylabel("True match rate (TMR)")
-    ax.set_title(title or "ROC")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(
+        fig,
+        ax,
+        path,
+        xlabel="False match rate (FMR)",
+        ylabel="True match rate (TMR)",
+        title=title or "ROC",
+        legend="lower right",
+    )
 
 
 def plot_det(curves: dict[str, RocCurve], path: str | os.PathLike[str], title: str = "") -> Path:
@@ -84,13 +98,15 @@ def plot_det(curves: dict[str, RocCurve], path: str | os.PathLike[str], title: s
     ax.set_yscale("log")
     ax.set_xlim(MIN_RATE, 1.0)
     ax.set_ylim(MIN_RATE, 1.0)
-    ax.set_xlabel("False match rate (FMR)")
-    ax.set_ylabel("False non-match rate (FNMR)")
-    ax.set_title(title or "DET")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(
+        fig,
+        ax,
+        path,
+        xlabel="False match rate (FMR)",
+        ylabel="False non-match rate (FNMR)",
+        title=title or "DET",
+        legend="upper right",
+    )
 
 
 def plot_score_histograms(
@@ -125,13 +141,9 @@ def plot_score_histograms(
             linewidth=1.2,
             label=f"threshold = {float(threshold):.4g}",
         )
-    ax.set_xlabel("Similarity score")
-    ax.set_ylabel("Density")
-    ax.set_title(title or "Score distributions")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best")
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(
+        fig, ax, path, xlabel="Similarity score", ylabel="Density", title=title or "Score distributions", legend="best"
+    )
 
 
 def plot_pareto(points: dict[str, tuple[float, float, float]], path: str | os.PathLike[str], title: str = "") -> Path:
@@ -154,12 +166,15 @@ def plot_pareto(points: dict[str, tuple[float, float, float]], path: str | os.Pa
             textcoords="offset points",
         )
     ax.set_xscale("log")
-    ax.set_xlabel("Embedding latency, batch 1, 1 thread (ms, log scale)")
-    ax.set_ylabel("LFW accuracy (%)")
-    ax.set_title(title or "Accuracy vs latency (marker area = file size)")
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(
+        fig,
+        ax,
+        path,
+        xlabel="Embedding latency, batch 1, 1 thread (ms, log scale)",
+        ylabel="LFW accuracy (%)",
+        title=title or "Accuracy vs latency (marker area = file size)",
+        legend=None,
+    )
 
 
 def plot_pr(curves: dict[str, PrCurve], path: str | os.PathLike[str], title: str = "") -> Path:
@@ -172,10 +187,6 @@ def plot_pr(curves: dict[str, PrCurve], path: str | os.PathLike[str], title: str
         ax.plot(c.recall, c.precision, label=label)
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.01)
-    ax.set_xlabel("Recall")
-    ax.set_ylabel("Precision")
-    ax.set_title(title or "Precision-recall")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower left")
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(
+        fig, ax, path, xlabel="Recall", ylabel="Precision", title=title or "Precision-recall", legend="lower left"
+    )
