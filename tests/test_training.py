@@ -68,6 +68,51 @@ def test_feature_hints_line_up_with_the_teachers_kept_channels(teacher):
         torch.testing.assert_close(hints[stage], teacher_hints[stage][:, kept[stage]])
 
 
+@pytest.mark.parametrize(
+    "kernel, stride, groups",
+    [(1, 1, 1), (3, 2, 8), (3, 1, 1)],  # pointwise, strided depthwise, full 3x3 (the first conv)
+)
+def test_least_squares_recovers_a_linear_unit(kernel, stride, groups):
+    """When the target is exactly a conv + BN of the input, the fit reproduces it (train-mode BN included)."""
+    from biometrics.training.reconstruct import fit_conv_bn
+
+    torch.manual_seed(0)
+    reference = torch.nn.Conv2d(8, 8, kernel, stride, kernel // 2, groups=groups)
+    inputs = torch.randn(40, 8, 20, 20)
+    with torch.no_grad():
+        target = reference(inputs)
+    conv = torch.nn.Conv2d(8, 8, kernel, stride, kernel // 2, groups=groups, bias=False)
+    bn = torch.nn.BatchNorm2d(8, eps=1e-3)
+    fit_conv_bn(conv, bn, inputs, target, ridge=1e-8)
+    with torch.no_grad():
+        torch.testing.assert_close(bn.eval()(conv(inputs)), target, atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(bn.train()(conv(inputs)), target, atol=2e-2, rtol=2e-2)
+
+
+def test_reconstruction_restores_what_pruning_lost(teacher):
+    """Re-solving each layer of a pruned, ReLU student brings its embeddings of real faces towards the teacher's."""
+    from biometrics.alignment import centre_crop
+    from biometrics.evaluation.lfw import locate_images
+    from biometrics.imaging import load_image
+    from biometrics.training.reconstruct import reconstruct_student
+
+    shared_file("data/lfw/pairs.txt")
+    paths = sorted(locate_images(SHARED / "data" / "lfw").glob("*/*_0001.jpg"))[:48]
+    crops = np.stack([centre_crop(load_image(path)) for path in paths])
+    rgb = torch.from_numpy(np.ascontiguousarray(crops[..., ::-1].transpose(0, 3, 1, 2))).float()
+    student, kept = prune_teacher(teacher, EmbedderConfig(width=0.25, activation="relu"))
+
+    def cosine():
+        with torch.no_grad():
+            s, t = student.eval()(rgb), teacher(rgb)
+        return float(torch.nn.functional.cosine_similarity(s, t).mean())
+
+    pruned = cosine()
+    errors = reconstruct_student(teacher, student, kept, rgb[:16], rgb, ridge=1e-2)
+    assert cosine() > pruned + 0.3
+    assert all(0 <= error < 1 for error in errors.values())
+
+
 def test_scratch_network_and_bad_configs():
     assert FaceEmbedderNet(EmbedderConfig(width=0.25, stages=(1, 3, 5, 7, 13))).config.channels() == [
         8,
@@ -119,7 +164,13 @@ def test_distill_smoke_trains_exports_and_quantizes(tmp_path):
         batch_size=8,
         checkpoint_every=2,
         data={"root": str(SHARED / "data"), "lfw": {"exclude_folds": list(range(2, 11))}, "limit": 40, "holdout": 8},
-        student=dict(recipe["student"], width=0.25, stages=[1, 2, 3, 5, 7, 13, 14]),
+        student=dict(
+            recipe["student"],
+            width=0.25,
+            stages=[1, 2, 3, 5, 7, 13, 14],
+            init="teacher-reconstructed",
+            reconstruction={"layer_faces": 8, "head_faces": 16},
+        ),
         quantization={"calibration_faces": 8, "per_channel": True},
         output={"fp32": "smoke-fp32", "int8": "smoke-int8"},
     )
@@ -148,7 +199,9 @@ def test_distill_smoke_trains_exports_and_quantizes(tmp_path):
     summary = json.loads(result.stdout)
     assert summary["finished"] is True
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log][0] == 2 and "holdout" in log[-1]
+    # The least-squares fit is logged once, before step 1; the resumed run does not redo it.
+    assert [r["step"] for r in log][:2] == [0, 2] and "holdout" in log[-1]
+    assert set(log[0]["reconstruction_relative_error"]) >= {"1", "2dw", "14", "head"}
 
     registry = ModelRegistry([tmp_path / "models"], cache=tmp_path / "cache")
     crops = np.random.default_rng(1).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)

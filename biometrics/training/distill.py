@@ -12,6 +12,7 @@ mirror image are computed once (ONNX Runtime) and cached.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from biometrics.runtime import create_session
 from biometrics.training.export import export_onnx, quantize_int8, write_card
 from biometrics.training.faces import build_face_cache, gather_sources, teacher_targets
 from biometrics.training.recipe import Recipe
+from biometrics.training.reconstruct import reconstruct_student
 from biometrics.training.student import (
     EmbedderConfig,
     FaceEmbedderNet,
@@ -39,20 +41,37 @@ from biometrics.training.student import (
     sface_to_torch,
 )
 
+INITS = ("scratch", "teacher-pruned", "teacher-reconstructed")
 
-def build_student(recipe: Recipe) -> tuple[FaceEmbedderNet, dict[int, torch.Tensor]]:
-    """The student and, if pruned from the teacher, which teacher channels each of its stages kept."""
+
+def build_student(recipe: Recipe, train_crops: np.ndarray) -> tuple[FaceEmbedderNet, dict[int, torch.Tensor], dict]:
+    """The student; if pruned from the teacher, which teacher channels each of its stages kept; and, if its
+    layers were re-solved against the teacher (``teacher-reconstructed``), each layer's relative fit error."""
     spec = dict(recipe.student)
     init = spec.pop("init", "scratch")
+    fit = spec.pop("reconstruction", {})
     spec["stages"] = tuple(spec.get("stages", range(1, 15)))
     config = EmbedderConfig(**spec)
+    if init not in INITS:
+        raise BiometricsError(f"recipe {recipe.name}: unknown student init '{init}' ({', '.join(INITS)})")
     if init == "scratch":
-        return FaceEmbedderNet(config), {}
+        return FaceEmbedderNet(config), {}, {}
+    teacher = sface_to_torch(ModelRegistry().resolve(recipe.teacher, task="embedding").onnx_bytes)
+    student, kept = prune_teacher(teacher, config)
     if init == "teacher-pruned":
-        return prune_teacher(
-            sface_to_torch(ModelRegistry().resolve(recipe.teacher, task="embedding").onnx_bytes), config
-        )
-    raise BiometricsError(f"recipe {recipe.name}: unknown student init '{init}' (scratch or teacher-pruned)")
+        return student, kept, {}
+    chosen = np.random.default_rng(recipe.seed).permutation(len(train_crops))
+    layer_faces, head_faces = int(fit.get("layer_faces", 256)), int(fit.get("head_faces", 2048))
+    errors = reconstruct_student(
+        teacher,
+        student,
+        kept,
+        _to_tensor(train_crops[np.sort(chosen[:layer_faces])]).contiguous(),
+        _to_tensor(train_crops[np.sort(chosen[:head_faces])]).contiguous(),
+        ridge=float(fit.get("ridge", 1e-3)),
+        seed=recipe.seed,
+    )
+    return student, kept, errors
 
 
 class OnlineTeacher:
@@ -154,6 +173,13 @@ def agreement(net: FaceEmbedderNet, crops: np.ndarray, targets: np.ndarray, batc
     }
 
 
+def _without_reconstruction(recipe: Recipe) -> Recipe:
+    """The recipe with ``teacher-reconstructed`` downgraded to ``teacher-pruned`` (same architecture and channels)."""
+    if recipe.student.get("init") != "teacher-reconstructed":
+        return recipe
+    return dataclasses.replace(recipe, student={**recipe.student, "init": "teacher-pruned"})
+
+
 def _lr_at(step: int, total: int, recipe: Recipe) -> float:
     base, warmup = float(recipe.optimizer["lr"]), int(recipe.schedule.get("warmup_steps", 0))
     if step < warmup:
@@ -191,12 +217,15 @@ def distill(
     holdout_idx = np.sort(order[: int(recipe.data.get("holdout", 0))])
     train_idx = np.sort(order[len(holdout_idx) :])
 
-    net, kept = build_student(recipe)
+    checkpoint, log_path = work_dir / "checkpoint.pt", work_dir / "train_log.jsonl"
+    resuming = checkpoint.is_file() and not fresh
+    # A resumed run loads its weights from the checkpoint: only the channel choice (cheap) is redone.
+    net, kept, fit_errors = build_student(recipe if not resuming else _without_reconstruction(recipe), crops[train_idx])
     net = net.to(memory_format=torch.channels_last)
     teacher_online = None
     if recipe.loss.get("features"):
         if not kept:
-            raise BiometricsError(f"recipe {recipe.name}: feature hints need init: teacher-pruned")
+            raise BiometricsError(f"recipe {recipe.name}: feature hints need a student pruned from the teacher")
         hint_stages = [stage for stage in recipe.loss.get("hint_stages", []) if stage in kept]
         teacher_online = OnlineTeacher(recipe.teacher, hint_stages, threads)
         targets = None  # every batch gets the teacher's embedding of its own augmented view
@@ -211,15 +240,19 @@ def distill(
     )
     steps_per_epoch = len(train_idx) // recipe.batch_size
     total_steps = steps_per_epoch * recipe.epochs
-    checkpoint, log_path = work_dir / "checkpoint.pt", work_dir / "train_log.jsonl"
     step, elapsed_before = 0, 0.0
-    if checkpoint.is_file() and not fresh:
+    if resuming:
         state = torch.load(checkpoint, weights_only=False)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed_before = state["step"], state.get("seconds", 0.0)
-    elif log_path.exists():
-        log_path.unlink()
+    else:
+        log_path.unlink(missing_ok=True)
+        if fit_errors:
+            initial = {"step": 0, "reconstruction_relative_error": fit_errors}
+            if len(holdout_idx):
+                initial["holdout"] = agreement(net, crops[holdout_idx], holdout_targets)
+            log_path.write_text(json.dumps(initial) + "\n")
     generator = torch.Generator().manual_seed(recipe.seed + step)
     every = int(recipe.raw.get("checkpoint_every", 200))
     limit = total_steps if max_steps is None else min(total_steps, max_steps)

@@ -48,8 +48,8 @@ class _CropReader(CalibrationDataReader):
 def fp32_nodes(model: onnx.ModelProto, keep: list[str]) -> list[str]:
     """Names of the nodes that ``keep`` ("first_conv", "head") asks to leave in FP32.
 
-    "head" is everything after the last ReLU: the embedding layers, where quantization error is not averaged
-    away by later layers.
+    "head" is everything after the last activation (ReLU or PReLU): the embedding layers, where quantization
+    error is not averaged away by later layers.
     """
     unknown = set(keep) - {"first_conv", "head"}
     if unknown:
@@ -59,8 +59,8 @@ def fp32_nodes(model: onnx.ModelProto, keep: list[str]) -> list[str]:
     if "first_conv" in keep:
         names.append(next(node.name for node in nodes if node.op_type == "Conv"))
     if "head" in keep:
-        last_relu = max(i for i, node in enumerate(nodes) if node.op_type == "Relu")
-        names += [node.name for node in nodes[last_relu + 1 :] if node.op_type != "Constant"]
+        last_activation = max(i for i, node in enumerate(nodes) if node.op_type in ("Relu", "PRelu"))
+        names += [node.name for node in nodes[last_activation + 1 :] if node.op_type != "Constant"]
     return names
 
 
