@@ -12,12 +12,13 @@ class Face:
     """One detected face, in the pixel coordinates of the image it was found in.
 
     ``box`` is (x1, y1, x2, y2); ``landmarks`` is 5x2 in the order right eye, left eye (as seen in the
-    image: left then right), nose tip, right mouth corner, left mouth corner; ``embedding`` is
-    L2-normalised, or None until an embedder has run.
+    image: left then right), nose tip, right mouth corner, left mouth corner, or None from a detector that
+    finds boxes only (such a face cannot be aligned); ``embedding`` is L2-normalised, or None until an
+    embedder has run.
     """
 
     box: np.ndarray
-    landmarks: np.ndarray
+    landmarks: np.ndarray | None
     score: float
     embedding: np.ndarray | None = None
 
@@ -35,6 +36,8 @@ class Face:
         """JSON-ready geometry; the embedding is left out on purpose (biometric data is not logged)."""
         return {
             "box": [round(float(v), 1) for v in self.box],
-            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
+            "landmarks": None
+            if self.landmarks is None
+            else [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
             "score": round(float(self.score), 4),
         }

