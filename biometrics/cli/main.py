@@ -359,13 +359,15 @@ def bench(models, out, thread_counts, iterations, batch):
 def distill(recipe, work_dir, models_dir, max_steps, fresh, threads, progress):
     """Train a student from a recipe (pipelines/*.yaml): distil, quantize to INT8, export ONNX + cards."""
     try:
-        from biometrics.training.distill import distill as run_distill
+        from biometrics.training.detector_distill import distill_detector
+        from biometrics.training.distill import distill as distill_embedder
         from biometrics.training.recipe import Recipe
     except ImportError as exc:
         raise BiometricsError(f"training needs the train extra (pip install -e '.[train]'): {exc}") from None
     loaded = Recipe.load(recipe)
     from biometrics.registry import cache_dir
 
+    run_distill = distill_detector if loaded.task == "detection" else distill_embedder
     summary = run_distill(
         loaded,
         work_dir or cache_dir() / "runs" / loaded.name,

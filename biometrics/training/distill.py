@@ -28,7 +28,7 @@ from tqdm import tqdm
 from biometrics.errors import BiometricsError
 from biometrics.registry import ModelRegistry
 from biometrics.runtime import create_session
-from biometrics.training.export import export_onnx, quantize_int8, write_card
+from biometrics.training.export import crops_to_inputs, export_onnx, quantize_int8, write_card
 from biometrics.training.faces import build_face_cache, gather_sources, teacher_targets
 from biometrics.training.recipe import Recipe
 from biometrics.training.reconstruct import reconstruct_student
@@ -180,7 +180,7 @@ def _without_reconstruction(recipe: Recipe) -> Recipe:
     return dataclasses.replace(recipe, student={**recipe.student, "init": "teacher-pruned"})
 
 
-def _lr_at(step: int, total: int, recipe: Recipe) -> float:
+def lr_at(step: int, total: int, recipe: Recipe) -> float:
     base, warmup = float(recipe.optimizer["lr"]), int(recipe.schedule.get("warmup_steps", 0))
     if step < warmup:
         return base * (step + 1) / warmup
@@ -191,7 +191,7 @@ def _lr_at(step: int, total: int, recipe: Recipe) -> float:
     )
 
 
-def _save_atomic(state: dict, path: Path) -> None:
+def save_atomic(state: dict, path: Path) -> None:
     torch.save(state, path.with_suffix(".tmp"))
     os.replace(path.with_suffix(".tmp"), path)
 
@@ -269,7 +269,7 @@ def distill(
         images = _to_tensor(crops[batch_idx])
         images[flip] = images[flip].flip(-1)
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, total_steps, recipe)
+            group["lr"] = lr_at(step, total_steps, recipe)
         view = augment(images, recipe.augmentation, generator)
         if teacher_online is None:
             target = torch.from_numpy(targets[batch_idx, flip.numpy().astype(np.int64)])
@@ -291,7 +291,7 @@ def distill(
             record = {
                 "step": step,
                 "epoch": step / steps_per_epoch,
-                "lr": _lr_at(step - 1, total_steps, recipe),
+                "lr": lr_at(step - 1, total_steps, recipe),
                 **{f"loss_{k}": float(np.mean([r[k] for r in running])) for k in running[0]},
                 "seconds": round(elapsed_before + time.time() - started, 1),  # across resumes
             }
@@ -306,7 +306,7 @@ def distill(
                 "step": step,
                 "seconds": record["seconds"],
             }
-            _save_atomic(state, checkpoint)
+            save_atomic(state, checkpoint)
     bar.close()
     if step < total_steps:
         return {"finished": False, "step": step, "total_steps": total_steps, "work_dir": str(work_dir)}
@@ -326,7 +326,7 @@ def export(
     int8_path = quantize_int8(
         fp32_path,
         models_dir / names["int8"] / "model.onnx",
-        calibration,
+        crops_to_inputs(calibration),
         per_channel=bool(quant.get("per_channel", True)),
         keep_fp32=quant.get("keep_fp32"),
     )

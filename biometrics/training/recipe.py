@@ -19,9 +19,9 @@ class Recipe:
     """A distillation recipe. Sections are kept as plain dicts: they are recorded verbatim in model cards."""
 
     name: str
-    task: str
-    teacher: str
-    detector: str
+    task: str  # "embedding" or "detection"
+    teacher: str | list[str]  # a detection recipe names an ensemble
+    detector: str | None  # the detector that finds and aligns an embedding recipe's training faces
     data: dict
     student: dict
     augmentation: dict
@@ -49,7 +49,6 @@ class Recipe:
             "name",
             "task",
             "teacher",
-            "detector",
             "data",
             "student",
             "loss",
@@ -60,16 +59,18 @@ class Recipe:
             "output",
             "report_folds",
         ]
+        if raw.get("task") == "embedding":
+            required.append("detector")
         missing = [key for key in required if key not in raw]
         if missing:
             raise RecipeError(f"{path}: missing {', '.join(missing)}")
-        if raw["task"] != "embedding":
-            raise RecipeError(f"{path}: task '{raw['task']}' is not supported by this trainer (embedding)")
+        if raw["task"] not in ("embedding", "detection"):
+            raise RecipeError(f"{path}: task '{raw['task']}' is not one we train (embedding, detection)")
         return cls(
             name=raw["name"],
             task=raw["task"],
             teacher=raw["teacher"],
-            detector=raw["detector"],
+            detector=raw.get("detector"),
             data=raw["data"],
             student=raw["student"],
             augmentation=raw.get("augmentation", {}),

@@ -1,0 +1,186 @@
+"""Distil a teacher ensemble into the student detector: pseudo-labels -> composed scenes -> anchor-free training.
+
+The teachers (recipe ``teacher``: a list of registry detectors and/or ``mtcnn``) label every training image
+once (cached); each step then composes fresh multi-face scenes from those images, so the student sees faces
+from ~10 px to the full frame although every source photo holds one large face. Checkpoints, resume and the
+log work as for the embedder; the export writes FP32 and INT8 ONNX files in YuNet's output format, so the
+runtime's ``YuNetDetector`` runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from biometrics.training.detector_loss import build_targets, detection_loss, initial_score_bias
+from biometrics.training.detector_student import STRIDES, DetectorConfig, FaceDetectorNet, output_names
+from biometrics.training.distill import lr_at, save_atomic
+from biometrics.training.export import export_onnx, quantize_int8, write_card
+from biometrics.training.faces import gather_sources
+from biometrics.training.pseudo_labels import PseudoLabels, label_images
+from biometrics.training.recipe import Recipe
+from biometrics.training.scenes import SceneSpec, compose_scene
+
+
+def build_detector(recipe: Recipe) -> FaceDetectorNet:
+    spec = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.student.items()}
+    net = FaceDetectorNet(DetectorConfig(**spec))
+    with torch.no_grad():
+        for name in ("cls", "obj"):
+            for head in net.heads[name]:
+                head[-1].bias.fill_(initial_score_bias())
+    return net
+
+
+def scene_batch(labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpec, count: int):
+    """``count`` scenes as a float tensor (N x 3 x S x S, BGR 0-255, as the network takes) and their targets."""
+    scenes = [compose_scene(labels, rng, spec) for _ in range(count)]
+    images = torch.from_numpy(np.stack([s.image for s in scenes]).transpose(0, 3, 1, 2).astype(np.float32))
+    targets = [build_targets(s.boxes, s.landmarks, s.scores, spec.size, spec.size) for s in scenes]
+    return images, targets
+
+
+def distill_detector(
+    recipe: Recipe,
+    work_dir: Path,
+    models_dir: Path,
+    *,
+    max_steps: int | None = None,
+    fresh: bool = False,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run (or resume) a detection recipe; export FP32 and INT8 ONNX with cards into ``models_dir``."""
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.manual_seed(recipe.seed)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    sources = gather_sources(Path(recipe.data.get("root", "../shared/data")), recipe.data)
+    teachers = [recipe.teacher] if isinstance(recipe.teacher, str) else list(recipe.teacher)
+    labels = label_images(sources, teachers, iou=float(recipe.data.get("fusion_iou", 0.55)), progress=progress)
+    spec = SceneSpec.from_dict(recipe.augmentation)
+    net = build_detector(recipe)
+    optimizer = torch.optim.AdamW(
+        net.parameters(),
+        lr=float(recipe.optimizer["lr"]),
+        weight_decay=float(recipe.optimizer.get("weight_decay", 0.0)),
+    )
+    steps_per_epoch = max(1, len(labels.paths) // recipe.batch_size)
+    total_steps = steps_per_epoch * recipe.epochs
+    checkpoint, log_path = work_dir / "checkpoint.pt", work_dir / "train_log.jsonl"
+    step, elapsed_before = 0, 0.0
+    if checkpoint.is_file() and not fresh:
+        state = torch.load(checkpoint, weights_only=False)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed_before = state["step"], state.get("seconds", 0.0)
+    else:
+        log_path.unlink(missing_ok=True)
+    every = int(recipe.raw.get("checkpoint_every", 200))
+    limit = total_steps if max_steps is None else min(total_steps, max_steps)
+    bar = tqdm(total=limit, initial=step, desc=f"distill {recipe.name}", unit="step", disable=not progress)
+    started, running = time.time(), []
+    while step < limit:
+        rng = np.random.default_rng([recipe.seed, step])  # a resumed run composes the same scenes
+        images, targets = scene_batch(labels, rng, spec, recipe.batch_size)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total_steps, recipe)
+        net.train()
+        loss, terms = detection_loss(net.raw_outputs(images), targets, recipe.loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+        optimizer.step()
+        step += 1
+        running.append(terms)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % every == 0 or step == limit:
+            record = {
+                "step": step,
+                "epoch": step / steps_per_epoch,
+                "lr": lr_at(step - 1, total_steps, recipe),
+                **{f"loss_{k}": float(np.mean([r[k] for r in running])) for k in running[0]},
+                "seconds": round(elapsed_before + time.time() - started, 1),
+            }
+            with open(log_path, "a") as log:
+                log.write(json.dumps(record) + "\n")
+            running = []
+            state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+            save_atomic(state | {"seconds": record["seconds"]}, checkpoint)
+    bar.close()
+    if step < total_steps:
+        return {"finished": False, "step": step, "total_steps": total_steps, "work_dir": str(work_dir)}
+    return export_detector(recipe, net, labels, spec, teachers, work_dir, models_dir)
+
+
+def export_detector(
+    recipe: Recipe,
+    net: FaceDetectorNet,
+    labels: PseudoLabels,
+    spec: SceneSpec,
+    teachers: list[str],
+    work_dir: Path,
+    models_dir: Path,
+) -> dict:
+    """FP32 and INT8 ONNX (any input size, multiples of 32) with cards, into ``models_dir/<name>/``."""
+    names = recipe.output
+    fp32_path = export_onnx(
+        net,
+        models_dir / names["fp32"] / "model.onnx",
+        example_shape=(1, 3, 480, 640),
+        input_name="input",
+        output_names=tuple(output_names()),
+        dynamic_axes={"input": {2: "height", 3: "width"}, **{n: {1: "cells"} for n in output_names()}},
+    )
+    quant = recipe.quantization
+    rng = np.random.default_rng(recipe.seed + 1)
+    calibration, _ = scene_batch(labels, rng, spec, int(quant.get("calibration_scenes", 64)))
+    int8_path = quantize_int8(
+        fp32_path,
+        models_dir / names["int8"] / "model.onnx",
+        calibration.numpy(),
+        per_channel=bool(quant.get("per_channel", True)),
+        keep_fp32=quant.get("keep_fp32"),
+    )
+    log_text = (work_dir / "train_log.jsonl").read_text()
+    for name in (names["fp32"], names["int8"]):
+        (models_dir / name / "train_log.jsonl").write_text(log_text)
+    log = [json.loads(line) for line in log_text.splitlines()]
+    interface = {
+        "task": "detection",
+        "architecture": "yunet",
+        "input": {"layout": "NCHW", "channel_order": "BGR", "range": "0-255, no normalisation", "stride": 32},
+        "bench_input_shape": [1, 3, 480, 640],
+    }
+    common = {
+        "recipe": dict(recipe.raw, _path=str(recipe.path or "")),
+        "data_split": {
+            "train_images": len(labels.paths),
+            "pseudo_faces": int(len(labels.scores)),
+            "lfw_excluded_folds": recipe.data.get("lfw", {}).get("exclude_folds", []),
+            "report_folds": recipe.report_folds,
+            "note": "pseudo-labels from the teacher ensemble; never WIDER FACE or the sample photos and videos",
+        },
+        "teacher": teachers,
+        "training": {
+            "epochs": recipe.epochs,
+            "steps": log[-1]["step"],
+            "seconds": log[-1]["seconds"],
+            "architecture": net.config.to_dict(),
+            "strides": list(STRIDES),
+            "log": "train_log.jsonl (beside this card)",
+        },
+        "interface": interface,
+    }
+    description = recipe.raw.get("description", "student face detector distilled from a teacher ensemble")
+    write_card(fp32_path, name=names["fp32"], description=description + " (FP32)", precision="fp32", **common)
+    write_card(
+        int8_path, name=names["int8"], description=description + " (INT8 static QDQ)", precision="int8", **common
+    )
+    return {"finished": True, "fp32": str(fp32_path), "int8": str(int8_path)}

@@ -1,0 +1,187 @@
+"""Pseudo-labels for detector distillation: several teacher detectors vote on every training image.
+
+No training image has hand-drawn boxes, so the teachers' agreement is the label. Each teacher's faces are
+clustered by IoU (weighted box fusion, Solovyev et al. 2019); a cluster's box and landmarks are the
+score-weighted means of its members, and its soft score is the summed member scores divided by the number of
+teachers, so a face that only one teacher of three saw gets at most 1/3: the student is taught how sure the
+ensemble is, not a hard yes. Labels are cached per (teachers, images).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from biometrics import detection
+from biometrics.errors import ImageError
+from biometrics.face import Face
+from biometrics.imaging import load_image
+from biometrics.registry import ModelRegistry, cache_dir
+from biometrics.training.faces import FaceSource
+
+FaceFinder = Callable[[np.ndarray], list[Face]]  # BGR uint8 image -> faces
+
+
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one (x1, y1, x2, y2) box with each row of ``boxes``."""
+    top_left = np.maximum(box[:2], boxes[:, :2])
+    bottom_right = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
+    area = np.prod(box[2:] - box[:2])
+    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    return inter / np.maximum(area + areas - inter, 1e-9)
+
+
+@dataclass(frozen=True)
+class PseudoFace:
+    """A fused face: ``score`` in 0..1 is the ensemble's confidence, ``votes`` how many teachers found it."""
+
+    box: np.ndarray
+    landmarks: np.ndarray | None
+    score: float
+    votes: int
+
+
+def fuse(per_teacher: Sequence[list[Face]], iou: float = 0.55) -> list[PseudoFace]:
+    """Weighted box fusion of several teachers' faces in one image, most confident first.
+
+    A teacher contributes at most one face per cluster (its best); landmarks are averaged over the members
+    that have them (a boxes-only teacher still votes on the box and the score).
+    """
+    members = sorted(
+        ((face, teacher) for teacher, faces in enumerate(per_teacher) for face in faces), key=lambda m: -m[0].score
+    )
+    clusters: list[list[tuple[Face, int]]] = []
+    fused_boxes: list[np.ndarray] = []
+    for face, teacher in members:
+        if fused_boxes:
+            overlaps = box_iou(np.asarray(face.box, np.float64), np.asarray(fused_boxes))
+            best = int(np.argmax(overlaps))
+            if overlaps[best] >= iou and all(t != teacher for _, t in clusters[best]):
+                clusters[best].append((face, teacher))
+                fused_boxes[best] = _weighted_mean([f.box for f, _ in clusters[best]], clusters[best])
+                continue
+        clusters.append([(face, teacher)])
+        fused_boxes.append(np.asarray(face.box, np.float64))
+    fused = []
+    for cluster, box in zip(clusters, fused_boxes, strict=True):
+        with_landmarks = [(f, t) for f, t in cluster if f.landmarks is not None]
+        landmarks = _weighted_mean([f.landmarks for f, _ in with_landmarks], with_landmarks) if with_landmarks else None
+        score = sum(f.score for f, _ in cluster) / len(per_teacher)
+        fused.append(PseudoFace(box.astype(np.float32), landmarks, float(score), len(cluster)))
+    return sorted(fused, key=lambda f: -f.score)
+
+
+def _weighted_mean(values: list[np.ndarray], cluster: list[tuple[Face, int]]) -> np.ndarray:
+    weights = np.array([f.score for f, _ in cluster], np.float64)
+    return np.tensordot(weights / weights.sum(), np.asarray(values, np.float64), axes=1)
+
+
+@dataclass
+class PseudoLabels:
+    """Fused faces of every training image, flattened: face ``i`` belongs to image ``image_index[i]``."""
+
+    paths: list[Path]
+    image_index: np.ndarray  # M
+    boxes: np.ndarray  # M x 4
+    landmarks: np.ndarray  # M x 5 x 2, NaN where no teacher with landmarks saw the face
+    scores: np.ndarray  # M
+    votes: np.ndarray  # M
+
+    def faces_of(self, image: int) -> slice:
+        """The rows of ``image`` (rows are stored grouped by image, in image order)."""
+        start, stop = np.searchsorted(self.image_index, [image, image + 1])
+        return slice(int(start), int(stop))
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays = {k: getattr(self, k) for k in ("image_index", "boxes", "landmarks", "scores", "votes")}
+        np.savez(folder / "labels.tmp.npz", **arrays)
+        os.replace(folder / "labels.tmp.npz", folder / "labels.npz")
+        (folder / "paths.json").write_text(json.dumps([str(p) for p in self.paths]))  # last: marks it complete
+
+    @classmethod
+    def load(cls, folder: Path) -> PseudoLabels:
+        arrays = np.load(folder / "labels.npz")
+        paths = [Path(p) for p in json.loads((folder / "paths.json").read_text())]
+        return cls(paths, **{k: arrays[k] for k in arrays.files})
+
+
+def teacher_detectors(names: Sequence[str], score_threshold: float = 0.3) -> list[FaceFinder]:
+    """Registry detectors by name, plus ``mtcnn`` (facenet-pytorch, training extra only)."""
+    finders: list[FaceFinder] = []
+    for name in names:
+        if name == "mtcnn":
+            finders.append(MtcnnTeacher(score_threshold))
+            continue
+        model = ModelRegistry().resolve(name, task="detection")
+        finders.append(detection.ARCHITECTURES[model.card.architecture](model, score_threshold=score_threshold).detect)
+    return finders
+
+
+class MtcnnTeacher:
+    """facenet-pytorch's MTCNN as a FaceFinder (it takes RGB; its landmark order matches ``Face``'s)."""
+
+    def __init__(self, score_threshold: float):
+        from facenet_pytorch import MTCNN
+
+        self.score_threshold = score_threshold
+        self.mtcnn = MTCNN(keep_all=True, device="cpu", min_face_size=12)
+
+    def __call__(self, image: np.ndarray) -> list[Face]:
+        boxes, scores, landmarks = self.mtcnn.detect(np.ascontiguousarray(image[..., ::-1]), landmarks=True)
+        if boxes is None:
+            return []
+        return [
+            Face(box.astype(np.float32), points.astype(np.float32), float(score))
+            for box, score, points in zip(boxes, scores, landmarks, strict=True)
+            if score >= self.score_threshold
+        ]
+
+
+def label_images(
+    sources: Sequence[FaceSource],
+    teachers: Sequence[str],
+    *,
+    iou: float = 0.55,
+    cache: Path | None = None,
+    progress: bool = True,
+) -> PseudoLabels:
+    """Run every teacher on every image and fuse their faces; cached under ``<cache>/training/pseudo-<key>/``."""
+    digest = hashlib.sha256(f"{list(teachers)}:{iou}".encode())
+    for source in sources:
+        digest.update(f"{source.path}\n".encode())
+    folder = (cache or cache_dir()) / "training" / f"pseudo-{digest.hexdigest()[:16]}"
+    if (folder / "paths.json").is_file():
+        return PseudoLabels.load(folder)
+    finders = teacher_detectors(teachers)
+    paths, index, boxes, landmarks, scores, votes = [], [], [], [], [], []
+    for source in tqdm(sources, desc="pseudo-labelling", unit="img", disable=not progress):
+        try:
+            image = load_image(source.path)
+        except ImageError:
+            continue
+        for face in fuse([find(image) for find in finders], iou):
+            index.append(len(paths))
+            boxes.append(face.box)
+            landmarks.append(face.landmarks if face.landmarks is not None else np.full((5, 2), np.nan))
+            scores.append(face.score)
+            votes.append(face.votes)
+        paths.append(source.path)
+    labels = PseudoLabels(
+        paths,
+        np.asarray(index, np.int64),
+        np.asarray(boxes, np.float32).reshape(-1, 4),
+        np.asarray(landmarks, np.float32).reshape(-1, 5, 2),
+        np.asarray(scores, np.float32),
+        np.asarray(votes, np.int64),
+    )
+    labels.save(folder)
+    return labels

@@ -1,0 +1,139 @@
+"""Training scenes for a face detector, composed from single-face training photos and their pseudo-labels.
+
+LFW, CelebA and UTKFace show one large face per image; WIDER-style scenes hold many faces from ~10 px to the
+full frame. A scene is an n x n grid (n = 1..4) of cells; each cell shows one training image scaled so its main
+face gets a log-uniform size that fits the cell, shifted at random inside it. Cells never overlap, so no face
+hides another; the canvas under and between them is a smooth random texture. Faces the cell border cuts to
+less than ``min_visible`` of their area are dropped. Then a horizontal flip (landmarks swap sides), colour and
+blur jitter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from biometrics.imaging import load_image
+from biometrics.training.pseudo_labels import PseudoLabels
+
+MIRRORED_LANDMARKS = [1, 0, 2, 4, 3]  # a flip turns the eye seen on the left into the one seen on the right
+
+
+@dataclass
+class Scene:
+    """One training image (BGR uint8) and its faces: boxes Mx4, landmarks Mx5x2 (NaN if unknown), scores M."""
+
+    image: np.ndarray
+    boxes: np.ndarray
+    landmarks: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    size: int = 320
+    grid: tuple[int, ...] = (1, 1, 2, 2, 3, 4)  # drawn uniformly: one-cell scenes twice as often
+    min_face: float = 10.0
+    max_face_fraction: float = 0.9  # of the cell
+    min_visible: float = 0.6
+    flip: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.25
+    blur: float = 0.15
+    min_score: float = 0.3  # pseudo-faces the ensemble is less sure of are not labels
+
+    @classmethod
+    def from_dict(cls, spec: dict) -> SceneSpec:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+
+
+def compose_scene(labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpec) -> Scene:
+    """A random scene from random training images (see the module docstring)."""
+    n = int(rng.choice(spec.grid))
+    cell = spec.size // n
+    canvas = _background(spec.size, rng)
+    boxes, landmarks, scores = [], [], []
+    for row in range(n):
+        for col in range(n):
+            image_id = int(rng.integers(len(labels.paths)))
+            rows = labels.faces_of(image_id)
+            faces = np.flatnonzero(labels.scores[rows] >= spec.min_score) + rows.start
+            image = load_image(labels.paths[image_id])
+            main = max(faces, key=lambda i: _width(labels.boxes[i]), default=None)
+            reference = _width(labels.boxes[main]) if main is not None else max(image.shape[:2]) / 2
+            largest = max(spec.min_face * 1.01, spec.max_face_fraction * cell)
+            face_size = np.exp(rng.uniform(np.log(spec.min_face), np.log(largest)))
+            scale = face_size / max(reference, 1.0)
+            interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            scaled = cv2.resize(image, None, fx=scale, fy=scale, interpolation=interpolation)
+            # Offset of the scaled image in the cell: random, but keeping the main face inside the cell.
+            anchor = labels.boxes[main] * scale if main is not None else np.array([0, 0, *scaled.shape[1::-1]])
+            low = -anchor[:2]
+            high = cell - anchor[2:]
+            offset = rng.uniform(np.minimum(low, high), np.maximum(low, high))
+            x0, y0 = int(round(offset[0])), int(round(offset[1]))
+            _paste(canvas, scaled, col * cell + x0, row * cell + y0, (col * cell, row * cell, cell))
+            shift = np.array([col * cell + x0, row * cell + y0], np.float32)
+            for i in faces:
+                box = labels.boxes[i] * scale + np.tile(shift, 2)
+                clipped = np.clip(box, [col * cell, row * cell] * 2, [(col + 1) * cell, (row + 1) * cell] * 2)
+                if _area(clipped) < spec.min_visible * _area(box) or _width(clipped) < 2:
+                    continue
+                boxes.append(clipped)
+                landmarks.append(labels.landmarks[i] * scale + shift)
+                scores.append(labels.scores[i])
+    scene = Scene(
+        canvas,
+        np.asarray(boxes, np.float32).reshape(-1, 4),
+        np.asarray(landmarks, np.float32).reshape(-1, 5, 2),
+        np.asarray(scores, np.float32),
+    )
+    if rng.random() < spec.flip:
+        scene = flip_scene(scene)
+    _jitter(scene.image, rng, spec)
+    return scene
+
+
+def _background(size: int, rng: np.random.Generator) -> np.ndarray:
+    """Smooth random colour texture: uncovered canvas should not teach "a face is a rectangle on flat grey"."""
+    coarse = rng.integers(0, 256, (int(rng.integers(2, 9)),) * 2 + (3,), dtype=np.uint8)
+    texture = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+    noise = rng.normal(0, rng.uniform(0, 12), texture.shape)
+    return np.clip(texture + noise, 0, 255).astype(np.uint8)
+
+
+def flip_scene(scene: Scene) -> Scene:
+    """Mirror left-right: boxes swap x1/x2, landmarks mirror and swap sides."""
+    width = scene.image.shape[1]
+    boxes = scene.boxes.copy()
+    boxes[:, [0, 2]] = width - scene.boxes[:, [2, 0]]
+    landmarks = scene.landmarks[:, MIRRORED_LANDMARKS].copy()
+    landmarks[..., 0] = width - landmarks[..., 0]
+    return Scene(np.ascontiguousarray(scene.image[:, ::-1]), boxes, landmarks, scene.scores)
+
+
+def _paste(canvas: np.ndarray, image: np.ndarray, x: int, y: int, cell: tuple[int, int, int]) -> None:
+    """Copy ``image`` with its top-left at (x, y) into ``canvas``, clipped to the square ``cell`` (x, y, side)."""
+    cx, cy, side = cell
+    left, top = max(x, cx), max(y, cy)
+    right, bottom = min(x + image.shape[1], cx + side), min(y + image.shape[0], cy + side)
+    if right > left and bottom > top:
+        canvas[top:bottom, left:right] = image[top - y : bottom - y, left - x : right - x]
+
+
+def _jitter(image: np.ndarray, rng: np.random.Generator, spec: SceneSpec) -> None:
+    alpha = 1 + rng.uniform(-spec.contrast, spec.contrast)
+    beta = rng.uniform(-spec.brightness, spec.brightness) * 255
+    cv2.convertScaleAbs(image, dst=image, alpha=alpha, beta=beta + (1 - alpha) * float(image.mean()))
+    if rng.random() < spec.blur:
+        cv2.GaussianBlur(image, (0, 0), sigmaX=rng.uniform(0.5, 1.5), dst=image)
+
+
+def _width(box: np.ndarray) -> float:
+    return float(box[2] - box[0])
+
+
+def _area(box: np.ndarray) -> float:
+    return float(max(box[2] - box[0], 0) * max(box[3] - box[1], 0))

@@ -1,0 +1,131 @@
+"""Detector distillation: pseudo-label fusion, scene composition, target assignment, and a smoke run that
+trains a tiny student for a few steps and exports FP32 + INT8 ONNX files the runtime's YuNet decoder runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch", reason="training needs the train extra (pip install -e '.[train]')")
+
+from biometrics.detection import YuNetDetector  # noqa: E402
+from biometrics.face import Face  # noqa: E402
+from biometrics.registry import ModelRegistry  # noqa: E402
+from biometrics.training.detector_loss import build_targets, decode_boxes, level_of  # noqa: E402
+from biometrics.training.detector_student import DetectorConfig, FaceDetectorNet, output_names  # noqa: E402
+from biometrics.training.pseudo_labels import PseudoLabels, fuse  # noqa: E402
+from biometrics.training.scenes import Scene, SceneSpec, compose_scene, flip_scene  # noqa: E402
+from tests.conftest import ROOT, SHARED, shared_file  # noqa: E402
+
+
+def _face(box, score, landmarks=True):
+    box = np.asarray(box, np.float32)
+    points = np.tile(box[:2], (5, 1)) + 1 if landmarks else None
+    return Face(box, points, score)
+
+
+def test_fusion_averages_agreeing_teachers_and_discounts_lonely_faces():
+    yunet = [_face([10, 10, 50, 50], 0.9), _face([100, 100, 120, 120], 0.6)]
+    retina = [_face([12, 10, 52, 50], 0.9)]
+    boxes_only = [_face([11, 10, 51, 50], 0.6, landmarks=False)]
+    fused = fuse([yunet, retina, boxes_only])
+    assert [f.votes for f in fused] == [3, 1]
+    np.testing.assert_allclose(fused[0].box, [11.0, 10, 51.0, 50], atol=0.2)
+    assert fused[0].score == pytest.approx((0.9 + 0.9 + 0.6) / 3)
+    assert fused[1].score == pytest.approx(0.6 / 3)  # one teacher of three: a weak label
+    assert fused[0].landmarks.shape == (5, 2)
+
+
+def test_flip_mirrors_boxes_and_swaps_landmark_sides():
+    landmarks = np.array([[[30, 40], [50, 40], [40, 50], [32, 60], [48, 60]]], np.float32)
+    scene = Scene(np.zeros((100, 200, 3), np.uint8), np.array([[20, 30, 60, 70]], np.float32), landmarks, np.ones(1))
+    flipped = flip_scene(scene)
+    np.testing.assert_allclose(flipped.boxes, [[140, 30, 180, 70]])
+    # The eye that was on the image's right (x=50) is now on its left (x=150) and comes first again.
+    np.testing.assert_allclose(flipped.landmarks[0, :, 0], [150, 170, 160, 152, 168])
+    np.testing.assert_allclose(flip_scene(flipped).landmarks, landmarks)
+
+
+def test_targets_put_each_face_on_the_level_of_its_size_and_decode_back():
+    boxes = np.array([[100, 100, 132, 132], [0, 0, 128, 128]], np.float32)  # 32 px -> stride 8, 128 px -> 32
+    landmarks = np.full((2, 5, 2), np.nan, np.float32)
+    targets = build_targets(boxes, landmarks, np.array([1.0, 0.5], np.float32), 320, 320)
+    assert list(level_of(np.array([12.0, 32, 64, 128, 400]))) == [0, 0, 1, 2, 2]
+    assert len(targets[8]["cells"]) == 9 and len(targets[16]["cells"]) == 0 and len(targets[32]["cells"]) >= 1
+    assert set(targets[32]["scores"]) == {0.5}
+    # The encoding the loss regresses decodes (as YuNet's decoder does) to the label box.
+    level = targets[8]
+    grid = torch.from_numpy(level["grid"])
+    label = torch.from_numpy(level["boxes"])
+    encoded = torch.cat([(label[:, :2] + label[:, 2:]) / 2 / 8 - grid, torch.log((label[:, 2:] - label[:, :2]) / 8)], 1)
+    torch.testing.assert_close(decode_boxes(encoded, grid, 8), label)
+
+
+def test_composed_scenes_keep_labels_on_the_faces():
+    path = shared_file("data/samples/two_people.jpg")
+    labels = PseudoLabels(
+        [path],
+        np.zeros(2, np.int64),
+        np.array([[60, 40, 100, 90], [200, 50, 240, 100]], np.float32),
+        np.full((2, 5, 2), np.nan, np.float32),
+        np.array([0.9, 0.2], np.float32),
+        np.array([2, 1]),
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        scene = compose_scene(labels, rng, SceneSpec(size=128, grid=(1, 2)))
+        assert scene.image.shape == (128, 128, 3) and scene.image.dtype == np.uint8
+        assert np.all(scene.boxes >= 0) and np.all(scene.boxes <= 128)
+        assert np.all(scene.boxes[:, 2:] > scene.boxes[:, :2])
+        assert np.all(scene.scores >= 0.3)  # the weak (one-teacher, 0.2) face is never a label
+
+
+def test_student_detector_is_small_and_any_size():
+    net = FaceDetectorNet(DetectorConfig(widths=(16, 32, 32, 32, 32), depth=(1, 2, 1, 1, 1), neck=32)).eval()
+    assert sum(p.numel() for p in net.parameters()) <= 150_000
+    with torch.no_grad():
+        outputs = dict(zip(output_names(), net(torch.zeros(1, 3, 96, 160)), strict=True))
+    assert outputs["cls_8"].shape == (1, 12 * 20, 1) and outputs["kps_32"].shape == (1, 3 * 5, 10)
+    with pytest.raises(ValueError, match="neck"):
+        DetectorConfig(widths=(16, 32, 64, 32, 32), neck=32)
+
+
+def test_detector_distill_smoke_trains_exports_and_runs(tmp_path):
+    """A tiny student, a handful of LFW images labelled by YuNet, a few steps: ONNX files YuNetDetector runs."""
+    shared_file("data/lfw/pairs.txt")
+    recipe = yaml.safe_load((ROOT / "pipelines" / "yunet-student.yaml").read_text())
+    recipe.update(
+        name="detector-smoke",
+        teacher=["yunet-teacher"],
+        epochs=1,
+        batch_size=4,
+        checkpoint_every=2,
+        data={"root": str(SHARED / "data"), "lfw": {"exclude_folds": list(range(2, 11))}, "limit": 16},
+        student={"widths": [8, 16, 16, 16, 16], "depth": [0, 1, 1, 1, 1], "neck": 16},
+        augmentation=dict(recipe["augmentation"], size=128),
+        quantization={"calibration_scenes": 4, "per_channel": True},
+        output={"fp32": "det-smoke-fp32", "int8": "det-smoke-int8"},
+    )
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    from click.testing import CliRunner
+
+    from biometrics.cli.main import cli
+
+    args = ["distill", str(path), "--work-dir", str(tmp_path / "run"), "--models-dir", str(tmp_path / "models")]
+    result = CliRunner().invoke(cli, [*args, "--threads", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["finished"] is True
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 4 and np.isfinite(log[-1]["loss_cls"]) and log[-1]["loss_positives"] > 0
+    registry = ModelRegistry([tmp_path / "models"], cache=tmp_path / "cache")
+    image = np.zeros((200, 300, 3), np.uint8)
+    for name, precision in (("det-smoke-fp32", "fp32"), ("det-smoke-int8", "int8")):
+        model = registry.resolve(name, task="detection")
+        assert model.card.data["precision"] == precision and model.card.architecture == "yunet"
+        assert model.card.data["teacher"] == ["yunet-teacher"]
+        faces = YuNetDetector(model, threads=1, score_threshold=0.0).detect(image)
+        assert all(face.landmarks.shape == (5, 2) for face in faces)
