@@ -12,11 +12,12 @@ import yaml
 torch = pytest.importorskip("torch", reason="training needs the train extra (pip install -e '.[train]')")
 
 from biometrics.detection import YuNetDetector  # noqa: E402
+from biometrics.detection.fusion import fuse  # noqa: E402
 from biometrics.face import Face  # noqa: E402
 from biometrics.registry import ModelRegistry  # noqa: E402
 from biometrics.training.detector_loss import build_targets, decode_boxes, level_of  # noqa: E402
 from biometrics.training.detector_student import DetectorConfig, FaceDetectorNet, output_names  # noqa: E402
-from biometrics.training.pseudo_labels import PseudoLabels, fuse  # noqa: E402
+from biometrics.training.pseudo_labels import PseudoLabels  # noqa: E402
 from biometrics.training.scenes import Scene, SceneSpec, compose_scene, flip_scene  # noqa: E402
 from tests.conftest import ROOT, SHARED, shared_file  # noqa: E402
 

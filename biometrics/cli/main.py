@@ -278,6 +278,52 @@ def evaluate_wider_command(data, detectors, threads, out, limit, max_side, progr
     click.echo(f"report: {files['md']}")
 
 
+@evaluate.command("landmarks")
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=SHARED_LFW,
+    show_default=True,
+    help="LFW folder (pairs.txt and the images or their archive).",
+)
+@click.option("--folds", default="6-10", show_default=True, help="View 2 folds whose people's images are used.")
+@click.option("--detector", "detectors", multiple=True, required=True, help="Detector(s) to score (repeatable).")
+@click.option(
+    "--reference",
+    "references",
+    multiple=True,
+    default=("yunet-teacher", "retinaface-teacher"),
+    show_default=True,
+    help="Detectors whose fused landmarks are the reference (repeatable).",
+)
+@click.option("--limit", type=click.IntRange(1), default=None, help="Evenly spaced sample of N images.")
+@click.option("--threads", type=click.IntRange(1), default=None)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
+@click.option("--progress/--no-progress", default=True)
+@reports_errors
+def evaluate_landmarks_command(data, folds, detectors, references, limit, threads, out, progress):
+    """Landmark NME against a reference ensemble on held-out LFW faces (people of --folds)."""
+    from biometrics.evaluation.landmarks import evaluate_landmarks, lfw_images, write_landmark_report
+    from biometrics.evaluation.lfw import parse_folds
+    from biometrics.evaluation.report import run_metadata
+    from biometrics.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    scored = [registry.resolve(name, task="detection") for name in detectors]
+    reference = [registry.resolve(name, task="detection") for name in references]
+    images = lfw_images(data, parse_folds(folds), limit)
+    results = evaluate_landmarks(scored, reference, images, threads=threads, progress=progress)
+    meta = run_metadata(scored + reference, threads) | {
+        "reference": list(references),
+        "images": len(images),
+        "folds": folds,
+    }
+    files = write_landmark_report(out, results, meta)
+    for result in results:
+        click.echo(f"{result.detector}: NME {result.nme_mean * 100:.2f}% ({result.missed} missed of {result.faces})")
+    click.echo(f"report: {files['md']}")
+
+
 def _all_thread_counts() -> tuple[int, ...]:
     import os
 

@@ -65,6 +65,11 @@ def read_pairs(path: Path) -> list[Pair]:
     return pairs
 
 
+def people_in_folds(pairs: list[Pair], folds: list[int]) -> set[str]:
+    """Everyone who appears in a pair of ``folds`` (View 2 folds are identity-disjoint)."""
+    return {name for pair in pairs if pair.fold in folds for name in (pair.name_a, pair.name_b)}
+
+
 def parse_folds(text: str) -> list[int]:
     """'6-10' or '1,3,5' or '1-3,7' -> sorted fold numbers in 1..10."""
     folds: set[int] = set()

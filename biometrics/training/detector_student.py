@@ -71,7 +71,7 @@ class FaceDetectorNet(nn.Module):
                     [
                         nn.Sequential(
                             nn.Conv2d(config.neck, config.neck, 1),
-                            nn.Conv2d(config.neck, channels, 3, padding=1, groups=_head_groups(config.neck, channels)),
+                            nn.Conv2d(config.neck, channels, 3, padding=1),  # grouped convs run slowly in int8
                         )
                         for _ in STRIDES
                     ]
@@ -113,8 +113,3 @@ class FaceDetectorNet(nn.Module):
 
 def output_names() -> list[str]:
     return [f"{name}_{stride}" for name in HEADS for stride in STRIDES]
-
-
-def _head_groups(in_ch: int, out_ch: int) -> int:
-    """Group the last head conv like YuNet (one group per output channel) where the channels divide."""
-    return out_ch if out_ch > 1 and in_ch % out_ch == 0 else 1

@@ -21,7 +21,7 @@ from biometrics import detection
 from biometrics.alignment import align_face
 from biometrics.errors import DataError, ImageError
 from biometrics.evaluation.datasets import unpack_once
-from biometrics.evaluation.lfw import locate_images, read_pairs
+from biometrics.evaluation.lfw import locate_images, people_in_folds, read_pairs
 from biometrics.imaging import load_image
 from biometrics.pipeline import select_face
 from biometrics.registry import ModelRegistry, cache_dir
@@ -39,14 +39,10 @@ class FaceSource:
     identity: str | None
 
 
-def lfw_people_in_folds(pairs_path: Path, folds: list[int]) -> set[str]:
-    return {name for p in read_pairs(pairs_path) if p.fold in folds for name in (p.name_a, p.name_b)}
-
-
 def lfw_sources(data_root: Path, exclude_folds: list[int]) -> list[FaceSource]:
     """Every LFW image whose person appears in none of ``exclude_folds`` (the report folds)."""
     lfw_dir = data_root / "lfw"
-    excluded = lfw_people_in_folds(lfw_dir / "pairs.txt", exclude_folds)
+    excluded = people_in_folds(read_pairs(lfw_dir / "pairs.txt"), exclude_folds)
     root = locate_images(lfw_dir)
     return [
         FaceSource(path, "lfw", f"lfw/{path.parent.name}")

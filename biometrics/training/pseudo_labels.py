@@ -1,10 +1,8 @@
 """Pseudo-labels for detector distillation: several teacher detectors vote on every training image.
 
-No training image has hand-drawn boxes, so the teachers' agreement is the label. Each teacher's faces are
-clustered by IoU (weighted box fusion, Solovyev et al. 2019); a cluster's box and landmarks are the
-score-weighted means of its members, and its soft score is the summed member scores divided by the number of
-teachers, so a face that only one teacher of three saw gets at most 1/3: the student is taught how sure the
-ensemble is, not a hard yes. Labels are cached per (teachers, images).
+No training image has hand-drawn boxes, so the teachers' agreement (``biometrics.detection.fusion``) is the
+label, with its soft score: the student is taught how sure the ensemble is, not a hard yes. Labels are cached
+per (teachers, images).
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from biometrics import detection
+from biometrics.detection.fusion import fuse
 from biometrics.errors import ImageError
 from biometrics.face import Face
 from biometrics.imaging import load_image
@@ -27,61 +26,6 @@ from biometrics.registry import ModelRegistry, cache_dir
 from biometrics.training.faces import FaceSource
 
 FaceFinder = Callable[[np.ndarray], list[Face]]  # BGR uint8 image -> faces
-
-
-def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one (x1, y1, x2, y2) box with each row of ``boxes``."""
-    top_left = np.maximum(box[:2], boxes[:, :2])
-    bottom_right = np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
-    area = np.prod(box[2:] - box[:2])
-    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    return inter / np.maximum(area + areas - inter, 1e-9)
-
-
-@dataclass(frozen=True)
-class PseudoFace:
-    """A fused face: ``score`` in 0..1 is the ensemble's confidence, ``votes`` how many teachers found it."""
-
-    box: np.ndarray
-    landmarks: np.ndarray | None
-    score: float
-    votes: int
-
-
-def fuse(per_teacher: Sequence[list[Face]], iou: float = 0.55) -> list[PseudoFace]:
-    """Weighted box fusion of several teachers' faces in one image, most confident first.
-
-    A teacher contributes at most one face per cluster (its best); landmarks are averaged over the members
-    that have them (a boxes-only teacher still votes on the box and the score).
-    """
-    members = sorted(
-        ((face, teacher) for teacher, faces in enumerate(per_teacher) for face in faces), key=lambda m: -m[0].score
-    )
-    clusters: list[list[tuple[Face, int]]] = []
-    fused_boxes: list[np.ndarray] = []
-    for face, teacher in members:
-        if fused_boxes:
-            overlaps = box_iou(np.asarray(face.box, np.float64), np.asarray(fused_boxes))
-            best = int(np.argmax(overlaps))
-            if overlaps[best] >= iou and all(t != teacher for _, t in clusters[best]):
-                clusters[best].append((face, teacher))
-                fused_boxes[best] = _weighted_mean([f.box for f, _ in clusters[best]], clusters[best])
-                continue
-        clusters.append([(face, teacher)])
-        fused_boxes.append(np.asarray(face.box, np.float64))
-    fused = []
-    for cluster, box in zip(clusters, fused_boxes, strict=True):
-        with_landmarks = [(f, t) for f, t in cluster if f.landmarks is not None]
-        landmarks = _weighted_mean([f.landmarks for f, _ in with_landmarks], with_landmarks) if with_landmarks else None
-        score = sum(f.score for f, _ in cluster) / len(per_teacher)
-        fused.append(PseudoFace(box.astype(np.float32), landmarks, float(score), len(cluster)))
-    return sorted(fused, key=lambda f: -f.score)
-
-
-def _weighted_mean(values: list[np.ndarray], cluster: list[tuple[Face, int]]) -> np.ndarray:
-    weights = np.array([f.score for f, _ in cluster], np.float64)
-    return np.tensordot(weights / weights.sum(), np.asarray(values, np.float64), axes=1)
 
 
 @dataclass

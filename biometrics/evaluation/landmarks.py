@@ -1,0 +1,140 @@
+"""Landmark accuracy on held-out LFW faces: normalised mean error (NME) against a reference ensemble.
+
+LFW has no hand-marked landmarks, so the reference is the fused landmarks of the reference detectors (weighted
+box fusion, ``biometrics.detection.fusion``) on the face they all found nearest the image centre. The error
+of each of a detector's five points is divided by the reference inter-ocular distance (NME_io, as in 300-W
+and WFLW). A detector that is part of the reference is partly compared with itself: the report says which are.
+Images are those of the people in the chosen View 2 folds, never used to train our students.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from biometrics.detection import ARCHITECTURES
+from biometrics.detection.fusion import box_iou, fuse
+from biometrics.evaluation.lfw import locate_images, people_in_folds, read_pairs
+from biometrics.evaluation.report import _md_table
+from biometrics.imaging import load_image
+from biometrics.registry import ResolvedModel
+
+FAILURE_NME = 0.10  # a face whose NME exceeds this counts as a landmark failure
+MATCH_IOU = 0.5
+POINTS = ("eye (image left)", "eye (image right)", "nose", "mouth (image left)", "mouth (image right)")
+
+
+@dataclass
+class LandmarkResult:
+    detector: str
+    faces: int  # reference faces
+    missed: int  # reference faces the detector did not find (IoU < 0.5)
+    nme_mean: float
+    nme_median: float
+    failure_rate: float  # of the found faces, NME > FAILURE_NME
+    nme_per_point: list[float]
+    in_reference: bool
+
+
+def lfw_images(data_dir: Path, folds: list[int], limit: int | None = None) -> list[Path]:
+    """All LFW images of the people in ``folds``; ``limit`` takes an evenly spaced subset."""
+    people = people_in_folds(read_pairs(data_dir / "pairs.txt"), folds)
+    root = locate_images(data_dir)
+    paths = sorted(path for person in people for path in (root / person).glob("*.jpg"))
+    if limit and limit < len(paths):
+        paths = [paths[i] for i in np.linspace(0, len(paths) - 1, limit).round().astype(int)]
+    return paths
+
+
+def _detector(model: ResolvedModel, threads: int | None):
+    # A low threshold: the reference decides which face counts, each detector just has to find it.
+    return ARCHITECTURES[model.card.architecture](model, threads=threads, score_threshold=0.3)
+
+
+def evaluate_landmarks(
+    detectors: list[ResolvedModel],
+    references: list[ResolvedModel],
+    images: list[Path],
+    *,
+    threads: int | None = None,
+    progress: bool = True,
+) -> list[LandmarkResult]:
+    reference_detectors = [_detector(model, threads) for model in references]
+    candidates = {model.name: _detector(model, threads) for model in detectors}
+    errors: dict[str, list[np.ndarray]] = {name: [] for name in candidates}
+    missed = dict.fromkeys(candidates, 0)
+    faces = 0
+    for path in tqdm(images, desc="landmarks", unit="img", disable=not progress):
+        image = load_image(path)
+        fused = [f for f in fuse([d.detect(image) for d in reference_detectors]) if f.votes == len(references)]
+        if not fused:
+            continue
+        centre = np.array(image.shape[1::-1], np.float64) / 2
+        reference = min(fused, key=lambda f: np.linalg.norm((f.box[:2] + f.box[2:]) / 2 - centre))
+        inter_ocular = float(np.linalg.norm(reference.landmarks[0] - reference.landmarks[1]))
+        faces += 1
+        for name, detector in candidates.items():
+            found = [f for f in detector.detect(image) if f.landmarks is not None]
+            overlaps = box_iou(reference.box, np.array([f.box for f in found])) if found else np.zeros(0)
+            if not len(overlaps) or overlaps.max() < MATCH_IOU:
+                missed[name] += 1
+                continue
+            points = found[int(np.argmax(overlaps))].landmarks
+            errors[name].append(np.linalg.norm(points - reference.landmarks, axis=1) / max(inter_ocular, 1.0))
+    results = []
+    reference_names = {model.name for model in references}
+    for name, per_face in errors.items():
+        table = np.array(per_face).reshape(-1, 5)
+        nme = table.mean(axis=1)
+        results.append(
+            LandmarkResult(
+                detector=name,
+                faces=faces,
+                missed=missed[name],
+                nme_mean=float(nme.mean()) if len(nme) else float("nan"),
+                nme_median=float(np.median(nme)) if len(nme) else float("nan"),
+                failure_rate=float((nme > FAILURE_NME).mean()) if len(nme) else float("nan"),
+                nme_per_point=[float(v) for v in table.mean(axis=0)] if len(nme) else [],
+                in_reference=name in reference_names,
+            )
+        )
+    return results
+
+
+def write_landmark_report(out_dir: Path, results: list[LandmarkResult], meta: dict) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"title": "Landmark NME on held-out LFW faces", "meta": meta, "results": [asdict(r) for r in results]}
+    json_path = out_dir / "report.json"
+    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    rows = [
+        [
+            f"`{r.detector}`" + (" (in reference)" if r.in_reference else ""),
+            f"{r.nme_mean * 100:.2f}",
+            f"{r.nme_median * 100:.2f}",
+            f"{r.failure_rate * 100:.2f}",
+            f"{r.missed} / {r.faces}",
+            " / ".join(f"{v * 100:.1f}" for v in r.nme_per_point),
+        ]
+        for r in results
+    ]
+    points = ", ".join(POINTS)
+    lines = [
+        "# Landmark NME on held-out LFW faces",
+        "",
+        f"Reference: fused landmarks of {', '.join(f'`{n}`' for n in meta['reference'])} on the face all of them "
+        f"found nearest the image centre; {meta['images']} images of the people in LFW View 2 folds "
+        f"{meta['folds']}. NME: mean point error / reference inter-ocular distance, in %; failure: NME > "
+        f"{FAILURE_NME * 100:.0f}%; missed: reference faces the detector did not find (IoU < {MATCH_IOU}).",
+        "",
+        *_md_table(["detector", "NME mean %", "NME median %", "failures %", "missed", f"per point % ({points})"], rows),
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+    ]
+    md_path = out_dir / "report.md"
+    md_path.write_text("\n".join(lines))
+    return {"json": json_path, "md": md_path}
