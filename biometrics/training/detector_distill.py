@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,9 @@ from tqdm import tqdm
 
 from biometrics.training.detector_loss import build_targets, detection_loss, initial_score_bias
 from biometrics.training.detector_student import STRIDES, DetectorConfig, FaceDetectorNet, output_names
-from biometrics.training.distill import lr_at, save_atomic
 from biometrics.training.export import export_onnx, quantize_int8, write_card
 from biometrics.training.faces import gather_sources
+from biometrics.training.loop import TrainingRun
 from biometrics.training.pseudo_labels import PseudoLabels, label_images
 from biometrics.training.recipe import Recipe
 from biometrics.training.scenes import SceneSpec, compose_scene
@@ -65,57 +64,25 @@ def distill_detector(
     labels = label_images(sources, teachers, iou=float(recipe.data.get("fusion_iou", 0.55)), progress=progress)
     spec = SceneSpec.from_dict(recipe.augmentation)
     net = build_detector(recipe)
-    optimizer = torch.optim.AdamW(
-        net.parameters(),
-        lr=float(recipe.optimizer["lr"]),
-        weight_decay=float(recipe.optimizer.get("weight_decay", 0.0)),
-    )
     steps_per_epoch = max(1, len(labels.paths) // recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
-    checkpoint, log_path = work_dir / "checkpoint.pt", work_dir / "train_log.jsonl"
-    step, elapsed_before = 0, 0.0
-    if checkpoint.is_file() and not fresh:
-        state = torch.load(checkpoint, weights_only=False)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed_before = state["step"], state.get("seconds", 0.0)
-    else:
-        log_path.unlink(missing_ok=True)
-    every = int(recipe.raw.get("checkpoint_every", 200))
+    run = TrainingRun(recipe, net, work_dir, total_steps, fresh)
     limit = total_steps if max_steps is None else min(total_steps, max_steps)
-    bar = tqdm(total=limit, initial=step, desc=f"distill {recipe.name}", unit="step", disable=not progress)
-    started, running = time.time(), []
-    while step < limit:
-        rng = np.random.default_rng([recipe.seed, step])  # a resumed run composes the same scenes
+    bar = tqdm(total=limit, initial=run.step, desc=f"distill {recipe.name}", unit="step", disable=not progress)
+    while run.step < limit:
+        rng = np.random.default_rng([recipe.seed, run.step])  # a resumed run composes the same scenes
         images, targets = scene_batch(labels, rng, spec, recipe.batch_size)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total_steps, recipe)
+        run.set_learning_rate()
         net.train()
         loss, terms = detection_loss(net.raw_outputs(images), targets, recipe.loss)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
-        optimizer.step()
-        step += 1
-        running.append(terms)
+        run.optimise(loss, terms, clip_norm=10.0)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
-        if step % every == 0 or step == limit:
-            record = {
-                "step": step,
-                "epoch": step / steps_per_epoch,
-                "lr": lr_at(step - 1, total_steps, recipe),
-                **{f"loss_{k}": float(np.mean([r[k] for r in running])) for k in running[0]},
-                "seconds": round(elapsed_before + time.time() - started, 1),
-            }
-            with open(log_path, "a") as log:
-                log.write(json.dumps(record) + "\n")
-            running = []
-            state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
-            save_atomic(state | {"seconds": record["seconds"]}, checkpoint)
+        if run.due(steps_per_epoch, limit):
+            run.record_and_save(steps_per_epoch)
     bar.close()
-    if step < total_steps:
-        return {"finished": False, "step": step, "total_steps": total_steps, "work_dir": str(work_dir)}
+    if run.step < total_steps:
+        return {"finished": False, "step": run.step, "total_steps": total_steps, "work_dir": str(work_dir)}
     return export_detector(recipe, net, labels, spec, teachers, work_dir, models_dir)
 
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ from biometrics.registry import ModelRegistry
 from biometrics.runtime import create_session
 from biometrics.training.export import crops_to_inputs, export_onnx, quantize_int8, write_card
 from biometrics.training.faces import build_face_cache, gather_sources, teacher_targets
+from biometrics.training.loop import TrainingRun, will_resume
 from biometrics.training.recipe import Recipe
 from biometrics.training.reconstruct import reconstruct_student
 from biometrics.training.student import (
@@ -180,22 +179,6 @@ def _without_reconstruction(recipe: Recipe) -> Recipe:
     return dataclasses.replace(recipe, student={**recipe.student, "init": "teacher-pruned"})
 
 
-def lr_at(step: int, total: int, recipe: Recipe) -> float:
-    base, warmup = float(recipe.optimizer["lr"]), int(recipe.schedule.get("warmup_steps", 0))
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * (
-        recipe.schedule.get("final_lr_fraction", 0.0)
-        + (1 - recipe.schedule.get("final_lr_fraction", 0.0)) * 0.5 * (1 + math.cos(math.pi * progress))
-    )
-
-
-def save_atomic(state: dict, path: Path) -> None:
-    torch.save(state, path.with_suffix(".tmp"))
-    os.replace(path.with_suffix(".tmp"), path)
-
-
 def distill(
     recipe: Recipe,
     work_dir: Path,
@@ -217,9 +200,8 @@ def distill(
     holdout_idx = np.sort(order[: int(recipe.data.get("holdout", 0))])
     train_idx = np.sort(order[len(holdout_idx) :])
 
-    checkpoint, log_path = work_dir / "checkpoint.pt", work_dir / "train_log.jsonl"
-    resuming = checkpoint.is_file() and not fresh
     # A resumed run loads its weights from the checkpoint: only the channel choice (cheap) is redone.
+    resuming = will_resume(work_dir, fresh)
     net, kept, fit_errors = build_student(recipe if not resuming else _without_reconstruction(recipe), crops[train_idx])
     net = net.to(memory_format=torch.channels_last)
     teacher_online = None
@@ -233,33 +215,20 @@ def distill(
     else:
         targets = teacher_targets(faces, recipe.teacher, progress=progress)  # N x (face, mirror) x D, cached
         holdout_targets = targets[holdout_idx, 0]
-    optimizer = torch.optim.AdamW(
-        net.parameters(),
-        lr=float(recipe.optimizer["lr"]),
-        weight_decay=float(recipe.optimizer.get("weight_decay", 0.0)),
-    )
     steps_per_epoch = len(train_idx) // recipe.batch_size
     total_steps = steps_per_epoch * recipe.epochs
-    step, elapsed_before = 0, 0.0
-    if resuming:
-        state = torch.load(checkpoint, weights_only=False)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed_before = state["step"], state.get("seconds", 0.0)
-    else:
-        log_path.unlink(missing_ok=True)
-        if fit_errors:
-            initial = {"step": 0, "reconstruction_relative_error": fit_errors}
-            if len(holdout_idx):
-                initial["holdout"] = agreement(net, crops[holdout_idx], holdout_targets)
-            log_path.write_text(json.dumps(initial) + "\n")
-    generator = torch.Generator().manual_seed(recipe.seed + step)
-    every = int(recipe.raw.get("checkpoint_every", 200))
+    run = TrainingRun(recipe, net, work_dir, total_steps, fresh)
+    if fit_errors:
+        initial = {"step": 0, "reconstruction_relative_error": fit_errors}
+        if len(holdout_idx):
+            initial["holdout"] = agreement(net, crops[holdout_idx], holdout_targets)
+        run.log(initial)
+    generator = torch.Generator().manual_seed(recipe.seed + run.step)
     limit = total_steps if max_steps is None else min(total_steps, max_steps)
-    bar = tqdm(total=limit, initial=step, desc=f"distill {recipe.name}", unit="step", disable=not progress)
-    started, running, order_epoch = time.time(), [], None
-    while step < limit:
-        epoch, position = divmod(step, steps_per_epoch)
+    bar = tqdm(total=limit, initial=run.step, desc=f"distill {recipe.name}", unit="step", disable=not progress)
+    order_epoch = None
+    while run.step < limit:
+        epoch, position = divmod(run.step, steps_per_epoch)
         if epoch != order_epoch:  # the epoch's shuffle depends only on (seed, epoch), so resuming repeats it
             epoch_order = train_idx[np.random.default_rng(recipe.seed + epoch).permutation(len(train_idx))]
             order_epoch = epoch
@@ -268,8 +237,7 @@ def distill(
         flip = torch.rand(len(batch_idx), generator=generator) < recipe.augmentation.get("flip", 0.0)
         images = _to_tensor(crops[batch_idx])
         images[flip] = images[flip].flip(-1)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total_steps, recipe)
+        run.set_learning_rate()
         view = augment(images, recipe.augmentation, generator)
         if teacher_online is None:
             target = torch.from_numpy(targets[batch_idx, flip.numpy().astype(np.int64)])
@@ -279,37 +247,17 @@ def distill(
             embedding, hints = net.forward_features(view, teacher_online.stages)
             teacher_hints = {k: v[:, kept[k]] for k, v in teacher_hints.items()}
             loss, terms = distillation_loss(embedding, target, recipe.loss, (hints, teacher_hints))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        running.append(terms)
+        run.optimise(loss, terms)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        end_of_epoch = step % steps_per_epoch == 0
-        if step % every == 0 or end_of_epoch or step == limit:
-            record = {
-                "step": step,
-                "epoch": step / steps_per_epoch,
-                "lr": lr_at(step - 1, total_steps, recipe),
-                **{f"loss_{k}": float(np.mean([r[k] for r in running])) for k in running[0]},
-                "seconds": round(elapsed_before + time.time() - started, 1),  # across resumes
-            }
-            if (end_of_epoch or step == limit) and len(holdout_idx):
-                record["holdout"] = agreement(net, crops[holdout_idx], holdout_targets)
-            with open(log_path, "a") as log:
-                log.write(json.dumps(record) + "\n")
-            running = []
-            state = {
-                "model": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "seconds": record["seconds"],
-            }
-            save_atomic(state, checkpoint)
+        if run.due(steps_per_epoch, limit):
+            extra = {}
+            if (run.step % steps_per_epoch == 0 or run.step == limit) and len(holdout_idx):
+                extra["holdout"] = agreement(net, crops[holdout_idx], holdout_targets)
+            run.record_and_save(steps_per_epoch, **extra)
     bar.close()
-    if step < total_steps:
-        return {"finished": False, "step": step, "total_steps": total_steps, "work_dir": str(work_dir)}
+    if run.step < total_steps:
+        return {"finished": False, "step": run.step, "total_steps": total_steps, "work_dir": str(work_dir)}
     return export(recipe, net, crops[train_idx], faces, work_dir, models_dir, len(holdout_idx))
 
 

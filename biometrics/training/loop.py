@@ -1,0 +1,102 @@
+"""What every trainer shares: AdamW and the learning-rate schedule from the recipe, atomic checkpoints, the JSON
+log, and resuming where a stopped run left off (sessions here end without warning)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from biometrics.training.recipe import Recipe
+
+
+def lr_at(step: int, total: int, recipe: Recipe) -> float:
+    """Linear warm-up, then cosine decay to ``final_lr_fraction`` of the recipe's rate."""
+    base, warmup = float(recipe.optimizer["lr"]), int(recipe.schedule.get("warmup_steps", 0))
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    final = recipe.schedule.get("final_lr_fraction", 0.0)
+    return base * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def checkpoint_path(work_dir: Path) -> Path:
+    return work_dir / "checkpoint.pt"
+
+
+def will_resume(work_dir: Path, fresh: bool) -> bool:
+    return checkpoint_path(work_dir).is_file() and not fresh
+
+
+class TrainingRun:
+    """One run's optimiser, step counter, log and checkpoints in ``work_dir``; resumes from its checkpoint."""
+
+    def __init__(self, recipe: Recipe, net: torch.nn.Module, work_dir: Path, total_steps: int, fresh: bool = False):
+        self.recipe, self.net, self.total_steps = recipe, net, total_steps
+        self.checkpoint, self.log_path = checkpoint_path(work_dir), work_dir / "train_log.jsonl"
+        self.optimizer = torch.optim.AdamW(
+            net.parameters(),
+            lr=float(recipe.optimizer["lr"]),
+            weight_decay=float(recipe.optimizer.get("weight_decay", 0.0)),
+        )
+        self.step, self.seconds_before = 0, 0.0
+        self.resumed = will_resume(work_dir, fresh)
+        if self.resumed:
+            state = torch.load(self.checkpoint, weights_only=False)
+            net.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step, self.seconds_before = state["step"], state.get("seconds", 0.0)
+        else:
+            self.log_path.unlink(missing_ok=True)
+        self.every = int(recipe.raw.get("checkpoint_every", 200))
+        self.started = time.time()
+        self.running: list[dict] = []
+
+    def set_learning_rate(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, self.total_steps, self.recipe)
+
+    def optimise(self, loss: torch.Tensor, terms: dict, clip_norm: float | None = None) -> None:
+        """One update, then the step counter moves on and the loss terms join the next log record."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip_norm)
+        self.optimizer.step()
+        self.step += 1
+        self.running.append(terms)
+
+    def due(self, steps_per_epoch: int, limit: int) -> bool:
+        """Whether to log and checkpoint now: every ``checkpoint_every`` steps, at epoch ends, at the stop."""
+        return self.step % self.every == 0 or self.step % steps_per_epoch == 0 or self.step == limit
+
+    def log(self, record: dict) -> None:
+        with open(self.log_path, "a") as log:
+            log.write(json.dumps(record) + "\n")
+
+    def record_and_save(self, steps_per_epoch: int, **extra) -> dict:
+        """Average the loss terms since the last record, log them, and write the checkpoint atomically."""
+        record = {
+            "step": self.step,
+            "epoch": self.step / steps_per_epoch,
+            "lr": lr_at(self.step - 1, self.total_steps, self.recipe),
+            **{f"loss_{k}": float(np.mean([r[k] for r in self.running])) for k in self.running[0]},
+            "seconds": round(self.seconds_before + time.time() - self.started, 1),  # across resumes
+            **extra,
+        }
+        self.log(record)
+        self.running = []
+        state = {
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "seconds": record["seconds"],
+        }
+        torch.save(state, self.checkpoint.with_suffix(".tmp"))
+        os.replace(self.checkpoint.with_suffix(".tmp"), self.checkpoint)
+        return record
