@@ -147,6 +147,24 @@ def test_embedding_only_distillation_uses_cached_targets(tmp_path):
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
 
 
+def test_same_person_pairs_come_from_known_people_in_the_training_split():
+    from biometrics.training.distill import distillation_loss, same_person_groups
+
+    identities = ["lfw/a", "celeba/b", "lfw/a", None, "celeba/b", "lfw/c", None]
+    groups = same_person_groups(identities, np.arange(7))
+    assert [list(g) for g in groups] == [[0, 2], [1, 4]]  # unlabelled faces and one-photo people never pair
+    assert [list(g) for g in same_person_groups(identities, np.array([0, 1, 2, 3]))] == [[0, 2]]
+
+    teacher = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    pairs = torch.tensor([[4, 5]])
+    weights = {"cosine": 0.0, "same_person": 1.0}
+    assert distillation_loss(teacher.clone(), teacher, weights, same_person=pairs)[1]["same_person"] == 0.0
+    student = teacher.clone()
+    student[5] = -teacher[4]  # the student thinks the two photos are of different people
+    total, terms = distillation_loss(student, teacher, weights, same_person=pairs)
+    assert terms["same_person"] > 0.5 and float(total) == pytest.approx(terms["same_person"])
+
+
 def test_recipe_errors(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("name: x\n")

@@ -132,14 +132,23 @@ def augment(batch: torch.Tensor, spec: dict, generator: torch.Generator) -> torc
 
 
 def distillation_loss(
-    student: torch.Tensor, teacher: torch.Tensor, weights: dict, hints: tuple[dict, dict] | None = None
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    weights: dict,
+    hints: tuple[dict, dict] | None = None,
+    same_person: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Weighted sum of the recipe's terms; ``hints`` = (student features, teacher features on the kept channels)."""
+    """Weighted sum of the recipe's terms; ``hints`` = (student features, teacher features on the kept channels);
+    ``same_person``: P x 2 batch rows holding two photos of one person (their similarity gets its own term)."""
     s, t = F.normalize(student, dim=1), F.normalize(teacher, dim=1)
     terms = {"cosine": (1 - (s * t).sum(dim=1)).mean()}
     if weights.get("pairwise"):
         off_diagonal = ~torch.eye(len(s), dtype=torch.bool)
         terms["pairwise"] = F.mse_loss((s @ s.T)[off_diagonal], (t @ t.T)[off_diagonal])
+    if weights.get("same_person") and same_person is not None and len(same_person):
+        # Random batches hold almost only impostor pairs; verification is decided where genuine pairs sit.
+        a, b = same_person[:, 0], same_person[:, 1]
+        terms["same_person"] = F.mse_loss((s[a] * s[b]).sum(1), (t[a] * t[b]).sum(1))
     if hints:
         # Relative MSE per stage, so early (large) and late (small) activations weigh alike.
         terms["features"] = torch.stack(
@@ -147,6 +156,15 @@ def distillation_loss(
         ).mean()
     total = sum(weights.get(name, 0.0) * value for name, value in terms.items())
     return total, {name: float(value.detach()) for name, value in terms.items()}
+
+
+def same_person_groups(identities: list[str | None], indices: np.ndarray) -> list[np.ndarray]:
+    """Among ``indices``, the groups of two or more faces of one known person (UTKFace has no identities)."""
+    by_person: dict[str, list[int]] = {}
+    for index in indices:
+        if identities[index] is not None:
+            by_person.setdefault(identities[index], []).append(int(index))
+    return [np.array(group) for group in by_person.values() if len(group) >= 2]
 
 
 def _to_tensor(crops: np.ndarray) -> torch.Tensor:
@@ -215,7 +233,10 @@ def distill(
     else:
         targets = teacher_targets(faces, recipe.teacher, progress=progress)  # N x (face, mirror) x D, cached
         holdout_targets = targets[holdout_idx, 0]
-    steps_per_epoch = len(train_idx) // recipe.batch_size
+    pairs_per_batch = int(recipe.raw.get("same_person_pairs", 0))
+    groups = same_person_groups(faces.identities, train_idx) if pairs_per_batch else []
+    random_faces = recipe.batch_size - 2 * pairs_per_batch
+    steps_per_epoch = len(train_idx) // random_faces
     total_steps = steps_per_epoch * recipe.epochs
     run = TrainingRun(recipe, net, work_dir, total_steps, fresh)
     if fit_errors:
@@ -233,7 +254,14 @@ def distill(
             epoch_order = train_idx[np.random.default_rng(recipe.seed + epoch).permutation(len(train_idx))]
             order_epoch = epoch
         net.train()
-        batch_idx = np.sort(epoch_order[position * recipe.batch_size : (position + 1) * recipe.batch_size])
+        batch_idx = np.sort(epoch_order[position * random_faces : (position + 1) * random_faces])
+        same_person = None
+        if groups:  # two photos each of a few people, drawn per step (so resuming redraws the same)
+            pair_rng = np.random.default_rng([recipe.seed, run.step])
+            people = pair_rng.choice(len(groups), min(pairs_per_batch, len(groups)), replace=False)
+            photos = [pair_rng.choice(groups[i], 2, replace=False) for i in people]
+            same_person = torch.arange(len(batch_idx), len(batch_idx) + 2 * len(photos)).reshape(-1, 2)
+            batch_idx = np.concatenate([batch_idx, *photos])
         flip = torch.rand(len(batch_idx), generator=generator) < recipe.augmentation.get("flip", 0.0)
         images = _to_tensor(crops[batch_idx])
         images[flip] = images[flip].flip(-1)
@@ -241,12 +269,12 @@ def distill(
         view = augment(images, recipe.augmentation, generator)
         if teacher_online is None:
             target = torch.from_numpy(targets[batch_idx, flip.numpy().astype(np.int64)])
-            loss, terms = distillation_loss(net(view), target, recipe.loss)
+            loss, terms = distillation_loss(net(view), target, recipe.loss, same_person=same_person)
         else:
             target, teacher_hints = teacher_online(view)
             embedding, hints = net.forward_features(view, teacher_online.stages)
             teacher_hints = {k: v[:, kept[k]] for k, v in teacher_hints.items()}
-            loss, terms = distillation_loss(embedding, target, recipe.loss, (hints, teacher_hints))
+            loss, terms = distillation_loss(embedding, target, recipe.loss, (hints, teacher_hints), same_person)
         run.optimise(loss, terms)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
