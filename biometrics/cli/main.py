@@ -176,19 +176,22 @@ def detect(image, detector, embedder, threads, max_side, out, as_json):
             click.echo(f"  [{i}] score {face.score:.3f} box ({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f})")
 
 
-@cli.group()
-def evaluate():
-    """Benchmark accuracy on a dataset and write a report (JSON, Markdown, plots)."""
-
-
-@evaluate.command("lfw")
-@click.option(
+lfw_data_option = click.option(
     "--data",
     type=click.Path(file_okay=False, path_type=Path),
     default=SHARED_LFW,
     show_default=True,
     help="Folder with pairs.txt and lfw-deepfunneled.tgz (or the unpacked folder).",
 )
+
+
+@cli.group()
+def evaluate():
+    """Benchmark accuracy on a dataset and write a report (JSON, Markdown, plots)."""
+
+
+@evaluate.command("lfw")
+@lfw_data_option
 @click.option("--folds", default="1-10", show_default=True, help="View 2 folds to report on, e.g. 6-10.")
 @click.option("--detector", "detectors", multiple=True, help="Detector(s) to compare (repeatable).")
 @click.option("--embedder", "embedders", multiple=True, help="Embedder(s) to compare (repeatable).")
@@ -279,13 +282,7 @@ def evaluate_wider_command(data, detectors, threads, out, limit, max_side, progr
 
 
 @evaluate.command("landmarks")
-@click.option(
-    "--data",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=SHARED_LFW,
-    show_default=True,
-    help="LFW folder (pairs.txt and the images or their archive).",
-)
+@lfw_data_option
 @click.option("--folds", default="6-10", show_default=True, help="View 2 folds whose people's images are used.")
 @click.option("--detector", "detectors", multiple=True, required=True, help="Detector(s) to score (repeatable).")
 @click.option(

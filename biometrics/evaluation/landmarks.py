@@ -63,22 +63,23 @@ def evaluate_landmarks(
     threads: int | None = None,
     progress: bool = True,
 ) -> list[LandmarkResult]:
-    reference_detectors = [_detector(model, threads) for model in references]
-    candidates = {model.name: _detector(model, threads) for model in detectors}
-    errors: dict[str, list[np.ndarray]] = {name: [] for name in candidates}
-    missed = dict.fromkeys(candidates, 0)
+    # One detector per model: a model that is both scored and in the reference runs once per image.
+    runners = {model.name: _detector(model, threads) for model in [*references, *detectors]}
+    errors: dict[str, list[np.ndarray]] = {model.name: [] for model in detectors}
+    missed = dict.fromkeys(errors, 0)
     faces = 0
     for path in tqdm(images, desc="landmarks", unit="img", disable=not progress):
         image = load_image(path)
-        fused = [f for f in fuse([d.detect(image) for d in reference_detectors]) if f.votes == len(references)]
+        found_by = {name: runner.detect(image) for name, runner in runners.items()}
+        fused = [f for f in fuse([found_by[m.name] for m in references]) if f.votes == len(references)]
         if not fused:
             continue
         centre = np.array(image.shape[1::-1], np.float64) / 2
         reference = min(fused, key=lambda f: np.linalg.norm((f.box[:2] + f.box[2:]) / 2 - centre))
         inter_ocular = float(np.linalg.norm(reference.landmarks[0] - reference.landmarks[1]))
         faces += 1
-        for name, detector in candidates.items():
-            found = [f for f in detector.detect(image) if f.landmarks is not None]
+        for name in errors:
+            found = [f for f in found_by[name] if f.landmarks is not None]
             overlaps = box_iou(reference.box, np.array([f.box for f in found])) if found else np.zeros(0)
             if not len(overlaps) or overlaps.max() < MATCH_IOU:
                 missed[name] += 1

@@ -23,13 +23,12 @@ from biometrics.training.export import export_onnx, quantize_int8, write_card
 from biometrics.training.faces import gather_sources
 from biometrics.training.loop import TrainingRun
 from biometrics.training.pseudo_labels import PseudoLabels, label_images
-from biometrics.training.recipe import Recipe
+from biometrics.training.recipe import Recipe, section_as
 from biometrics.training.scenes import SceneSpec, compose_scene
 
 
 def build_detector(recipe: Recipe) -> FaceDetectorNet:
-    spec = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.student.items()}
-    net = FaceDetectorNet(DetectorConfig(**spec))
+    net = FaceDetectorNet(section_as(DetectorConfig, recipe.student))
     with torch.no_grad():
         for name in ("cls", "obj"):
             for head in net.heads[name]:
@@ -62,7 +61,7 @@ def distill_detector(
     sources = gather_sources(Path(recipe.data.get("root", "../shared/data")), recipe.data)
     teachers = [recipe.teacher] if isinstance(recipe.teacher, str) else list(recipe.teacher)
     labels = label_images(sources, teachers, iou=float(recipe.data.get("fusion_iou", 0.55)), progress=progress)
-    spec = SceneSpec.from_dict(recipe.augmentation)
+    spec = section_as(SceneSpec, recipe.augmentation)
     net = build_detector(recipe)
     steps_per_epoch = max(1, len(labels.paths) // recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs

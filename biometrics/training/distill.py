@@ -29,7 +29,7 @@ from biometrics.runtime import create_session
 from biometrics.training.export import crops_to_inputs, export_onnx, quantize_int8, write_card
 from biometrics.training.faces import build_face_cache, gather_sources, teacher_targets
 from biometrics.training.loop import TrainingRun, will_resume
-from biometrics.training.recipe import Recipe
+from biometrics.training.recipe import Recipe, section_as
 from biometrics.training.reconstruct import reconstruct_student
 from biometrics.training.student import (
     EmbedderConfig,
@@ -49,8 +49,7 @@ def build_student(recipe: Recipe, train_crops: np.ndarray) -> tuple[FaceEmbedder
     spec = dict(recipe.student)
     init = spec.pop("init", "scratch")
     fit = spec.pop("reconstruction", {})
-    spec["stages"] = tuple(spec.get("stages", range(1, 15)))
-    config = EmbedderConfig(**spec)
+    config = section_as(EmbedderConfig, spec)
     if init not in INITS:
         raise BiometricsError(f"recipe {recipe.name}: unknown student init '{init}' ({', '.join(INITS)})")
     if init == "scratch":
@@ -169,8 +168,7 @@ def same_person_groups(identities: list[str | None], indices: np.ndarray) -> lis
 
 def _to_tensor(crops: np.ndarray) -> torch.Tensor:
     """BGR uint8 N x H x W x 3 -> RGB float N x 3 x H x W in 0-255, channels-last for faster CPU convs."""
-    rgb = torch.from_numpy(np.ascontiguousarray(crops[..., ::-1])).permute(0, 3, 1, 2).float()
-    return rgb.contiguous(memory_format=torch.channels_last)
+    return torch.from_numpy(crops_to_inputs(crops)).contiguous(memory_format=torch.channels_last)
 
 
 @torch.no_grad()

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
 from biometrics.errors import BiometricsError
+
+T = TypeVar("T")
+
+
+def section_as(cls: type[T], section: dict) -> T:
+    """A recipe section (YAML mapping) as a frozen config dataclass: YAML lists become the tuples it declares."""
+    return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in section.items()})
 
 
 class RecipeError(BiometricsError):

@@ -44,10 +44,6 @@ class SceneSpec:
     blur: float = 0.15
     min_score: float = 0.3  # pseudo-faces the ensemble is less sure of are not labels
 
-    @classmethod
-    def from_dict(cls, spec: dict) -> SceneSpec:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
-
 
 def compose_scene(labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpec) -> Scene:
     """A random scene from random training images (see the module docstring)."""
