@@ -130,3 +130,35 @@ def test_detector_distill_smoke_trains_exports_and_runs(tmp_path):
         assert model.card.data["teacher"] == ["yunet-teacher"]
         faces = YuNetDetector(model, threads=1, score_threshold=0.0).detect(image)
         assert all(face.landmarks.shape == (5, 2) for face in faces)
+
+
+def test_pseudo_labelling_resumes_after_an_interruption(tmp_path, monkeypatch):
+    """A killed labelling run keeps its finished chunks: the rerun labels only what is missing."""
+    from biometrics.training import pseudo_labels
+    from biometrics.training.faces import FaceSource
+
+    paths = [
+        shared_file(f"data/samples/{name}.jpg")
+        for name in ("obama", "obama2", "obama3", "biden", "biden2", "selfie", "two_people")
+    ]
+    sources = [FaceSource(path, "lfw", None) for path in paths]
+    seen = []
+
+    def finder(image):
+        if len(seen) == 4:
+            raise KeyboardInterrupt
+        seen.append(image.shape)
+        return [_face([10, 20, 60, 80], 0.9)]
+
+    monkeypatch.setattr(pseudo_labels, "teacher_detectors", lambda names: [finder])
+    with pytest.raises(KeyboardInterrupt):  # killed in the second chunk of three
+        pseudo_labels.label_images(sources, ["fake"], cache=tmp_path, chunk=3, progress=False)
+    monkeypatch.setattr(pseudo_labels, "teacher_detectors", lambda names: [lambda image: [_face([5, 5, 50, 50], 0.8)]])
+    labels = pseudo_labels.label_images(sources, ["fake"], cache=tmp_path, chunk=3, progress=False)
+    assert labels.paths == paths
+    # Chunk one came from the interrupted run's cache, the rest from the rerun.
+    np.testing.assert_allclose(labels.boxes[:3], [[10, 20, 60, 80]] * 3)
+    np.testing.assert_allclose(labels.boxes[3:], [[5, 5, 50, 50]] * 4)
+    assert list(labels.image_index) == list(range(7))
+    assert labels.faces_of(5) == slice(5, 6)
+    assert pseudo_labels.label_images(sources, ["fake"], cache=tmp_path, progress=False).paths == paths

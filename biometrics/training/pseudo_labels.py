@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,16 @@ class PseudoLabels:
         np.savez(folder / "labels.tmp.npz", **arrays)
         os.replace(folder / "labels.tmp.npz", folder / "labels.npz")
         (folder / "paths.json").write_text(json.dumps([str(p) for p in self.paths]))  # last: marks it complete
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[PseudoLabels]) -> PseudoLabels:
+        """One set from consecutive parts (each part's image indices shifted past the images before it)."""
+        offsets = np.cumsum([0] + [len(part.paths) for part in parts[:-1]])
+        return cls(
+            [path for part in parts for path in part.paths],
+            np.concatenate([part.image_index + offset for part, offset in zip(parts, offsets, strict=True)]),
+            *(np.concatenate([getattr(part, k) for part in parts]) for k in ("boxes", "landmarks", "scores", "votes")),
+        )
 
     @classmethod
     def load(cls, folder: Path) -> PseudoLabels:
@@ -96,18 +107,43 @@ def label_images(
     *,
     iou: float = 0.55,
     cache: Path | None = None,
+    chunk: int = 1000,
     progress: bool = True,
 ) -> PseudoLabels:
-    """Run every teacher on every image and fuse their faces; cached under ``<cache>/training/pseudo-<key>/``."""
+    """Run every teacher on every image and fuse their faces; cached under ``<cache>/training/pseudo-<key>/``.
+
+    Labelling all training images takes the better part of an hour on a laptop CPU, so every ``chunk`` images
+    are saved as they finish and an interrupted run picks up at the first missing chunk.
+    """
     digest = hashlib.sha256(f"{list(teachers)}:{iou}".encode())
     for source in sources:
         digest.update(f"{source.path}\n".encode())
     folder = (cache or cache_dir()) / "training" / f"pseudo-{digest.hexdigest()[:16]}"
     if (folder / "paths.json").is_file():
         return PseudoLabels.load(folder)
-    finders = teacher_detectors(teachers)
+    finders: list[FaceFinder] = []
+    parts = []
+    with tqdm(total=len(sources), desc="pseudo-labelling", unit="img", disable=not progress) as bar:
+        for start in range(0, len(sources), chunk):
+            part_folder = folder / "parts" / f"{start:07d}"
+            if (part_folder / "paths.json").is_file():
+                parts.append(PseudoLabels.load(part_folder))
+                bar.update(min(chunk, len(sources) - start))
+                continue
+            finders = finders or teacher_detectors(teachers)
+            part = _label_chunk(sources[start : start + chunk], finders, iou, bar)
+            part.save(part_folder)
+            parts.append(part)
+    labels = PseudoLabels.concatenate(parts)
+    labels.save(folder)
+    shutil.rmtree(folder / "parts", ignore_errors=True)
+    return labels
+
+
+def _label_chunk(sources: Sequence[FaceSource], finders: Sequence[FaceFinder], iou: float, bar: tqdm) -> PseudoLabels:
     paths, index, boxes, landmarks, scores, votes = [], [], [], [], [], []
-    for source in tqdm(sources, desc="pseudo-labelling", unit="img", disable=not progress):
+    for source in sources:
+        bar.update(1)
         try:
             image = load_image(source.path)
         except ImageError:
@@ -119,7 +155,7 @@ def label_images(
             scores.append(face.score)
             votes.append(face.votes)
         paths.append(source.path)
-    labels = PseudoLabels(
+    return PseudoLabels(
         paths,
         np.asarray(index, np.int64),
         np.asarray(boxes, np.float32).reshape(-1, 4),
@@ -127,5 +163,3 @@ def label_images(
         np.asarray(scores, np.float32),
         np.asarray(votes, np.int64),
     )
-    labels.save(folder)
-    return labels

@@ -96,7 +96,7 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     """Smooth random colour texture: uncovered canvas should not teach "a face is a rectangle on flat grey"."""
     coarse = rng.integers(0, 256, (int(rng.integers(2, 9)),) * 2 + (3,), dtype=np.uint8)
     texture = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
-    noise = rng.normal(0, rng.uniform(0, 12), texture.shape)
+    noise = rng.standard_normal(texture.shape, dtype=np.float32) * rng.uniform(0, 12)
     return np.clip(texture + noise, 0, 255).astype(np.uint8)
 
 
