@@ -3,6 +3,8 @@
     python scripts/update_card.py models/sface-teacher/card.json \
         --threshold-from reports/lfw-calibration-folds1-5/report.json --fmr 0.001 \
         --lfw reports/lfw-teachers-10fold/report.json --bench reports/bench-teachers/efficiency.json
+    python scripts/update_card.py models/yunet-student/card.json --wider reports/wider-detectors-students/report.json \
+        --landmarks reports/landmarks-lfw-folds6-10-students/report.json --bench reports/bench-detectors/efficiency.json
 
 --threshold-from must be a report on folds the model is NOT reported on: the threshold is the score at which
 the FMR is reached over all cross-identity image pairs of those folds.
@@ -75,6 +77,33 @@ def bench_block(efficiency_path: Path, name: str) -> dict:
     }
 
 
+def wider_block(report_path: Path, name: str) -> dict:
+    report = json.loads(report_path.read_text())
+    result = report["results"][name]
+    return {
+        "ap": {k: round(v, 4) for k, v in result["ap"].items()},
+        "faces": result["faces"],
+        "images": result["images"],
+        "latency_ms_detect_call_1thread": result["latency_ms"],
+        "settings": result["settings"],
+        "report": str(report_path),
+        "command": report["meta"]["command"],
+    }
+
+
+def landmarks_block(report_path: Path, name: str) -> dict:
+    report = json.loads(report_path.read_text())
+    result = next(r for r in report["results"] if r["detector"] == name)
+    return {
+        "nme_mean": round(result["nme_mean"], 4),
+        "nme_median": round(result["nme_median"], 4),
+        "faces": result["faces"],
+        "missed": result["missed"],
+        "report": str(report_path),
+        "command": report["meta"]["command"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("card", type=Path)
@@ -82,6 +111,8 @@ def main() -> None:
     parser.add_argument("--fmr", default="0.001", help="Target FMR: a key of the report's calibration block.")
     parser.add_argument("--lfw", type=Path, help="LFW report whose accuracy the card quotes.")
     parser.add_argument("--bench", type=Path, help="efficiency.json from `biometrics bench`.")
+    parser.add_argument("--wider", type=Path, help="WIDER FACE report (detectors): AP and detect-call latency.")
+    parser.add_argument("--landmarks", type=Path, help="Landmark NME report (detectors).")
     args = parser.parse_args()
     card = json.loads(args.card.read_text())
     if args.threshold_from:
@@ -91,6 +122,10 @@ def main() -> None:
         measured["lfw"] = lfw_block(args.lfw, card["name"])
     if args.bench:
         measured["efficiency"] = bench_block(args.bench, card["name"])
+    if args.wider:
+        measured["wider"] = wider_block(args.wider, card["name"])
+    if args.landmarks:
+        measured["landmarks"] = landmarks_block(args.landmarks, card["name"])
     args.card.write_text(json.dumps(card, indent=2) + "\n")
     print(json.dumps({k: card[k] for k in ("threshold", "measured") if k in card}, indent=2))
 

@@ -162,3 +162,19 @@ def test_pseudo_labelling_resumes_after_an_interruption(tmp_path, monkeypatch):
     assert list(labels.image_index) == list(range(7))
     assert labels.faces_of(5) == slice(5, 6)
     assert pseudo_labels.label_images(sources, ["fake"], cache=tmp_path, progress=False).paths == paths
+
+
+def test_clutter_draws_hard_negatives_but_never_over_a_face():
+    from biometrics.training.scenes import _draw_clutter
+
+    rng = np.random.default_rng(0)
+    faces = [np.array([40, 40, 100, 110], np.float32), np.array([200, 150, 230, 185], np.float32)]
+    drawn = 0
+    for _ in range(20):
+        canvas = rng.integers(0, 256, (320, 320, 3), dtype=np.uint8)
+        before = canvas.copy()
+        _draw_clutter(canvas, faces, rng, count=30)
+        for x1, y1, x2, y2 in (face.astype(int) for face in faces):
+            np.testing.assert_array_equal(canvas[y1:y2, x1:x2], before[y1:y2, x1:x2])
+        drawn += (canvas != before).any()
+    assert drawn >= 15  # a scene draws 0..count distractors, some of them skipped for touching a face

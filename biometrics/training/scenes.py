@@ -43,6 +43,7 @@ class SceneSpec:
     contrast: float = 0.25
     blur: float = 0.15
     min_score: float = 0.3  # pseudo-faces the ensemble is less sure of are not labels
+    clutter: int = 0  # up to this many distractors (text, shapes) drawn off the faces: hard negatives
 
 
 def compose_scene(labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpec) -> Scene:
@@ -80,6 +81,7 @@ def compose_scene(labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpe
                 boxes.append(clipped)
                 landmarks.append(labels.landmarks[i] * scale + shift)
                 scores.append(labels.scores[i])
+    _draw_clutter(canvas, boxes, rng, spec.clutter)
     scene = Scene(
         canvas,
         np.asarray(boxes, np.float32).reshape(-1, 4),
@@ -98,6 +100,55 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     texture = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
     noise = rng.standard_normal(texture.shape, dtype=np.float32) * rng.uniform(0, 12)
     return np.clip(texture + noise, 0, 255).astype(np.uint8)
+
+
+CLUTTER_FONTS = (
+    cv2.FONT_HERSHEY_SIMPLEX,
+    cv2.FONT_HERSHEY_DUPLEX,
+    cv2.FONT_HERSHEY_COMPLEX,
+    cv2.FONT_HERSHEY_TRIPLEX,
+    cv2.FONT_HERSHEY_SCRIPT_SIMPLEX,
+)
+CLUTTER_CHARACTERS = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789@&%$#"))
+
+
+def _draw_clutter(canvas: np.ndarray, faces: list[np.ndarray], rng: np.random.Generator, count: int) -> None:
+    """Draw up to ``count`` distractors - text, circles, ellipses, boxes, lines - where they cover no face.
+
+    The source photos hold faces and little else, so a student trained on them alone fires on the letters, signs
+    and round shapes of real scenes (a first run's WIDER images: "O"s and logos at 0.7-0.9). Each distractor is
+    kept off every labelled face (box grown by 10%) so no label is hidden.
+    """
+    guards = [np.asarray(box) + np.array([-1, -1, 1, 1]) * 0.1 * _width(np.asarray(box)) for box in faces]
+    size = canvas.shape[0]
+    for _ in range(int(rng.integers(0, count + 1))):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        thickness = int(rng.integers(1, 6))
+        centre = rng.uniform(0, size, 2)
+        extent = np.exp(rng.uniform(np.log(6), np.log(size / 2)))  # half-size, log-uniform like the faces
+        kind = rng.integers(4)
+        if kind == 0:
+            text = "".join(rng.choice(CLUTTER_CHARACTERS, int(rng.integers(1, 9))))
+            font = CLUTTER_FONTS[int(rng.integers(len(CLUTTER_FONTS)))]
+            (width, height), _ = cv2.getTextSize(text, font, 1.0, thickness)
+            scale = 2 * extent / max(width, height)
+            box = np.array([centre[0], centre[1] - height * scale, centre[0] + width * scale, centre[1]])
+        else:
+            box = np.concatenate([centre - extent, centre + extent])
+        if any(_area(np.concatenate([np.maximum(box[:2], g[:2]), np.minimum(box[2:], g[2:])])) > 0 for g in guards):
+            continue
+        x, y = int(centre[0]), int(centre[1])
+        if kind == 0:
+            cv2.putText(canvas, text, (x, y), font, scale, colour, max(1, int(thickness * scale)), cv2.LINE_AA)
+        elif kind == 1:
+            cv2.circle(canvas, (x, y), int(extent), colour, int(rng.choice([-1, thickness])), cv2.LINE_AA)
+        elif kind == 2:
+            axes = (int(extent), int(extent * rng.uniform(0.3, 1)))
+            angle = float(rng.uniform(0, 180))
+            cv2.ellipse(canvas, (x, y), axes, angle, 0, 360, colour, int(rng.choice([-1, thickness])), cv2.LINE_AA)
+        else:
+            corners = box.astype(int)
+            cv2.rectangle(canvas, tuple(corners[:2]), tuple(corners[2:]), colour, int(rng.choice([-1, thickness])))
 
 
 def flip_scene(scene: Scene) -> Scene:
