@@ -178,3 +178,21 @@ def test_clutter_draws_hard_negatives_but_never_over_a_face():
             np.testing.assert_array_equal(canvas[y1:y2, x1:x2], before[y1:y2, x1:x2])
         drawn += (canvas != before).any()
     assert drawn >= 15  # a scene draws 0..count distractors, some of them skipped for touching a face
+
+
+def test_rotation_moves_landmarks_with_the_pixels_and_keeps_the_box_tight():
+    from biometrics.training.scenes import _rotate
+
+    image = np.zeros((200, 200, 3), np.uint8)
+    points = np.array([[[80, 90], [120, 90], [100, 110], [85, 130], [115, 130]]], np.float32)
+    for x, y in points[0].astype(int):
+        image[y - 1 : y + 2, x - 1 : x + 2] = 255
+    box = np.array([[70, 70, 130, 150]], np.float32)
+    rotated, boxes, moved = _rotate(image, box, points, 30.0, box[0])
+    for x, y in moved[0]:
+        assert rotated[int(round(y)) - 1 : int(round(y)) + 2, int(round(x)) - 1 : int(round(x)) + 2].max() > 100
+    centre = (box[0, :2] + box[0, 2:]) / 2
+    np.testing.assert_allclose((boxes[0, :2] + boxes[0, 2:]) / 2, centre, atol=1e-3)  # rotated about its centre
+    width, height = boxes[0, 2:] - boxes[0, :2]
+    assert 60 < width < 60 * np.cos(np.pi / 6) + 80 * np.sin(np.pi / 6)  # grows, but less than the corners'
+    assert 80 * np.cos(np.pi / 6) < height < 80

@@ -44,6 +44,10 @@ class SceneSpec:
     blur: float = 0.15
     min_score: float = 0.3  # pseudo-faces the ensemble is less sure of are not labels
     clutter: int = 0  # up to this many distractors (text, shapes) drawn off the faces: hard negatives
+    rotate: float = 0.0  # in-plane rotation of each cell's photo, up to this many degrees either way
+    occlude: float = 0.0  # chance that a face gets a random block over part of it (hands, mics, hats)
+    degrade: float = 0.0  # chance of a low-resolution, noisy scene (downscaled 1.5-4x and back, sensor noise)
+    grayscale: float = 0.0
 
 
 def compose_scene(labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpec) -> Scene:
@@ -58,29 +62,35 @@ def compose_scene(labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpe
             rows = labels.faces_of(image_id)
             faces = np.flatnonzero(labels.scores[rows] >= spec.min_score) + rows.start
             image = load_image(labels.paths[image_id])
-            main = max(faces, key=lambda i: _width(labels.boxes[i]), default=None)
-            reference = _width(labels.boxes[main]) if main is not None else max(image.shape[:2]) / 2
+            main = max(range(len(faces)), key=lambda i: _width(labels.boxes[faces[i]]), default=None)
+            reference = _width(labels.boxes[faces[main]]) if main is not None else max(image.shape[:2]) / 2
             largest = max(spec.min_face * 1.01, spec.max_face_fraction * cell)
             face_size = np.exp(rng.uniform(np.log(spec.min_face), np.log(largest)))
             scale = face_size / max(reference, 1.0)
             interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
             scaled = cv2.resize(image, None, fx=scale, fy=scale, interpolation=interpolation)
+            face_boxes, face_points = labels.boxes[faces] * scale, labels.landmarks[faces] * scale
+            if spec.rotate and main is not None:
+                angle = rng.uniform(-spec.rotate, spec.rotate)
+                scaled, face_boxes, face_points = _rotate(scaled, face_boxes, face_points, angle, face_boxes[main])
             # Offset of the scaled image in the cell: random, but keeping the main face inside the cell.
-            anchor = labels.boxes[main] * scale if main is not None else np.array([0, 0, *scaled.shape[1::-1]])
+            anchor = face_boxes[main] if main is not None else np.array([0, 0, *scaled.shape[1::-1]])
             low = -anchor[:2]
             high = cell - anchor[2:]
             offset = rng.uniform(np.minimum(low, high), np.maximum(low, high))
             x0, y0 = int(round(offset[0])), int(round(offset[1]))
             _paste(canvas, scaled, col * cell + x0, row * cell + y0, (col * cell, row * cell, cell))
             shift = np.array([col * cell + x0, row * cell + y0], np.float32)
-            for i in faces:
-                box = labels.boxes[i] * scale + np.tile(shift, 2)
+            placed = zip(face_boxes + np.tile(shift, 2), face_points + shift, labels.scores[faces], strict=True)
+            for box, points, score in placed:
                 clipped = np.clip(box, [col * cell, row * cell] * 2, [(col + 1) * cell, (row + 1) * cell] * 2)
                 if _area(clipped) < spec.min_visible * _area(box) or _width(clipped) < 2:
                     continue
+                if spec.occlude and rng.random() < spec.occlude:
+                    _occlude(canvas, clipped, rng)
                 boxes.append(clipped)
-                landmarks.append(labels.landmarks[i] * scale + shift)
-                scores.append(labels.scores[i])
+                landmarks.append(points)
+                scores.append(score)
     _draw_clutter(canvas, boxes, rng, spec.clutter)
     scene = Scene(
         canvas,
@@ -91,7 +101,47 @@ def compose_scene(labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpe
     if rng.random() < spec.flip:
         scene = flip_scene(scene)
     _jitter(scene.image, rng, spec)
+    if spec.degrade and rng.random() < spec.degrade:
+        _degrade(scene.image, rng)
+    if spec.grayscale and rng.random() < spec.grayscale:
+        scene.image[:] = cv2.cvtColor(cv2.cvtColor(scene.image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
     return scene
+
+
+def _rotate(image: np.ndarray, boxes: np.ndarray, points: np.ndarray, angle: float, around: np.ndarray):
+    """Rotate a photo about the centre of box ``around``; each face's new box bounds its rotated inscribed
+    ellipse (a rotated face's box should not grow by its corners), landmarks move exactly."""
+    centre = (float(around[0] + around[2]) / 2, float(around[1] + around[3]) / 2)
+    matrix = cv2.getRotationMatrix2D(centre, angle, 1.0)
+    size = image.shape[1::-1]
+    rotated = cv2.warpAffine(image, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    cos, sin = abs(matrix[0, 0]), abs(matrix[0, 1])
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2 @ matrix[:, :2].T + matrix[:, 2]
+    half = (boxes[:, 2:] - boxes[:, :2]) / 2
+    half = np.column_stack([np.hypot(half[:, 0] * cos, half[:, 1] * sin), np.hypot(half[:, 0] * sin, half[:, 1] * cos)])
+    moved = points @ matrix[:, :2].T + matrix[:, 2]  # NaN landmarks stay NaN
+    return rotated, np.hstack([centres - half, centres + half]).astype(np.float32), moved.astype(np.float32)
+
+
+def _occlude(canvas: np.ndarray, box: np.ndarray, rng: np.random.Generator) -> None:
+    """A flat or noisy block over 15-40% of the face box, from one of its sides (hands, microphones, hats)."""
+    x1, y1, x2, y2 = box
+    width, height = (x2 - x1) * rng.uniform(0.3, 0.7), (y2 - y1) * rng.uniform(0.3, 0.6)
+    left = rng.choice([x1 - width / 3, x2 - width * 2 / 3, rng.uniform(x1, x2 - width)])
+    top = rng.choice([y1 - height / 3, y2 - height * 2 / 3, rng.uniform(y1, y2 - height)])
+    x, y = int(max(left, 0)), int(max(top, 0))
+    patch = canvas[y : int(top + height), x : int(left + width)]
+    colour = rng.integers(0, 256, 3)
+    patch[:] = np.clip(colour + rng.normal(0, rng.uniform(0, 20), patch.shape), 0, 255).astype(np.uint8)
+
+
+def _degrade(image: np.ndarray, rng: np.random.Generator) -> None:
+    """What a small, cheap or distant camera gives: lost resolution, then sensor noise."""
+    size = image.shape[1::-1]
+    factor = rng.uniform(1.5, 4)
+    small = cv2.resize(image, (int(size[0] / factor), int(size[1] / factor)), interpolation=cv2.INTER_AREA)
+    noisy = cv2.resize(small, size, interpolation=cv2.INTER_LINEAR) + rng.normal(0, rng.uniform(0, 8), image.shape)
+    image[:] = np.clip(noisy, 0, 255).astype(np.uint8)
 
 
 def _background(size: int, rng: np.random.Generator) -> np.ndarray:
