@@ -76,8 +76,9 @@ def test_composed_scenes_keep_labels_on_the_faces():
         np.array([2, 1]),
     )
     rng = np.random.default_rng(0)
-    for _ in range(20):
-        scene = compose_scene(labels, rng, SceneSpec(size=128, grid=(1, 2)))
+    hard = dict(rotate=20, occlude=0.5, degrade=0.5, grayscale=0.5, photo_background=0.5, clutter=5)
+    for spec in [SceneSpec(size=128, grid=(1, 2))] * 20 + [SceneSpec(size=128, grid=(1, 2), **hard)] * 20:
+        scene = compose_scene(labels, rng, spec)
         assert scene.image.shape == (128, 128, 3) and scene.image.dtype == np.uint8
         assert np.all(scene.boxes >= 0) and np.all(scene.boxes <= 128)
         assert np.all(scene.boxes[:, 2:] > scene.boxes[:, :2])

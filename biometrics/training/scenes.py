@@ -3,9 +3,10 @@
 LFW, CelebA and UTKFace show one large face per image; WIDER-style scenes hold many faces from ~10 px to the
 full frame. A scene is an n x n grid (n = 1..4) of cells; each cell shows one training image scaled so its main
 face gets a log-uniform size that fits the cell, shifted at random inside it. Cells never overlap, so no face
-hides another; the canvas under and between them is a smooth random texture. Faces the cell border cuts to
+hides another; the canvas under and between them is a smooth random texture, or (``photo_background``) a
+training photo enlarged to fill it, whose faces stay labels where the cells leave them visible. Faces cut to
 less than ``min_visible`` of their area are dropped. Then a horizontal flip (landmarks swap sides), colour and
-blur jitter.
+blur jitter, and the optional hard cases (rotation, occlusion, low resolution, grey).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class SceneSpec:
     occlude: float = 0.0  # chance that a face gets a random block over part of it (hands, mics, hats)
     degrade: float = 0.0  # chance of a low-resolution, noisy scene (downscaled 1.5-4x and back, sensor noise)
     grayscale: float = 0.0
+    photo_background: float = 0.0  # chance that a photo, not a texture, lies under the cells (no photo edges)
 
 
 def compose_scene(labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpec) -> Scene:
@@ -56,6 +58,10 @@ def compose_scene(labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpe
     cell = spec.size // n
     canvas = _background(spec.size, rng)
     boxes, landmarks, scores = [], [], []
+    under = None
+    if spec.photo_background and rng.random() < spec.photo_background:
+        under = _photo_under(canvas, labels, rng, spec)
+        covered = np.zeros(canvas.shape[:2], bool)
     for row in range(n):
         for col in range(n):
             image_id = int(rng.integers(len(labels.paths)))
@@ -79,7 +85,9 @@ def compose_scene(labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpe
             high = cell - anchor[2:]
             offset = rng.uniform(np.minimum(low, high), np.maximum(low, high))
             x0, y0 = int(round(offset[0])), int(round(offset[1]))
-            _paste(canvas, scaled, col * cell + x0, row * cell + y0, (col * cell, row * cell, cell))
+            pasted = _paste(canvas, scaled, col * cell + x0, row * cell + y0, (col * cell, row * cell, cell))
+            if under is not None and pasted is not None:
+                covered[pasted[1] : pasted[3], pasted[0] : pasted[2]] = True
             shift = np.array([col * cell + x0, row * cell + y0], np.float32)
             placed = zip(face_boxes + np.tile(shift, 2), face_points + shift, labels.scores[faces], strict=True)
             for box, points, score in placed:
@@ -89,6 +97,13 @@ def compose_scene(labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpe
                 if spec.occlude and rng.random() < spec.occlude:
                     _occlude(canvas, clipped, rng)
                 boxes.append(clipped)
+                landmarks.append(points)
+                scores.append(score)
+    if under is not None:
+        for box, points, score in zip(*under, strict=True):
+            x1, y1, x2, y2 = box.astype(int)
+            if 1 - covered[y1:y2, x1:x2].mean() >= spec.min_visible:
+                boxes.append(box)
                 landmarks.append(points)
                 scores.append(score)
     _draw_clutter(canvas, boxes, rng, spec.clutter)
@@ -106,6 +121,34 @@ def compose_scene(labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpe
     if spec.grayscale and rng.random() < spec.grayscale:
         scene.image[:] = cv2.cvtColor(cv2.cvtColor(scene.image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
     return scene
+
+
+def _photo_under(canvas: np.ndarray, labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpec):
+    """Fill ``canvas`` with a random training photo, enlarged to cover it (less if its face would outgrow
+    ``max_face_fraction``), at a random offset; its faces (boxes, landmarks, scores) in canvas coordinates,
+    those the canvas edge cuts below ``min_visible`` left out."""
+    image_id = int(rng.integers(len(labels.paths)))
+    rows = labels.faces_of(image_id)
+    faces = np.flatnonzero(labels.scores[rows] >= spec.min_score) + rows.start
+    image = load_image(labels.paths[image_id])
+    size = canvas.shape[0]
+    scale = size / min(image.shape[:2]) * rng.uniform(1.0, 1.6)
+    if len(faces):
+        scale = min(scale, spec.max_face_fraction * size / max(_width(labels.boxes[i]) for i in faces))
+    scaled = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    x = int(rng.integers(min(0, size - scaled.shape[1]), max(0, size - scaled.shape[1]) + 1))
+    y = int(rng.integers(min(0, size - scaled.shape[0]), max(0, size - scaled.shape[0]) + 1))
+    _paste(canvas, scaled, x, y, (0, 0, size))
+    shift = np.array([x, y], np.float32)
+    boxes, points, scores = [], [], []
+    for i in faces:
+        box = labels.boxes[i] * scale + np.tile(shift, 2)
+        clipped = np.clip(box, 0, size)
+        if _area(clipped) >= spec.min_visible * _area(box) and _width(clipped) >= 2:
+            boxes.append(clipped)
+            points.append(labels.landmarks[i] * scale + shift)
+            scores.append(labels.scores[i])
+    return boxes, points, scores
 
 
 def _rotate(image: np.ndarray, boxes: np.ndarray, points: np.ndarray, angle: float, around: np.ndarray):
@@ -211,13 +254,16 @@ def flip_scene(scene: Scene) -> Scene:
     return Scene(np.ascontiguousarray(scene.image[:, ::-1]), boxes, landmarks, scene.scores)
 
 
-def _paste(canvas: np.ndarray, image: np.ndarray, x: int, y: int, cell: tuple[int, int, int]) -> None:
-    """Copy ``image`` with its top-left at (x, y) into ``canvas``, clipped to the square ``cell`` (x, y, side)."""
+def _paste(canvas: np.ndarray, image: np.ndarray, x: int, y: int, cell: tuple[int, int, int]):
+    """Copy ``image`` with its top-left at (x, y) into ``canvas``, clipped to the square ``cell`` (x, y, side);
+    the rectangle written (left, top, right, bottom), or None if nothing was."""
     cx, cy, side = cell
     left, top = max(x, cx), max(y, cy)
     right, bottom = min(x + image.shape[1], cx + side), min(y + image.shape[0], cy + side)
-    if right > left and bottom > top:
-        canvas[top:bottom, left:right] = image[top - y : bottom - y, left - x : right - x]
+    if right <= left or bottom <= top:
+        return None
+    canvas[top:bottom, left:right] = image[top - y : bottom - y, left - x : right - x]
+    return left, top, right, bottom
 
 
 def _jitter(image: np.ndarray, rng: np.random.Generator, spec: SceneSpec) -> None:
