@@ -86,11 +86,14 @@ def test_composed_scenes_keep_labels_on_the_faces():
 
 
 def test_student_detector_is_small_and_any_size():
-    net = FaceDetectorNet(DetectorConfig(widths=(16, 32, 32, 32, 32), depth=(1, 2, 1, 1, 1), neck=32)).eval()
-    assert sum(p.numel() for p in net.parameters()) <= 150_000
-    with torch.no_grad():
-        outputs = dict(zip(output_names(), net(torch.zeros(1, 3, 96, 160)), strict=True))
-    assert outputs["cls_8"].shape == (1, 12 * 20, 1) and outputs["kps_32"].shape == (1, 3 * 5, 10)
+    for shared_head in (False, True):
+        config = DetectorConfig(widths=(16, 32, 32, 32, 32), depth=(1, 2, 1, 1, 1), neck=32, shared_head=shared_head)
+        net = FaceDetectorNet(config).eval()
+        assert sum(p.numel() for p in net.parameters()) <= 150_000
+        with torch.no_grad():
+            outputs = dict(zip(output_names(), net(torch.zeros(1, 3, 96, 160)), strict=True))
+        assert outputs["cls_8"].shape == (1, 12 * 20, 1) and outputs["kps_32"].shape == (1, 3 * 5, 10)
+        assert outputs["obj_16"].min() > 0 and outputs["obj_16"].max() < 1  # scores after the sigmoid
     with pytest.raises(ValueError, match="neck"):
         DetectorConfig(widths=(16, 32, 64, 32, 32), neck=32)
 

@@ -30,9 +30,8 @@ from biometrics.training.scenes import SceneSpec, compose_scene
 def build_detector(recipe: Recipe) -> FaceDetectorNet:
     net = FaceDetectorNet(section_as(DetectorConfig, recipe.student))
     with torch.no_grad():
-        for name in ("cls", "obj"):
-            for head in net.heads[name]:
-                head[-1].bias.fill_(initial_score_bias())
+        for bias in net.score_biases():
+            bias.fill_(initial_score_bias())
     return net
 
 

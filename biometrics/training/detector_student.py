@@ -21,11 +21,14 @@ HEADS = {"cls": 1, "obj": 1, "bbox": 4, "kps": 10}
 @dataclass(frozen=True)
 class DetectorConfig:
     """``widths``: channels of the stride-2, -4, -8, -16 and -32 stages; ``depth``: separable units per stage
-    after the first (YuNet: 16, 64, 64, 64, 64 and 1 or 2); ``neck``: FPN and head channels."""
+    after the first (YuNet: 16, 64, 64, 64, 64 and 1 or 2); ``neck``: FPN and head channels; ``shared_head``:
+    one separable unit and one 1x1 conv per level give all four outputs (a quarter of the cost of separate heads
+    at stride 8, where most of the time goes)."""
 
     widths: tuple[int, ...] = (16, 64, 64, 64, 64)
     depth: tuple[int, ...] = (1, 2, 2, 2, 2)
     neck: int = 64
+    shared_head: bool = False
 
     def __post_init__(self):
         if len(self.widths) != 5 or len(self.depth) != 5:
@@ -65,20 +68,30 @@ class FaceDetectorNet(nn.Module):
             ]
             self.stages.append(nn.Sequential(*units))
         self.lateral = nn.ModuleList([SeparableUnit(w[level], config.neck) for level in (2, 3, 4)])
-        self.heads = nn.ModuleDict(
-            {
-                name: nn.ModuleList(
-                    [
-                        nn.Sequential(
-                            nn.Conv2d(config.neck, config.neck, 1),
-                            nn.Conv2d(config.neck, channels, 3, padding=1),  # grouped convs run slowly in int8
-                        )
-                        for _ in STRIDES
-                    ]
-                )
-                for name, channels in HEADS.items()
-            }
-        )
+        if config.shared_head:
+            self.heads = nn.ModuleList(
+                [
+                    nn.Sequential(
+                        SeparableUnit(config.neck, config.neck), nn.Conv2d(config.neck, sum(HEADS.values()), 1)
+                    )
+                    for _ in STRIDES
+                ]
+            )
+        else:
+            self.heads = nn.ModuleDict(
+                {
+                    name: nn.ModuleList(
+                        [
+                            nn.Sequential(
+                                nn.Conv2d(config.neck, config.neck, 1),
+                                nn.Conv2d(config.neck, channels, 3, padding=1),  # grouped convs run slowly in int8
+                            )
+                            for _ in STRIDES
+                        ]
+                    )
+                    for name, channels in HEADS.items()
+                }
+            )
 
     def pyramid(self, bgr: torch.Tensor) -> list[torch.Tensor]:
         """FPN features at strides 8, 16, 32 (top-down: coarse context is added to the finer levels)."""
@@ -97,9 +110,18 @@ class FaceDetectorNet(nn.Module):
         """Head outputs before the sigmoid, each N x cells x channels (cells row-major, as the decoder expects)."""
         outputs = {}
         for level, (stride, feature) in enumerate(zip(STRIDES, self.pyramid(bgr), strict=True)):
-            for name, heads in self.heads.items():
-                outputs[f"{name}_{stride}"] = heads[level](feature).flatten(2).transpose(1, 2)
-        return outputs
+            if self.config.shared_head:
+                parts = self.heads[level](feature).split(list(HEADS.values()), dim=1)
+                outputs.update({f"{name}_{stride}": part for name, part in zip(HEADS, parts, strict=True)})
+            else:
+                outputs.update({f"{name}_{stride}": heads[level](feature) for name, heads in self.heads.items()})
+        return {name: output.flatten(2).transpose(1, 2) for name, output in outputs.items()}
+
+    def score_biases(self) -> list[torch.Tensor]:
+        """The bias entries of the class and objectness logits (set at the start so scores begin near 0)."""
+        if self.config.shared_head:
+            return [head[-1].bias[:2] for head in self.heads]
+        return [head[-1].bias for name in ("cls", "obj") for head in self.heads[name]]
 
     def forward(self, bgr: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The twelve outputs in YuNet's order and encoding (scores after the sigmoid)."""

@@ -1,0 +1,113 @@
+"""Where a detector loses WIDER AP: recall by face size on WIDER, and box agreement with YuNet across scales on
+held-out LFW photos (the training domain). Quoted in the README's detector section.
+
+    python scripts/detector_diagnostics.py yunet-teacher yunet-student --limit 80 --out reports/detector-diagnostics
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from biometrics.detection import ARCHITECTURES
+from biometrics.evaluation.landmarks import lfw_images
+from biometrics.evaluation.wider import detect_all, locate_dataset, pixel_iou, read_ground_truth, sample_evenly
+from biometrics.registry import ModelRegistry
+
+SIZE_BUCKETS = {"<32 px": (0, 32), "32-96 px": (32, 96), ">=96 px": (96, 1e9)}
+LFW_SCALES = (0.5, 1.0, 1.5, 2.0, 3.0)
+
+
+def load_detector(name: str, score_threshold: float):
+    model = ModelRegistry().resolve(name, task="detection")
+    return ARCHITECTURES[model.card.architecture](model, threads=1, score_threshold=score_threshold)
+
+
+def wider_recall(detector, root: Path, truths, difficulty: str) -> dict:
+    """Share of the difficulty's faces with a detection (score >= the detector's threshold) at IoU 0.5 / 0.3."""
+    predictions = detect_all(detector, root, truths, progress=False)
+    best, widths = [], []
+    for truth in truths:
+        keep = truth.keep[difficulty]
+        if not keep.any():
+            continue
+        gt = np.column_stack([truth.boxes[:, :2], truth.boxes[:, :2] + truth.boxes[:, 2:]])[keep]
+        found = predictions[truth.path]
+        best += list(pixel_iou(gt, found[:, :4]).max(1) if len(found) else np.zeros(len(gt)))
+        widths += list(truth.boxes[keep, 2])
+    best, widths = np.array(best), np.array(widths)
+    by_size = {
+        label: round(float((best[(widths >= lo) & (widths < hi)] >= 0.5).mean()), 3)
+        for label, (lo, hi) in SIZE_BUCKETS.items()
+        if ((widths >= lo) & (widths < hi)).any()
+    }
+    return {
+        "faces": len(best),
+        "recall_iou_0.5": round(float((best >= 0.5).mean()), 3),
+        "recall_iou_0.3": round(float((best >= 0.3).mean()), 3),
+        "recall_iou_0.5_by_width": by_size,
+    }
+
+
+def lfw_scale_agreement(detector, reference, paths: list[Path]) -> dict:
+    """Per scale: median IoU and width ratio of the central face against the reference detector's."""
+
+    def central(faces, shape):
+        centre = np.array(shape[1::-1]) / 2
+        return min(faces, key=lambda f: np.linalg.norm((f.box[:2] + f.box[2:]) / 2 - centre), default=None)
+
+    rows = {}
+    for scale in LFW_SCALES:
+        ious, ratios, missed = [], [], 0
+        for path in paths:
+            image = cv2.resize(cv2.imread(str(path)), None, fx=scale, fy=scale)
+            ours, theirs = central(detector.detect(image), image.shape), central(reference.detect(image), image.shape)
+            if theirs is None:
+                continue
+            if ours is None:
+                missed += 1
+                continue
+            ious.append(pixel_iou(ours.box[None].astype(float), theirs.box[None].astype(float))[0, 0])
+            ratios.append((ours.box[2] - ours.box[0]) / (theirs.box[2] - theirs.box[0]))
+        rows[f"x{scale}"] = {
+            "missed": missed,
+            "median_iou": round(float(np.median(ious)), 3),
+            "median_width_ratio": round(float(np.median(ratios)), 3),
+        }
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("detectors", nargs="+")
+    parser.add_argument("--reference", default="yunet-teacher", help="Detector the LFW boxes are compared with.")
+    parser.add_argument("--wider", type=Path, default=Path("../shared/data/wider"))
+    parser.add_argument("--lfw", type=Path, default=Path("../shared/data/lfw"))
+    parser.add_argument("--limit", type=int, default=80, help="WIDER images (evenly spaced).")
+    parser.add_argument("--lfw-images", type=int, default=60, help="LFW images of folds 6-10 people.")
+    parser.add_argument("--score", type=float, default=0.3, help="Score threshold for counting a detection.")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    root = locate_dataset(args.wider)
+    truths = sample_evenly(read_ground_truth(root / "gt_subset.json"), args.limit)
+    paths = lfw_images(args.lfw, [6, 7, 8, 9, 10], limit=args.lfw_images)
+    reference = load_detector(args.reference, args.score)
+    report = {"command": "python " + " ".join(sys.argv), "results": {}}
+    for name in args.detectors:
+        detector = load_detector(name, args.score)
+        report["results"][name] = {
+            "wider": {d: wider_recall(detector, root, truths, d) for d in ("easy", "medium")},
+            f"lfw_vs_{args.reference}": lfw_scale_agreement(detector, reference, paths),
+        }
+        print(name, json.dumps(report["results"][name]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
