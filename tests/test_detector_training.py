@@ -86,8 +86,8 @@ def test_composed_scenes_keep_labels_on_the_faces():
 
 
 def test_student_detector_is_small_and_any_size():
-    for shared_head in (False, True):
-        config = DetectorConfig(widths=(16, 32, 32, 32, 32), depth=(1, 2, 1, 1, 1), neck=32, shared_head=shared_head)
+    for shared_head, downsample in ((False, "maxpool"), (True, "depthwise")):
+        config = DetectorConfig((16, 32, 32, 32, 32), (1, 2, 1, 1, 1), 32, shared_head, downsample=downsample)
         net = FaceDetectorNet(config).eval()
         assert sum(p.numel() for p in net.parameters()) <= 150_000
         with torch.no_grad():

@@ -29,12 +29,15 @@ class DetectorConfig:
     depth: tuple[int, ...] = (1, 2, 2, 2, 2)
     neck: int = 64
     shared_head: bool = False
+    downsample: str = "maxpool"  # or "depthwise": a stride-2 depthwise conv (ORT runs uint8 max-pool slowly)
 
     def __post_init__(self):
         if len(self.widths) != 5 or len(self.depth) != 5:
             raise ValueError("widths and depth give the stride-2, 4, 8, 16 and 32 stages: five entries each")
         if any(width != self.neck for width in self.widths[2:]):
             raise ValueError("the stride-8, 16 and 32 stages need the neck's width (the FPN adds them)")
+        if self.downsample not in ("maxpool", "depthwise"):
+            raise ValueError("downsample: maxpool or depthwise")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -59,13 +62,15 @@ class FaceDetectorNet(nn.Module):
         super().__init__()
         self.config = config
         w, d = config.widths, config.depth
-        stem = [nn.Conv2d(3, w[0], 3, 2, 1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU(inplace=True)]
-        stem += [SeparableUnit(w[0], w[0]) for _ in range(d[0])]
+        stem = [nn.Conv2d(3, w[0], 3, 2, 1, bias=False)]
+        stem += [nn.BatchNorm2d(w[0]), nn.ReLU(inplace=True)] + [SeparableUnit(w[0], w[0]) for _ in range(d[0])]
         self.stages = nn.ModuleList([nn.Sequential(*stem)])
-        for level in range(1, 5):  # strides 4, 8, 16, 32: max-pool, then separable units
-            units = [nn.MaxPool2d(2)] + [
-                SeparableUnit(w[level - 1] if i == 0 else w[level], w[level]) for i in range(d[level])
-            ]
+        for level in range(1, 5):  # strides 4, 8, 16, 32: halve the resolution, then separable units
+            if config.downsample == "depthwise":
+                down = nn.Conv2d(w[level - 1], w[level - 1], 3, 2, 1, groups=w[level - 1], bias=False)
+            else:
+                down = nn.MaxPool2d(2)
+            units = [down] + [SeparableUnit(w[level - 1] if i == 0 else w[level], w[level]) for i in range(d[level])]
             self.stages.append(nn.Sequential(*units))
         self.lateral = nn.ModuleList([SeparableUnit(w[level], config.neck) for level in (2, 3, 4)])
         if config.shared_head:
