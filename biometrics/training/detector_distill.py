@@ -108,6 +108,38 @@ def distill_detector(
     return export_detector(recipe, net, labels, spec, teachers, work_dir, models_dir)
 
 
+DETECTOR_INTERFACE = {
+    "task": "detection",
+    "architecture": "yunet",
+    "input": {"layout": "NCHW", "channel_order": "BGR", "range": "0-255, no normalisation", "stride": 32},
+    "bench_input_shape": [1, 3, 480, 640],
+}
+
+
+def export_student(
+    recipe: Recipe, net: FaceDetectorNet, calibration: np.ndarray, models_dir: Path, suffix: str = ""
+) -> tuple[Path, Path]:
+    """The recipe's FP32 and INT8 ONNX files of ``net`` (INT8 as its ``quantization`` section asks), named
+    ``<output name><suffix>``; ``calibration``: N x 3 x H x W inputs from training scenes."""
+    fp32_path = export_onnx(
+        net,
+        models_dir / (recipe.output["fp32"] + suffix) / "model.onnx",
+        example_shape=(1, 3, 480, 640),
+        input_name="input",
+        output_names=tuple(output_names()),
+        dynamic_axes={"input": {2: "height", 3: "width"}, **{n: {1: "cells"} for n in output_names()}},
+    )
+    quant = recipe.quantization
+    int8_path = quantize_int8(
+        fp32_path,
+        models_dir / (recipe.output["int8"] + suffix) / "model.onnx",
+        calibration,
+        per_channel=bool(quant.get("per_channel", True)),
+        keep_fp32=quant.get("keep_fp32"),
+    )
+    return fp32_path, int8_path
+
+
 def export_detector(
     recipe: Recipe,
     net: FaceDetectorNet,
@@ -119,34 +151,13 @@ def export_detector(
 ) -> dict:
     """FP32 and INT8 ONNX (any input size, multiples of 32) with cards, into ``models_dir/<name>/``."""
     names = recipe.output
-    fp32_path = export_onnx(
-        net,
-        models_dir / names["fp32"] / "model.onnx",
-        example_shape=(1, 3, 480, 640),
-        input_name="input",
-        output_names=tuple(output_names()),
-        dynamic_axes={"input": {2: "height", 3: "width"}, **{n: {1: "cells"} for n in output_names()}},
-    )
-    quant = recipe.quantization
     rng = np.random.default_rng(recipe.seed + 1)
-    calibration, _ = scene_batch(labels, rng, spec, int(quant.get("calibration_scenes", 64)))
-    int8_path = quantize_int8(
-        fp32_path,
-        models_dir / names["int8"] / "model.onnx",
-        calibration.numpy(),
-        per_channel=bool(quant.get("per_channel", True)),
-        keep_fp32=quant.get("keep_fp32"),
-    )
+    calibration, _ = scene_batch(labels, rng, spec, int(recipe.quantization.get("calibration_scenes", 64)))
+    fp32_path, int8_path = export_student(recipe, net, calibration.numpy(), models_dir)
     log_text = (work_dir / "train_log.jsonl").read_text()
     for name in (names["fp32"], names["int8"]):
         (models_dir / name / "train_log.jsonl").write_text(log_text)
     log = [json.loads(line) for line in log_text.splitlines()]
-    interface = {
-        "task": "detection",
-        "architecture": "yunet",
-        "input": {"layout": "NCHW", "channel_order": "BGR", "range": "0-255, no normalisation", "stride": 32},
-        "bench_input_shape": [1, 3, 480, 640],
-    }
     common = {
         "recipe": dict(recipe.raw, _path=str(recipe.path or "")),
         "data_split": {
@@ -165,7 +176,7 @@ def export_detector(
             "strides": list(STRIDES),
             "log": "train_log.jsonl (beside this card)",
         },
-        "interface": interface,
+        "interface": DETECTOR_INTERFACE,
     }
     description = recipe.raw.get("description", "student face detector distilled from a teacher ensemble")
     write_card(fp32_path, name=names["fp32"], description=description + " (FP32)", precision="fp32", **common)

@@ -1,0 +1,57 @@
+"""How fast would a detection recipe's student be? Exports the recipe's architecture untrained (latency does not
+depend on the weights) as FP32 and INT8, the INT8 one the way the recipe quantizes, and times both against
+`yunet-teacher` in one `biometrics bench` run (640x480, 1 thread). Used to pick an architecture before training.
+
+    python scripts/detector_latency.py pipelines/yunet-student.yaml pipelines/yunet-student-v2.yaml \
+        --out reports/detector-latency
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from biometrics.training.detector_distill import DETECTOR_INTERFACE, build_detector, export_student
+from biometrics.training.export import write_card
+from biometrics.training.recipe import Recipe
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipes", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--iterations", type=int, default=200)
+    args = parser.parse_args()
+    models = args.out / "models"
+    names = []
+    for path in args.recipes:
+        recipe = Recipe.load(path)
+        # Calibration input: noise images stand in for scenes (the ranges change, the graph and its speed do not).
+        noise = np.random.default_rng(0).uniform(0, 255, (8, 3, 320, 320)).astype(np.float32)
+        paths = export_student(recipe, build_detector(recipe), noise, models, suffix="-untrained")
+        for model_path, precision in zip(paths, ("fp32", "int8"), strict=True):
+            write_card(
+                model_path,
+                name=model_path.parent.name,
+                description=f"untrained {recipe.name} architecture, for timing only",
+                recipe=dict(recipe.raw, _path=str(path)),
+                data_split={},
+                teacher=recipe.teacher,
+                training={},
+                precision=precision,
+                interface=DETECTOR_INTERFACE,
+            )
+            names.append(model_path.parent.name)
+    env = dict(os.environ, BIOMETRICS_MODELS=str(models))
+    command = ["biometrics", "bench", "yunet-teacher", *names, "--threads", "1", "--iterations", str(args.iterations)]
+    subprocess.run([*command, "--out", str(args.out)], env=env, check=True)
+    print("python " + " ".join(sys.argv))
+
+
+if __name__ == "__main__":
+    main()
