@@ -17,6 +17,8 @@ import numpy as np
 from biometrics.detection import ARCHITECTURES
 from biometrics.evaluation.landmarks import lfw_images
 from biometrics.evaluation.wider import detect_all, locate_dataset, pixel_iou, read_ground_truth, sample_evenly
+from biometrics.imaging import load_image
+from biometrics.pipeline.facade import select_face
 from biometrics.registry import ModelRegistry
 
 SIZE_BUCKETS = {"<32 px": (0, 32), "32-96 px": (32, 96), ">=96 px": (96, 1e9)}
@@ -57,21 +59,18 @@ def wider_recall(detector, root: Path, truths, difficulty: str) -> dict:
 def lfw_scale_agreement(detector, reference, paths: list[Path]) -> dict:
     """Per scale: median IoU and width ratio of the central face against the reference detector's."""
 
-    def central(faces, shape):
-        centre = np.array(shape[1::-1]) / 2
-        return min(faces, key=lambda f: np.linalg.norm((f.box[:2] + f.box[2:]) / 2 - centre), default=None)
-
     rows = {}
     for scale in LFW_SCALES:
         ious, ratios, missed = [], [], 0
         for path in paths:
-            image = cv2.resize(cv2.imread(str(path)), None, fx=scale, fy=scale)
-            ours, theirs = central(detector.detect(image), image.shape), central(reference.detect(image), image.shape)
-            if theirs is None:
+            image = cv2.resize(load_image(path), None, fx=scale, fy=scale)
+            found, expected = detector.detect(image), reference.detect(image)
+            if not expected:
                 continue
-            if ours is None:
+            if not found:
                 missed += 1
                 continue
+            ours, theirs = (select_face(faces, "center", image.shape) for faces in (found, expected))
             ious.append(pixel_iou(ours.box[None].astype(float), theirs.box[None].astype(float))[0, 0])
             ratios.append((ours.box[2] - ours.box[0]) / (theirs.box[2] - theirs.box[0]))
         rows[f"x{scale}"] = {

@@ -29,10 +29,10 @@ def main() -> None:
     args = parser.parse_args()
     models = args.out / "models"
     names = []
+    # Calibration input: noise images stand in for scenes (the ranges change, the graph and its speed do not).
+    noise = np.random.default_rng(0).uniform(0, 255, (8, 3, 320, 320)).astype(np.float32)
     for path in args.recipes:
         recipe = Recipe.load(path)
-        # Calibration input: noise images stand in for scenes (the ranges change, the graph and its speed do not).
-        noise = np.random.default_rng(0).uniform(0, 255, (8, 3, 320, 320)).astype(np.float32)
         paths = export_student(recipe, build_detector(recipe), noise, models, suffix="-untrained")
         for model_path, precision in zip(paths, ("fp32", "int8"), strict=True):
             write_card(

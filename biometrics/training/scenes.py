@@ -64,10 +64,7 @@ def compose_scene(labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpe
         covered = np.zeros(canvas.shape[:2], bool)
     for row in range(n):
         for col in range(n):
-            image_id = int(rng.integers(len(labels.paths)))
-            rows = labels.faces_of(image_id)
-            faces = np.flatnonzero(labels.scores[rows] >= spec.min_score) + rows.start
-            image = load_image(labels.paths[image_id])
+            image, faces = _random_photo(labels, rng, spec)
             main = max(range(len(faces)), key=lambda i: _width(labels.boxes[faces[i]]), default=None)
             reference = _width(labels.boxes[faces[main]]) if main is not None else max(image.shape[:2]) / 2
             largest = max(spec.min_face * 1.01, spec.max_face_fraction * cell)
@@ -91,8 +88,8 @@ def compose_scene(labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpe
             shift = np.array([col * cell + x0, row * cell + y0], np.float32)
             placed = zip(face_boxes + np.tile(shift, 2), face_points + shift, labels.scores[faces], strict=True)
             for box, points, score in placed:
-                clipped = np.clip(box, [col * cell, row * cell] * 2, [(col + 1) * cell, (row + 1) * cell] * 2)
-                if _area(clipped) < spec.min_visible * _area(box) or _width(clipped) < 2:
+                clipped = _visible(box, (col * cell, row * cell), ((col + 1) * cell, (row + 1) * cell), spec)
+                if clipped is None:
                     continue
                 if spec.occlude and rng.random() < spec.occlude:
                     _occlude(canvas, clipped, rng)
@@ -123,14 +120,27 @@ def compose_scene(labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpe
     return scene
 
 
+def _random_photo(labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpec) -> tuple[np.ndarray, np.ndarray]:
+    """A random training photo and the rows of its faces that are labels (ensemble score >= ``min_score``)."""
+    image_id = int(rng.integers(len(labels.paths)))
+    rows = labels.faces_of(image_id)
+    faces = np.flatnonzero(labels.scores[rows] >= spec.min_score) + rows.start
+    return load_image(labels.paths[image_id]), faces
+
+
+def _visible(box: np.ndarray, low: tuple[int, int], high: tuple[int, int], spec: SceneSpec) -> np.ndarray | None:
+    """``box`` clipped to the region ``low``..``high``, or None if the clip leaves less than ``min_visible`` of it."""
+    clipped = np.clip(box, [*low, *low], [*high, *high])
+    if _area(clipped) < spec.min_visible * _area(box) or _width(clipped) < 2:
+        return None
+    return clipped
+
+
 def _photo_under(canvas: np.ndarray, labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpec):
     """Fill ``canvas`` with a random training photo, enlarged to cover it (less if its face would outgrow
     ``max_face_fraction``), at a random offset; its faces (boxes, landmarks, scores) in canvas coordinates,
     those the canvas edge cuts below ``min_visible`` left out."""
-    image_id = int(rng.integers(len(labels.paths)))
-    rows = labels.faces_of(image_id)
-    faces = np.flatnonzero(labels.scores[rows] >= spec.min_score) + rows.start
-    image = load_image(labels.paths[image_id])
+    image, faces = _random_photo(labels, rng, spec)
     size = canvas.shape[0]
     scale = size / min(image.shape[:2]) * rng.uniform(1.0, 1.6)
     if len(faces):
@@ -142,9 +152,8 @@ def _photo_under(canvas: np.ndarray, labels: PseudoLabels, rng: np.random.Genera
     shift = np.array([x, y], np.float32)
     boxes, points, scores = [], [], []
     for i in faces:
-        box = labels.boxes[i] * scale + np.tile(shift, 2)
-        clipped = np.clip(box, 0, size)
-        if _area(clipped) >= spec.min_visible * _area(box) and _width(clipped) >= 2:
+        clipped = _visible(labels.boxes[i] * scale + np.tile(shift, 2), (0, 0), (size, size), spec)
+        if clipped is not None:
             boxes.append(clipped)
             points.append(labels.landmarks[i] * scale + shift)
             scores.append(labels.scores[i])
@@ -167,7 +176,8 @@ def _rotate(image: np.ndarray, boxes: np.ndarray, points: np.ndarray, angle: flo
 
 
 def _occlude(canvas: np.ndarray, box: np.ndarray, rng: np.random.Generator) -> None:
-    """A flat or noisy block over 15-40% of the face box, from one of its sides (hands, microphones, hats)."""
+    """A flat or noisy block 30-70% of the face's width and 30-60% of its height, over one of its sides or inside
+    it (hands, microphones, hats)."""
     x1, y1, x2, y2 = box
     width, height = (x2 - x1) * rng.uniform(0.3, 0.7), (y2 - y1) * rng.uniform(0.3, 0.6)
     left = rng.choice([x1 - width / 3, x2 - width * 2 / 3, rng.uniform(x1, x2 - width)])
@@ -206,11 +216,11 @@ CLUTTER_CHARACTERS = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqr
 
 
 def _draw_clutter(canvas: np.ndarray, faces: list[np.ndarray], rng: np.random.Generator, count: int) -> None:
-    """Draw up to ``count`` distractors - text, circles, ellipses, boxes, lines - where they cover no face.
+    """Draw up to ``count`` distractors - text, circles, ellipses, boxes - where they cover no face.
 
-    The source photos hold faces and little else, so a student trained on them alone fires on the letters, signs
-    and round shapes of real scenes (a first run's WIDER images: "O"s and logos at 0.7-0.9). Each distractor is
-    kept off every labelled face (box grown by 10%) so no label is hidden.
+    The source photos hold faces and little else, so a student trained on them alone fired, with high scores, on
+    the letters, signs and round shapes of WIDER scenes. Each distractor is kept off every labelled face (box
+    grown by 10%) so no label is hidden.
     """
     guards = [np.asarray(box) + np.array([-1, -1, 1, 1]) * 0.1 * _width(np.asarray(box)) for box in faces]
     size = canvas.shape[0]
