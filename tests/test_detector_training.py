@@ -86,8 +86,8 @@ def test_composed_scenes_keep_labels_on_the_faces():
 
 
 def test_student_detector_is_small_and_any_size():
-    for shared_head, downsample in ((False, "maxpool"), (True, "depthwise")):
-        config = DetectorConfig((16, 32, 32, 32, 32), (1, 2, 1, 1, 1), 32, shared_head, downsample=downsample)
+    for head, downsample in (("full", "maxpool"), ("shared", "depthwise"), ("separable", "maxpool")):
+        config = DetectorConfig(16, ((16,), (32, 32), (32,), (32,), (32,)), 32, head, downsample=downsample)
         net = FaceDetectorNet(config).eval()
         assert sum(p.numel() for p in net.parameters()) <= 150_000
         with torch.no_grad():
@@ -95,13 +95,22 @@ def test_student_detector_is_small_and_any_size():
         assert outputs["cls_8"].shape == (1, 12 * 20, 1) and outputs["kps_32"].shape == (1, 3 * 5, 10)
         assert outputs["obj_16"].min() > 0 and outputs["obj_16"].max() < 1  # scores after the sigmoid
     with pytest.raises(ValueError, match="neck"):
-        DetectorConfig(widths=(16, 32, 64, 32, 32), neck=32)
+        DetectorConfig(units=((16,), (32,), (64,), (32,), (32,)), neck=32)
 
 
-def test_detector_distill_smoke_trains_exports_and_runs(tmp_path):
-    """A tiny student, a handful of LFW images labelled by YuNet, a few steps: ONNX files YuNetDetector runs."""
+SCRATCH_STUDENT = {"stem": 8, "units": [[], [16], [16], [16], [16]], "neck": 16, "head": "shared"}
+
+
+@pytest.mark.parametrize(
+    ("recipe_file", "student", "loss_term"),
+    [("yunet-student.yaml", SCRATCH_STUDENT, "loss_cls"), ("yunet-student-v3.yaml", None, "loss_hint")],
+    ids=["from-scratch", "pruned-from-yunet"],
+)
+def test_detector_distill_smoke_trains_exports_and_runs(tmp_path, recipe_file, student, loss_term):
+    """A student, a handful of LFW images labelled by YuNet, a few steps: ONNX files YuNetDetector runs. The
+    pruned student learns YuNet's dense outputs instead of the labels."""
     shared_file("data/lfw/pairs.txt")
-    recipe = yaml.safe_load((ROOT / "pipelines" / "yunet-student.yaml").read_text())
+    recipe = yaml.safe_load((ROOT / "pipelines" / recipe_file).read_text())
     recipe.update(
         name="detector-smoke",
         teacher=["yunet-teacher"],
@@ -109,7 +118,7 @@ def test_detector_distill_smoke_trains_exports_and_runs(tmp_path):
         batch_size=4,
         checkpoint_every=2,
         data={"root": str(SHARED / "data"), "lfw": {"exclude_folds": list(range(2, 11))}, "limit": 16},
-        student={"widths": [8, 16, 16, 16, 16], "depth": [0, 1, 1, 1, 1], "neck": 16},
+        student=student or recipe["student"],
         augmentation=dict(recipe["augmentation"], size=128),
         quantization={"calibration_scenes": 4, "per_channel": True},
         output={"fp32": "det-smoke-fp32", "int8": "det-smoke-int8"},
@@ -125,7 +134,7 @@ def test_detector_distill_smoke_trains_exports_and_runs(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["finished"] is True
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
-    assert log[-1]["step"] == 4 and np.isfinite(log[-1]["loss_cls"]) and log[-1]["loss_positives"] > 0
+    assert log[-1]["step"] == 4 and np.isfinite(log[-1][loss_term])
     registry = ModelRegistry([tmp_path / "models"], cache=tmp_path / "cache")
     image = np.zeros((200, 300, 3), np.uint8)
     for name, precision in (("det-smoke-fp32", "fp32"), ("det-smoke-int8", "int8")):
@@ -200,3 +209,47 @@ def test_rotation_moves_landmarks_with_the_pixels_and_keeps_the_box_tight():
     width, height = boxes[0, 2:] - boxes[0, :2]
     assert 60 < width < 60 * np.cos(np.pi / 6) + 80 * np.sin(np.pi / 6)  # grows, but less than the corners'
     assert 80 * np.cos(np.pi / 6) < height < 80
+
+
+def _yunet_and_photo():
+    from biometrics.imaging import load_image
+    from biometrics.training.detector_teacher import yunet_to_torch
+
+    model = ModelRegistry().resolve("yunet-teacher", task="detection")
+    photo = load_image(shared_file("data/samples/biden.jpg"))[:256, :320].astype(np.float32)
+    return model, yunet_to_torch(model.onnx_bytes), torch.from_numpy(photo.transpose(2, 0, 1)[None].copy())
+
+
+def test_yunet_in_pytorch_computes_what_onnx_runtime_computes():
+    model, teacher, image = _yunet_and_photo()
+    expected = model.session().run(None, {"input": image.numpy()})
+    names = [output.name for output in model.session().get_outputs()]
+    with torch.no_grad():
+        ours = dict(zip(output_names(), teacher(image), strict=True))
+    for name, value in zip(names, expected, strict=True):
+        np.testing.assert_allclose(ours[name].numpy(), value, atol=1e-4)
+
+
+def test_pruning_keeps_the_teacher_at_full_width_and_a_student_near_it_after_dense_matching():
+    from biometrics.training.detector_loss import dense_distillation_loss
+    from biometrics.training.detector_teacher import prune_detector
+
+    _, teacher, image = _yunet_and_photo()
+    all_units = [[0], [1, 2, 3, 4], [5, 6], [7, 8], [9, 10]]
+    copy = FaceDetectorNet(DetectorConfig())
+    neck = prune_detector(teacher, copy, all_units, image)
+    assert neck.tolist() == list(range(64))
+    with torch.no_grad():
+        for ours, theirs in zip(copy.eval()(image), teacher(image), strict=True):
+            torch.testing.assert_close(ours, theirs)
+        pyramid = teacher.pyramid(image)
+        raw = teacher.head_outputs(pyramid)
+        loss, terms = dense_distillation_loss(raw, raw, pyramid, pyramid, {})
+    assert terms["score"] == pytest.approx(0, abs=1e-3) and terms["hint"] == 0 and terms["box"] == 0
+
+    small = DetectorConfig(8, ((), (16, 32), (32, 32), (32,), (32,)), 32, head="shared", downsample="depthwise")
+    student = FaceDetectorNet(small)
+    neck = prune_detector(teacher, student, [[], [2, 4], [5, 6], [8], [10]], image)
+    assert len(neck) == 32 and sum(p.numel() for p in student.parameters()) < 20_000
+    with pytest.raises(ValueError, match="change the width"):  # unit 4 (32 -> 64) cannot be left out
+        prune_detector(teacher, FaceDetectorNet(small), [[], [2, 3], [5, 6], [8], [10]], image)

@@ -5,20 +5,32 @@ once (cached); each step then composes fresh multi-face scenes from those images
 from ~10 px to the full frame although every source photo holds one large face. Checkpoints, resume and the
 log work as for the embedder; the export writes FP32 and INT8 ONNX files in YuNet's output format, so the
 runtime's ``YuNetDetector`` runs them.
+
+A student may instead start from a teacher network's own channels (``student.init``, see
+``detector_teacher``); it then learns that teacher's outputs on every cell of the scenes and its pyramid
+features, and the pseudo-labels only place the faces in the scenes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from biometrics.training.detector_loss import build_targets, detection_loss, initial_score_bias
+from biometrics.registry import ModelRegistry
+from biometrics.training.detector_loss import (
+    build_targets,
+    dense_distillation_loss,
+    detection_loss,
+    initial_score_bias,
+)
 from biometrics.training.detector_student import STRIDES, DetectorConfig, FaceDetectorNet, output_names
+from biometrics.training.detector_teacher import prune_detector, yunet_to_torch
 from biometrics.training.export import export_onnx, quantize_int8, write_card
 from biometrics.training.faces import gather_sources
 from biometrics.training.loop import TrainingRun
@@ -28,11 +40,45 @@ from biometrics.training.scenes import SceneSpec, compose_scene
 
 
 def build_detector(recipe: Recipe) -> FaceDetectorNet:
-    net = FaceDetectorNet(section_as(DetectorConfig, recipe.student))
+    """The recipe's student with fresh weights (``student.init`` aside: see ``start_from_teacher``)."""
+    config = section_as(DetectorConfig, {key: value for key, value in recipe.student.items() if key != "init"})
+    net = FaceDetectorNet(config)
     with torch.no_grad():
         for bias in net.score_biases():
             bias.fill_(initial_score_bias())
     return net
+
+
+@dataclass
+class DenseTeacher:
+    """The network a pruned student came from, and which of its neck channels the student kept."""
+
+    net: FaceDetectorNet
+    neck_channels: torch.Tensor
+
+    @torch.no_grad()
+    def targets(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """Raw outputs on every cell, and the pyramid features on the kept channels."""
+        pyramid = self.net.pyramid(images)
+        return self.net.head_outputs(pyramid), [feature[:, self.neck_channels] for feature in pyramid]
+
+
+def start_from_teacher(recipe: Recipe, images: torch.Tensor) -> tuple[FaceDetectorNet, DenseTeacher]:
+    """``student.init: {from: <registry detector>, units: [...]}``: the student starts from that teacher's
+    channels most active on ``images`` (training scenes) and is then trained to match it densely."""
+    init = recipe.student["init"]
+    teacher = yunet_to_torch(ModelRegistry().resolve(init["from"], task="detection").onnx_bytes)
+    net = build_detector(recipe)
+    neck_channels = prune_detector(teacher, net, init["units"], images)
+    return net, DenseTeacher(teacher, neck_channels)
+
+
+def _freeze_batch_norm(net: torch.nn.Module) -> None:
+    """BN keeps the statistics it started with: a student pruned from a BN-free teacher carries the teacher's
+    biases there, which batch statistics would wash out."""
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
 
 
 def scene_batch(labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpec, count: int):
@@ -80,7 +126,12 @@ def distill_detector(
     teachers = [recipe.teacher] if isinstance(recipe.teacher, str) else list(recipe.teacher)
     labels = label_images(sources, teachers, iou=float(recipe.data.get("fusion_iou", 0.55)), progress=progress)
     spec = section_as(SceneSpec, recipe.augmentation)
-    net = build_detector(recipe)
+    dense = None
+    if "init" in recipe.student:
+        activity_scenes, _ = scene_batch(labels, np.random.default_rng(recipe.seed + 2), spec, 64)
+        net, dense = start_from_teacher(recipe, activity_scenes)
+    else:
+        net = build_detector(recipe)
     steps_per_epoch = max(1, len(labels.paths) // recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
     run = TrainingRun(recipe, net, work_dir, total_steps, fresh)
@@ -96,7 +147,15 @@ def distill_detector(
     for images, targets in batches:
         run.set_learning_rate()
         net.train()
-        loss, terms = detection_loss(net.raw_outputs(images), targets, recipe.loss)
+        if dense is None:
+            loss, terms = detection_loss(net.raw_outputs(images), targets, recipe.loss)
+        else:
+            _freeze_batch_norm(net)
+            pyramid = net.pyramid(images)
+            teacher_raw, teacher_pyramid = dense.targets(images)
+            loss, terms = dense_distillation_loss(
+                net.head_outputs(pyramid), teacher_raw, pyramid, teacher_pyramid, recipe.loss
+            )
         run.optimise(loss, terms, clip_norm=10.0)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")

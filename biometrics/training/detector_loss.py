@@ -119,3 +119,43 @@ def initial_score_bias(prior: float = 0.01) -> float:
     """Logit bias that makes every cell start at ``prior`` probability (RetinaNet): the loss is not swamped by
     the easy negatives at step 0."""
     return -math.log((1 - prior) / prior)
+
+
+def dense_distillation_loss(
+    student_raw: dict[str, torch.Tensor],
+    teacher_raw: dict[str, torch.Tensor],
+    student_pyramid: list[torch.Tensor],
+    teacher_pyramid: list[torch.Tensor],
+    weights: dict,
+) -> tuple[torch.Tensor, dict]:
+    """Match the teacher on every cell, not only at labelled faces (what a student pruned from it needs).
+
+    - ``score``: KL divergence of the class and objectness probabilities from the teacher's;
+    - ``box``, ``kps``: smooth L1 to the teacher's box and landmark encodings, each cell weighted by the
+      teacher's face score cls x obj (elsewhere its regression means nothing);
+    - ``hint``: the FPN features against the teacher's (already restricted to the kept channels), relative to
+      their variance.
+    Score and regression sums are normalised by the teacher's total face weight, as the label loss is by its
+    positives.
+    """
+    terms = {name: student_raw["cls_8"].new_zeros(()) for name in ("score", "box", "kps", "hint")}
+    face_weight = student_raw["cls_8"].new_zeros(())
+    for stride in STRIDES:
+        cls_p, obj_p = torch.sigmoid(teacher_raw[f"cls_{stride}"]), torch.sigmoid(teacher_raw[f"obj_{stride}"])
+        cell_weight = (cls_p * obj_p)[..., 0]
+        face_weight = face_weight + cell_weight.sum()
+        for name, target in (("cls", cls_p), ("obj", obj_p)):
+            logits = student_raw[f"{name}_{stride}"]
+            cross_entropy = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+            entropy = F.binary_cross_entropy(target, target, reduction="sum")  # so the term is a KL: 0 at a match
+            terms["score"] = terms["score"] + cross_entropy - entropy
+        for name, term in (("bbox", "box"), ("kps", "kps")):
+            error = F.smooth_l1_loss(student_raw[f"{name}_{stride}"], teacher_raw[f"{name}_{stride}"], reduction="none")
+            terms[term] = terms[term] + (error.mean(dim=2) * cell_weight).sum()
+    scale = 1.0 / face_weight.clamp(min=1.0)
+    terms = {name: value * scale for name, value in terms.items() if name != "hint"}
+    terms["hint"] = sum(
+        F.mse_loss(s, t) / t.var().clamp(min=1e-6) for s, t in zip(student_pyramid, teacher_pyramid, strict=True)
+    ) / len(STRIDES)
+    total = sum(weights.get(name, 1.0) * value for name, value in terms.items())
+    return total, {name: float(value.detach()) for name, value in terms.items()} | {"face_weight": float(face_weight)}

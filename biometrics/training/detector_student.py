@@ -20,39 +20,71 @@ HEADS = {"cls": 1, "obj": 1, "bbox": 4, "kps": 10}
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """``widths``: channels of the stride-2, -4, -8, -16 and -32 stages; ``depth``: separable units per stage
-    after the first (YuNet: 16, 64, 64, 64, 64 and 1 or 2); ``neck``: FPN and head channels; ``shared_head``:
-    one separable unit and one 1x1 conv per level give all four outputs (a quarter of the cost of separate heads
-    at stride 8, where most of the time goes)."""
+    """The defaults build YuNet itself (so its ONNX weights load into it, see ``detector_teacher``).
 
-    widths: tuple[int, ...] = (16, 64, 64, 64, 64)
-    depth: tuple[int, ...] = (1, 2, 2, 2, 2)
+    ``stem``: channels of the first, stride-2 conv; ``units``: per stage (strides 2, 4, 8, 16, 32) the output
+    widths of its separable units (stages after the first start with a 2x downsampling); ``neck``: FPN width
+    (the last units of the stride-8, 16 and 32 stages must have it: the FPN adds them); ``head``: ``separable``
+    (YuNet's: per output a 1x1 conv to its channels and a 3x3 depthwise conv), ``full`` (per output a 1x1 conv
+    and a full 3x3 conv) or ``shared`` (per level one separable unit and one 1x1 conv give all four outputs: a
+    quarter of the cost at stride 8, where most of the time goes); ``pointwise_bias``: YuNet's 1x1 convs have
+    biases (kept so the teacher loads exactly)."""
+
+    stem: int = 16
+    units: tuple[tuple[int, ...], ...] = ((16,), (16, 32, 32, 64), (64, 64), (64, 64), (64, 64))
     neck: int = 64
-    shared_head: bool = False
+    head: str = "separable"
     downsample: str = "maxpool"  # or "depthwise": a stride-2 depthwise conv (ORT runs uint8 max-pool slowly)
+    pointwise_bias: bool = True
 
     def __post_init__(self):
-        if len(self.widths) != 5 or len(self.depth) != 5:
-            raise ValueError("widths and depth give the stride-2, 4, 8, 16 and 32 stages: five entries each")
-        if any(width != self.neck for width in self.widths[2:]):
+        object.__setattr__(self, "units", tuple(tuple(stage) for stage in self.units))
+        if len(self.units) != 5 or any(not stage for stage in self.units[1:]):
+            raise ValueError("units: five stages (strides 2, 4, 8, 16, 32), each after the first with a unit")
+        if any(stage[-1] != self.neck for stage in self.units[2:]):
             raise ValueError("the stride-8, 16 and 32 stages need the neck's width (the FPN adds them)")
         if self.downsample not in ("maxpool", "depthwise"):
             raise ValueError("downsample: maxpool or depthwise")
+        if self.head not in HEAD_STYLES:
+            raise ValueError(f"head: one of {', '.join(HEAD_STYLES)}")
+
+    def stage_widths(self) -> list[int]:
+        """Output channels of each stage."""
+        widths = [self.stem]
+        for stage in self.units:
+            widths.append(stage[-1] if stage else widths[-1])
+        return widths[1:]
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return {k: json_ready(v) for k, v in asdict(self).items()}
+
+
+HEAD_STYLES = ("separable", "full", "shared")
+
+
+def json_ready(value):
+    return [json_ready(v) for v in value] if isinstance(value, tuple) else value
 
 
 class SeparableUnit(nn.Sequential):
     """1x1 conv (mixes channels), 3x3 depthwise conv (looks around), BN, ReLU: YuNet's building block."""
 
-    def __init__(self, in_ch: int, out_ch: int):
+    def __init__(self, in_ch: int, out_ch: int, pointwise_bias: bool = False):
         super().__init__(
-            nn.Conv2d(in_ch, out_ch, 1, bias=False),
+            nn.Conv2d(in_ch, out_ch, 1, bias=pointwise_bias),
             nn.Conv2d(out_ch, out_ch, 3, padding=1, groups=out_ch, bias=False),
             nn.BatchNorm2d(out_ch),
             nn.ReLU(inplace=True),
         )
+
+
+def _head(style: str, neck: int, channels: int) -> nn.Sequential:
+    if style == "separable":
+        return nn.Sequential(nn.Conv2d(neck, channels, 1), nn.Conv2d(channels, channels, 3, padding=1, groups=channels))
+    return nn.Sequential(
+        nn.Conv2d(neck, neck, 1),
+        nn.Conv2d(neck, channels, 3, padding=1),  # grouped convs run slowly in int8
+    )
 
 
 class FaceDetectorNet(nn.Module):
@@ -61,19 +93,22 @@ class FaceDetectorNet(nn.Module):
     def __init__(self, config: DetectorConfig):
         super().__init__()
         self.config = config
-        w, d = config.widths, config.depth
-        stem = [nn.Conv2d(3, w[0], 3, 2, 1, bias=False)]
-        stem += [nn.BatchNorm2d(w[0]), nn.ReLU(inplace=True)] + [SeparableUnit(w[0], w[0]) for _ in range(d[0])]
-        self.stages = nn.ModuleList([nn.Sequential(*stem)])
-        for level in range(1, 5):  # strides 4, 8, 16, 32: halve the resolution, then separable units
-            if config.downsample == "depthwise":
-                down = nn.Conv2d(w[level - 1], w[level - 1], 3, 2, 1, groups=w[level - 1], bias=False)
-            else:
-                down = nn.MaxPool2d(2)
-            units = [down] + [SeparableUnit(w[level - 1] if i == 0 else w[level], w[level]) for i in range(d[level])]
-            self.stages.append(nn.Sequential(*units))
-        self.lateral = nn.ModuleList([SeparableUnit(w[level], config.neck) for level in (2, 3, 4)])
-        if config.shared_head:
+        bias = config.pointwise_bias
+        stem = [nn.Conv2d(3, config.stem, 3, 2, 1, bias=False), nn.BatchNorm2d(config.stem), nn.ReLU(inplace=True)]
+        width = config.stem
+        self.stages = nn.ModuleList()
+        for level, stage_units in enumerate(config.units):  # strides 2 (after the stem), 4, 8, 16, 32
+            layers = stem if level == 0 else []
+            if level > 0 and config.downsample == "depthwise":
+                layers.append(nn.Conv2d(width, width, 3, 2, 1, groups=width, bias=False))
+            elif level > 0:
+                layers.append(nn.MaxPool2d(2))
+            for out_ch in stage_units:
+                layers.append(SeparableUnit(width, out_ch, bias))
+                width = out_ch
+            self.stages.append(nn.Sequential(*layers))
+        self.lateral = nn.ModuleList([SeparableUnit(width, config.neck, bias) for width in config.stage_widths()[2:]])
+        if config.head == "shared":
             self.heads = nn.ModuleList(
                 [
                     nn.Sequential(
@@ -85,15 +120,7 @@ class FaceDetectorNet(nn.Module):
         else:
             self.heads = nn.ModuleDict(
                 {
-                    name: nn.ModuleList(
-                        [
-                            nn.Sequential(
-                                nn.Conv2d(config.neck, config.neck, 1),
-                                nn.Conv2d(config.neck, channels, 3, padding=1),  # grouped convs run slowly in int8
-                            )
-                            for _ in STRIDES
-                        ]
-                    )
+                    name: nn.ModuleList([_head(config.head, config.neck, channels) for _ in STRIDES])
                     for name, channels in HEADS.items()
                 }
             )
@@ -113,9 +140,13 @@ class FaceDetectorNet(nn.Module):
 
     def raw_outputs(self, bgr: torch.Tensor) -> dict[str, torch.Tensor]:
         """Head outputs before the sigmoid, each N x cells x channels (cells row-major, as the decoder expects)."""
+        return self.head_outputs(self.pyramid(bgr))
+
+    def head_outputs(self, pyramid: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``raw_outputs`` from the FPN features (training also matches the features themselves)."""
         outputs = {}
-        for level, (stride, feature) in enumerate(zip(STRIDES, self.pyramid(bgr), strict=True)):
-            if self.config.shared_head:
+        for level, (stride, feature) in enumerate(zip(STRIDES, pyramid, strict=True)):
+            if self.config.head == "shared":
                 parts = self.heads[level](feature).split(list(HEADS.values()), dim=1)
                 outputs.update({f"{name}_{stride}": part for name, part in zip(HEADS, parts, strict=True)})
             else:
@@ -124,7 +155,7 @@ class FaceDetectorNet(nn.Module):
 
     def score_biases(self) -> list[torch.Tensor]:
         """The bias entries of the class and objectness logits (set at the start so scores begin near 0)."""
-        if self.config.shared_head:
+        if self.config.head == "shared":
             return [head[-1].bias[:2] for head in self.heads]
         return [head[-1].bias for name in ("cls", "obj") for head in self.heads[name]]
 
