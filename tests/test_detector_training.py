@@ -102,11 +102,14 @@ SCRATCH_STUDENT = {"stem": 8, "units": [[], [16], [16], [16], [16]], "neck": 16,
 
 
 @pytest.mark.parametrize(
-    ("recipe_file", "student", "loss_term"),
-    [("yunet-student.yaml", SCRATCH_STUDENT, "loss_cls"), ("yunet-student-v3.yaml", None, "loss_hint")],
+    ("recipe_file", "student", "loss_term", "faces_term"),
+    [
+        ("yunet-student.yaml", SCRATCH_STUDENT, "loss_cls", "loss_positives"),
+        ("yunet-student-v3.yaml", None, "loss_hint", "loss_face_weight"),
+    ],
     ids=["from-scratch", "pruned-from-yunet"],
 )
-def test_detector_distill_smoke_trains_exports_and_runs(tmp_path, recipe_file, student, loss_term):
+def test_detector_distill_smoke_trains_exports_and_runs(tmp_path, recipe_file, student, loss_term, faces_term):
     """A student, a handful of LFW images labelled by YuNet, a few steps: ONNX files YuNetDetector runs. The
     pruned student learns YuNet's dense outputs instead of the labels."""
     shared_file("data/lfw/pairs.txt")
@@ -134,7 +137,7 @@ def test_detector_distill_smoke_trains_exports_and_runs(tmp_path, recipe_file, s
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["finished"] is True
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
-    assert log[-1]["step"] == 4 and np.isfinite(log[-1][loss_term])
+    assert log[-1]["step"] == 4 and np.isfinite(log[-1][loss_term]) and log[-1][faces_term] > 0
     registry = ModelRegistry([tmp_path / "models"], cache=tmp_path / "cache")
     image = np.zeros((200, 300, 3), np.uint8)
     for name, precision in (("det-smoke-fp32", "fp32"), ("det-smoke-int8", "int8")):
