@@ -127,7 +127,7 @@ def test_scratch_network_and_bad_configs():
         FaceEmbedderNet(EmbedderConfig(head="mlp"))
 
 
-def test_embedding_only_distillation_uses_cached_targets(tmp_path):
+def test_embedding_only_distillation_uses_cached_targets_and_can_start_from_another_run(tmp_path):
     """Without feature hints the teacher's cached embeddings (face and mirror) are the targets."""
     from biometrics.training.distill import distill
 
@@ -145,6 +145,15 @@ def test_embedding_only_distillation_uses_cached_targets(tmp_path):
     summary = distill(Recipe.load(path), tmp_path / "run", tmp_path / "models", max_steps=2, progress=False)
     assert summary == {"finished": False, "step": 2, "total_steps": 3, "work_dir": str(tmp_path / "run")}
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
+
+    # A recipe may train on from where another run stopped: fresh schedule and log, that run's weights.
+    path.write_text(yaml.safe_dump(dict(raw, name="on", start_from_run="run")))
+    distill(Recipe.load(path), tmp_path / "on", tmp_path / "models", max_steps=1, progress=False)
+    first = json.loads((tmp_path / "on" / "train_log.jsonl").read_text().splitlines()[0])
+    assert first == {"step": 0, "started_from": str(tmp_path / "run" / "checkpoint.pt"), "its_step": 2}
+    path.write_text(yaml.safe_dump(dict(raw, name="on", start_from_run="never-ran")))
+    with pytest.raises(RecipeError, match="no checkpoint"):
+        distill(Recipe.load(path), tmp_path / "elsewhere", tmp_path / "models", max_steps=1, progress=False)
 
 
 def test_same_person_pairs_come_from_known_people_in_the_training_split():

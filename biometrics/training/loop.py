@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from biometrics.training.recipe import Recipe
+from biometrics.training.recipe import Recipe, RecipeError
 
 
 def lr_at(step: int, total: int, recipe: Recipe) -> float:
@@ -53,9 +53,24 @@ class TrainingRun:
             self.step, self.seconds_before = state["step"], state.get("seconds", 0.0)
         else:
             self.log_path.unlink(missing_ok=True)
+            self._start_from_run(work_dir.parent)
         self.every = int(recipe.raw.get("checkpoint_every", 200))
         self.started = time.time()
         self.running: list[dict] = []
+
+    def _start_from_run(self, runs_dir: Path) -> None:
+        """Recipe ``start_from_run: <recipe name>``: a fresh run (optimiser, schedule, log) that starts from the
+        weights that recipe's run ended with, found beside this run's folder; for training on with a changed
+        loss without repeating what that run already did."""
+        earlier = self.recipe.raw.get("start_from_run")
+        if not earlier:
+            return
+        path = checkpoint_path(runs_dir / earlier)
+        if not path.is_file():
+            raise RecipeError(f"recipe {self.recipe.name} starts from run '{earlier}': no checkpoint at {path}")
+        state = torch.load(path, weights_only=False)
+        self.net.load_state_dict(state["model"])
+        self.log({"step": 0, "started_from": str(path), "its_step": state["step"]})
 
     def set_learning_rate(self) -> None:
         for group in self.optimizer.param_groups:
