@@ -57,11 +57,13 @@ def wider_recall(detector, root: Path, truths, difficulty: str) -> dict:
 
 
 def lfw_scale_agreement(detector, reference, paths: list[Path]) -> dict:
-    """Per scale: median IoU and width ratio of the central face against the reference detector's."""
+    """Per scale: median IoU and width ratio of the central face against the reference detector's, and how its
+    landmarks differ: the shift the five points share (their mean offset, split into x and y) and what is left
+    per point once that shift is taken out, both in units of the reference's inter-ocular distance."""
 
     rows = {}
     for scale in LFW_SCALES:
-        ious, ratios, missed = [], [], 0
+        ious, ratios, shifts, residuals, missed = [], [], [], [], 0
         for path in paths:
             image = cv2.resize(load_image(path), None, fx=scale, fy=scale)
             found, expected = detector.detect(image), reference.detect(image)
@@ -73,10 +75,16 @@ def lfw_scale_agreement(detector, reference, paths: list[Path]) -> dict:
             ours, theirs = (select_face(faces, "center", image.shape) for faces in (found, expected))
             ious.append(pixel_iou(ours.box[None].astype(float), theirs.box[None].astype(float))[0, 0])
             ratios.append((ours.box[2] - ours.box[0]) / (theirs.box[2] - theirs.box[0]))
+            offsets = (ours.landmarks - theirs.landmarks) / np.linalg.norm(theirs.landmarks[0] - theirs.landmarks[1])
+            shifts.append(np.abs(offsets.mean(axis=0)))
+            residuals.append(np.linalg.norm(offsets - offsets.mean(axis=0), axis=1).mean())
+        shift_x, shift_y = np.median(shifts, axis=0)
         rows[f"x{scale}"] = {
             "missed": missed,
             "median_iou": round(float(np.median(ious)), 3),
             "median_width_ratio": round(float(np.median(ratios)), 3),
+            "landmarks_median_shared_shift_x_y_iod": [round(float(shift_x), 3), round(float(shift_y), 3)],
+            "landmarks_median_residual_iod": round(float(np.median(residuals)), 3),
         }
     return rows
 
