@@ -126,7 +126,7 @@ def count_parameters(model: nn.Module) -> int:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+def onnx_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Initializers, plus the outputs of Reshape nodes that only reshape initializers (SFace's weights)."""
     values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     for node in model.graph.node:
@@ -157,7 +157,7 @@ def _load_unit(unit: nn.Sequential, values: dict, prefix: str) -> None:
 def sface_to_torch(onnx_bytes: bytes) -> FaceEmbedderNet:
     """The SFace teacher as a FaceEmbedderNet with its weights (int8 blocks dequantized to FP32)."""
     model = dequantize_weights(onnx.load_from_string(onnx_bytes))
-    values = _constants(model)
+    values = onnx_constants(model)
     values.update({name.removesuffix("_dequantized"): v for name, v in values.items() if name.endswith("_dequantized")})
     net = FaceEmbedderNet(EmbedderConfig(head="fc"))
     for stage, block in zip(range(1, 15), net.features, strict=True):
