@@ -138,7 +138,7 @@ def dense_distillation_loss(
     Score and regression sums are normalised by the teacher's total face weight, as the label loss is by its
     positives.
     """
-    terms = {name: student_raw["cls_8"].new_zeros(()) for name in ("score", "box", "kps", "hint")}
+    terms = {name: student_raw["cls_8"].new_zeros(()) for name in ("score", "box", "kps")}
     face_weight = student_raw["cls_8"].new_zeros(())
     for stride in STRIDES:
         cls_p, obj_p = torch.sigmoid(teacher_raw[f"cls_{stride}"]), torch.sigmoid(teacher_raw[f"obj_{stride}"])
@@ -153,7 +153,7 @@ def dense_distillation_loss(
             error = F.smooth_l1_loss(student_raw[f"{name}_{stride}"], teacher_raw[f"{name}_{stride}"], reduction="none")
             terms[term] = terms[term] + (error.mean(dim=2) * cell_weight).sum()
     scale = 1.0 / face_weight.clamp(min=1.0)
-    terms = {name: value * scale for name, value in terms.items() if name != "hint"}
+    terms = {name: value * scale for name, value in terms.items()}
     terms["hint"] = sum(
         F.mse_loss(s, t) / t.var().clamp(min=1e-6) for s, t in zip(student_pyramid, teacher_pyramid, strict=True)
     ) / len(STRIDES)

@@ -48,22 +48,11 @@ class DetectorConfig:
         if self.head not in HEAD_STYLES:
             raise ValueError(f"head: one of {', '.join(HEAD_STYLES)}")
 
-    def stage_widths(self) -> list[int]:
-        """Output channels of each stage."""
-        widths = [self.stem]
-        for stage in self.units:
-            widths.append(stage[-1] if stage else widths[-1])
-        return widths[1:]
-
     def to_dict(self) -> dict:
-        return {k: json_ready(v) for k, v in asdict(self).items()}
+        return asdict(self)  # tuples become JSON lists when the card is written
 
 
 HEAD_STYLES = ("separable", "full", "shared")
-
-
-def json_ready(value):
-    return [json_ready(v) for v in value] if isinstance(value, tuple) else value
 
 
 class SeparableUnit(nn.Sequential):
@@ -107,7 +96,8 @@ class FaceDetectorNet(nn.Module):
                 layers.append(SeparableUnit(width, out_ch, bias))
                 width = out_ch
             self.stages.append(nn.Sequential(*layers))
-        self.lateral = nn.ModuleList([SeparableUnit(width, config.neck, bias) for width in config.stage_widths()[2:]])
+        # The stride-8/16/32 stages end at the neck's width (checked by the config), so every lateral reads it.
+        self.lateral = nn.ModuleList([SeparableUnit(config.neck, config.neck, bias) for _ in STRIDES])
         if config.head == "shared":
             self.heads = nn.ModuleList(
                 [

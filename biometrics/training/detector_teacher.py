@@ -60,10 +60,8 @@ def yunet_to_torch(onnx_bytes: bytes) -> FaceDetectorNet:
     head_convs = convs[1 + 2 * len(units) :]
     for position, name in enumerate(ONNX_HEAD_ORDER):
         for level in range(len(STRIDES)):
-            first = head_convs[2 * (position * len(STRIDES) + level)]
-            second = head_convs[2 * (position * len(STRIDES) + level) + 1]
-            head = net.heads[name][level]
-            for conv, node in ((head[0], first), (head[1], second)):
+            index = 2 * (position * len(STRIDES) + level)  # each head: a 1x1 conv, then a 3x3 one
+            for conv, node in zip(net.heads[name][level], head_convs[index : index + 2], strict=True):
                 conv.weight.data, bias = weights(node)
                 conv.bias.data = torch.from_numpy(bias.copy())
     return net.eval()
