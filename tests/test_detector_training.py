@@ -105,13 +105,15 @@ SCRATCH_STUDENT = {"stem": 8, "units": [[], [16], [16], [16], [16]], "neck": 16,
     ("recipe_file", "student", "loss_term", "faces_term"),
     [
         ("yunet-student.yaml", SCRATCH_STUDENT, "loss_cls", "loss_positives"),
-        ("yunet-student-v3.yaml", None, "loss_hint", "loss_face_weight"),
+        ("yunet-student-v3.yaml", None, "loss_hint", "loss_stages"),
+        ("yunet-student-v4-front.yaml", None, "loss_stages", "loss_stages"),
     ],
-    ids=["from-scratch", "pruned-from-yunet"],
+    ids=["from-scratch", "pruned-from-yunet", "yunet-with-a-new-front"],
 )
 def test_detector_distill_smoke_trains_exports_and_runs(tmp_path, recipe_file, student, loss_term, faces_term):
     """A student, a handful of LFW images labelled by YuNet, a few steps: ONNX files YuNetDetector runs. The
-    pruned student learns YuNet's dense outputs instead of the labels."""
+    pruned student learns YuNet's dense outputs instead of the labels; YuNet with a new front learns only
+    YuNet's stage outputs."""
     shared_file("data/lfw/pairs.txt")
     recipe = yaml.safe_load((ROOT / "pipelines" / recipe_file).read_text())
     recipe.update(
@@ -138,6 +140,11 @@ def test_detector_distill_smoke_trains_exports_and_runs(tmp_path, recipe_file, s
     assert json.loads(result.stdout)["finished"] is True
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 4 and np.isfinite(log[-1][loss_term]) and log[-1][faces_term] > 0
+    trained = torch.load(tmp_path / "run" / "checkpoint.pt")["model"]
+    yunet = _yunet_and_photo()[1].state_dict()
+    if "trainable" in recipe["student"].get("init", {}):  # only the front trained: the rest is still YuNet's
+        for name in ("stages.2.1.0.weight", "lateral.0.0.bias", "heads.kps.0.1.weight"):
+            torch.testing.assert_close(trained[name], yunet[name])
     registry = ModelRegistry([tmp_path / "models"], cache=tmp_path / "cache")
     image = np.zeros((200, 300, 3), np.uint8)
     for name, precision in (("det-smoke-fp32", "fp32"), ("det-smoke-int8", "int8")):
@@ -233,26 +240,43 @@ def test_yunet_in_pytorch_computes_what_onnx_runtime_computes():
         np.testing.assert_allclose(ours[name].numpy(), value, atol=1e-4)
 
 
+YUNET_UNITS = [[0], [1, 2, 3, 4], [5, 6], [7, 8], [9, 10]]
+
+
 def test_pruning_keeps_the_teacher_at_full_width_and_a_student_near_it_after_dense_matching():
-    from biometrics.training.detector_loss import dense_distillation_loss
+    from biometrics.training.detector_distill import DenseTeacher
     from biometrics.training.detector_teacher import prune_detector
 
     _, teacher, image = _yunet_and_photo()
-    all_units = [[0], [1, 2, 3, 4], [5, 6], [7, 8], [9, 10]]
     copy = FaceDetectorNet(DetectorConfig())
-    neck = prune_detector(teacher, copy, all_units, image)
-    assert neck.tolist() == list(range(64))
+    kept = prune_detector(teacher, copy, YUNET_UNITS, image)
+    assert kept.neck.tolist() == list(range(64)) and [len(k) for k in kept.stages] == [16, 64, 64, 64, 64]
     with torch.no_grad():
         for ours, theirs in zip(copy.eval()(image), teacher(image), strict=True):
             torch.testing.assert_close(ours, theirs)
-        pyramid = teacher.pyramid(image)
-        raw = teacher.head_outputs(pyramid)
-        loss, terms = dense_distillation_loss(raw, raw, pyramid, pyramid, {})
-    assert terms["score"] == pytest.approx(0, abs=1e-3) and terms["hint"] == 0 and terms["box"] == 0
+        loss, terms = DenseTeacher(teacher, kept).loss(copy, image, {"stages": 1.0})
+    assert terms["score"] == pytest.approx(0, abs=1e-3) and terms["box"] == 0
+    assert terms["hint"] == 0 and terms["stages"] == 0
 
     small = DetectorConfig(8, ((), (16, 32), (32, 32), (32,), (32,)), 32, head="shared", downsample="depthwise")
     student = FaceDetectorNet(small)
-    neck = prune_detector(teacher, student, [[], [2, 4], [5, 6], [8], [10]], image)
-    assert len(neck) == 32 and sum(p.numel() for p in student.parameters()) < 20_000
+    kept = prune_detector(teacher, student, [[], [2, 4], [5, 6], [8], [10]], image)
+    assert len(kept.neck) == 32 and sum(p.numel() for p in student.parameters()) < 20_000
     with pytest.raises(ValueError, match="change the width"):  # unit 4 (32 -> 64) cannot be left out
         prune_detector(teacher, FaceDetectorNet(small), [[], [2, 3], [5, 6], [8], [10]], image)
+
+
+def test_a_new_stride_4_front_is_all_that_differs_from_yunet():
+    """With a space-to-depth stem only the front is new: given YuNet's stride-4 features, it is YuNet."""
+    from torch import nn
+
+    from biometrics.training.detector_teacher import prune_detector
+
+    _, teacher, image = _yunet_and_photo()
+    student = FaceDetectorNet(DetectorConfig(stem=32, stem_stride=4))
+    assert student.backbone(image)[0].shape[-2:] == (64, 80)  # stride 4 after the first stage
+    prune_detector(teacher, student, YUNET_UNITS, image)
+    student.stages[0] = nn.Sequential(*teacher.stages[0], teacher.stages[1][0])  # YuNet's front, max-pool included
+    with torch.no_grad():
+        for ours, theirs in zip(student.eval()(image), teacher(image), strict=True):
+            torch.testing.assert_close(ours, theirs)

@@ -24,13 +24,15 @@ from tqdm import tqdm
 
 from biometrics.registry import ModelRegistry
 from biometrics.training.detector_loss import (
+    DENSE_WEIGHTS,
     build_targets,
-    dense_distillation_loss,
+    dense_output_terms,
     detection_loss,
     initial_score_bias,
+    relative_mse,
 )
 from biometrics.training.detector_student import STRIDES, DetectorConfig, FaceDetectorNet, output_names
-from biometrics.training.detector_teacher import prune_detector, yunet_to_torch
+from biometrics.training.detector_teacher import KeptChannels, prune_detector, yunet_to_torch
 from biometrics.training.export import export_onnx, quantize_int8, write_card
 from biometrics.training.faces import gather_sources
 from biometrics.training.loop import TrainingRun
@@ -51,33 +53,61 @@ def build_detector(recipe: Recipe) -> FaceDetectorNet:
 
 @dataclass
 class DenseTeacher:
-    """The network a pruned student came from, and which of its neck channels the student kept."""
+    """The network a pruned student came from, and which of its channels the student kept."""
 
     net: FaceDetectorNet
-    neck_channels: torch.Tensor
+    kept: KeptChannels
 
     @torch.no_grad()
-    def targets(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
-        """Raw outputs on every cell, and the pyramid features on the kept channels."""
-        pyramid = self.net.pyramid(images)
-        return self.net.head_outputs(pyramid), [feature[:, self.neck_channels] for feature in pyramid]
+    def targets(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, list[torch.Tensor]]]:
+        """Raw outputs on every cell; the stride-4 to 32 stage outputs and the pyramid, on the kept channels."""
+        stages = self.net.backbone(images)
+        pyramid = self.net.fpn(stages)
+        features = {
+            "stages": [feature[:, kept] for feature, kept in zip(stages[1:], self.kept.stages[1:], strict=True)],
+            "hint": [feature[:, self.kept.neck] for feature in pyramid],
+        }
+        return self.net.head_outputs(pyramid), features
+
+    def loss(self, student: FaceDetectorNet, images: torch.Tensor, weights: dict) -> tuple[torch.Tensor, dict]:
+        """Recipe ``loss`` terms (``DENSE_WEIGHTS`` for those it leaves out): ``score``, ``box``, ``kps`` on every
+        cell (``dense_output_terms``), ``hint`` on the pyramid, ``stages`` on the backbone's stage outputs. With
+        only ``stages`` weighted, the student's pyramid and heads are not run: replacing one block of the
+        teacher (``student.init.trainable``) then costs a backbone pass."""
+        weights = DENSE_WEIGHTS | weights
+        teacher_raw, teacher_features = self.targets(images)
+        stages = student.backbone(images)
+        terms = {"stages": relative_mse(stages[1:], teacher_features["stages"])}
+        if any(weights[name] for name in ("score", "box", "kps", "hint")):
+            pyramid = student.fpn(stages)
+            terms |= dense_output_terms(student.head_outputs(pyramid), teacher_raw)
+            terms["hint"] = relative_mse(pyramid, teacher_features["hint"])
+        total = sum(weights[name] * value for name, value in terms.items())
+        return total, {name: float(value.detach()) for name, value in terms.items()}
 
 
 def start_from_teacher(recipe: Recipe, images: torch.Tensor) -> tuple[FaceDetectorNet, DenseTeacher]:
-    """``student.init: {from: <registry detector>, units: [...]}``: the student starts from that teacher's
-    channels most active on ``images`` (training scenes) and is then trained to match it densely."""
+    """``student.init: {from: <registry detector>, units: [...], trainable: [...]}``: the student starts from
+    that teacher's channels most active on ``images`` (training scenes) and is then trained to match it densely.
+    ``trainable`` (parameter name prefixes, e.g. ``stages.0``) trains only those parts: the rest stays the
+    teacher's, which keeps what the teacher learnt from data we do not have."""
     init = recipe.student["init"]
     teacher = yunet_to_torch(ModelRegistry().resolve(init["from"], task="detection").onnx_bytes)
     net = build_detector(recipe)
-    neck_channels = prune_detector(teacher, net, init["units"], images)
-    return net, DenseTeacher(teacher, neck_channels)
+    kept = prune_detector(teacher, net, init["units"], images)
+    trainable = tuple(init.get("trainable", [""]))
+    for name, parameter in net.named_parameters():
+        parameter.requires_grad_(name.startswith(trainable))
+    return net, DenseTeacher(teacher, kept)
 
 
 def _freeze_batch_norm(net: torch.nn.Module) -> None:
-    """BN keeps the statistics it started with: a student pruned from a BN-free teacher carries the teacher's
-    biases there, which batch statistics would wash out."""
+    """BN keeps the statistics it started with where its layer is not trained from scratch: a student pruned
+    from a BN-free teacher carries the teacher's biases there, which batch statistics would wash out. A BN whose
+    parameters are trained while the rest of the network is frozen (a replaced block) learns its statistics."""
+    everything_trains = all(parameter.requires_grad for parameter in net.parameters())
     for module in net.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
+        if isinstance(module, torch.nn.BatchNorm2d) and (everything_trains or not module.weight.requires_grad):
             module.eval()
 
 
@@ -151,11 +181,7 @@ def distill_detector(
             loss, terms = detection_loss(net.raw_outputs(images), targets, recipe.loss)
         else:
             _freeze_batch_norm(net)
-            pyramid = net.pyramid(images)
-            teacher_raw, teacher_pyramid = dense.targets(images)
-            loss, terms = dense_distillation_loss(
-                net.head_outputs(pyramid), teacher_raw, pyramid, teacher_pyramid, recipe.loss
-            )
+            loss, terms = dense.loss(net, images, recipe.loss)
         run.optimise(loss, terms, clip_norm=10.0)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")

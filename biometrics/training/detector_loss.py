@@ -121,22 +121,23 @@ def initial_score_bias(prior: float = 0.01) -> float:
     return -math.log((1 - prior) / prior)
 
 
-def dense_distillation_loss(
-    student_raw: dict[str, torch.Tensor],
-    teacher_raw: dict[str, torch.Tensor],
-    student_pyramid: list[torch.Tensor],
-    teacher_pyramid: list[torch.Tensor],
-    weights: dict,
-) -> tuple[torch.Tensor, dict]:
+DENSE_WEIGHTS = {"score": 1.0, "box": 1.0, "kps": 1.0, "hint": 1.0, "stages": 0.0}
+
+
+def relative_mse(students: list[torch.Tensor], teachers: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over feature maps of the squared error relative to the teacher map's variance (1: as far off as
+    predicting its mean)."""
+    errors = [F.mse_loss(s, t) / t.var().clamp(min=1e-6) for s, t in zip(students, teachers, strict=True)]
+    return sum(errors) / len(errors)
+
+
+def dense_output_terms(student_raw: dict[str, torch.Tensor], teacher_raw: dict[str, torch.Tensor]) -> dict:
     """Match the teacher on every cell, not only at labelled faces (what a student pruned from it needs).
 
     - ``score``: KL divergence of the class and objectness probabilities from the teacher's;
     - ``box``, ``kps``: smooth L1 to the teacher's box and landmark encodings, each cell weighted by the
-      teacher's face score cls x obj (elsewhere its regression means nothing);
-    - ``hint``: the FPN features against the teacher's (already restricted to the kept channels), relative to
-      their variance.
-    Score and regression sums are normalised by the teacher's total face weight, as the label loss is by its
-    positives.
+      teacher's face score cls x obj (elsewhere its regression means nothing).
+    The sums are normalised by the teacher's total face weight, as the label loss is by its positives.
     """
     terms = {name: student_raw["cls_8"].new_zeros(()) for name in ("score", "box", "kps")}
     face_weight = student_raw["cls_8"].new_zeros(())
@@ -153,9 +154,4 @@ def dense_distillation_loss(
             error = F.smooth_l1_loss(student_raw[f"{name}_{stride}"], teacher_raw[f"{name}_{stride}"], reduction="none")
             terms[term] = terms[term] + (error.mean(dim=2) * cell_weight).sum()
     scale = 1.0 / face_weight.clamp(min=1.0)
-    terms = {name: value * scale for name, value in terms.items()}
-    terms["hint"] = sum(
-        F.mse_loss(s, t) / t.var().clamp(min=1e-6) for s, t in zip(student_pyramid, teacher_pyramid, strict=True)
-    ) / len(STRIDES)
-    total = sum(weights.get(name, 1.0) * value for name, value in terms.items())
-    return total, {name: float(value.detach()) for name, value in terms.items()} | {"face_weight": float(face_weight)}
+    return {name: value * scale for name, value in terms.items()}

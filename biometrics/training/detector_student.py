@@ -28,7 +28,9 @@ class DetectorConfig:
     (YuNet's: per output a 1x1 conv to its channels and a 3x3 depthwise conv), ``full`` (per output a 1x1 conv
     and a full 3x3 conv) or ``shared`` (per level one separable unit and one 1x1 conv give all four outputs: a
     quarter of the cost at stride 8, where most of the time goes); ``pointwise_bias``: YuNet's 1x1 convs have
-    biases (kept so the teacher loads exactly)."""
+    biases (kept so the teacher loads exactly); ``stem_stride``: 2 (YuNet's 3x3 conv) or 4 (a 4x4 conv over
+    non-overlapping patches, a space-to-depth stem: the stride-2 stage then runs at stride 4, and stage 1 starts
+    without downsampling; YuNet spends a third of its time at stride 2)."""
 
     stem: int = 16
     units: tuple[tuple[int, ...], ...] = ((16,), (16, 32, 32, 64), (64, 64), (64, 64), (64, 64))
@@ -36,6 +38,7 @@ class DetectorConfig:
     head: str = "separable"
     downsample: str = "maxpool"  # or "depthwise": a stride-2 depthwise conv (ORT runs uint8 max-pool slowly)
     pointwise_bias: bool = True
+    stem_stride: int = 2
 
     def __post_init__(self):
         object.__setattr__(self, "units", tuple(tuple(stage) for stage in self.units))
@@ -45,6 +48,8 @@ class DetectorConfig:
             raise ValueError("the stride-8, 16 and 32 stages need the neck's width (the FPN adds them)")
         if self.downsample not in ("maxpool", "depthwise"):
             raise ValueError("downsample: maxpool or depthwise")
+        if self.stem_stride not in (2, 4):
+            raise ValueError("stem_stride: 2 or 4")
         if self.head not in HEAD_STYLES:
             raise ValueError(f"head: one of {', '.join(HEAD_STYLES)}")
 
@@ -83,14 +88,19 @@ class FaceDetectorNet(nn.Module):
         super().__init__()
         self.config = config
         bias = config.pointwise_bias
-        stem = [nn.Conv2d(3, config.stem, 3, 2, 1, bias=False), nn.BatchNorm2d(config.stem), nn.ReLU(inplace=True)]
+        if config.stem_stride == 2:
+            stem_conv = nn.Conv2d(3, config.stem, 3, 2, 1, bias=False)
+        else:
+            stem_conv = nn.Conv2d(3, config.stem, 4, 4, bias=False)
+        stem = [stem_conv, nn.BatchNorm2d(config.stem), nn.ReLU(inplace=True)]
         width = config.stem
         self.stages = nn.ModuleList()
         for level, stage_units in enumerate(config.units):  # strides 2 (after the stem), 4, 8, 16, 32
             layers = stem if level == 0 else []
-            if level > 0 and config.downsample == "depthwise":
+            downsamples = level > 1 or (level == 1 and config.stem_stride == 2)
+            if downsamples and config.downsample == "depthwise":
                 layers.append(nn.Conv2d(width, width, 3, 2, 1, groups=width, bias=False))
-            elif level > 0:
+            elif downsamples:
                 layers.append(nn.MaxPool2d(2))
             for out_ch in stage_units:
                 layers.append(SeparableUnit(width, out_ch, bias))
@@ -115,14 +125,20 @@ class FaceDetectorNet(nn.Module):
                 }
             )
 
-    def pyramid(self, bgr: torch.Tensor) -> list[torch.Tensor]:
-        """FPN features at strides 8, 16, 32 (top-down: coarse context is added to the finer levels)."""
-        x, features = bgr, []
-        for index, stage in enumerate(self.stages):
+    def backbone(self, bgr: torch.Tensor) -> list[torch.Tensor]:
+        """Every stage's output (strides 2 or 4, then 4, 8, 16, 32)."""
+        outputs, x = [], bgr
+        for stage in self.stages:
             x = stage(x)
-            if index >= 2:
-                features.append(x)
-        p3, p4, p5 = features
+            outputs.append(x)
+        return outputs
+
+    def pyramid(self, bgr: torch.Tensor) -> list[torch.Tensor]:
+        return self.fpn(self.backbone(bgr))
+
+    def fpn(self, stage_outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """FPN features at strides 8, 16, 32 (top-down: coarse context is added to the finer levels)."""
+        p3, p4, p5 = stage_outputs[2:]
         n5 = self.lateral[2](p5)
         n4 = self.lateral[1](p4 + F.interpolate(n5, scale_factor=2.0, mode="nearest"))
         n3 = self.lateral[0](p3 + F.interpolate(n4, scale_factor=2.0, mode="nearest"))

@@ -9,6 +9,8 @@ carry that knowledge over, as pruning SFace did for the embedder. Measured with 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 import torch
@@ -90,23 +92,33 @@ def channel_activity(net: FaceDetectorNet, images: torch.Tensor) -> dict[str, to
     return activity
 
 
+@dataclass(frozen=True)
+class KeptChannels:
+    """Which teacher channels a pruned student's features correspond to (for feature hints)."""
+
+    stages: list[torch.Tensor]  # per backbone stage, the channels of its output
+    neck: torch.Tensor  # the pyramid's (every FPN level keeps the same set: the FPN adds them)
+
+
 @torch.no_grad()
 def prune_detector(
     teacher: FaceDetectorNet, student: FaceDetectorNet, teacher_units: list[list[int]], images: torch.Tensor
-) -> torch.Tensor:
+) -> KeptChannels:
     """Start a (smaller) student's units from the teacher's most active channels, in place.
 
     ``teacher_units``: per stage, the teacher units (graph order, as ``_units`` counts them) that the student's
     units start from; a teacher unit may be left out only where its input and output widths match, so the
     chain keeps its shape (its successor then reads what it read). Every neck tensor (the stride-8/16/32 stage
     outputs and the laterals) keeps one shared set of channels, since the FPN adds them. What has no teacher
-    counterpart (a ``depthwise`` downsampling, a ``shared`` head) keeps its fresh weights, but a downsampling
-    starts as a 2x2 average, which is what the teacher's max-pool is closest to. Returns the neck's channel set
-    (the teacher channels the student's pyramid features correspond to, for feature hints).
+    counterpart (a ``depthwise`` downsampling, a ``shared`` head, a stride-4 stem and the stage it feeds) keeps
+    its fresh weights, but a downsampling starts as a 2x2 average, which is what the teacher's max-pool is
+    closest to; a fresh stage still takes the channel set its teacher units would keep, so the next stage
+    reads the channels it was copied for.
     """
     config = student.config
     if [len(units) for units in teacher_units] != [len(units) for units in config.units] or not config.pointwise_bias:
         raise ValueError("teacher_units must give one teacher unit per student unit (and pointwise_bias be true)")
+    fresh_front = config.stem_stride != teacher.config.stem_stride
     teacher_all, student_all = _units(teacher), _units(student)
     laterals = list(range(len(teacher_all) - 3, len(teacher_all)))
     sources = [unit for stage in teacher_units for unit in stage] + laterals  # teacher unit of each student unit
@@ -114,13 +126,14 @@ def prune_detector(
     for previous, unit in zip([-1, *sources[: backbone - 1]], sources[:backbone], strict=True):
         if any(teacher_all[i][0].in_channels != teacher_all[i][0].out_channels for i in range(previous + 1, unit)):
             raise ValueError(f"teacher unit {unit}: the units left out before it change the width")
-    stage_ends = [sources.index(stage[-1]) for stage in teacher_units[2:]]  # the stride-8, 16, 32 outputs
-    neck_positions = stage_ends + list(range(backbone, len(sources)))
+    stage_ends = [sum(len(units) for units in teacher_units[: level + 1]) - 1 for level in range(5)]
+    neck_positions = stage_ends[2:] + list(range(backbone, len(sources)))
     activity = channel_activity(teacher, images)
     neck_keep = _keep(sum(activity[f"unit{sources[i]}"] for i in neck_positions), config.neck)
     stem_keep = _keep(activity["stem"], config.stem)
-    student.stages[0][0].weight.data = teacher.stages[0][0].weight.data[stem_keep].clone()
-    _copy_bn(teacher.stages[0][1], student.stages[0][1], stem_keep)
+    if not fresh_front:
+        student.stages[0][0].weight.data = teacher.stages[0][0].weight.data[stem_keep].clone()
+        _copy_bn(teacher.stages[0][1], student.stages[0][1], stem_keep)
     kept: list[torch.Tensor] = []  # per student unit, the teacher channels it keeps
     for position, (unit, ours) in enumerate(zip(sources, student_all, strict=True)):
         theirs = teacher_all[unit]
@@ -129,8 +142,10 @@ def prune_detector(
         if position < backbone:
             in_idx = kept[position - 1] if position else stem_keep
         else:  # laterals, top-down: stride 32 reads the last stage, 16 and 8 their stage (+ the neck above)
-            in_idx = kept[stage_ends[2 - (position - backbone)]]
+            in_idx = kept[stage_ends[4 - (position - backbone)]]
         kept.append(out_idx)
+        if fresh_front and position <= stage_ends[0]:
+            continue
         ours[0].weight.data = theirs[0].weight.data[out_idx][:, in_idx].clone()
         ours[0].bias.data = theirs[0].bias.data[out_idx].clone()
         ours[1].weight.data = theirs[1].weight.data[out_idx].clone()
@@ -145,7 +160,7 @@ def prune_detector(
                 s_head[0].weight.data = t_head[0].weight.data[:, neck_keep].clone()
                 s_head[0].bias.data = t_head[0].bias.data.clone()
                 s_head[1].load_state_dict(t_head[1].state_dict())
-    return neck_keep
+    return KeptChannels([kept[end] if end >= 0 else stem_keep for end in stage_ends], neck_keep)
 
 
 def _copy_bn(src: nn.BatchNorm2d, dst: nn.BatchNorm2d, index: torch.Tensor) -> None:
