@@ -4,7 +4,9 @@ A student trained from scratch on our scenes learns only what the scenes show: f
 photos. YuNet's weights already hold what WIDER FACE taught it (profiles, crowds, blur, occlusion). Keeping a
 subset of its channels and distilling its dense outputs (every cell's scores, box and landmarks) is meant to
 carry that knowledge over, as pruning SFace did for the embedder. Measured with the v3 recipe (half widths,
-5 of 11 backbone units, 4.6x fewer MACs), it did not: its WIDER AP is the scratch student's (README).
+5 of 11 backbone units, 4.6x fewer MACs, all trained at once), it did not: its WIDER AP is the scratch
+student's. Replacing one block and training only it, to reproduce the teacher's features, did (v4 recipes:
+a new stride-4 front; README).
 """
 
 from __future__ import annotations
