@@ -15,7 +15,9 @@ from biometrics.evaluation.efficiency import (
     benchmark_model,
     count_macs,
     count_parameters,
+    latency_by_turns,
     measure_latency,
+    retime_by_turns,
     run_worker,
     throughput,
     write_efficiency_report,
@@ -311,6 +313,23 @@ def test_write_efficiency_report(tiny_card, tmp_path):
     cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
     assert cells[1:3] == ["0.000224", "0.0553"]  # params, MACs in millions: 224 and 55,296
     assert "onnxruntime" in text and "Machine:" in text
+
+
+def test_several_models_are_timed_by_turns_and_the_report_says_so(tiny_card, tmp_path):
+    """A bench of several models times them round by round in one process, so a drift of the machine's speed
+    slows all of them alike; every model gets every round's calls."""
+    data = _tiny("N").SerializeToString()
+    stats = latency_by_turns([(data, [1, 3, 16, 16])] * 2, warmup=1, iterations=5, rounds=2)
+    assert [s.iterations for s in stats] == [6, 6]  # 3 calls in each of the 2 rounds
+    assert all(0 < s.p50_ms <= s.p95_ms for s in stats)
+
+    cards = [json.loads(json.dumps(tiny_card)), json.loads(json.dumps(tiny_card)) | {"name": "tiny-b"}]
+    retime_by_turns(cards, [(data, [1, 3, 16, 16])] * 2, iterations=4, rounds=2)
+    for card in cards:
+        for run in card["runs"]:
+            assert run["latency_batch1"]["iterations"] == 4 and "by turns" in run["latency_batch1"]["timed"]
+    _, md_path = write_efficiency_report(cards, tmp_path)
+    assert "timed by turns in one process" in md_path.read_text()
 
 
 def test_worker_peak_rss_is_not_inherited_from_the_parent():

@@ -328,10 +328,11 @@ def _all_thread_counts() -> tuple[int, ...]:
 
 
 def _benchmark(models, thread_counts=(), iterations=50, batch=32) -> list[dict]:
-    """Efficiency cards for resolved models, each measured in its own process at its card's input shape."""
-    from biometrics.evaluation.efficiency import benchmark_model
+    """Efficiency cards for resolved models, each measured in its own process at its card's input shape (memory,
+    throughput, counts); with several models, their latencies are then timed by turns in one process."""
+    from biometrics.evaluation.efficiency import benchmark_model, retime_by_turns
 
-    cards = []
+    cards, inputs = [], []
     for model in models:
         shape = model.card.data.get("bench_input_shape")
         if not shape:
@@ -349,6 +350,10 @@ def _benchmark(models, thread_counts=(), iterations=50, batch=32) -> list[dict]:
                 file_size_bytes=model.source_size,
             )
         )
+        inputs.append((model.onnx_bytes, shape))
+    if len(cards) > 1:
+        click.echo(f"timing the {len(cards)} models by turns ...", err=True)
+        retime_by_turns(cards, inputs, iterations=iterations)
     return cards
 
 

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -392,19 +392,74 @@ def measure_latency(
     feed = _feed(session, list(input_feed_shape), dtype)
     for _ in range(warmup):
         session.run(None, feed)
-    times = np.empty(iterations, dtype=np.float64)
-    for i in range(iterations):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times[i] = time.perf_counter() - start
-    times_ms = times * 1e3
+    times = [_timed_run(session, feed) for _ in range(iterations)]
+    return _latency_stats(times, batch=int(input_feed_shape[0]) if input_feed_shape else 1)
+
+
+def _timed_run(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> float:
+    start = time.perf_counter()
+    session.run(None, feed)
+    return time.perf_counter() - start
+
+
+def _latency_stats(seconds: list[float], batch: int) -> LatencyStats:
+    times_ms = np.asarray(seconds, dtype=np.float64) * 1e3
     return LatencyStats(
         p50_ms=float(np.percentile(times_ms, 50)),
         p95_ms=float(np.percentile(times_ms, 95)),
         mean_ms=float(times_ms.mean()),
-        iterations=iterations,
-        batch=int(input_feed_shape[0]) if input_feed_shape else 1,
+        iterations=len(times_ms),
+        batch=batch,
     )
+
+
+def _latency_by_turns(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The worker side of ``latency_by_turns``: every session open at once, timed round by round."""
+    sessions = [create_session(path, threads=spec["threads"]) for path in spec["model_paths"]]
+    feeds = [_feed(session, shape, None) for session, shape in zip(sessions, spec["input_shapes"], strict=True)]
+    for session, feed in zip(sessions, feeds, strict=True):
+        for _ in range(spec["warmup"]):
+            session.run(None, feed)
+    per_round = max(1, math.ceil(spec["iterations"] / spec["rounds"]))
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(spec["rounds"]):
+        for session, feed, model_times in zip(sessions, feeds, times, strict=True):
+            model_times += [_timed_run(session, feed) for _ in range(per_round)]
+    return [asdict(_latency_stats(model_times, batch=1)) for model_times in times]
+
+
+def latency_by_turns(
+    models: list[tuple[bytes, list[int]]],
+    *,
+    threads: int = 1,
+    warmup: int = 10,
+    iterations: int = 50,
+    rounds: int = 10,
+) -> list[LatencyStats]:
+    """Batch-1 latency of several models (ONNX bytes, input shape) timed by turns in one fresh process:
+    ``rounds`` rounds, each running every model ``iterations / rounds`` times.
+
+    A shared or throttling machine's speed drifts over seconds. Timed one after the other, two models' ratio
+    moves with that drift (on our 2-core VM YuNet took 3.9 to 5.0 ms in four separate bench runs); timed by
+    turns, the drift slows every model alike and the ratios hold.
+    """
+    with tempfile.TemporaryDirectory(prefix="biometrics-bench-") as tmp:
+        paths = []
+        for index, (data, _) in enumerate(models):
+            path = Path(tmp) / f"model{index}.onnx"
+            path.write_bytes(data)
+            paths.append(str(path))
+        spec = {
+            "mode": "by_turns",
+            "model_paths": paths,
+            "input_shapes": [[int(v) for v in shape] for _, shape in models],
+            "threads": threads,
+            "warmup": warmup,
+            "iterations": iterations,
+            "rounds": rounds,
+        }
+        answer = run_worker(spec)
+    return [LatencyStats(**stats) for stats in answer["latency"]]
 
 
 def _fixed_batch(session: ort.InferenceSession) -> int | None:
@@ -527,6 +582,8 @@ def _run_measurements(spec: dict[str, Any]) -> dict[str, Any]:
     """
     if spec.get("mode") == "baseline":
         return {"peak_rss_mib": _peak_rss_mib()}
+    if spec.get("mode") == "by_turns":
+        return {"latency": _latency_by_turns(spec)}
     path = spec["model_path"]
     shape = [int(v) for v in spec["input_shape"]]
     threads: list[int] = spec["threads"]
@@ -686,6 +743,26 @@ def benchmark_model(
     return card
 
 
+def retime_by_turns(
+    cards: list[dict[str, Any]], models: list[tuple[bytes, list[int]]], *, iterations: int, rounds: int = 10
+) -> None:
+    """Replace the batch-1 latency of each card (one per model, same thread counts) by timings taken by turns
+    with the other models (``latency_by_turns``), in place: the cards' ratios are what a bench reports."""
+    for threads in cards[0]["threads"]:
+        timings = latency_by_turns(
+            models, threads=threads, warmup=cards[0]["warmup"], iterations=iterations, rounds=rounds
+        )
+        for card, latency in zip(cards, timings, strict=True):
+            run = _run_for(card, threads)
+            run["latency_batch1"] = {
+                "p50_ms": round(latency.p50_ms, 4),
+                "p95_ms": round(latency.p95_ms, 4),
+                "mean_ms": round(latency.mean_ms, 4),
+                "iterations": latency.iterations,
+                "timed": f"by turns with the other {len(cards) - 1} models, {rounds} rounds, one process",
+            }
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------------------
@@ -792,6 +869,11 @@ def write_efficiency_report(cards: list[dict[str, Any]], out_dir: Path) -> tuple
         "latency is batch 1, warm-up excluded; peak RSS is per model in a fresh process, "
         f"(+model) is above the bare import baseline of {baseline} MiB.",
     ]
+    if cards and all("timed" in (_run_for(c, low) or {}).get("latency_batch1", {}) for c in cards):
+        notes.append(
+            "Latency: the models were timed by turns in one process (each round runs every model), so a drift of "
+            "the machine's speed slows them alike and the ratios hold."
+        )
     if unbatched:
         notes.append("† fixed batch dimension: throughput measured as single-image calls, not batched.")
     text = "\n".join(["# Efficiency", "", _machine_line(cards), "", *rows, *notes]) + "\n"
