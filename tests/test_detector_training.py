@@ -251,6 +251,7 @@ def test_pruning_keeps_the_teacher_at_full_width_and_a_student_near_it_after_den
     copy = FaceDetectorNet(DetectorConfig())
     kept = prune_detector(teacher, copy, YUNET_UNITS, image)
     assert kept.neck.tolist() == list(range(64)) and [len(k) for k in kept.stages] == [16, 64, 64, 64, 64]
+    assert kept.stage_sources == [0, 4, 6, 8, 10]  # the last unit of each of YuNet's stages
     with torch.no_grad():
         for ours, theirs in zip(copy.eval()(image), teacher(image), strict=True):
             torch.testing.assert_close(ours, theirs)
@@ -262,6 +263,7 @@ def test_pruning_keeps_the_teacher_at_full_width_and_a_student_near_it_after_den
     student = FaceDetectorNet(small)
     kept = prune_detector(teacher, student, [[], [2, 4], [5, 6], [8], [10]], image)
     assert len(kept.neck) == 32 and sum(p.numel() for p in student.parameters()) < 20_000
+    assert kept.stage_sources == [-1, 4, 6, 8, 10]  # no unit at stride 2: the stem's output
     with pytest.raises(ValueError, match="change the width"):  # unit 4 (32 -> 64) cannot be left out
         prune_detector(teacher, FaceDetectorNet(small), [[], [2, 3], [5, 6], [8], [10]], image)
 

@@ -32,7 +32,7 @@ from biometrics.training.detector_loss import (
     relative_mse,
 )
 from biometrics.training.detector_student import STRIDES, DetectorConfig, FaceDetectorNet, output_names
-from biometrics.training.detector_teacher import KeptChannels, prune_detector, yunet_to_torch
+from biometrics.training.detector_teacher import KeptChannels, prune_detector, separable_units, yunet_to_torch
 from biometrics.training.export import export_onnx, quantize_int8, write_card
 from biometrics.training.faces import gather_sources
 from biometrics.training.loop import TrainingRun
@@ -60,11 +60,27 @@ class DenseTeacher:
 
     @torch.no_grad()
     def targets(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, list[torch.Tensor]]]:
-        """Raw outputs on every cell; the stride-4 to 32 stage outputs and the pyramid, on the kept channels."""
-        stages = self.net.backbone(images)
-        pyramid = self.net.fpn(stages)
+        """Raw outputs on every cell; for the student's stride-4 to 32 stage outputs, the outputs of the teacher
+        units they came from (a student stage may end on a unit its teacher stage does not end on); the
+        pyramid. Features on the kept channels."""
+        units = separable_units(self.net)
+        unit_outputs: dict[int, torch.Tensor] = {}
+        hooks = [
+            units[source].register_forward_hook(
+                lambda _m, _i, out, source=source: unit_outputs.__setitem__(source, out)
+            )
+            for source in set(self.kept.stage_sources[1:])
+        ]
+        try:
+            pyramid = self.net.pyramid(images)
+        finally:
+            for hook in hooks:
+                hook.remove()
         features = {
-            "stages": [feature[:, kept] for feature, kept in zip(stages[1:], self.kept.stages[1:], strict=True)],
+            "stages": [
+                unit_outputs[source][:, kept]
+                for source, kept in zip(self.kept.stage_sources[1:], self.kept.stages[1:], strict=True)
+            ],
             "hint": [feature[:, self.kept.neck] for feature in pyramid],
         }
         return self.net.head_outputs(pyramid), features

@@ -25,7 +25,7 @@ YUNET_CONVS = 53
 ONNX_HEAD_ORDER = ("cls", "bbox", "obj", "kps")  # YuNet's graph computes its heads in this order
 
 
-def _units(net: FaceDetectorNet) -> list[SeparableUnit]:
+def separable_units(net: FaceDetectorNet) -> list[SeparableUnit]:
     """Every separable unit in graph order: backbone stages, then the FPN laterals top-down (stride 32 first)."""
     backbone = [m for stage in net.stages for m in stage if isinstance(m, SeparableUnit)]
     return backbone + list(net.lateral[::-1])
@@ -54,7 +54,7 @@ def yunet_to_torch(onnx_bytes: bytes) -> FaceDetectorNet:
     stem_conv, stem_bn = net.stages[0][0], net.stages[0][1]
     stem_conv.weight.data, stem_bias = weights(convs[0])
     _set_bias_as_bn(stem_bn, stem_bias)
-    units = _units(net)
+    units = separable_units(net)
     for index, unit in enumerate(units):
         pointwise, depthwise = convs[1 + 2 * index], convs[2 + 2 * index]
         unit[0].weight.data, pointwise_bias = weights(pointwise)
@@ -79,7 +79,7 @@ def _keep(importance: torch.Tensor, count: int) -> torch.Tensor:
 def channel_activity(net: FaceDetectorNet, images: torch.Tensor) -> dict[str, torch.Tensor]:
     """Mean (post-ReLU) activation of every channel of the stem and of each unit, over ``images``."""
     activity: dict[str, torch.Tensor] = {}
-    modules = {"stem": net.stages[0][2]} | {f"unit{i}": unit for i, unit in enumerate(_units(net))}
+    modules = {"stem": net.stages[0][2]} | {f"unit{i}": unit for i, unit in enumerate(separable_units(net))}
     hooks = [
         module.register_forward_hook(
             lambda _m, _i, out, key=key: activity.__setitem__(key, out.mean(dim=(0, 2, 3)).clone())
@@ -99,6 +99,7 @@ class KeptChannels:
     """Which teacher channels a pruned student's features correspond to (for feature hints)."""
 
     stages: list[torch.Tensor]  # per backbone stage, the channels of its output
+    stage_sources: list[int]  # per stage, the teacher unit its output corresponds to (-1: the stem)
     neck: torch.Tensor  # the pyramid's (every FPN level keeps the same set: the FPN adds them)
 
 
@@ -108,7 +109,7 @@ def prune_detector(
 ) -> KeptChannels:
     """Start a (smaller) student's units from the teacher's most active channels, in place.
 
-    ``teacher_units``: per stage, the teacher units (graph order, as ``_units`` counts them) that the student's
+    ``teacher_units``: per stage, the teacher units (graph order, as ``separable_units`` counts them) that the student's
     units start from; a teacher unit may be left out only where its input and output widths match, so the
     chain keeps its shape (its successor then reads what it read). Every neck tensor (the stride-8/16/32 stage
     outputs and the laterals) keeps one shared set of channels, since the FPN adds them. What has no teacher
@@ -121,7 +122,7 @@ def prune_detector(
     if [len(units) for units in teacher_units] != [len(units) for units in config.units] or not config.pointwise_bias:
         raise ValueError("teacher_units must give one teacher unit per student unit (and pointwise_bias be true)")
     fresh_front = config.stem_stride != teacher.config.stem_stride
-    teacher_all, student_all = _units(teacher), _units(student)
+    teacher_all, student_all = separable_units(teacher), separable_units(student)
     laterals = list(range(len(teacher_all) - 3, len(teacher_all)))
     sources = [unit for stage in teacher_units for unit in stage] + laterals  # teacher unit of each student unit
     backbone = len(sources) - 3
@@ -162,7 +163,11 @@ def prune_detector(
                 s_head[0].weight.data = t_head[0].weight.data[:, neck_keep].clone()
                 s_head[0].bias.data = t_head[0].bias.data.clone()
                 s_head[1].load_state_dict(t_head[1].state_dict())
-    return KeptChannels([kept[end] if end >= 0 else stem_keep for end in stage_ends], neck_keep)
+    return KeptChannels(
+        [kept[end] if end >= 0 else stem_keep for end in stage_ends],
+        [sources[end] if end >= 0 else -1 for end in stage_ends],
+        neck_keep,
+    )
 
 
 def _copy_bn(src: nn.BatchNorm2d, dst: nn.BatchNorm2d, index: torch.Tensor) -> None:
