@@ -111,9 +111,9 @@ def start_from_teacher(recipe: Recipe, images: torch.Tensor) -> tuple[FaceDetect
     teacher = yunet_to_torch(ModelRegistry().resolve(init["from"], task="detection").onnx_bytes)
     net = build_detector(recipe)
     kept = prune_detector(teacher, net, init["units"], images)
-    trainable = tuple(init.get("trainable", [""]))
+    trainable = init.get("trainable")
     for name, parameter in net.named_parameters():
-        parameter.requires_grad_(name.startswith(trainable))
+        parameter.requires_grad_(trainable is None or any(name.startswith(f"{prefix}.") for prefix in trainable))
     return net, DenseTeacher(teacher, kept)
 
 
