@@ -413,6 +413,16 @@ def _latency_stats(seconds: list[float], batch: int) -> LatencyStats:
     )
 
 
+def _latency_record(stats: LatencyStats) -> dict[str, Any]:
+    """A card's ``latency_batch1`` entry."""
+    return {
+        "p50_ms": round(stats.p50_ms, 4),
+        "p95_ms": round(stats.p95_ms, 4),
+        "mean_ms": round(stats.mean_ms, 4),
+        "iterations": stats.iterations,
+    }
+
+
 def _latency_by_turns(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """The worker side of ``latency_by_turns``: every session open at once, timed round by round."""
     sessions = [create_session(path, threads=spec["threads"]) for path in spec["model_paths"]]
@@ -594,12 +604,7 @@ def _run_measurements(spec: dict[str, Any]) -> dict[str, Any]:
         session = create_session(path, threads=t)
         input_name = session.get_inputs()[0].name
         stats = measure_latency(session, shape, warmup=spec["warmup"], iterations=spec["iterations"], dtype=None)
-        runs[t]["latency_batch1"] = {
-            "p50_ms": round(stats.p50_ms, 4),
-            "p95_ms": round(stats.p95_ms, 4),
-            "mean_ms": round(stats.mean_ms, 4),
-            "iterations": stats.iterations,
-        }
+        runs[t]["latency_batch1"] = _latency_record(stats)
         del session
         gc.collect()
     peak_batch1 = _peak_rss_mib()
@@ -754,12 +759,8 @@ def retime_by_turns(
         )
         for card, latency in zip(cards, timings, strict=True):
             run = _run_for(card, threads)
-            run["latency_batch1"] = {
-                "p50_ms": round(latency.p50_ms, 4),
-                "p95_ms": round(latency.p95_ms, 4),
-                "mean_ms": round(latency.mean_ms, 4),
-                "iterations": latency.iterations,
-                "timed": f"by turns with the other {len(cards) - 1} models, {rounds} rounds, one process",
+            run["latency_batch1"] = _latency_record(latency) | {
+                "timed": f"by turns with the other {len(cards) - 1} models, {rounds} rounds, one process"
             }
 
 

@@ -32,7 +32,13 @@ from biometrics.training.detector_loss import (
     relative_mse,
 )
 from biometrics.training.detector_student import STRIDES, DetectorConfig, FaceDetectorNet, output_names
-from biometrics.training.detector_teacher import KeptChannels, prune_detector, separable_units, yunet_to_torch
+from biometrics.training.detector_teacher import (
+    KeptChannels,
+    prune_detector,
+    recorded_outputs,
+    separable_units,
+    yunet_to_torch,
+)
 from biometrics.training.export import export_onnx, quantize_int8, write_card
 from biometrics.training.faces import gather_sources
 from biometrics.training.loop import TrainingRun
@@ -64,18 +70,8 @@ class DenseTeacher:
         units they came from (a student stage may end on a unit its teacher stage does not end on); the
         pyramid. Features on the kept channels."""
         units = separable_units(self.net)
-        unit_outputs: dict[int, torch.Tensor] = {}
-        hooks = [
-            units[source].register_forward_hook(
-                lambda _m, _i, out, source=source: unit_outputs.__setitem__(source, out)
-            )
-            for source in set(self.kept.stage_sources[1:])
-        ]
-        try:
+        with recorded_outputs({source: units[source] for source in self.kept.stage_sources[1:]}) as unit_outputs:
             pyramid = self.net.pyramid(images)
-        finally:
-            for hook in hooks:
-                hook.remove()
         features = {
             "stages": [
                 unit_outputs[source][:, kept]

@@ -11,6 +11,8 @@ a new stride-4 front; README).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,22 +77,29 @@ def _keep(importance: torch.Tensor, count: int) -> torch.Tensor:
     return torch.sort(torch.argsort(importance, descending=True)[:count]).values
 
 
-@torch.no_grad()
-def channel_activity(net: FaceDetectorNet, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mean (post-ReLU) activation of every channel of the stem and of each unit, over ``images``."""
-    activity: dict[str, torch.Tensor] = {}
-    modules = {"stem": net.stages[0][2]} | {f"unit{i}": unit for i, unit in enumerate(separable_units(net))}
+@contextmanager
+def recorded_outputs(
+    modules: dict[Hashable, nn.Module], reduce: Callable[[torch.Tensor], torch.Tensor] = lambda out: out
+) -> Iterator[dict[Hashable, torch.Tensor]]:
+    """While open, every forward pass stores ``reduce(output)`` of each module under its key."""
+    outputs: dict[Hashable, torch.Tensor] = {}
     hooks = [
-        module.register_forward_hook(
-            lambda _m, _i, out, key=key: activity.__setitem__(key, out.mean(dim=(0, 2, 3)).clone())
-        )
+        module.register_forward_hook(lambda _m, _i, out, key=key: outputs.__setitem__(key, reduce(out)))
         for key, module in modules.items()
     ]
     try:
-        net.eval()(images)
+        yield outputs
     finally:
         for hook in hooks:
             hook.remove()
+
+
+@torch.no_grad()
+def channel_activity(net: FaceDetectorNet, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean (post-ReLU) activation of every channel of the stem and of each unit, over ``images``."""
+    modules = {"stem": net.stages[0][2]} | {f"unit{i}": unit for i, unit in enumerate(separable_units(net))}
+    with recorded_outputs(modules, reduce=lambda out: out.mean(dim=(0, 2, 3)).clone()) as activity:
+        net.eval()(images)
     return activity
 
 
