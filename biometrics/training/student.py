@@ -29,6 +29,7 @@ class EmbedderConfig:
     width: float = 1.0
     stages: tuple[int, ...] = tuple(range(1, 15))
     head: str = "gdc"  # "fc" (SFace) or "gdc" (global depthwise conv + linear, MobileFaceNet)
+    head_channels: int = 0  # "fc" only: a 1x1 conv first reduces the last stage to this many channels (0: none)
     activation: str = "prelu"  # "relu" quantizes better: ONNX Runtime fuses Conv+ReLU into one int8 op
     embedding_dim: int = 128
     widths: tuple[int, ...] = field(default=(), compare=False)
@@ -82,13 +83,19 @@ class FaceEmbedderNet(nn.Module):
         self.features = nn.Sequential(*blocks)
         self.feature_bn = nn.BatchNorm2d(in_ch, eps=2e-5)
         if config.head == "fc":
-            self.spatial = nn.Identity()
-            self.linear = nn.Linear(in_ch * 7 * 7, config.embedding_dim)
+            # SFace's head is a full FC over the 7x7 map: a per-channel spatial filter (GDC, rank 1) reproduces
+            # its embedding from the teacher's own features at cosine 0.6 only. Reducing the channels first
+            # keeps the spatial detail at a small parameter cost (24 channels: 0.81, 163 K parameters).
+            reduced = config.head_channels or in_ch
+            self.spatial = nn.Conv2d(in_ch, reduced, 1, bias=False) if config.head_channels else nn.Identity()
+            self.linear = nn.Linear(reduced * 7 * 7, config.embedding_dim)
         elif config.head == "gdc":
             self.spatial = nn.Conv2d(in_ch, in_ch, 7, groups=in_ch, bias=False)
             self.linear = nn.Linear(in_ch, config.embedding_dim)
         else:
             raise ValueError(f"unknown head '{config.head}' (fc or gdc)")
+        if config.head_channels and config.head != "fc":
+            raise ValueError("head_channels applies to the fc head only")
         self.embedding_bn = nn.BatchNorm1d(config.embedding_dim, eps=2e-5)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
@@ -195,9 +202,11 @@ def prune_teacher(teacher: FaceEmbedderNet, config: EmbedderConfig) -> tuple[Fac
     Returns the student and, per kept stage, the teacher channels its channels correspond to (for feature hints).
 
     Skipped stages (not in ``config.stages``) must keep the shape of the chain: only stages whose input and
-    output widths match in the teacher (the 512-wide repeats) may be skipped. The FC head becomes a GDC head:
-    for each kept channel, the teacher's 128 x 49 slice of the FC weight is replaced by its best rank-1
-    approximation (SVD), split into a 7x7 depthwise kernel and a column of the linear layer.
+    output widths match in the teacher (the 512-wide repeats) may be skipped. The teacher's FC weight restricted
+    to the kept channels (D x C x 49) seeds the head: a GDC head takes, per channel, its best rank-1
+    approximation (SVD), split into a 7x7 depthwise kernel and a column of the linear layer; a reduced FC head
+    takes the best rank-``head_channels`` factorisation across channels (SVD), split into the 1x1 reduction and
+    the linear layer; an FC head takes it as it is.
     """
     student = FaceEmbedderNet(config)
     kept: dict[int, torch.Tensor] = {}
@@ -215,11 +224,20 @@ def prune_teacher(teacher: FaceEmbedderNet, config: EmbedderConfig) -> tuple[Fac
     for name in ("weight", "bias", "running_mean", "running_var"):
         getattr(student.feature_bn, name).data = getattr(teacher.feature_bn, name).data[in_idx].clone()
     fc = teacher.linear.weight.data.reshape(config.embedding_dim, -1, 49)[:, in_idx]  # D x C x 49
-    u, s, vt = torch.linalg.svd(fc.permute(1, 0, 2))  # per channel: D x 49
-    root = s[:, :1].sqrt()
     if config.head == "gdc":
+        u, s, vt = torch.linalg.svd(fc.permute(1, 0, 2))  # per channel: D x 49
+        root = s[:, :1].sqrt()
         student.spatial.weight.data = (vt[:, 0] * root).reshape(-1, 1, 7, 7).clone()
         student.linear.weight.data = (u[:, :, 0] * root).T.contiguous()
-        student.linear.bias.data = teacher.linear.bias.data.clone()
+    elif config.head_channels:
+        rank = config.head_channels
+        u, s, vt = torch.linalg.svd(fc.permute(1, 0, 2).reshape(len(in_idx), -1), full_matrices=False)
+        root = s[:rank].sqrt()
+        student.spatial.weight.data = (u[:, :rank] * root).T.reshape(rank, -1, 1, 1).contiguous()
+        mixed = (vt[:rank] * root[:, None]).reshape(rank, config.embedding_dim, 49)  # k x D x 49
+        student.linear.weight.data = mixed.permute(1, 0, 2).reshape(config.embedding_dim, -1).contiguous()
+    else:
+        student.linear.weight.data = fc.reshape(config.embedding_dim, -1).clone()
+    student.linear.bias.data = teacher.linear.bias.data.clone()
     student.embedding_bn.load_state_dict(teacher.embedding_bn.state_dict())
     return student, kept
