@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from biometrics.registry import ModelRegistry
-from biometrics.training.distill import _to_tensor, _without_reconstruction, build_student
-from biometrics.training.faces import build_face_cache, gather_sources
+from biometrics.training.distill import _to_tensor, _without_reconstruction, build_student, training_faces
 from biometrics.training.loop import checkpoint_path
 from biometrics.training.recipe import Recipe
 from biometrics.training.student import EmbedderConfig, prune_teacher, sface_to_torch
@@ -32,11 +31,9 @@ REDUCED_CHANNELS = (16, 24, 32, 48)
 
 
 def heldout_faces(recipe: Recipe, count: int) -> torch.Tensor:
-    """The first ``count`` of the recipe's held-out faces (the split ``distill`` makes), as network input."""
-    sources = gather_sources(Path(recipe.data.get("root", "../shared/data")), recipe.data)
-    faces = build_face_cache(sources, recipe.detector)
-    order = np.random.default_rng(recipe.seed).permutation(len(faces.crops))
-    return _to_tensor(np.asarray(faces.crops)[np.sort(order[: min(count, int(recipe.data.get("holdout", 0)))])])
+    """``count`` of the recipe's held-out faces (the split ``distill`` makes), as network input."""
+    faces, holdout_idx, _ = training_faces(recipe)
+    return _to_tensor(np.asarray(faces.crops)[holdout_idx[:count]])
 
 
 def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from biometrics.evaluation.efficiency import measure_latency
+from biometrics.evaluation.efficiency import latency_by_turns
 from biometrics.training.export import quantize_int8
 
 CHANNELS = (16, 32, 48, 64, 128)
@@ -51,21 +51,9 @@ def layer_model(kind: str, channels: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def p50_by_turns(sessions: list[ort.InferenceSession], shape: list[int], rounds: int = 5) -> list[float]:
-    """Median over rounds of each session's p50, the sessions taking turns (a noisy machine hits both alike)."""
-    p50s = [[measure_latency(s, shape, warmup=10, iterations=40).p50_ms for s in sessions] for _ in range(rounds)]
-    return [float(np.median(column)) for column in zip(*p50s, strict=True)]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--iterations", type=int, default=200, help="timed runs of each model, in 10 rounds")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     rows = []
@@ -77,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
                 calibration = np.random.default_rng(1).uniform(0, 2, (8, channels, HEIGHT, WIDTH)).astype(np.float32)
                 int8 = quantize_int8(fp32, Path(tmp) / f"{kind}-{channels}-int8.onnx", calibration)
                 shape = [1, channels, HEIGHT, WIDTH]
-                fp32_ms, int8_ms = p50_by_turns([session(fp32), session(int8)], shape, args.rounds)
+                fp32_stats, int8_stats = latency_by_turns(
+                    [(fp32.read_bytes(), shape), (int8.read_bytes(), shape)], iterations=args.iterations
+                )
+                fp32_ms, int8_ms = fp32_stats.p50_ms, int8_stats.p50_ms
                 rows.append(
                     {
                         "layer": kind,

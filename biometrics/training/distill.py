@@ -27,7 +27,7 @@ from biometrics.errors import BiometricsError
 from biometrics.registry import ModelRegistry
 from biometrics.runtime import create_session
 from biometrics.training.export import crops_to_inputs, export_onnx, quantize_int8, write_card
-from biometrics.training.faces import build_face_cache, gather_sources, teacher_targets
+from biometrics.training.faces import FaceCache, build_face_cache, gather_sources, teacher_targets
 from biometrics.training.loop import TrainingRun, will_resume
 from biometrics.training.recipe import Recipe, section_as
 from biometrics.training.reconstruct import reconstruct_student
@@ -43,15 +43,31 @@ from biometrics.training.student import (
 INITS = ("scratch", "teacher-pruned", "teacher-reconstructed")
 
 
-def build_student(recipe: Recipe, train_crops: np.ndarray) -> tuple[FaceEmbedderNet, dict[int, torch.Tensor], dict]:
-    """The student; if pruned from the teacher, which teacher channels each of its stages kept; and, if its
-    layers were re-solved against the teacher (``teacher-reconstructed``), each layer's relative fit error."""
+def student_spec(recipe: Recipe) -> tuple[EmbedderConfig, str, dict]:
+    """The recipe's student section: its architecture, its ``init`` and its ``reconstruction`` settings."""
     spec = dict(recipe.student)
     init = spec.pop("init", "scratch")
     fit = spec.pop("reconstruction", {})
-    config = section_as(EmbedderConfig, spec)
     if init not in INITS:
         raise BiometricsError(f"recipe {recipe.name}: unknown student init '{init}' ({', '.join(INITS)})")
+    return section_as(EmbedderConfig, spec), init, fit
+
+
+def training_faces(recipe: Recipe, progress: bool = True) -> tuple[FaceCache, np.ndarray, np.ndarray]:
+    """The recipe's cached face crops and their split: held-out indices (the per-epoch agreement log) and
+    training indices, drawn from the recipe's seed so every tool sees the same held-out faces."""
+    faces = build_face_cache(
+        gather_sources(Path(recipe.data.get("root", "../shared/data")), recipe.data), recipe.detector, progress=progress
+    )
+    order = np.random.default_rng(recipe.seed).permutation(len(faces.crops))
+    holdout = int(recipe.data.get("holdout", 0))
+    return faces, np.sort(order[:holdout]), np.sort(order[holdout:])
+
+
+def build_student(recipe: Recipe, train_crops: np.ndarray) -> tuple[FaceEmbedderNet, dict[int, torch.Tensor], dict]:
+    """The student; if pruned from the teacher, which teacher channels each of its stages kept; and, if its
+    layers were re-solved against the teacher (``teacher-reconstructed``), each layer's relative fit error."""
+    config, init, fit = student_spec(recipe)
     if init == "scratch":
         return FaceEmbedderNet(config), {}, {}
     teacher = sface_to_torch(ModelRegistry().resolve(recipe.teacher, task="embedding").onnx_bytes)
@@ -209,12 +225,8 @@ def distill(
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(recipe.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
-    data_root = Path(recipe.data.get("root", "../shared/data"))
-    faces = build_face_cache(gather_sources(data_root, recipe.data), recipe.detector, progress=progress)
+    faces, holdout_idx, train_idx = training_faces(recipe, progress)
     crops = np.asarray(faces.crops)
-    order = np.random.default_rng(recipe.seed).permutation(len(crops))
-    holdout_idx = np.sort(order[: int(recipe.data.get("holdout", 0))])
-    train_idx = np.sort(order[len(holdout_idx) :])
 
     # A resumed run loads its weights from the checkpoint: only the channel choice (cheap) is redone.
     resuming = will_resume(work_dir, fresh)
