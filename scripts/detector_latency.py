@@ -1,6 +1,7 @@
 """How fast would a detection recipe's student be? Exports the recipe's architecture untrained (latency does not
 depend on the weights) as FP32 and INT8, the INT8 one the way the recipe quantizes, and times both against
 `yunet-teacher` in one `biometrics bench` run (640x480, 1 thread). Used to pick an architecture before training.
+``--also-keep-fp32 depthwise`` adds, per recipe, an INT8 build that keeps those layers in FP32 as well.
 
     python scripts/detector_latency.py pipelines/yunet-student.yaml pipelines/yunet-student-v2.yaml \
         --out reports/detector-latency
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from biometrics.training.detector_distill import DETECTOR_INTERFACE, build_detector, export_student
-from biometrics.training.export import write_card
+from biometrics.training.export import KEEP_FP32, quantize_int8, write_card
 from biometrics.training.recipe import Recipe
 
 
@@ -26,7 +27,13 @@ def main() -> None:
     parser.add_argument("recipes", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument(
+        "--also-keep-fp32",
+        default="",
+        help=f"comma-separated entries of {', '.join(KEEP_FP32)}: an extra INT8 build per recipe keeps them in FP32",
+    )
     args = parser.parse_args()
+    extra_keep = [entry for entry in args.also_keep_fp32.split(",") if entry]
     models = args.out / "models"
     names = []
     # Calibration input: noise images stand in for scenes (the ranges change, the graph and its speed do not).
@@ -34,7 +41,11 @@ def main() -> None:
     for path in args.recipes:
         recipe = Recipe.load(path)
         paths = export_student(recipe, build_detector(recipe), noise, models, suffix="-untrained")
-        for model_path, precision in zip(paths, ("fp32", "int8"), strict=True):
+        if extra_keep:
+            keep = [*recipe.quantization.get("keep_fp32", []), *extra_keep]
+            variant = models / f"{recipe.output['int8']}-untrained-fp32-{'-'.join(extra_keep)}" / "model.onnx"
+            paths = (*paths, quantize_int8(paths[0], variant, noise, keep_fp32=keep))
+        for model_path, precision in zip(paths, ("fp32", "int8", "int8")[: len(paths)], strict=True):
             write_card(
                 model_path,
                 name=model_path.parent.name,

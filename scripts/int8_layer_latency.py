@@ -20,6 +20,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from biometrics.evaluation.efficiency import latency_by_turns
+from biometrics.evaluation.report import write_table_report
 from biometrics.training.export import quantize_int8
 
 CHANNELS = (16, 32, 48, 64, 128)
@@ -89,21 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         "threads": 1,
         "rows": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [
-        "# One conv + ReLU, FP32 vs INT8 (static QDQ), 160x120, batch 1, 1 thread",
-        "",
-        f"`{report['command']}` (ONNX Runtime {ort.__version__})",
-        "",
-        "| layer | channels | FP32 p50 ms | INT8 p50 ms | INT8 / FP32 |",
-        "|---|---|---|---|---|",
-        *[
-            f"| {r['layer']} | {r['channels']} | {r['fp32_p50_ms']} | {r['int8_p50_ms']} | {r['int8_over_fp32']} |"
-            for r in rows
-        ],
-    ]
-    (args.out / "report.md").write_text("\n".join(lines) + "\n")
+    write_table_report(
+        args.out,
+        report,
+        f"One conv + ReLU, FP32 vs INT8 (static QDQ), 160x120, batch 1, 1 thread (ONNX Runtime {ort.__version__})",
+        ["layer", "channels", "FP32 p50 ms", "INT8 p50 ms", "INT8 / FP32"],
+        [[r["layer"], r["channels"], r["fp32_p50_ms"], r["int8_p50_ms"], r["int8_over_fp32"]] for r in rows],
+    )
     return 0
 
 

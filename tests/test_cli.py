@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -101,3 +103,20 @@ def test_bench_writes_an_efficiency_card(run, tmp_path):
     run_1t = card["runs"][0]
     assert run_1t["threads"] == 1 and 0 < run_1t["latency_batch1"]["p50_ms"] <= run_1t["latency_batch1"]["p95_ms"]
     assert "| yunet-teacher |" in (tmp_path / "efficiency.md").read_text()
+
+
+def test_bench_on_photos_times_detectors_on_the_photos_and_embedders_on_their_faces(run, sample, tmp_path):
+    """Timing on real input (kernels like PRelu run at a different speed on faces than on random numbers)."""
+    photos = [sample("obama.jpg"), sample("two_people.jpg")]
+    args = ["--out", tmp_path, "--threads", 1, "--iterations", 5, "--batch", 2]
+    result = run("bench", "yunet-teacher", "sface-student", *args, *[v for p in photos for v in ("--images", p)])
+    assert result.exit_code == 0, result.output
+    detector, embedder = json.loads((tmp_path / "efficiency.json").read_text())
+    assert detector["input_data"] == "2 photos resized to 640x480 (obama.jpg, two_people.jpg)"
+    assert embedder["input_data"] == "3 faces aligned from 2 photos (obama.jpg, two_people.jpg)"
+    assert "Input: 2 photos resized" in (tmp_path / "efficiency.md").read_text()
+
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(cv2.imencode(".png", np.full((200, 200, 3), 128, np.uint8))[1].tobytes())
+    result = run("bench", "sface-student", "--out", tmp_path / "none", "--images", empty)
+    assert result.exit_code == 2 and "no face found in empty.png" in result.output

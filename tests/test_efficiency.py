@@ -338,3 +338,24 @@ def test_worker_peak_rss_is_not_inherited_from_the_parent():
     own_peak = run_worker({"mode": "baseline"})["peak_rss_mib"]
     assert own_peak < 200, own_peak
     del ballast
+
+
+def test_real_inputs_are_what_gets_timed(tmp_path):
+    """Some kernels' speed depends on the values (ONNX Runtime's PRelu), so a bench can time real inputs (aligned
+    faces) instead of a random tensor: the worker feeds their rows in turn (a wrong shape fails there), and the
+    card and the report say what was fed."""
+    data = _tiny("N").SerializeToString()
+    faces = np.random.default_rng(1).uniform(0, 255, (3, 3, 16, 16)).astype(np.float32)
+    options = dict(name="tiny", threads=[1], batch=4, warmup=1, iterations=5, throughput_iterations=1)
+    card = benchmark_model(data, [1, 3, 16, 16], inputs=faces, inputs_description="3 test faces", **options)
+    assert card["input_data"] == "3 test faces"
+    assert benchmark_model(data, [1, 3, 16, 16], **options)["input_data"] == "random normal (one fixed input)"
+    with pytest.raises(RuntimeError, match="efficiency worker failed"):
+        benchmark_model(data, [1, 3, 16, 16], inputs=faces[:, :1], **options)
+
+    stats = latency_by_turns([(data, [1, 3, 16, 16])] * 2, warmup=1, iterations=4, rounds=2, inputs=[faces, None])
+    assert [s.iterations for s in stats] == [4, 4]
+    with pytest.raises(RuntimeError, match="efficiency worker failed"):
+        latency_by_turns([(data, [1, 3, 16, 16])], warmup=1, iterations=2, rounds=1, inputs=[faces[:, :1]])
+    _, md_path = write_efficiency_report([card], tmp_path)
+    assert "Input: 3 test faces." in md_path.read_text()

@@ -137,3 +137,33 @@ def test_evaluate_lfw_command_end_to_end(tmp_path):
     assert report["meta"]["threads"] == 2 and report["meta"]["machine"]["cpu_count"]
     for name in ("report.md", "roc.png", "det.png", "scores_0.png"):
         assert (tmp_path / name).stat().st_size > 500
+
+
+def test_sample_crops_are_aligned_faces_spread_over_the_folds():
+    """The bench times embedders on these (real faces, not random numbers): aligned crops at the embedder's size,
+    from different people of the requested folds."""
+    from biometrics.evaluation.lfw import sample_crops
+    from biometrics.pipeline import FacePipeline
+
+    lfw = shared_file("data/lfw/pairs.txt").parent
+    crops = sample_crops(FacePipeline(threads=1), lfw, [6], count=4)
+    assert crops.shape == (4, 112, 112, 3) and crops.dtype == np.uint8
+    assert len({crop.tobytes() for crop in crops}) == 4
+    assert 60 < crops.mean() < 200  # faces, not padding
+
+
+def test_table_report_records_the_command_beside_the_numbers(tmp_path):
+    from biometrics.evaluation.report import write_table_report
+
+    report = {"command": "python scripts/x.py --out r", "rows": {"a": 1.5}}
+    md_path = write_table_report(tmp_path / "r", report, "Title", ["model", "ms"], [["a", 1.5]])
+    assert json.loads((tmp_path / "r" / "report.json").read_text()) == report
+    assert md_path.read_text().splitlines() == [
+        "# Title",
+        "",
+        "`python scripts/x.py --out r`",
+        "",
+        "| model | ms |",
+        "|---|---|",
+        "| a | 1.5 |",
+    ]

@@ -278,3 +278,108 @@ def test_distill_smoke_trains_exports_and_quantizes(tmp_path):
         np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     int8 = registry.resolve("smoke-int8")
     assert any(node.op_type == "QuantizeLinear" for node in onnx.load_from_string(int8.onnx_bytes).graph.node)
+
+
+def test_teacher_view_decides_where_the_targets_come_from(tmp_path):
+    """Hints need the teacher on the student's own view; without them the clean face's cached embedding is the
+    default, and ``teacher_view: augmented`` runs the teacher online instead."""
+    from biometrics.errors import BiometricsError
+    from biometrics.training.distill import distill, teacher_view
+
+    raw = yaml.safe_load((ROOT / "pipelines" / "sface-student.yaml").read_text())
+
+    def recipe(**changes) -> Recipe:
+        path = tmp_path / "view.yaml"
+        path.write_text(yaml.safe_dump(dict(raw, **changes)))
+        return Recipe.load(path)
+
+    assert teacher_view(recipe(loss={"cosine": 1.0, "features": 1.0})) == "augmented"
+    assert teacher_view(recipe(loss={"cosine": 1.0})) == "clean"
+    with pytest.raises(BiometricsError, match="feature hints need teacher_view: augmented"):
+        teacher_view(recipe(loss={"features": 1.0}, teacher_view="clean"))
+    with pytest.raises(BiometricsError, match="unknown teacher_view 'blurred'"):
+        teacher_view(recipe(teacher_view="blurred"))
+
+    online = recipe(
+        name="online",
+        teacher_view="augmented",
+        batch_size=4,
+        epochs=1,
+        loss={"cosine": 1.0, "pairwise": 1.0},
+        data={"root": str(SHARED / "data"), "lfw": {"exclude_folds": list(range(2, 11))}, "limit": 12, "holdout": 4},
+        student=dict(raw["student"], init="scratch", width=0.25, stages=[1, 3, 5, 7, 13]),
+    )
+    distill(online, tmp_path / "run", tmp_path / "models", max_steps=1, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 1 and "loss_cosine" in log[-1] and "loss_features" not in log[-1]
+
+
+def test_keep_fp32_depthwise_names_exactly_the_grouped_convs():
+    from biometrics.training.export import fp32_nodes
+
+    model = onnx.load_from_string(ModelRegistry().resolve("yunet-student-v4-fp32").onnx_bytes)
+    grouped = [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)
+    ]
+    assert len(grouped) >= 10 and fp32_nodes(model, ["depthwise"]) == grouped
+    with pytest.raises(ValueError, match="unknown keep_fp32 entries"):
+        fp32_nodes(model, ["pointwise"])
+
+
+def test_percentile_calibration_clips_a_rare_extreme_activation(tmp_path):
+    """One outlier in the calibration data sets a min-max range alone; a percentile range ignores it, so the
+    INT8 step (the input's QuantizeLinear scale) stays fine for every ordinary value."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from biometrics.training.export import quantize_int8
+
+    weight = numpy_helper.from_array(np.ones((2, 1, 1, 1), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"]), helper.make_node("Relu", ["y"], ["z"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 16, 16])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 16, 16])],
+        [weight],
+    )
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(fp32))
+    inputs = np.random.default_rng(0).uniform(0, 1, (64, 1, 16, 16)).astype(np.float32)
+    inputs[0, 0, 0, 0] = 1000.0
+
+    def input_scale(percentile):
+        path = quantize_int8(fp32, tmp_path / f"int8-{percentile}.onnx", inputs, percentile=percentile)
+        model = onnx.load(str(path))
+        node = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+        initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        return float(initializers[node.input[1]])
+
+    assert input_scale(None) > 3.0  # 1000 / 255: the outlier sets the range
+    assert input_scale(99.99) < 0.01  # about 1 / 255
+
+
+def test_prelu_as_elementwise_computes_prelu_and_stays_fp32_in_int8(tmp_path):
+    """ONNX Runtime's PRelu is slow on real activations; the export writes x + (a - 1) * min(x, 0) instead, which
+    must be the same function for every slope (negative, zero, between 0 and 1, above 1), and which the INT8
+    build leaves in FP32."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from biometrics.training.export import fp32_nodes, prelu_as_elementwise
+
+    slopes = np.array([-0.7, 0.0, 0.25, 1.08], np.float32).reshape(4, 1, 1)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), helper.make_node("PRelu", ["c", "a"], ["y"])],
+        "prelu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [numpy_helper.from_array(np.ones((4, 1, 1, 1), np.float32), "w"), numpy_helper.from_array(slopes, "a")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = {"x": np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)}
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, x)[0]
+    rewritten = prelu_as_elementwise(model)
+    assert "PRelu" not in {node.op_type for node in rewritten.graph.node}
+    np.testing.assert_allclose(ort.InferenceSession(rewritten.SerializeToString()).run(None, x)[0], expected, atol=1e-6)
+    assert fp32_nodes(rewritten, []) == [node.name for node in rewritten.graph.node if node.name != "conv"]

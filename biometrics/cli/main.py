@@ -224,12 +224,22 @@ def evaluate_lfw_command(data, folds, detectors, embedders, threads, out, progre
     efficiency = None
     if bench:
         from biometrics.evaluation.efficiency import write_efficiency_report
+        from biometrics.evaluation.lfw import sample_crops
 
         embedders_by_label = {label: pipe.embedder.model for label, pipe in pipelines.items()}
+        # Timed on real aligned faces: some kernels' speed depends on the values (PRelu's does, threefold).
+        first = next(iter(pipelines.values()))
+        crops = sample_crops(first, data, fold_list)
+        real_inputs = {
+            pipe.embedder.name: (pipe.embedder.inputs(crops), f"{len(crops)} aligned LFW faces of folds {folds}")
+            for pipe in pipelines.values()
+        }
         cards = {
             card["name"]: card
             for card in _benchmark(
-                list({m.name: m for m in embedders_by_label.values()}.values()), _all_thread_counts()
+                list({m.name: m for m in embedders_by_label.values()}.values()),
+                _all_thread_counts(),
+                real_inputs=real_inputs,
             )
         }
         write_efficiency_report(list(cards.values()), out)
@@ -327,13 +337,16 @@ def _all_thread_counts() -> tuple[int, ...]:
     return tuple(sorted({1, os.cpu_count() or 1}))
 
 
-def _benchmark(models, thread_counts=(), iterations=50, batch=32) -> list[dict]:
+def _benchmark(models, thread_counts=(), iterations=50, batch=32, real_inputs=None) -> list[dict]:
     """Efficiency cards for resolved models, each measured in its own process at its card's input shape (memory,
-    throughput, counts); with several models, their latencies are then timed by turns in one process."""
+    throughput, counts); with several models, their latencies are then timed by turns in one process.
+    ``real_inputs``: per model name, (network inputs, what they are) to time instead of a random input."""
     from biometrics.evaluation.efficiency import benchmark_model, retime_by_turns
 
+    real_inputs = real_inputs or {}
     cards, inputs = [], []
     for model in models:
+        data, description = real_inputs.get(model.name, (None, None))
         shape = model.card.data.get("bench_input_shape")
         if not shape:
             raise BiometricsError(f"model '{model.name}': its card has no bench_input_shape")
@@ -348,13 +361,53 @@ def _benchmark(models, thread_counts=(), iterations=50, batch=32) -> list[dict]:
                 iterations=iterations,
                 sha256=model.source_sha256,
                 file_size_bytes=model.source_size,
+                inputs=data,
+                inputs_description=description,
             )
         )
         inputs.append((model.onnx_bytes, shape))
     if len(cards) > 1:
         click.echo(f"timing the {len(cards)} models by turns ...", err=True)
-        retime_by_turns(cards, inputs, iterations=iterations)
+        retime_by_turns(
+            cards, inputs, iterations=iterations, inputs=[real_inputs.get(m.name, (None,))[0] for m in models]
+        )
     return cards
+
+
+def _inputs_from_photos(models, paths: list[Path]) -> dict:
+    """Per model name, (network inputs, what they are) from real photos: a detector gets each photo resized to
+    its bench size; an embedder gets every face the default pipeline finds in them, aligned."""
+    import cv2
+    import numpy as np
+
+    from biometrics import detection, embedding
+    from biometrics.alignment import align_face
+    from biometrics.imaging import load_image
+    from biometrics.pipeline import FacePipeline
+
+    images = [load_image(path) for path in paths]
+    names = ", ".join(path.name for path in paths)
+    inputs, crops_by_size = {}, {}
+    for model in models:
+        shape = model.card.data["bench_input_shape"]
+        if model.card.task == "detection":
+            detector = detection.ARCHITECTURES[model.card.architecture](model, threads=1)
+            resized = [cv2.resize(image, (shape[3], shape[2]), interpolation=cv2.INTER_AREA) for image in images]
+            blobs = np.concatenate([detector.preprocess(image) for image in resized])
+            inputs[model.name] = (blobs, f"{len(images)} photos resized to {shape[3]}x{shape[2]} ({names})")
+            continue
+        embedder = embedding.ARCHITECTURES[model.card.architecture](model, threads=1)
+        size = embedder.size[0]
+        if size not in crops_by_size:
+            pipeline = FacePipeline(threads=1)
+            crops_by_size[size] = [
+                align_face(image, face.landmarks, size) for image in images for face in pipeline.detect(image)
+            ]
+        if not crops_by_size[size]:
+            raise BiometricsError(f"no face found in {names}: an embedder needs faces to be timed on")
+        crops = crops_by_size[size]
+        inputs[model.name] = (embedder.inputs(crops), f"{len(crops)} faces aligned from {len(images)} photos ({names})")
+    return inputs
 
 
 @cli.command()
@@ -369,16 +422,24 @@ def _benchmark(models, thread_counts=(), iterations=50, batch=32) -> list[dict]:
 )
 @click.option("--iterations", type=click.IntRange(5), default=50, show_default=True)
 @click.option("--batch", type=click.IntRange(1), default=32, show_default=True, help="Batch for throughput.")
+@click.option(
+    "--images",
+    "image_paths",
+    type=click.Path(dir_okay=False, path_type=Path),
+    multiple=True,
+    help="Time on these photos (detectors: resized to the bench size; embedders: their faces, aligned) "
+    "instead of one random input. Some kernels' speed depends on the values.",
+)
 @reports_errors
-def bench(models, out, thread_counts, iterations, batch):
+def bench(models, out, thread_counts, iterations, batch, image_paths):
     """Efficiency card per model: params, MACs, size, latency p50/p95, throughput, peak RSS."""
     from biometrics.evaluation.efficiency import write_efficiency_report
     from biometrics.registry import ModelRegistry
 
     registry = ModelRegistry()
-    cards = _benchmark(
-        [registry.resolve(name) for name in models], thread_counts or _all_thread_counts(), iterations, batch
-    )
+    resolved = [registry.resolve(name) for name in models]
+    real_inputs = _inputs_from_photos(resolved, image_paths) if image_paths else None
+    cards = _benchmark(resolved, thread_counts or _all_thread_counts(), iterations, batch, real_inputs)
     json_path, md_path = write_efficiency_report(cards, out)
     click.echo(md_path.read_text())
     click.echo(f"report: {md_path}")

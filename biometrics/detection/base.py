@@ -91,7 +91,7 @@ class Detector:
         """Faces in a BGR uint8 image, highest score first."""
         height, width = image.shape[:2]
         network_input, scale = self._fit(image)
-        outputs = self.session.run(self.output_names, {self.input_name: self._preprocess(network_input)})
+        outputs = self.session.run(self.output_names, {self.input_name: self.preprocess(network_input)})
         boxes, scores, landmarks = self._decode(
             dict(zip(self.output_names, outputs, strict=True)), network_input.shape[:2]
         )
@@ -123,7 +123,7 @@ class Detector:
         padded = cv2.copyMakeBorder(resized, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=0)
         return padded, np.array([scale, scale], dtype=np.float32)
 
-    def _preprocess(self, image: np.ndarray) -> np.ndarray:
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
         """1x3xHxW float32: channels swapped to RGB if the network wants it, then (pixel - mean) * scale."""
         pixels = image[..., ::-1] if self.input_rgb else image
         blob = np.ascontiguousarray(pixels.transpose(2, 0, 1)[None], dtype=np.float32)

@@ -45,8 +45,8 @@ class Embedder:
         block = self.model.card.data.get("threshold")
         return None if block is None else float(block["value"])
 
-    def embed(self, crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
-        """Embeddings (N x D, unit length) for N aligned BGR uint8 crops."""
+    def inputs(self, crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        """The network input (N x 3 x H x W float32) for N aligned BGR uint8 crops."""
         batch = np.asarray(crops)
         if batch.ndim == 3:
             batch = batch[None]
@@ -54,7 +54,11 @@ class Embedder:
             raise ValueError(f"{self.name} expects {self.size[0]}x{self.size[1]} crops, got {batch.shape[1:3]}")
         if self.rgb:
             batch = batch[..., ::-1]
-        tensor = (batch.transpose(0, 3, 1, 2).astype(np.float32) - self.mean) / self.std
+        return np.ascontiguousarray((batch.transpose(0, 3, 1, 2).astype(np.float32) - self.mean) / self.std)
+
+    def embed(self, crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        """Embeddings (N x D, unit length) for N aligned BGR uint8 crops."""
+        tensor = self.inputs(crops)
         outputs = [
             self.session.run(None, {self.input_name: np.ascontiguousarray(tensor[i : i + self.batch_size])})[0]
             for i in range(0, len(tensor), self.batch_size)

@@ -374,6 +374,16 @@ def _feed(session: ort.InferenceSession, shape: list[int], dtype: Any | None, se
     return feed
 
 
+def _feeds(
+    session: ort.InferenceSession, shape: list[int], dtype: Any | None, inputs: np.ndarray | None
+) -> list[dict[str, np.ndarray]]:
+    """Feeds to cycle through: one per row of ``inputs`` (real data, batch 1 each), else one random input."""
+    if inputs is None:
+        return [_feed(session, shape, dtype)]
+    name = session.get_inputs()[0].name
+    return [{name: np.ascontiguousarray(row[None])} for row in inputs]
+
+
 def measure_latency(
     session: ort.InferenceSession,
     input_feed_shape: list[int],
@@ -381,18 +391,21 @@ def measure_latency(
     warmup: int = 10,
     iterations: int = 50,
     dtype: Any | None = np.float32,
+    inputs: np.ndarray | None = None,
 ) -> LatencyStats:
-    """Time ``iterations`` calls of ``session.run`` on one fixed random input after ``warmup`` discarded ones.
+    """Time ``iterations`` calls of ``session.run`` after ``warmup`` discarded ones, on one fixed random input
+    or, given ``inputs`` (N x input shape), on those in turn.
 
     Warm-up matters: the first calls allocate the arena and pick kernels. ``dtype=None`` takes the element
-    type from the session's first input.
+    type from the session's first input. Real inputs matter too: some kernels' speed depends on the values
+    (ONNX Runtime's PRelu ran three times slower on aligned faces than on random input).
     """
     if iterations < 1:
         raise ValueError("iterations must be >= 1")
-    feed = _feed(session, list(input_feed_shape), dtype)
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = [_timed_run(session, feed) for _ in range(iterations)]
+    feeds = _feeds(session, list(input_feed_shape), dtype, inputs)
+    for i in range(warmup):
+        session.run(None, feeds[i % len(feeds)])
+    times = [_timed_run(session, feeds[i % len(feeds)]) for i in range(iterations)]
     return _latency_stats(times, batch=int(input_feed_shape[0]) if input_feed_shape else 1)
 
 
@@ -426,15 +439,19 @@ def _latency_record(stats: LatencyStats) -> dict[str, Any]:
 def _latency_by_turns(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """The worker side of ``latency_by_turns``: every session open at once, timed round by round."""
     sessions = [create_session(path, threads=spec["threads"]) for path in spec["model_paths"]]
-    feeds = [_feed(session, shape, None) for session, shape in zip(sessions, spec["input_shapes"], strict=True)]
-    for session, feed in zip(sessions, feeds, strict=True):
-        for _ in range(spec["warmup"]):
-            session.run(None, feed)
+    feeds = [
+        _feeds(session, shape, None, None if inputs is None else np.load(inputs))
+        for session, shape, inputs in zip(sessions, spec["input_shapes"], spec["inputs_paths"], strict=True)
+    ]
+    for session, model_feeds in zip(sessions, feeds, strict=True):
+        for i in range(spec["warmup"]):
+            session.run(None, model_feeds[i % len(model_feeds)])
     per_round = max(1, math.ceil(spec["iterations"] / spec["rounds"]))
     times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(spec["rounds"]):
-        for session, feed, model_times in zip(sessions, feeds, times, strict=True):
-            model_times += [_timed_run(session, feed) for _ in range(per_round)]
+    for round_index in range(spec["rounds"]):
+        for session, model_feeds, model_times in zip(sessions, feeds, times, strict=True):
+            turn = range(round_index * per_round, (round_index + 1) * per_round)
+            model_times += [_timed_run(session, model_feeds[i % len(model_feeds)]) for i in turn]
     return [asdict(_latency_stats(model_times, batch=1)) for model_times in times]
 
 
@@ -445,23 +462,27 @@ def latency_by_turns(
     warmup: int = 10,
     iterations: int = 50,
     rounds: int = 10,
+    inputs: list[np.ndarray | None] | None = None,
 ) -> list[LatencyStats]:
     """Batch-1 latency of several models (ONNX bytes, input shape) timed by turns in one fresh process:
-    ``rounds`` rounds, each running every model ``iterations / rounds`` times.
+    ``rounds`` rounds, each running every model ``iterations / rounds`` times; ``inputs``: per model, real
+    inputs to cycle through (None: random, see ``measure_latency``).
 
     A shared or throttling machine's speed drifts over seconds. Timed one after the other, two models' ratio
     moves with that drift (on our 2-core VM YuNet took 3.9 to 5.0 ms in four separate bench runs); timed by
     turns, the drift slows every model alike and the ratios hold.
     """
     with tempfile.TemporaryDirectory(prefix="biometrics-bench-") as tmp:
-        paths = []
-        for index, (data, _) in enumerate(models):
+        paths, inputs_paths = [], []
+        for index, ((data, _), model_inputs) in enumerate(zip(models, inputs or [None] * len(models), strict=True)):
             path = Path(tmp) / f"model{index}.onnx"
             path.write_bytes(data)
             paths.append(str(path))
+            inputs_paths.append(_save_inputs(model_inputs, Path(tmp) / f"inputs{index}.npy"))
         spec = {
             "mode": "by_turns",
             "model_paths": paths,
+            "inputs_paths": inputs_paths,
             "input_shapes": [[int(v) for v in shape] for _, shape in models],
             "threads": threads,
             "warmup": warmup,
@@ -470,6 +491,14 @@ def latency_by_turns(
         }
         answer = run_worker(spec)
     return [LatencyStats(**stats) for stats in answer["latency"]]
+
+
+def _save_inputs(inputs: np.ndarray | None, path: Path) -> str | None:
+    """Real inputs travel to the worker process as an .npy file."""
+    if inputs is None:
+        return None
+    np.save(path, np.ascontiguousarray(inputs, dtype=np.float32))
+    return str(path)
 
 
 def _fixed_batch(session: ort.InferenceSession) -> int | None:
@@ -490,8 +519,9 @@ def throughput(
     iterations: int | None = None,
     warmup: int = 1,
     dtype: Any | None = np.float32,
+    inputs: np.ndarray | None = None,
 ) -> ThroughputStats:
-    """Images/s when feeding ``batch`` images at a time.
+    """Images/s when feeding ``batch`` images at a time (random, or rows of ``inputs`` repeated to fill it).
 
     A dynamic batch dim gets real batches of ``batch``; a batch dim fixed in the graph (usually 1) gets
     ``batch`` single calls per round and ``batched=False``, so the card can say the number is not batched. A
@@ -503,8 +533,14 @@ def throughput(
     shape = list(input_shape_batch1)
     fixed = _fixed_batch(session)
     batched = fixed is None
+
+    def make_feed(size: int) -> dict[str, np.ndarray]:
+        if inputs is None:
+            return _feed(session, [size, *shape[1:]], dtype)
+        return {session.get_inputs()[0].name: np.ascontiguousarray(np.resize(inputs, (size, *inputs.shape[1:])))}
+
     if batched:
-        feed = _feed(session, [batch, *shape[1:]], dtype)
+        feed = make_feed(batch)
         try:
             session.run(None, feed)
         except Exception:  # any ORT failure at batch > 1 means "not batchable"
@@ -513,7 +549,7 @@ def throughput(
         calls_per_round, images_per_call = 1, batch
     else:
         per_call = fixed or 1
-        feed = _feed(session, [per_call, *shape[1:]], dtype)
+        feed = make_feed(per_call)
         calls_per_round, images_per_call = math.ceil(batch / per_call), per_call
     for _ in range(warmup * calls_per_round):
         session.run(None, feed)
@@ -599,11 +635,14 @@ def _run_measurements(spec: dict[str, Any]) -> dict[str, Any]:
     threads: list[int] = spec["threads"]
     batch = int(spec["batch"])
     runs: dict[int, dict[str, Any]] = {t: {"threads": t} for t in threads}
+    inputs = None if spec.get("inputs_path") is None else np.load(spec["inputs_path"])
     input_name = None
     for t in threads:
         session = create_session(path, threads=t)
         input_name = session.get_inputs()[0].name
-        stats = measure_latency(session, shape, warmup=spec["warmup"], iterations=spec["iterations"], dtype=None)
+        stats = measure_latency(
+            session, shape, warmup=spec["warmup"], iterations=spec["iterations"], dtype=None, inputs=inputs
+        )
         runs[t]["latency_batch1"] = _latency_record(stats)
         del session
         gc.collect()
@@ -617,6 +656,7 @@ def _run_measurements(spec: dict[str, Any]) -> dict[str, Any]:
             seconds=spec["throughput_seconds"],
             iterations=spec.get("throughput_iterations"),
             dtype=None,
+            inputs=inputs,
         )
         runs[t][f"throughput_batch{batch}"] = round(tp.images_per_s, 2)
         runs[t]["throughput_batched"] = tp.batched
@@ -688,10 +728,14 @@ def benchmark_model(
     throughput_iterations: int | None = None,
     file_size_bytes: int | None = None,
     sha256: str | None = None,
+    inputs: np.ndarray | None = None,
+    inputs_description: str | None = None,
 ) -> dict[str, Any]:
     """The efficiency card of one model as a JSON-ready dict, measured in its own worker process.
 
     ``input_shape`` is the batch-1 shape of the first input. ``threads`` defaults to [1, os.cpu_count()].
+    ``inputs`` (N x input shape, e.g. aligned faces for an embedder) are timed in turn instead of one random
+    input; ``inputs_description`` says what they are, on the card.
     ``file_size_bytes``/``sha256`` default to those of the file (or bytes) measured; pass them to describe
     the published file when ``model`` is a prepared copy of it.
     """
@@ -717,6 +761,7 @@ def benchmark_model(
             "iterations": iterations,
             "throughput_seconds": throughput_seconds,
             "throughput_iterations": throughput_iterations,
+            "inputs_path": _save_inputs(inputs, Path(tmp) / "inputs.npy"),
         }
         measured = run_worker(spec)
     baseline = baseline_rss_mib()
@@ -731,6 +776,7 @@ def benchmark_model(
         "macs": measured["macs"],
         "input_name": measured["input_name"],
         "input_shape": shape,
+        "input_data": "random normal (one fixed input)" if inputs is None else inputs_description or "given inputs",
         "batch": batch,
         "warmup": warmup,
         "iterations": iterations,
@@ -749,13 +795,18 @@ def benchmark_model(
 
 
 def retime_by_turns(
-    cards: list[dict[str, Any]], models: list[tuple[bytes, list[int]]], *, iterations: int, rounds: int = 10
+    cards: list[dict[str, Any]],
+    models: list[tuple[bytes, list[int]]],
+    *,
+    iterations: int,
+    rounds: int = 10,
+    inputs: list[np.ndarray | None] | None = None,
 ) -> None:
     """Replace the batch-1 latency of each card (one per model, same thread counts) by timings taken by turns
     with the other models (``latency_by_turns``), in place: the cards' ratios are what a bench reports."""
     for threads in cards[0]["threads"]:
         timings = latency_by_turns(
-            models, threads=threads, warmup=cards[0]["warmup"], iterations=iterations, rounds=rounds
+            models, threads=threads, warmup=cards[0]["warmup"], iterations=iterations, rounds=rounds, inputs=inputs
         )
         for card, latency in zip(cards, timings, strict=True):
             run = _run_for(card, threads)
@@ -875,6 +926,8 @@ def write_efficiency_report(cards: list[dict[str, Any]], out_dir: Path) -> tuple
             "Latency: the models were timed by turns in one process (each round runs every model), so a drift of "
             "the machine's speed slows them alike and the ratios hold."
         )
+    inputs = sorted({card.get("input_data", "random normal (one fixed input)") for card in cards})
+    notes.append(f"Input: {'; '.join(inputs)}.")
     if unbatched:
         notes.append("† fixed batch dimension: throughput measured as single-image calls, not batched.")
     text = "\n".join(["# Efficiency", "", _machine_line(cards), "", *rows, *notes]) + "\n"

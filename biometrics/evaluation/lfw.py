@@ -105,6 +105,30 @@ class EmbeddedImages:
         return {key: i for i, key in enumerate(self.keys)}
 
 
+def aligned_crop(pipeline: FacePipeline, path: Path) -> tuple[np.ndarray, bool]:
+    """The embedder's aligned crop of the face nearest the image centre, and whether a face was detected
+    (if not, the crop is the conventional centre-crop fallback)."""
+    try:
+        image = load_image(path)
+    except ImageError as exc:
+        raise DataError(f"LFW image unreadable: {exc}") from None
+    size = pipeline.embedder.size[0]
+    faces = pipeline.detect(image)
+    if not faces:
+        return centre_crop(image, size=size), False
+    return align_face(image, select_face(faces, "center", image.shape).landmarks, size), True
+
+
+def sample_crops(pipeline: FacePipeline, data_dir: Path, folds: list[int], count: int = 32) -> np.ndarray:
+    """Aligned crops of ``count`` images of ``folds`` (evenly spread over them): real input for timing
+    embedders, whose speed can depend on the values (``efficiency.benchmark_model``)."""
+    pairs = [pair for pair in read_pairs(data_dir / "pairs.txt") if pair.fold in folds]
+    keys = sorted({key for pair in pairs for key in pair.images})
+    chosen = [keys[i] for i in np.linspace(0, len(keys) - 1, min(count, len(keys))).astype(int)]
+    root = locate_images(data_dir)
+    return np.stack([aligned_crop(pipeline, root / key)[0] for key in chosen])
+
+
 def embed_images(
     pipeline: FacePipeline, root: Path, keys: Iterable[str], batch_size: int = 64, progress: bool = True
 ) -> EmbeddedImages:
@@ -113,19 +137,12 @@ def embed_images(
     Images with no detection fall back to a centre crop, as is conventional; they are counted, not dropped.
     """
     keys = list(keys)
-    size = pipeline.embedder.size[0]
     crops, failures, chunks = [], [], []
     for key in tqdm(keys, desc="LFW images", unit="img", disable=not progress):
-        try:
-            image = load_image(root / key)
-        except ImageError as exc:
-            raise DataError(f"LFW image unreadable: {exc}") from None
-        faces = pipeline.detect(image)
-        if faces:
-            crops.append(align_face(image, select_face(faces, "center", image.shape).landmarks, size))
-        else:
+        crop, detected = aligned_crop(pipeline, root / key)
+        crops.append(crop)
+        if not detected:
             failures.append(key)
-            crops.append(centre_crop(image, size=size))
         if len(crops) == batch_size:
             chunks.append(pipeline.embedder.embed(np.stack(crops)))
             crops = []

@@ -43,6 +43,17 @@ def run_metadata(models: list, threads: int | None = None) -> dict:
     }
 
 
+def write_table_report(out: Path, report: dict, title: str, header: list[str], rows: list[list]) -> Path:
+    """``report.json`` (``report``, which should hold the command) and ``report.md`` (title, command, one table)
+    in ``out``: the shape of the measurement scripts' reports. Returns the Markdown path."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# {title}", "", f"`{report['command']}`", "", *_md_table(header, [[str(v) for v in r] for r in rows])]
+    md_path = out / "report.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    return md_path
+
+
 def _p50_1thread(card: dict) -> float:
     return next(run["latency_batch1"]["p50_ms"] for run in card["runs"] if run["threads"] == 1)
 

@@ -233,6 +233,7 @@ def export_student(
         calibration,
         per_channel=bool(quant.get("per_channel", True)),
         keep_fp32=quant.get("keep_fp32"),
+        percentile=quant.get("percentile"),
     )
     return fp32_path, int8_path
 

@@ -6,8 +6,9 @@ verification uses); and, for a student pruned from the teacher, ``features``: hi
 stage reproduce the teacher's activations on the channels it kept, a far denser signal than 128 numbers per face
 (embedding-only distillation reached a held-out cosine of 0.39 after an epoch here).
 
-With hints the teacher runs online on every augmented batch; without them its embeddings of each face and its
-mirror image are computed once (ONNX Runtime) and cached.
+Where the target comes from is the recipe's ``teacher_view``: ``augmented`` runs the teacher online on the very
+view the student sees (hints need that); ``clean`` takes its embedding of the unaugmented face or its mirror,
+computed once (ONNX Runtime) and cached, so every augmented view is pulled towards the clean face's embedding.
 """
 
 from __future__ import annotations
@@ -204,6 +205,20 @@ def agreement(net: FaceEmbedderNet, crops: np.ndarray, targets: np.ndarray, batc
     }
 
 
+TEACHER_VIEWS = ("augmented", "clean")
+
+
+def teacher_view(recipe: Recipe) -> str:
+    """Which view the teacher embeds for the target: ``augmented`` (online, the student's own view; needed by
+    feature hints and the default with them) or ``clean`` (cached, the unaugmented face; the default without)."""
+    view = recipe.raw.get("teacher_view", "augmented" if recipe.loss.get("features") else "clean")
+    if view not in TEACHER_VIEWS:
+        raise BiometricsError(f"recipe {recipe.name}: unknown teacher_view '{view}' ({', '.join(TEACHER_VIEWS)})")
+    if recipe.loss.get("features") and view != "augmented":
+        raise BiometricsError(f"recipe {recipe.name}: feature hints need teacher_view: augmented")
+    return view
+
+
 def _without_reconstruction(recipe: Recipe) -> Recipe:
     """The recipe with ``teacher-reconstructed`` downgraded to ``teacher-pruned`` (same architecture and channels)."""
     if recipe.student.get("init") != "teacher-reconstructed":
@@ -233,11 +248,11 @@ def distill(
     net, kept, fit_errors = build_student(recipe if not resuming else _without_reconstruction(recipe), crops[train_idx])
     net = net.to(memory_format=torch.channels_last)
     teacher_online = None
-    if recipe.loss.get("features"):
-        if not kept:
+    if teacher_view(recipe) == "augmented":
+        if recipe.loss.get("features") and not kept:
             raise BiometricsError(f"recipe {recipe.name}: feature hints need a student pruned from the teacher")
         hint_stages = [stage for stage in recipe.loss.get("hint_stages", []) if stage in kept]
-        teacher_online = OnlineTeacher(recipe.teacher, hint_stages, threads)
+        teacher_online = OnlineTeacher(recipe.teacher, hint_stages if recipe.loss.get("features") else [], threads)
         targets = None  # every batch gets the teacher's embedding of its own augmented view
         holdout_targets = teacher_online.embed(crops[holdout_idx])
     else:
@@ -284,7 +299,8 @@ def distill(
             target, teacher_hints = teacher_online(view)
             embedding, hints = net.forward_features(view, teacher_online.stages)
             teacher_hints = {k: v[:, kept[k]] for k, v in teacher_hints.items()}
-            loss, terms = distillation_loss(embedding, target, recipe.loss, (hints, teacher_hints), same_person)
+            pairs = (hints, teacher_hints) if hints else None
+            loss, terms = distillation_loss(embedding, target, recipe.loss, pairs, same_person)
         run.optimise(loss, terms)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -315,6 +331,7 @@ def export(
         crops_to_inputs(calibration),
         per_channel=bool(quant.get("per_channel", True)),
         keep_fp32=quant.get("keep_fp32"),
+        percentile=quant.get("percentile"),
     )
     datasets = sorted({row["dataset"] for row in faces.meta})
     data_split = {

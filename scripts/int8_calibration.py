@@ -1,0 +1,106 @@
+"""How should an embedder student's activations be calibrated for INT8? Judged on held-out TRAINING faces (the
+split `biometrics distill` makes; never LFW folds 6-10), so the choice can go into the recipe before any report.
+
+For each calibration (min-max, or a percentile of the calibration values) it quantizes the recipe's FP32 model
+the way the recipe otherwise does (same layers kept in FP32, same calibration faces) and measures how far INT8
+moves the embedding: mean cosine INT8 vs FP32 per face, and the correlation of their pairwise similarities
+(what verification thresholds).
+
+    python scripts/int8_calibration.py pipelines/sface-student-free.yaml models/sface-student-fp32/model.onnx \
+        --out reports/int8-calibration
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from biometrics.evaluation.report import write_table_report
+from biometrics.runtime import create_session
+from biometrics.training.distill import training_faces
+from biometrics.training.export import crops_to_inputs, quantize_int8
+from biometrics.training.faces import teacher_targets
+from biometrics.training.recipe import Recipe
+
+PERCENTILES = (None, 99.9, 99.95, 99.99, 99.999)
+
+
+def embed(model_path: Path, inputs: np.ndarray, batch: int = 128) -> np.ndarray:
+    session = create_session(model_path.read_bytes(), 2)
+    name = session.get_inputs()[0].name
+    out = np.concatenate([session.run(None, {name: inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)])
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def similarity_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    upper = np.triu_indices(len(a), 1)
+    return float(np.corrcoef((a @ a.T)[upper], (b @ b.T)[upper])[0, 1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", type=Path)
+    parser.add_argument("fp32_model", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    recipe = Recipe.load(args.recipe)
+    faces, holdout_idx, train_idx = training_faces(recipe)
+    crops = np.asarray(faces.crops)
+    quant = recipe.quantization
+    chosen = np.random.default_rng(recipe.seed).permutation(len(train_idx))[: int(quant.get("calibration_faces", 256))]
+    calibration = crops_to_inputs(crops[train_idx][chosen])  # the faces `distill`'s export calibrates on
+    heldout = crops_to_inputs(crops[holdout_idx])
+    teacher = teacher_targets(faces, recipe.teacher)[holdout_idx, 0]
+    teacher /= np.linalg.norm(teacher, axis=1, keepdims=True)
+    fp32 = embed(args.fp32_model, heldout)
+    rows = {"fp32": {"cosine_to_teacher": round(float((fp32 * teacher).sum(1).mean()), 4)}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    for percentile in PERCENTILES:
+        label = "min-max" if percentile is None else f"percentile {percentile}"
+        path = args.out / "int8.onnx"
+        quantize_int8(
+            args.fp32_model,
+            path,
+            calibration,
+            per_channel=bool(quant.get("per_channel", True)),
+            keep_fp32=quant.get("keep_fp32"),
+            percentile=percentile,
+        )
+        int8 = embed(path, heldout)
+        rows[label] = {
+            "cosine_int8_to_fp32": round(float((int8 * fp32).sum(1).mean()), 4),
+            "similarity_correlation_int8_fp32": round(similarity_correlation(int8, fp32), 4),
+            "cosine_to_teacher": round(float((int8 * teacher).sum(1).mean()), 4),
+        }
+        print(label, rows[label], flush=True)
+        path.unlink()
+    report = {
+        "command": "python " + " ".join(sys.argv),
+        "recipe": str(args.recipe),
+        "fp32_model": str(args.fp32_model),
+        "heldout_faces": len(holdout_idx),
+        "calibration_faces": len(chosen),
+        "rows": rows,
+    }
+    write_table_report(
+        args.out,
+        report,
+        f"INT8 calibration of {args.fp32_model} ({len(holdout_idx)} held-out training faces)",
+        ["calibration", "cosine INT8 vs FP32", "pairwise similarity correlation INT8 vs FP32", "cosine to teacher"],
+        [
+            [
+                label,
+                row.get("cosine_int8_to_fp32", ""),
+                row.get("similarity_correlation_int8_fp32", ""),
+                row["cosine_to_teacher"],
+            ]
+            for label, row in rows.items()
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
