@@ -352,6 +352,9 @@ def test_real_inputs_are_what_gets_timed(tmp_path):
     assert benchmark_model(data, [1, 3, 16, 16], **options)["input_data"] == "random normal (one fixed input)"
     with pytest.raises(RuntimeError, match="efficiency worker failed"):
         benchmark_model(data, [1, 3, 16, 16], inputs=faces[:, :1], **options)
+    many = np.resize(faces, (40, 3, 16, 16))
+    capped = benchmark_model(data, [1, 3, 16, 16], inputs=many, inputs_description="40 faces", **options)
+    assert capped["input_data"] == "40 faces; 32 of them, evenly chosen, timed"
 
     stats = latency_by_turns([(data, [1, 3, 16, 16])] * 2, warmup=1, iterations=4, rounds=2, inputs=[faces, None])
     assert [s.iterations for s in stats] == [4, 4]
