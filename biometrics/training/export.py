@@ -125,8 +125,7 @@ def fp32_nodes(model: onnx.ModelProto, keep: list[str]) -> list[str]:
     layers, where quantization error is not averaged away by later layers. "depthwise": every grouped conv,
     which ONNX Runtime's uint8 kernels run slower than FP32 below 128 channels on our CPU
     (``scripts/int8_layer_latency.py``). The element-wise PReLU ops (``prelu_as_elementwise``) always stay in
-    FP32: quantized, they moved the student's embedding further from FP32 (cosine 0.983 against 0.989 on
-    held-out faces) and ran no faster.
+    FP32: in a trial, quantizing them moved the student's embedding further from FP32 and ran no faster.
     """
     unknown = set(keep) - set(KEEP_FP32)
     if unknown:
