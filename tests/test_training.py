@@ -383,3 +383,61 @@ def test_prelu_as_elementwise_computes_prelu_and_stays_fp32_in_int8(tmp_path):
     assert "PRelu" not in {node.op_type for node in rewritten.graph.node}
     np.testing.assert_allclose(ort.InferenceSession(rewritten.SerializeToString()).run(None, x)[0], expected, atol=1e-6)
     assert fp32_nodes(rewritten, []) == [node.name for node in rewritten.graph.node if node.name != "conv"]
+
+
+def test_int8_simulation_tracks_onnx_runtimes_int8_build(tmp_path, teacher, lfw_faces):
+    """Quantization-aware fine-tuning is only as good as its simulation: the simulated student (here SFace pruned
+    to half width, real weights) must be much closer to its INT8 ONNX build than the FP32 student is, and undoing
+    the simulation must give the FP32 student back exactly."""
+    import onnxruntime as ort
+
+    from biometrics.training.export import export_onnx, quantize_int8
+    from biometrics.training.quantization_aware import simulate_int8
+
+    net, _ = prune_teacher(teacher, EmbedderConfig(width=0.5))
+    net.eval()
+    calibration, held_out = lfw_faces[:32], lfw_faces[32:]
+    fp32_path = export_onnx(net, tmp_path / "fp32.onnx")
+    int8_path = quantize_int8(
+        fp32_path, tmp_path / "int8.onnx", calibration.numpy(), keep_fp32=["first_conv", "head"], percentile=99.99
+    )
+    int8 = torch.from_numpy(ort.InferenceSession(str(int8_path)).run(None, {"data": held_out.numpy()})[0])
+    with torch.no_grad():
+        fp32 = net(held_out)
+        undo = simulate_int8(net, calibration, percentile=99.99)
+        simulated = net(held_out)
+        undo()
+        again = net(held_out)
+    assert (simulated - int8).norm() < 0.6 * (fp32 - int8).norm()  # measured: 0.17 against 0.39
+    assert torch.equal(again, fp32)
+
+
+def test_quantization_aware_training_runs_and_must_simulate_the_build_it_precedes(tmp_path):
+    """``quantization.aware`` fine-tunes through the INT8 simulation and exports plain FP32 + INT8; a recipe whose
+    INT8 build the simulation does not reproduce (other layers kept in FP32) is refused before training."""
+    from biometrics.errors import BiometricsError
+    from biometrics.training.distill import distill
+
+    raw = yaml.safe_load((ROOT / "pipelines" / "sface-student-qat.yaml").read_text())
+    raw.update(
+        name="qat",
+        batch_size=4,
+        epochs=1,
+        same_person_pairs=0,
+        data={"root": str(SHARED / "data"), "lfw": {"exclude_folds": list(range(2, 11))}, "limit": 12, "holdout": 4},
+        student=dict(raw["student"], init="scratch", width=0.25, stages=[1, 3, 5, 7, 13]),
+        quantization=dict(raw["quantization"], calibration_faces=4),
+        output={"fp32": "qat-fp32", "int8": "qat-int8"},
+    )
+    raw.pop("start_from_run")
+    path = tmp_path / "qat.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    summary = distill(Recipe.load(path), tmp_path / "run", tmp_path / "models", progress=False)
+    assert summary["finished"] is True
+    exported = onnx.load(summary["fp32"])
+    assert "QuantizeLinear" not in {node.op_type for node in exported.graph.node}  # the simulation is undone
+    assert any(node.op_type == "QuantizeLinear" for node in onnx.load(summary["int8"]).graph.node)
+
+    path.write_text(yaml.safe_dump(dict(raw, quantization=dict(raw["quantization"], keep_fp32=["first_conv"]))))
+    with pytest.raises(BiometricsError, match="simulates per-channel INT8 with keep_fp32"):
+        distill(Recipe.load(path), tmp_path / "refused", tmp_path / "models", progress=False)

@@ -30,6 +30,7 @@ from biometrics.runtime import create_session
 from biometrics.training.export import crops_to_inputs, export_onnx, quantize_int8, write_card
 from biometrics.training.faces import FaceCache, build_face_cache, gather_sources, teacher_targets
 from biometrics.training.loop import TrainingRun, will_resume
+from biometrics.training.quantization_aware import freeze_batchnorm, simulate_int8
 from biometrics.training.recipe import Recipe, section_as
 from biometrics.training.reconstruct import reconstruct_student
 from biometrics.training.student import (
@@ -264,6 +265,7 @@ def distill(
     steps_per_epoch = len(train_idx) // random_faces
     total_steps = steps_per_epoch * recipe.epochs
     run = TrainingRun(recipe, net, work_dir, total_steps, fresh)
+    plain_fp32 = _simulate_int8(recipe, net, crops[train_idx]) if recipe.quantization.get("aware") else None
     if fit_errors:
         initial = {"step": 0, "reconstruction_relative_error": fit_errors}
         if len(holdout_idx):
@@ -279,6 +281,8 @@ def distill(
             epoch_order = train_idx[np.random.default_rng(recipe.seed + epoch).permutation(len(train_idx))]
             order_epoch = epoch
         net.train()
+        if plain_fp32:
+            freeze_batchnorm(net)  # the INT8 build folds the statistics the run started with
         batch_idx = np.sort(epoch_order[position * random_faces : (position + 1) * random_faces])
         same_person = None
         if groups:  # two photos each of a few people, drawn per step (so resuming redraws the same)
@@ -312,7 +316,28 @@ def distill(
     bar.close()
     if run.step < total_steps:
         return {"finished": False, "step": run.step, "total_steps": total_steps, "work_dir": str(work_dir)}
+    if plain_fp32:
+        plain_fp32()
     return export(recipe, net, crops[train_idx], faces, work_dir, models_dir, len(holdout_idx))
+
+
+def _calibration_faces(recipe: Recipe, train_crops: np.ndarray) -> np.ndarray:
+    """The training faces the INT8 build calibrates on (and quantization-aware training takes its ranges from)."""
+    count = int(recipe.quantization.get("calibration_faces", 256))
+    return train_crops[np.random.default_rng(recipe.seed).permutation(len(train_crops))[:count]]
+
+
+def _simulate_int8(recipe: Recipe, net: FaceEmbedderNet, train_crops: np.ndarray):
+    """Quantization-aware fine-tuning (recipe ``quantization.aware``): ``net`` computes as its INT8 build will;
+    returns the function that undoes it. It simulates the build ``export`` makes, so the recipe must ask for it."""
+    quant = recipe.quantization
+    if set(quant.get("keep_fp32") or []) != {"first_conv", "head"} or not quant.get("per_channel", True):
+        raise BiometricsError(
+            f"recipe {recipe.name}: quantization-aware training simulates per-channel INT8 with "
+            "keep_fp32: [first_conv, head]"
+        )
+    calibration = _to_tensor(_calibration_faces(recipe, train_crops))
+    return simulate_int8(net, calibration, float(quant.get("percentile", 100.0)))
 
 
 def export(
@@ -322,9 +347,7 @@ def export(
     names = recipe.output
     fp32_path = export_onnx(net, models_dir / names["fp32"] / "model.onnx")
     quant = recipe.quantization
-    calibration = train_crops[
-        np.random.default_rng(recipe.seed).permutation(len(train_crops))[: int(quant.get("calibration_faces", 256))]
-    ]
+    calibration = _calibration_faces(recipe, train_crops)
     int8_path = quantize_int8(
         fp32_path,
         models_dir / names["int8"] / "model.onnx",

@@ -7,6 +7,7 @@ teacher's ONNX weights can be loaded into PyTorch, checked against ONNX Runtime,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -47,11 +48,25 @@ class EmbedderConfig:
         return data
 
 
+class QuantizableConv2d(nn.Conv2d):
+    """A Conv2d that quantization-aware fine-tuning (``quantization_aware.simulate_int8``) can make compute with
+    its weight and input rounded as the INT8 build will; otherwise (``simulation`` None) a plain Conv2d, with the
+    same parameters, so checkpoints and exports do not change."""
+
+    simulation: tuple[Callable, Callable] | None = None  # (weight rounding, input rounding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.simulation is None:
+            return super().forward(x)
+        round_weight, round_input = self.simulation
+        return self._conv_forward(round_input(x), round_weight(self.weight), self.bias)
+
+
 def _conv_bn_act(in_ch: int, out_ch: int, kernel: int, stride: int, groups: int, activation: str) -> nn.Sequential:
     if activation not in ("prelu", "relu"):
         raise ValueError(f"unknown activation '{activation}' (prelu or relu)")
     return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, kernel, stride, padding=kernel // 2, groups=groups, bias=False),
+        QuantizableConv2d(in_ch, out_ch, kernel, stride, padding=kernel // 2, groups=groups, bias=False),
         nn.BatchNorm2d(out_ch, eps=1e-3),
         nn.PReLU(out_ch) if activation == "prelu" else nn.ReLU(),  # not in place: hints keep pre-activations
     )
