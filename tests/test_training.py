@@ -42,6 +42,21 @@ def lfw_faces() -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(crops[..., ::-1].transpose(0, 3, 1, 2))).float()
 
 
+def tiny_recipe(tmp_path, pipeline: str, **changes) -> Recipe:
+    """A shipped recipe shrunk to seconds: 12 faces of LFW fold-1 people, batches of 4, a tiny scratch student."""
+    raw = yaml.safe_load((ROOT / "pipelines" / pipeline).read_text())
+    raw.update(
+        batch_size=4,
+        epochs=1,
+        data={"root": str(SHARED / "data"), "lfw": {"exclude_folds": list(range(2, 11))}, "limit": 12},
+        student=dict(raw["student"], init="scratch", width=0.25, stages=[1, 3, 5, 7, 13]),
+    )
+    raw.update(changes)
+    path = tmp_path / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return Recipe.load(path)
+
+
 def test_teacher_in_pytorch_matches_onnx_runtime(teacher):
     model = ModelRegistry().resolve("sface-teacher")
     reference = Embedder(model, threads=1)
@@ -169,18 +184,9 @@ def test_embedding_only_distillation_uses_cached_targets_and_can_start_from_anot
     """Without feature hints the teacher's cached embeddings (face and mirror) are the targets."""
     from biometrics.training.distill import distill
 
-    raw = yaml.safe_load((ROOT / "pipelines" / "sface-student.yaml").read_text())
-    raw.update(
-        name="cached",
-        batch_size=4,
-        epochs=1,
-        loss={"cosine": 1.0},
-        data={"root": str(SHARED / "data"), "lfw": {"exclude_folds": list(range(2, 11))}, "limit": 12},
-        student=dict(raw["student"], init="scratch", width=0.25, stages=[1, 3, 5, 7, 13]),
-    )
-    path = tmp_path / "cached.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    summary = distill(Recipe.load(path), tmp_path / "run", tmp_path / "models", max_steps=2, progress=False)
+    recipe = tiny_recipe(tmp_path, "sface-student.yaml", name="cached", loss={"cosine": 1.0})
+    raw, path = recipe.raw, recipe.path
+    summary = distill(recipe, tmp_path / "run", tmp_path / "models", max_steps=2, progress=False)
     assert summary == {"finished": False, "step": 2, "total_steps": 3, "work_dir": str(tmp_path / "run")}
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
 
@@ -300,14 +306,8 @@ def test_teacher_view_decides_where_the_targets_come_from(tmp_path):
     with pytest.raises(BiometricsError, match="unknown teacher_view 'blurred'"):
         teacher_view(recipe(teacher_view="blurred"))
 
-    online = recipe(
-        name="online",
-        teacher_view="augmented",
-        batch_size=4,
-        epochs=1,
-        loss={"cosine": 1.0, "pairwise": 1.0},
-        data={"root": str(SHARED / "data"), "lfw": {"exclude_folds": list(range(2, 11))}, "limit": 12, "holdout": 4},
-        student=dict(raw["student"], init="scratch", width=0.25, stages=[1, 3, 5, 7, 13]),
+    online = tiny_recipe(
+        tmp_path, "sface-student.yaml", name="online", teacher_view="augmented", loss={"cosine": 1.0, "pairwise": 1.0}
     )
     distill(online, tmp_path / "run", tmp_path / "models", max_steps=1, progress=False)
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
@@ -418,21 +418,16 @@ def test_quantization_aware_training_runs_and_must_simulate_the_build_it_precede
     from biometrics.errors import BiometricsError
     from biometrics.training.distill import distill
 
-    raw = yaml.safe_load((ROOT / "pipelines" / "sface-student-qat.yaml").read_text())
-    raw.update(
+    recipe = tiny_recipe(
+        tmp_path,
+        "sface-student-qat.yaml",
         name="qat",
-        batch_size=4,
-        epochs=1,
         same_person_pairs=0,
-        data={"root": str(SHARED / "data"), "lfw": {"exclude_folds": list(range(2, 11))}, "limit": 12, "holdout": 4},
-        student=dict(raw["student"], init="scratch", width=0.25, stages=[1, 3, 5, 7, 13]),
-        quantization=dict(raw["quantization"], calibration_faces=4),
+        start_from_run=None,
         output={"fp32": "qat-fp32", "int8": "qat-int8"},
     )
-    raw.pop("start_from_run")
-    path = tmp_path / "qat.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    summary = distill(Recipe.load(path), tmp_path / "run", tmp_path / "models", progress=False)
+    raw, path = recipe.raw, recipe.path
+    summary = distill(recipe, tmp_path / "run", tmp_path / "models", progress=False)
     assert summary["finished"] is True
     exported = onnx.load(summary["fp32"])
     assert "QuantizeLinear" not in {node.op_type for node in exported.graph.node}  # the simulation is undone

@@ -109,10 +109,9 @@ class OnlineTeacher:
         self.input_name = self.session.get_inputs()[0].name
 
     def embed(self, crops: np.ndarray, batch_size: int = 128) -> np.ndarray:
-        """The teacher's embeddings of aligned BGR crops (for the held-out agreement log)."""
-        return np.concatenate(
-            [self(_to_tensor(crops[i : i + batch_size]))[0].numpy() for i in range(0, len(crops), batch_size)]
-        )
+        """The teacher's embeddings of aligned BGR crops (for the held-out agreement log; none without one)."""
+        chunks = [self(_to_tensor(crops[i : i + batch_size]))[0].numpy() for i in range(0, len(crops), batch_size)]
+        return np.concatenate(chunks) if chunks else np.empty((0, self.session.get_outputs()[0].shape[-1]), np.float32)
 
     def __call__(self, rgb: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         embedding, *features = self.session.run(None, {self.input_name: rgb.contiguous().numpy()})
