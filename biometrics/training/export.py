@@ -116,6 +116,7 @@ class _InputReader(CalibrationDataReader):
 
 
 KEEP_FP32 = ("first_conv", "head", "depthwise")
+CALIBRATION_CHUNK = 32  # calibration inputs whose activations ORT's histogram calibrator holds at once
 
 
 def fp32_nodes(model: onnx.ModelProto, keep: list[str]) -> list[str]:
@@ -178,7 +179,10 @@ def quantize_int8(
             weight_type=QuantType.QInt8,
             nodes_to_exclude=fp32_nodes(onnx.load(str(fp32_path)), keep_fp32 or []),
             calibrate_method=CalibrationMethod.MinMax if percentile is None else CalibrationMethod.Percentile,
-            extra_options={} if percentile is None else {"CalibPercentile": percentile},
+            # The histogram calibrator otherwise keeps every intermediate output of all faces until it bins them.
+            extra_options={}
+            if percentile is None
+            else {"CalibPercentile": percentile, "CalibMaxIntermediateOutputs": CALIBRATION_CHUNK},
         )
     finally:
         preprocessed.unlink(missing_ok=True)
