@@ -20,7 +20,7 @@ import numpy as np
 
 from biometrics.evaluation.report import write_table_report
 from biometrics.runtime import create_session
-from biometrics.training.distill import training_faces
+from biometrics.training.distill import calibration_faces, training_faces
 from biometrics.training.export import crops_to_inputs, quantize_int8
 from biometrics.training.faces import teacher_targets
 from biometrics.training.recipe import Recipe
@@ -50,8 +50,7 @@ def main() -> None:
     faces, holdout_idx, train_idx = training_faces(recipe)
     crops = np.asarray(faces.crops)
     quant = recipe.quantization
-    chosen = np.random.default_rng(recipe.seed).permutation(len(train_idx))[: int(quant.get("calibration_faces", 256))]
-    calibration = crops_to_inputs(crops[train_idx][chosen])  # the faces `distill`'s export calibrates on
+    calibration = crops_to_inputs(calibration_faces(recipe, crops[train_idx]))  # as `distill`'s export
     heldout = crops_to_inputs(crops[holdout_idx])
     teacher = teacher_targets(faces, recipe.teacher)[holdout_idx, 0]
     teacher /= np.linalg.norm(teacher, axis=1, keepdims=True)
@@ -82,7 +81,7 @@ def main() -> None:
         "recipe": str(args.recipe),
         "fp32_model": str(args.fp32_model),
         "heldout_faces": len(holdout_idx),
-        "calibration_faces": len(chosen),
+        "calibration_faces": len(calibration),
         "rows": rows,
     }
     write_table_report(

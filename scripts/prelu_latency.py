@@ -14,15 +14,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from biometrics.evaluation.efficiency import latency_by_turns
-from biometrics.evaluation.lfw import sample_crops
+from biometrics.evaluation.lfw import parse_folds, sample_crops
 from biometrics.evaluation.report import write_table_report
 from biometrics.pipeline import FacePipeline
 from biometrics.registry import ModelRegistry
-from biometrics.training.export import prelu_as_elementwise
+from biometrics.training.export import crops_to_inputs, prelu_as_elementwise
 
 SHAPE = [1, 3, 112, 112]
 
@@ -41,9 +40,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    first, last = (int(v) for v in args.folds.split("-"))
-    crops = sample_crops(FacePipeline(threads=1), args.lfw, list(range(first, last + 1)))
-    faces = np.ascontiguousarray(crops[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32)
+    crops = sample_crops(FacePipeline(threads=1), args.lfw, parse_folds(args.folds))
+    faces = crops_to_inputs(crops)
     variants = {}
     for name in args.models:
         model = load(name)

@@ -252,7 +252,8 @@ def distill(
         if recipe.loss.get("features") and not kept:
             raise BiometricsError(f"recipe {recipe.name}: feature hints need a student pruned from the teacher")
         hint_stages = [stage for stage in recipe.loss.get("hint_stages", []) if stage in kept]
-        teacher_online = OnlineTeacher(recipe.teacher, hint_stages if recipe.loss.get("features") else [], threads)
+        hint_stages = hint_stages if recipe.loss.get("features") else []  # consistent targets without hints
+        teacher_online = OnlineTeacher(recipe.teacher, hint_stages, threads)
         targets = None  # every batch gets the teacher's embedding of its own augmented view
         holdout_targets = teacher_online.embed(crops[holdout_idx])
     else:
@@ -320,7 +321,7 @@ def distill(
     return export(recipe, net, crops[train_idx], faces, work_dir, models_dir, len(holdout_idx))
 
 
-def _calibration_faces(recipe: Recipe, train_crops: np.ndarray) -> np.ndarray:
+def calibration_faces(recipe: Recipe, train_crops: np.ndarray) -> np.ndarray:
     """The training faces the INT8 build calibrates on (and quantization-aware training takes its ranges from)."""
     count = int(recipe.quantization.get("calibration_faces", 256))
     return train_crops[np.random.default_rng(recipe.seed).permutation(len(train_crops))[:count]]
@@ -335,7 +336,7 @@ def _simulate_int8(recipe: Recipe, net: FaceEmbedderNet, train_crops: np.ndarray
             f"recipe {recipe.name}: quantization-aware training simulates per-channel INT8 with "
             "keep_fp32: [first_conv, head]"
         )
-    calibration = _to_tensor(_calibration_faces(recipe, train_crops))
+    calibration = _to_tensor(calibration_faces(recipe, train_crops))
     return simulate_int8(net, calibration, float(quant.get("percentile", 100.0)))
 
 
@@ -346,7 +347,7 @@ def export(
     names = recipe.output
     fp32_path = export_onnx(net, models_dir / names["fp32"] / "model.onnx")
     quant = recipe.quantization
-    calibration = _calibration_faces(recipe, train_crops)
+    calibration = calibration_faces(recipe, train_crops)
     int8_path = quantize_int8(
         fp32_path,
         models_dir / names["int8"] / "model.onnx",
