@@ -1,13 +1,16 @@
 """How should an embedder student's activations be calibrated for INT8? Judged on held-out TRAINING faces (the
 split `biometrics distill` makes; never LFW folds 6-10), so the choice can go into the recipe before any report.
 
-For each calibration (min-max, or a percentile of the calibration values) it quantizes the recipe's FP32 model
-the way the recipe otherwise does (same layers kept in FP32, same calibration faces) and measures how far INT8
-moves the embedding: mean cosine INT8 vs FP32 per face, and the correlation of their pairwise similarities
-(what verification thresholds).
+For each calibration (min-max, or a percentile of the calibration values) and each set of layers kept in FP32
+(the recipe's, or each ``--keep-fp32`` given) it quantizes the recipe's FP32 model on the recipe's calibration
+faces and measures how far INT8 moves the embedding: mean cosine INT8 vs FP32 per face, and the correlation of
+their pairwise similarities (what verification thresholds).
 
-    python scripts/int8_calibration.py pipelines/sface-student-free.yaml models/sface-student-fp32/model.onnx \
+    python scripts/int8_calibration.py pipelines/sface-student-free.yaml FREE_RUN_FP32.onnx \
         --out reports/int8-calibration
+    python scripts/int8_calibration.py pipelines/sface-student-patient-more.yaml models/sface-student-fp32/model.onnx \
+        --percentile 99.99 --percentile 99.999 --keep-fp32 first_conv,head --keep-fp32 first_conv,head,depthwise \
+        --out reports/int8-calibration-patient
 """
 
 from __future__ import annotations
@@ -45,6 +48,17 @@ def main() -> None:
     parser.add_argument("recipe", type=Path)
     parser.add_argument("fp32_model", type=Path)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--percentile",
+        type=float,
+        action="append",
+        help="repeatable (default: min-max and " + ", ".join(str(p) for p in PERCENTILES[1:]) + ")",
+    )
+    parser.add_argument(
+        "--keep-fp32",
+        action="append",
+        help="comma-separated layer groups kept in FP32, repeatable (default: the recipe's)",
+    )
     args = parser.parse_args()
     recipe = Recipe.load(args.recipe)
     faces, holdout_idx, train_idx = training_faces(recipe)
@@ -57,15 +71,19 @@ def main() -> None:
     fp32 = embed(args.fp32_model, heldout)
     rows = {"fp32": {"cosine_to_teacher": round(float((fp32 * teacher).sum(1).mean()), 4)}}
     args.out.mkdir(parents=True, exist_ok=True)
-    for percentile in PERCENTILES:
+    keep_sets = [names.split(",") for names in args.keep_fp32] if args.keep_fp32 else [quant.get("keep_fp32")]
+    variants = [(keep, p) for keep in keep_sets for p in (args.percentile or PERCENTILES)]
+    for keep_fp32, percentile in variants:
         label = "min-max" if percentile is None else f"percentile {percentile}"
+        if args.keep_fp32:
+            label += f"; FP32: {', '.join(keep_fp32)}"
         path = args.out / "int8.onnx"
         quantize_int8(
             args.fp32_model,
             path,
             calibration,
             per_channel=bool(quant.get("per_channel", True)),
-            keep_fp32=quant.get("keep_fp32"),
+            keep_fp32=keep_fp32,
             percentile=percentile,
         )
         int8 = embed(path, heldout)

@@ -36,7 +36,7 @@ def test_verify_different_people_exits_1_with_json(run, sample):
     assert result.exit_code == 1, result.output
     report = json.loads(result.stdout)
     assert report["same_person"] is False and report["similarity"] < report["threshold"]
-    assert report["models"] == {"detector": "yunet-teacher", "embedder": "sface-teacher"}
+    assert report["models"] == {"detector": "yunet-teacher", "embedder": "sface-student"}
     assert [image["faces_found"] for image in report["images"]] == [1, 1]
     assert "embedding" not in json.dumps(report)  # biometric templates are never printed
 

@@ -78,7 +78,7 @@ def test_enrol_then_identify_the_samples(run, sample, tmp_path):
     assert _mode(gallery.parent) == 0o700 and _mode(gallery) == 0o600
     listing = json.loads(run("gallery", "list", "--json").stdout)
     assert [(p["name"], p["templates"]) for p in listing["people"]] == [("biden", 1), ("obama", 2)]
-    assert listing["embedders"][0]["name"] == "sface-teacher" and listing["embedders"][0]["dim"] == 128
+    assert listing["embedders"][0]["name"] == "sface-student" and listing["embedders"][0]["dim"] == 128
 
 
 def test_enrol_refuses_a_photo_without_a_face_and_names_the_face_it_picks(run, sample, tmp_path, no_face_photo):

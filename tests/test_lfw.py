@@ -120,6 +120,8 @@ def test_evaluate_lfw_command_end_to_end(tmp_path):
             str(lfw),
             "--folds",
             "1-2",
+            "--embedder",
+            "sface-teacher",  # the reference: its accuracy is known
             "--out",
             str(tmp_path),
             "--no-progress",

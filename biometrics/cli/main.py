@@ -464,8 +464,14 @@ def bench(models, out, thread_counts, iterations, batch, image_paths):
 @click.option("--fresh", is_flag=True, help="Ignore an existing checkpoint and start again.")
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--progress/--no-progress", default=True)
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Where an embedder recipe trains: cpu, or a PyTorch GPU device (cuda, cuda:1); detector recipes: cpu.",
+)
 @reports_errors
-def distill(recipe, work_dir, models_dir, max_steps, fresh, threads, progress):
+def distill(recipe, work_dir, models_dir, max_steps, fresh, threads, progress, device):
     """Train a student from a recipe (pipelines/*.yaml): distil, quantize to INT8, export ONNX + cards."""
     try:
         from biometrics.training.detector_distill import distill_detector
@@ -476,7 +482,13 @@ def distill(recipe, work_dir, models_dir, max_steps, fresh, threads, progress):
     loaded = Recipe.load(recipe)
     from biometrics.registry import cache_dir
 
-    run_distill = distill_detector if loaded.task == "detection" else distill_embedder
+    options = {}
+    if loaded.task == "detection":
+        if device != "cpu":
+            raise BiometricsError(f"recipe {loaded.name}: detector distillation runs on the CPU only")
+        run_distill = distill_detector
+    else:
+        run_distill, options = distill_embedder, {"device": device}
     summary = run_distill(
         loaded,
         work_dir or cache_dir() / "runs" / loaded.name,
@@ -485,6 +497,7 @@ def distill(recipe, work_dir, models_dir, max_steps, fresh, threads, progress):
         fresh=fresh,
         threads=threads,
         progress=progress,
+        **options,
     )
     click.echo(json.dumps(summary, indent=2))
 

@@ -9,6 +9,9 @@ stage reproduce the teacher's activations on the channels it kept, a far denser 
 Where the target comes from is the recipe's ``teacher_view``: ``augmented`` runs the teacher online on the very
 view the student sees (hints need that); ``clean`` takes its embedding of the unaugmented face or its mirror,
 computed once (ONNX Runtime) and cached, so every augmented view is pulled towards the clean face's embedding.
+
+On a GPU (``device``) the faces live on the device as uint8, are augmented there, and an online teacher runs as
+PyTorch (its weights dequantized by ``sface_to_torch``): ONNX Runtime's CPU graph would starve the GPU.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ def build_student(recipe: Recipe, train_crops: np.ndarray) -> tuple[FaceEmbedder
 
 
 class OnlineTeacher:
-    """The teacher's ONNX Runtime graph with chosen stages' pre-activations exposed as extra outputs.
+    """On the CPU: the teacher's ONNX Runtime graph with chosen stages' pre-activations exposed as extra outputs.
 
     Feature hints need the teacher's activations on the very view the student sees, so it runs on every
     augmented batch (and supplies that view's embedding target too). ONNX Runtime runs the int8 teacher about
@@ -118,15 +121,41 @@ class OnlineTeacher:
         return torch.from_numpy(embedding), {s: torch.from_numpy(f) for s, f in zip(self.stages, features, strict=True)}
 
 
+class TorchTeacher:
+    """On a GPU: the teacher in PyTorch (``sface_to_torch``), with the same call as ``OnlineTeacher``. SFace's
+    int8 blocks quantize its weights only, so the dequantized copy computes the ONNX graph's very embeddings and
+    hints (tests/test_training.py checks it on real faces)."""
+
+    def __init__(self, teacher: str, stages: list[int], device: torch.device):
+        self.net = sface_to_torch(ModelRegistry().resolve(teacher, task="embedding").onnx_bytes).to(device).eval()
+        self.stages, self.device = stages, device
+
+    def embed(self, crops: np.ndarray, batch_size: int = 128) -> np.ndarray:
+        """The teacher's embeddings of aligned BGR crops (for the held-out agreement log)."""
+        chunks = [
+            self(_to_tensor(crops[i : i + batch_size]).to(self.device))[0].cpu().numpy()
+            for i in range(0, len(crops), batch_size)
+        ]
+        return np.concatenate(chunks) if chunks else np.empty((0, self.net.config.embedding_dim), np.float32)
+
+    @torch.no_grad()
+    def __call__(self, rgb: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        return self.net.forward_features(rgb, self.stages)
+
+
 def augment(batch: torch.Tensor, spec: dict, generator: torch.Generator) -> torch.Tensor:
-    """Photometric and small geometric changes a deployed camera produces (RGB 0-255, N x 3 x H x W)."""
+    """Photometric and small geometric changes a deployed camera and an imperfect alignment produce (RGB 0-255,
+    N x 3 x H x W). The random draws come from ``generator`` on the CPU, so a run repeats on any device."""
     n = batch.shape[0]
-    rand = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    rand = lambda *shape: torch.rand(*shape, generator=generator).to(batch.device)  # noqa: E731
     shift, scale = spec.get("shift_px", 0) / (batch.shape[-1] / 2), spec.get("scale", 0.0)
-    if shift or scale:
+    rotate = np.deg2rad(spec.get("rotate_deg", 0.0))
+    if shift or scale or rotate:
         zoom = 1 + (rand(n) * 2 - 1) * scale
-        theta = torch.zeros(n, 2, 3)
-        theta[:, 0, 0] = theta[:, 1, 1] = zoom
+        angle = (rand(n) * 2 - 1) * rotate if rotate else torch.zeros(n, device=batch.device)
+        theta = torch.zeros(n, 2, 3, device=batch.device)
+        theta[:, 0, 0] = theta[:, 1, 1] = zoom * torch.cos(angle)
+        theta[:, 0, 1], theta[:, 1, 0] = -zoom * torch.sin(angle), zoom * torch.sin(angle)
         theta[:, :, 2] = (rand(n, 2) * 2 - 1) * shift
         grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
         batch = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -159,7 +188,7 @@ def distillation_loss(
     s, t = F.normalize(student, dim=1), F.normalize(teacher, dim=1)
     terms = {"cosine": (1 - (s * t).sum(dim=1)).mean()}
     if weights.get("pairwise"):
-        off_diagonal = ~torch.eye(len(s), dtype=torch.bool)
+        off_diagonal = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
         terms["pairwise"] = F.mse_loss((s @ s.T)[off_diagonal], (t @ t.T)[off_diagonal])
     if weights.get("same_person") and same_person is not None and len(same_person):
         # Random batches hold almost only impostor pairs; verification is decided where genuine pairs sit.
@@ -183,18 +212,27 @@ def same_person_groups(identities: list[str | None], indices: np.ndarray) -> lis
     return [np.array(group) for group in by_person.values() if len(group) >= 2]
 
 
-def _to_tensor(crops: np.ndarray) -> torch.Tensor:
-    """BGR uint8 N x H x W x 3 -> RGB float N x 3 x H x W in 0-255, channels-last for faster CPU convs."""
-    return torch.from_numpy(crops_to_inputs(crops)).contiguous(memory_format=torch.channels_last)
+def _to_tensor(crops: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """BGR uint8 N x H x W x 3 (NumPy, or a tensor already on the device) -> RGB float N x 3 x H x W in 0-255,
+    channels-last for faster convs."""
+    if isinstance(crops, np.ndarray):
+        rgb = torch.from_numpy(crops_to_inputs(crops))
+    else:
+        rgb = crops.flip(-1).permute(0, 3, 1, 2).float()
+    return rgb.contiguous(memory_format=torch.channels_last)
 
 
 @torch.no_grad()
 def agreement(net: FaceEmbedderNet, crops: np.ndarray, targets: np.ndarray, batch_size: int = 128) -> dict:
-    """``targets``: the teacher's embeddings of ``crops`` (N x D)."""
-    """How well the student reproduces the teacher on held-out faces: mean cosine, and the correlation of
-    their pairwise similarities (the quantity verification thresholds)."""
+    """How well the student reproduces the teacher on held-out faces (``targets``: the teacher's embeddings of
+    ``crops``, N x D): mean cosine, and the correlation of their pairwise similarities (the quantity
+    verification thresholds)."""
     net.eval()
-    outputs = [F.normalize(net(_to_tensor(crops[i : i + batch_size])), dim=1) for i in range(0, len(crops), batch_size)]
+    device = next(net.parameters()).device
+    outputs = [
+        F.normalize(net(_to_tensor(crops[i : i + batch_size]).to(device)), dim=1).cpu()
+        for i in range(0, len(crops), batch_size)
+    ]
     s, t = torch.cat(outputs), F.normalize(torch.from_numpy(targets), dim=1)
     upper = torch.triu_indices(len(s), len(s), 1)
     pair_s, pair_t = (s @ s.T)[upper[0], upper[1]], (t @ t.T)[upper[0], upper[1]]
@@ -235,25 +273,40 @@ def distill(
     fresh: bool = False,
     threads: int | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict:
-    """Run (or resume) a recipe; export FP32 and INT8 ONNX with cards into ``models_dir``. Returns a summary."""
+    """Run (or resume) a recipe on ``device`` ("cpu", "cuda"); export FP32 and INT8 ONNX with cards into
+    ``models_dir``. Returns a summary."""
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(recipe.seed)
+    try:
+        on = torch.device(device)
+    except RuntimeError as exc:
+        raise BiometricsError(f"unknown device '{device}' ({exc})") from None
+    if on.type == "cuda" and not torch.cuda.is_available():
+        raise BiometricsError(f"device '{device}': PyTorch sees no CUDA GPU on this machine")
+    if on.type != "cpu" and recipe.quantization.get("aware"):
+        raise BiometricsError(f"recipe {recipe.name}: quantization-aware training runs on the CPU (--device cpu)")
+    torch.backends.cudnn.benchmark = True
     work_dir.mkdir(parents=True, exist_ok=True)
     faces, holdout_idx, train_idx = training_faces(recipe, progress)
     crops = np.asarray(faces.crops)
+    pixels = crops if on.type == "cpu" else torch.from_numpy(crops).to(on)  # training batches are drawn from it
 
     # A resumed run loads its weights from the checkpoint: only the channel choice (cheap) is redone.
     resuming = will_resume(work_dir, fresh)
     net, kept, fit_errors = build_student(recipe if not resuming else _without_reconstruction(recipe), crops[train_idx])
-    net = net.to(memory_format=torch.channels_last)
+    net = net.to(on, memory_format=torch.channels_last)
     teacher_online = None
     if teacher_view(recipe) == "augmented":
         if recipe.loss.get("features") and not kept:
             raise BiometricsError(f"recipe {recipe.name}: feature hints need a student pruned from the teacher")
         hint_stages = [stage for stage in recipe.loss.get("hint_stages", []) if stage in kept]
         hint_stages = hint_stages if recipe.loss.get("features") else []  # consistent targets without hints
-        teacher_online = OnlineTeacher(recipe.teacher, hint_stages, threads)
+        if on.type == "cpu":
+            teacher_online = OnlineTeacher(recipe.teacher, hint_stages, threads)
+        else:
+            teacher_online = TorchTeacher(recipe.teacher, hint_stages, on)
         targets = None  # every batch gets the teacher's embedding of its own augmented view
         holdout_targets = teacher_online.embed(crops[holdout_idx])
     else:
@@ -273,6 +326,8 @@ def distill(
         run.log(initial)
     generator = torch.Generator().manual_seed(recipe.seed + run.step)
     limit = total_steps if max_steps is None else min(total_steps, max_steps)
+    if run.step < limit:
+        run.log({"step": run.step, "device": str(on), "torch": torch.__version__})  # where each stretch ran
     bar = tqdm(total=limit, initial=run.step, desc=f"distill {recipe.name}", unit="step", disable=not progress)
     order_epoch = None
     while run.step < limit:
@@ -289,15 +344,15 @@ def distill(
             pair_rng = np.random.default_rng([recipe.seed, run.step])
             people = pair_rng.choice(len(groups), min(pairs_per_batch, len(groups)), replace=False)
             photos = [pair_rng.choice(groups[i], 2, replace=False) for i in people]
-            same_person = torch.arange(len(batch_idx), len(batch_idx) + 2 * len(photos)).reshape(-1, 2)
+            same_person = torch.arange(len(batch_idx), len(batch_idx) + 2 * len(photos), device=on).reshape(-1, 2)
             batch_idx = np.concatenate([batch_idx, *photos])
         flip = torch.rand(len(batch_idx), generator=generator) < recipe.augmentation.get("flip", 0.0)
-        images = _to_tensor(crops[batch_idx])
-        images[flip] = images[flip].flip(-1)
+        images = _to_tensor(pixels[batch_idx if on.type == "cpu" else torch.from_numpy(batch_idx).to(on)])
+        images[flip.to(on)] = images[flip.to(on)].flip(-1)
         run.set_learning_rate()
         view = augment(images, recipe.augmentation, generator)
         if teacher_online is None:
-            target = torch.from_numpy(targets[batch_idx, flip.numpy().astype(np.int64)])
+            target = torch.from_numpy(targets[batch_idx, flip.numpy().astype(np.int64)]).to(on)
             loss, terms = distillation_loss(net(view), target, recipe.loss, same_person=same_person)
         else:
             target, teacher_hints = teacher_online(view)
@@ -318,7 +373,7 @@ def distill(
         return {"finished": False, "step": run.step, "total_steps": total_steps, "work_dir": str(work_dir)}
     if plain_fp32:
         plain_fp32()
-    return export(recipe, net, crops[train_idx], faces, work_dir, models_dir, len(holdout_idx))
+    return export(recipe, net.cpu(), crops[train_idx], faces, work_dir, models_dir, len(holdout_idx))
 
 
 def calibration_faces(recipe: Recipe, train_crops: np.ndarray) -> np.ndarray:

@@ -47,7 +47,7 @@ class TrainingRun:
         self.step, self.seconds_before = 0, 0.0
         self.resumed = will_resume(work_dir, fresh)
         if self.resumed:
-            state = torch.load(self.checkpoint, weights_only=False)
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
             net.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.step, self.seconds_before = state["step"], state.get("seconds", 0.0)
@@ -68,7 +68,7 @@ class TrainingRun:
         path = checkpoint_path(runs_dir / earlier)
         if not path.is_file():
             raise RecipeError(f"recipe {self.recipe.name} starts from run '{earlier}': no checkpoint at {path}")
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
         self.net.load_state_dict(state["model"])
         self.log({"step": 0, "started_from": str(path), "its_step": state["step"]})
 
