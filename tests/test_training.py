@@ -361,6 +361,21 @@ def test_percentile_calibration_clips_a_rare_extreme_activation(tmp_path):
     assert input_scale(99.99) < 0.01  # about 1 / 255
 
 
+def test_calibration_holds_one_chunk_of_inputs_at_a_time():
+    """ONNX Runtime's histogram calibrator holds every activation of the inputs it is given (15 GB for 256 faces
+    through the embedder student), so the inputs go in chunks of at most 32 that divide their count."""
+    from biometrics.training.export import _InputReader, calibration_chunk
+
+    assert [calibration_chunk(n) for n in (256, 100, 7, 37)] == [32, 25, 7, 1]
+    reader = _InputReader("x", np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1))
+    assert len(reader) == 10
+    reader.set_range(start_index=4, end_index=8)
+    seen = []
+    while (item := reader.get_next()) is not None:
+        seen.append(int(item["x"][0, 0, 0, 0]))
+    assert seen == [4, 5, 6, 7]
+
+
 def test_prelu_as_elementwise_computes_prelu_and_stays_fp32_in_int8(tmp_path):
     """ONNX Runtime's PRelu is slow on real activations; the export writes x + (a - 1) * min(x, 0) instead, which
     must be the same function for every slope (negative, zero, between 0 and 1, above 1), and which the INT8

@@ -19,7 +19,7 @@ from biometrics.imaging import load_image
 from biometrics.registry import ModelRegistry
 
 DEFAULT_DETECTOR = "yunet-teacher"
-DEFAULT_EMBEDDER = "sface-student"  # ours, INT8: LFW folds 6-10 98.87% at 0.08x SFace's latency (README)
+DEFAULT_EMBEDDER = "sface-student"  # ours, INT8: LFW folds 6-10 98.97% at 0.08x SFace's latency (README)
 SELECTIONS = ("largest", "center", "score")
 
 
