@@ -93,7 +93,26 @@ def build_student(recipe: Recipe, train_crops: np.ndarray) -> tuple[FaceEmbedder
     return student, kept, errors
 
 
-class OnlineTeacher:
+class _Teacher:
+    """What both online teachers share: called on a batch of network inputs on ``device``, they return the
+    embeddings and the hint stages' pre-activations."""
+
+    device = torch.device("cpu")
+    embedding_dim: int
+
+    def __call__(self, rgb: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        raise NotImplementedError
+
+    def embed(self, crops: np.ndarray, batch_size: int = 128) -> np.ndarray:
+        """The teacher's embeddings of aligned BGR crops (for the held-out agreement log; none without one)."""
+        chunks = [
+            self(_to_tensor(crops[i : i + batch_size]).to(self.device))[0].cpu().numpy()
+            for i in range(0, len(crops), batch_size)
+        ]
+        return np.concatenate(chunks) if chunks else np.empty((0, self.embedding_dim), np.float32)
+
+
+class OnlineTeacher(_Teacher):
     """On the CPU: the teacher's ONNX Runtime graph with chosen stages' pre-activations exposed as extra outputs.
 
     Feature hints need the teacher's activations on the very view the student sees, so it runs on every
@@ -110,33 +129,21 @@ class OnlineTeacher:
             )
         self.session = create_session(model.SerializeToString(), threads)
         self.input_name = self.session.get_inputs()[0].name
-
-    def embed(self, crops: np.ndarray, batch_size: int = 128) -> np.ndarray:
-        """The teacher's embeddings of aligned BGR crops (for the held-out agreement log; none without one)."""
-        chunks = [self(_to_tensor(crops[i : i + batch_size]))[0].numpy() for i in range(0, len(crops), batch_size)]
-        return np.concatenate(chunks) if chunks else np.empty((0, self.session.get_outputs()[0].shape[-1]), np.float32)
+        self.embedding_dim = self.session.get_outputs()[0].shape[-1]
 
     def __call__(self, rgb: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         embedding, *features = self.session.run(None, {self.input_name: rgb.contiguous().numpy()})
         return torch.from_numpy(embedding), {s: torch.from_numpy(f) for s, f in zip(self.stages, features, strict=True)}
 
 
-class TorchTeacher:
+class TorchTeacher(_Teacher):
     """On a GPU: the teacher in PyTorch (``sface_to_torch``), with the same call as ``OnlineTeacher``. SFace's
     int8 blocks quantize its weights only, so the dequantized copy computes the ONNX graph's very embeddings and
     hints (tests/test_training.py checks it on real faces)."""
 
     def __init__(self, teacher: str, stages: list[int], device: torch.device):
         self.net = sface_to_torch(ModelRegistry().resolve(teacher, task="embedding").onnx_bytes).to(device).eval()
-        self.stages, self.device = stages, device
-
-    def embed(self, crops: np.ndarray, batch_size: int = 128) -> np.ndarray:
-        """The teacher's embeddings of aligned BGR crops (for the held-out agreement log)."""
-        chunks = [
-            self(_to_tensor(crops[i : i + batch_size]).to(self.device))[0].cpu().numpy()
-            for i in range(0, len(crops), batch_size)
-        ]
-        return np.concatenate(chunks) if chunks else np.empty((0, self.net.config.embedding_dim), np.float32)
+        self.stages, self.device, self.embedding_dim = stages, device, self.net.config.embedding_dim
 
     @torch.no_grad()
     def __call__(self, rgb: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
@@ -287,7 +294,8 @@ def distill(
         raise BiometricsError(f"device '{device}': PyTorch sees no CUDA GPU on this machine")
     if on.type != "cpu" and recipe.quantization.get("aware"):
         raise BiometricsError(f"recipe {recipe.name}: quantization-aware training runs on the CPU (--device cpu)")
-    torch.backends.cudnn.benchmark = True
+    if on.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels once
     work_dir.mkdir(parents=True, exist_ok=True)
     faces, holdout_idx, train_idx = training_faces(recipe, progress)
     crops = np.asarray(faces.crops)
@@ -348,7 +356,8 @@ def distill(
             batch_idx = np.concatenate([batch_idx, *photos])
         flip = torch.rand(len(batch_idx), generator=generator) < recipe.augmentation.get("flip", 0.0)
         images = _to_tensor(pixels[batch_idx if on.type == "cpu" else torch.from_numpy(batch_idx).to(on)])
-        images[flip.to(on)] = images[flip.to(on)].flip(-1)
+        mirrored = flip.to(on)
+        images[mirrored] = images[mirrored].flip(-1)
         run.set_learning_rate()
         view = augment(images, recipe.augmentation, generator)
         if teacher_online is None:
