@@ -85,6 +85,29 @@ def test_composed_scenes_keep_labels_on_the_faces():
         assert np.all(scene.scores >= 0.3)  # the weak (one-teacher, 0.2) face is never a label
 
 
+def test_scene_workers_deliver_each_steps_scenes_in_step_order():
+    """On a GPU several workers compose scenes; the loader must still hand step k the scenes of (seed, k), as one
+    worker (or a resumed run) does."""
+    from biometrics.training.detector_distill import SceneBatches, _unchanged
+
+    path = shared_file("data/samples/two_people.jpg")
+    labels = PseudoLabels(
+        [path],
+        np.zeros(1, np.int64),
+        np.array([[60, 40, 100, 90]], np.float32),
+        np.full((1, 5, 2), np.nan, np.float32),
+        np.array([0.9], np.float32),
+        np.array([2]),
+    )
+    batches = SceneBatches(labels, SceneSpec(size=64, grid=(1, 2)), batch_size=2, seed=3, start=5, stop=10)
+    in_process = [images for images, _ in batches]
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=2, collate_fn=_unchanged)
+    from_workers = [images for images, _ in loader]
+    assert len(from_workers) == 5
+    for expected, got in zip(in_process, from_workers, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
 def test_student_detector_is_small_and_any_size():
     for head, downsample in (("full", "maxpool"), ("shared", "depthwise"), ("separable", "maxpool")):
         config = DetectorConfig(16, ((16,), (32, 32), (32,), (32,), (32,)), 32, head, downsample=downsample)

@@ -468,7 +468,7 @@ def bench(models, out, thread_counts, iterations, batch, image_paths):
     "--device",
     default="cpu",
     show_default=True,
-    help="Where an embedder recipe trains: cpu, or a PyTorch GPU device (cuda, cuda:1); detector recipes: cpu.",
+    help="Where the recipe trains: cpu, or a PyTorch GPU device (cuda, cuda:1).",
 )
 @reports_errors
 def distill(recipe, work_dir, models_dir, max_steps, fresh, threads, progress, device):
@@ -482,13 +482,7 @@ def distill(recipe, work_dir, models_dir, max_steps, fresh, threads, progress, d
     loaded = Recipe.load(recipe)
     from biometrics.registry import cache_dir
 
-    options = {}
-    if loaded.task == "detection":
-        if device != "cpu":
-            raise BiometricsError(f"recipe {loaded.name}: detector distillation runs on the CPU only")
-        run_distill = distill_detector
-    else:
-        run_distill, options = distill_embedder, {"device": device}
+    run_distill = distill_detector if loaded.task == "detection" else distill_embedder
     summary = run_distill(
         loaded,
         work_dir or cache_dir() / "runs" / loaded.name,
@@ -497,7 +491,7 @@ def distill(recipe, work_dir, models_dir, max_steps, fresh, threads, progress, d
         fresh=fresh,
         threads=threads,
         progress=progress,
-        **options,
+        device=device,
     )
     click.echo(json.dumps(summary, indent=2))
 

@@ -41,7 +41,7 @@ from biometrics.training.detector_teacher import (
 )
 from biometrics.training.export import export_onnx, quantize_int8, write_card
 from biometrics.training.faces import gather_sources
-from biometrics.training.loop import TrainingRun
+from biometrics.training.loop import TrainingRun, training_device
 from biometrics.training.pseudo_labels import PseudoLabels, label_images
 from biometrics.training.recipe import Recipe, section_as
 from biometrics.training.scenes import SceneSpec, compose_scene
@@ -132,9 +132,10 @@ def scene_batch(labels: PseudoLabels, rng: np.random.Generator, spec: SceneSpec,
 
 
 class SceneBatches(torch.utils.data.IterableDataset):
-    """The scene batches of steps ``start`` .. ``stop`` - 1, composed in a worker process while the network
+    """The scene batches of steps ``start`` .. ``stop`` - 1, composed in worker processes while the network
     trains (composition is a third of a step's CPU time). Step ``k``'s scenes depend only on (seed, k), so a
-    resumed run sees the same scenes as an uninterrupted one."""
+    resumed run sees the same scenes as an uninterrupted one; with several workers, worker ``i`` of ``n``
+    composes steps ``start + i``, ``start + i + n``, ..., and the loader takes them in turn, so in step order."""
 
     def __init__(self, labels: PseudoLabels, spec: SceneSpec, batch_size: int, seed: int, start: int, stop: int):
         super().__init__()
@@ -142,7 +143,9 @@ class SceneBatches(torch.utils.data.IterableDataset):
         self.start, self.stop = start, stop
 
     def __iter__(self):
-        for step in range(self.start, self.stop):
+        worker = torch.utils.data.get_worker_info()
+        first, every = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        for step in range(self.start + first, self.stop, every):
             yield scene_batch(self.labels, np.random.default_rng([self.seed, step]), self.spec, self.batch_size)
 
 
@@ -159,10 +162,13 @@ def distill_detector(
     fresh: bool = False,
     threads: int | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict:
-    """Run (or resume) a detection recipe; export FP32 and INT8 ONNX with cards into ``models_dir``."""
+    """Run (or resume) a detection recipe on ``device`` ("cpu", "cuda"); export FP32 and INT8 ONNX with cards
+    into ``models_dir``. On a GPU every core but one composes scenes; on the CPU one worker does."""
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(recipe.seed)
+    on = training_device(device)
     work_dir.mkdir(parents=True, exist_ok=True)
     sources = gather_sources(Path(recipe.data.get("root", "../shared/data")), recipe.data)
     teachers = [recipe.teacher] if isinstance(recipe.teacher, str) else list(recipe.teacher)
@@ -172,8 +178,10 @@ def distill_detector(
     if "init" in recipe.student:
         activity_scenes, _ = scene_batch(labels, np.random.default_rng(recipe.seed + 2), spec, 64)
         net, dense = start_from_teacher(recipe, activity_scenes)
+        dense.net.to(on)
     else:
         net = build_detector(recipe)
+    net.to(on)
     steps_per_epoch = max(1, len(labels.paths) // recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
     run = TrainingRun(recipe, net, work_dir, total_steps, fresh)
@@ -182,11 +190,15 @@ def distill_detector(
     batches = torch.utils.data.DataLoader(
         SceneBatches(labels, spec, recipe.batch_size, recipe.seed, run.step, limit),
         batch_size=None,
-        num_workers=1,
+        num_workers=1 if on.type == "cpu" else max(1, (os.cpu_count() or 2) - 1),
         prefetch_factor=4,
         collate_fn=_unchanged,
+        pin_memory=on.type == "cuda",
     )
+    if run.step < limit:
+        run.log({"step": run.step, "device": str(on), "torch": torch.__version__})  # where each stretch ran
     for images, targets in batches:
+        images = images.to(on, non_blocking=True)
         run.set_learning_rate()
         net.train()
         if dense is None:
@@ -202,7 +214,7 @@ def distill_detector(
     bar.close()
     if run.step < total_steps:
         return {"finished": False, "step": run.step, "total_steps": total_steps, "work_dir": str(work_dir)}
-    return export_detector(recipe, net, labels, spec, teachers, work_dir, models_dir)
+    return export_detector(recipe, net.cpu(), labels, spec, teachers, work_dir, models_dir)
 
 
 DETECTOR_INTERFACE = {

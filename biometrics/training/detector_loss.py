@@ -77,6 +77,7 @@ def detection_loss(raw: dict[str, torch.Tensor], targets: list[dict], weights: d
     ``build_targets`` result per scene. Sums are normalised by the number of positive cells, as in YOLOX."""
     terms = {name: raw["cls_8"].new_zeros(()) for name in ("cls", "obj", "box", "kps")}
     positives = 0
+    on_device = lambda array: torch.from_numpy(array).to(raw["cls_8"].device)  # noqa: E731
     for stride in STRIDES:
         cls_logits, obj_logits = raw[f"cls_{stride}"][..., 0], raw[f"obj_{stride}"][..., 0]
         cls_target, obj_target = torch.zeros_like(cls_logits), torch.zeros_like(obj_logits)
@@ -84,13 +85,13 @@ def detection_loss(raw: dict[str, torch.Tensor], targets: list[dict], weights: d
             level = scene[stride]
             if not len(level["cells"]):
                 continue
-            cells = torch.from_numpy(level["cells"])
-            label = torch.from_numpy(level["boxes"])
+            cells = on_device(level["cells"])
+            label = on_device(level["boxes"])
             bbox = raw[f"bbox_{stride}"][image, cells]
-            grid = torch.from_numpy(level["grid"])
+            grid = on_device(level["grid"])
             predicted = decode_boxes(bbox, grid, stride)
             iou = box_iou_pairs(predicted, label)
-            cls_target[image, cells] = torch.from_numpy(level["scores"])
+            cls_target[image, cells] = on_device(level["scores"])
             obj_target[image, cells] = iou.detach().clamp(0, 1)
             encoded = torch.cat(
                 [
@@ -100,7 +101,7 @@ def detection_loss(raw: dict[str, torch.Tensor], targets: list[dict], weights: d
                 dim=1,
             )
             terms["box"] = terms["box"] + (1 - iou).sum() + F.l1_loss(bbox, encoded, reduction="sum") * 0.25
-            landmarks = torch.from_numpy(level["landmarks"])
+            landmarks = on_device(level["landmarks"])
             known = torch.isfinite(landmarks).all(dim=2).all(dim=1)
             if known.any():
                 offsets = landmarks[known] / stride - grid[known, None, :]

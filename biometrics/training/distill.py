@@ -32,7 +32,7 @@ from biometrics.registry import ModelRegistry
 from biometrics.runtime import create_session
 from biometrics.training.export import crops_to_inputs, export_onnx, quantize_int8, write_card
 from biometrics.training.faces import FaceCache, build_face_cache, gather_sources, teacher_targets
-from biometrics.training.loop import TrainingRun, will_resume
+from biometrics.training.loop import TrainingRun, training_device, will_resume
 from biometrics.training.quantization_aware import freeze_batchnorm, simulate_int8
 from biometrics.training.recipe import Recipe, section_as
 from biometrics.training.reconstruct import reconstruct_student
@@ -286,16 +286,9 @@ def distill(
     ``models_dir``. Returns a summary."""
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(recipe.seed)
-    try:
-        on = torch.device(device)
-    except RuntimeError as exc:
-        raise BiometricsError(f"unknown device '{device}' ({exc})") from None
-    if on.type == "cuda" and not torch.cuda.is_available():
-        raise BiometricsError(f"device '{device}': PyTorch sees no CUDA GPU on this machine")
+    on = training_device(device)
     if on.type != "cpu" and recipe.quantization.get("aware"):
         raise BiometricsError(f"recipe {recipe.name}: quantization-aware training runs on the CPU (--device cpu)")
-    if on.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels once
     work_dir.mkdir(parents=True, exist_ok=True)
     faces, holdout_idx, train_idx = training_faces(recipe, progress)
     crops = np.asarray(faces.crops)

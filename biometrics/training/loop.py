@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from biometrics.errors import BiometricsError
 from biometrics.training.recipe import Recipe, RecipeError
 
 
@@ -23,6 +24,19 @@ def lr_at(step: int, total: int, recipe: Recipe) -> float:
     progress = (step - warmup) / max(1, total - warmup)
     final = recipe.schedule.get("final_lr_fraction", 0.0)
     return base * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def training_device(name: str) -> torch.device:
+    """``--device``: "cpu", or a PyTorch GPU device ("cuda", "cuda:1"), refused with a clear error if absent."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise BiometricsError(f"unknown device '{name}' ({exc})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BiometricsError(f"device '{name}': PyTorch sees no CUDA GPU on this machine")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels once
+    return device
 
 
 def checkpoint_path(work_dir: Path) -> Path:
