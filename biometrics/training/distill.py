@@ -292,7 +292,7 @@ def distill(
     work_dir.mkdir(parents=True, exist_ok=True)
     faces, holdout_idx, train_idx = training_faces(recipe, progress)
     crops = np.asarray(faces.crops)
-    pixels = crops if on.type == "cpu" else torch.from_numpy(crops).to(on)  # training batches are drawn from it
+    pixels = crops if on.type == "cpu" else torch.as_tensor(crops, device=on)  # training batches come from it
 
     # A resumed run loads its weights from the checkpoint: only the channel choice (cheap) is redone.
     resuming = will_resume(work_dir, fresh)
