@@ -195,8 +195,7 @@ def distill_detector(
         collate_fn=_unchanged,
         pin_memory=on.type == "cuda",
     )
-    if run.step < limit:
-        run.log({"step": run.step, "device": str(on), "torch": torch.__version__})  # where each stretch ran
+    run.log_stretch(on, limit)
     for images, targets in batches:
         images = images.to(on, non_blocking=True)
         run.set_learning_rate()

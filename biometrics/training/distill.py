@@ -327,8 +327,7 @@ def distill(
         run.log(initial)
     generator = torch.Generator().manual_seed(recipe.seed + run.step)
     limit = total_steps if max_steps is None else min(total_steps, max_steps)
-    if run.step < limit:
-        run.log({"step": run.step, "device": str(on), "torch": torch.__version__})  # where each stretch ran
+    run.log_stretch(on, limit)
     bar = tqdm(total=limit, initial=run.step, desc=f"distill {recipe.name}", unit="step", disable=not progress)
     order_epoch = None
     while run.step < limit:

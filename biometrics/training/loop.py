@@ -86,6 +86,11 @@ class TrainingRun:
         self.net.load_state_dict(state["model"])
         self.log({"step": 0, "started_from": str(path), "its_step": state["step"]})
 
+    def log_stretch(self, device: torch.device, limit: int) -> None:
+        """Record where the steps about to run (up to ``limit``) run: a resumed run may change machines."""
+        if self.step < limit:
+            self.log({"step": self.step, "device": str(device), "torch": torch.__version__})
+
     def set_learning_rate(self) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, self.total_steps, self.recipe)
