@@ -130,8 +130,9 @@ SCRATCH_STUDENT = {"stem": 8, "units": [[], [16], [16], [16], [16]], "neck": 16,
         ("yunet-student.yaml", SCRATCH_STUDENT, "loss_cls", "loss_positives"),
         ("yunet-student-v3.yaml", None, "loss_hint", "loss_stages"),
         ("yunet-student-v4-front.yaml", None, "loss_stages", "loss_stages"),
+        ("yunet-student-v6.yaml", None, "loss_hint", "loss_stages"),
     ],
-    ids=["from-scratch", "pruned-from-yunet", "yunet-with-a-new-front"],
+    ids=["from-scratch", "pruned-from-yunet", "yunet-with-a-new-front", "one-unit-stages-all-int8"],
 )
 def test_detector_distill_smoke_trains_exports_and_runs(tmp_path, recipe_file, student, loss_term, faces_term):
     """A student, a handful of LFW images labelled by YuNet, a few steps: ONNX files YuNetDetector runs. The

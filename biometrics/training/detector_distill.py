@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from biometrics.registry import ModelRegistry
@@ -89,7 +90,13 @@ class DenseTeacher:
         weights = DENSE_WEIGHTS | weights
         teacher_raw, teacher_features = self.targets(images)
         stages = student.backbone(images)
-        terms = {"stages": relative_mse(stages[1:], teacher_features["stages"])}
+        # A student stage may start from a teacher unit of the stage before (one stride finer, where the
+        # teacher changes width): its target is that output max-pooled, as the teacher's next stage sees it.
+        targets = [
+            t if t.shape[-2:] == s.shape[-2:] else F.adaptive_max_pool2d(t, s.shape[-2:])
+            for s, t in zip(stages[1:], teacher_features["stages"], strict=True)
+        ]
+        terms = {"stages": relative_mse(stages[1:], targets)}
         if any(weights[name] for name in ("score", "box", "kps", "hint")):
             pyramid = student.fpn(stages)
             terms |= dense_output_terms(student.head_outputs(pyramid), teacher_raw)
