@@ -383,7 +383,7 @@ def _inputs_from_photos(models, paths: list[Path]) -> dict:
     from biometrics import detection, embedding
     from biometrics.alignment import align_face
     from biometrics.imaging import load_image
-    from biometrics.pipeline import FacePipeline
+    from biometrics.pipeline import DEFAULT_DETECTOR, landmark_detector
 
     images = [load_image(path) for path in paths]
     names = ", ".join(path.name for path in paths)
@@ -399,9 +399,9 @@ def _inputs_from_photos(models, paths: list[Path]) -> dict:
         embedder = embedding.ARCHITECTURES[model.card.architecture](model, threads=1)
         size = embedder.size[0]
         if size not in crops_by_size:
-            pipeline = FacePipeline(threads=1)
+            finder = landmark_detector(DEFAULT_DETECTOR, threads=1)
             crops_by_size[size] = [
-                align_face(image, face.landmarks, size) for image in images for face in pipeline.detect(image)
+                align_face(image, face.landmarks, size) for image in images for face in finder.detect(image)
             ]
         if not crops_by_size[size]:
             raise BiometricsError(f"no face found in {names}: an embedder needs faces to be timed on")

@@ -6,6 +6,7 @@ from biometrics.pipeline.facade import (
     FacePipeline,
     VerificationResult,
     cosine_similarity,
+    landmark_detector,
     select_face,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "FacePipeline",
     "VerificationResult",
     "cosine_similarity",
+    "landmark_detector",
     "select_face",
 ]

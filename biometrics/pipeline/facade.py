@@ -23,6 +23,26 @@ DEFAULT_EMBEDDER = "sface-student"  # ours, INT8: LFW folds 6-10 98.97% at 0.08x
 SELECTIONS = ("largest", "center", "score")
 
 
+def landmark_detector(
+    name: str | os.PathLike,
+    *,
+    threads: int | None = None,
+    registry: ModelRegistry | None = None,
+    max_side: int = 1280,
+    score_threshold: float = 0.6,
+) -> detection.Detector:
+    """A detector, by registry name or path, that finds the 5 landmarks alignment needs (the pipeline's first
+    stage); a boxes-only detector is refused."""
+    model = (registry or ModelRegistry()).resolve(name, task="detection")
+    detector_class = detection.ARCHITECTURES[model.card.architecture]
+    if not detector_class.has_landmarks:
+        raise ModelError(
+            f"detector '{model.name}' finds boxes only; the pipeline aligns faces on 5 landmarks "
+            "(use it with `biometrics detect` or `evaluate wider`)"
+        )
+    return detector_class(model, threads=threads, max_side=max_side, score_threshold=score_threshold)
+
+
 def cosine_similarity(a: Face | np.ndarray, b: Face | np.ndarray) -> float:
     """Cosine similarity of two embeddings (or two embedded faces); 1 = identical direction."""
     u = a.embedding if isinstance(a, Face) else a
@@ -79,17 +99,10 @@ class FacePipeline:
         score_threshold: float = 0.6,
     ):
         registry = registry or ModelRegistry()
-        detector_model = registry.resolve(detector, task="detection")
-        embedder_model = registry.resolve(embedder, task="embedding")
-        detector_class = detection.ARCHITECTURES[detector_model.card.architecture]
-        if not detector_class.has_landmarks:
-            raise ModelError(
-                f"detector '{detector_model.name}' finds boxes only; the pipeline aligns faces on 5 landmarks "
-                "(use it with `biometrics detect` or `evaluate wider`)"
-            )
-        self.detector = detector_class(
-            detector_model, threads=threads, max_side=max_side, score_threshold=score_threshold
+        self.detector = landmark_detector(
+            detector, threads=threads, registry=registry, max_side=max_side, score_threshold=score_threshold
         )
+        embedder_model = registry.resolve(embedder, task="embedding")
         self.embedder = embedding.ARCHITECTURES[embedder_model.card.architecture](embedder_model, threads=threads)
         self.threshold = threshold if threshold is not None else self.embedder.threshold
         if self.threshold is None:
