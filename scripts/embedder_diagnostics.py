@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from biometrics.registry import ModelRegistry
 from biometrics.training.distill import _to_tensor, _without_reconstruction, build_student, training_faces
-from biometrics.training.loop import checkpoint_path
+from biometrics.training.loop import checkpoint_path, load_checkpoint
 from biometrics.training.recipe import Recipe
 from biometrics.training.student import EmbedderConfig, prune_teacher, sface_to_torch
 
@@ -60,7 +60,7 @@ def head_fidelity(teacher, rgb: torch.Tensor) -> dict:
 @torch.no_grad()
 def run_fidelity(teacher, recipe: Recipe, rgb: torch.Tensor, runs_dir: Path) -> dict:
     student, kept, _ = build_student(_without_reconstruction(recipe), np.empty(0))
-    state = torch.load(checkpoint_path(runs_dir / recipe.name), weights_only=False)
+    state = load_checkpoint(checkpoint_path(runs_dir / recipe.name))
     student.load_state_dict(state["model"])
     stages = list(student.config.stages)
     embedding, hints = student.eval().forward_features(rgb, stages)

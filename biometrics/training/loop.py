@@ -43,6 +43,11 @@ def checkpoint_path(work_dir: Path) -> Path:
     return work_dir / "checkpoint.pt"
 
 
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's state (model, optimizer, step), its tensors on the CPU whichever device saved them."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def will_resume(work_dir: Path, fresh: bool) -> bool:
     return checkpoint_path(work_dir).is_file() and not fresh
 
@@ -61,7 +66,7 @@ class TrainingRun:
         self.step, self.seconds_before = 0, 0.0
         self.resumed = will_resume(work_dir, fresh)
         if self.resumed:
-            state = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
+            state = load_checkpoint(self.checkpoint)
             net.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.step, self.seconds_before = state["step"], state.get("seconds", 0.0)
@@ -82,7 +87,7 @@ class TrainingRun:
         path = checkpoint_path(runs_dir / earlier)
         if not path.is_file():
             raise RecipeError(f"recipe {self.recipe.name} starts from run '{earlier}': no checkpoint at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(path)
         self.net.load_state_dict(state["model"])
         self.log({"step": 0, "started_from": str(path), "its_step": state["step"]})
 
