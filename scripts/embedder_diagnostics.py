@@ -59,7 +59,7 @@ def head_fidelity(teacher, rgb: torch.Tensor) -> dict:
 
 @torch.no_grad()
 def run_fidelity(teacher, recipe: Recipe, rgb: torch.Tensor, runs_dir: Path) -> dict:
-    student, kept, _ = build_student(_without_reconstruction(recipe), np.empty(0))
+    student, kept, _ = build_student(_without_reconstruction(recipe), np.empty(0), np.empty(0, np.int64))
     state = load_checkpoint(checkpoint_path(runs_dir / recipe.name))
     student.load_state_dict(state["model"])
     stages = list(student.config.stages)

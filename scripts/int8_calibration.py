@@ -64,7 +64,7 @@ def main() -> None:
     faces, holdout_idx, train_idx = training_faces(recipe)
     crops = np.asarray(faces.crops)
     quant = recipe.quantization
-    calibration = crops_to_inputs(calibration_faces(recipe, crops[train_idx]))  # as `distill`'s export
+    calibration = crops_to_inputs(calibration_faces(recipe, crops, train_idx))  # as `distill`'s export
     heldout = crops_to_inputs(crops[holdout_idx])
     teacher = teacher_targets(faces, recipe.teacher)[holdout_idx, 0]
     teacher /= np.linalg.norm(teacher, axis=1, keepdims=True)

@@ -69,9 +69,12 @@ def training_faces(recipe: Recipe, progress: bool = True) -> tuple[FaceCache, np
     return faces, np.sort(order[:holdout]), np.sort(order[holdout:])
 
 
-def build_student(recipe: Recipe, train_crops: np.ndarray) -> tuple[FaceEmbedderNet, dict[int, torch.Tensor], dict]:
+def build_student(
+    recipe: Recipe, crops: np.ndarray, train_idx: np.ndarray
+) -> tuple[FaceEmbedderNet, dict[int, torch.Tensor], dict]:
     """The student; if pruned from the teacher, which teacher channels each of its stages kept; and, if its
-    layers were re-solved against the teacher (``teacher-reconstructed``), each layer's relative fit error."""
+    layers were re-solved against the teacher (``teacher-reconstructed``), each layer's relative fit error on
+    training faces (``crops[train_idx]``, read only where drawn)."""
     config, init, fit = student_spec(recipe)
     if init == "scratch":
         return FaceEmbedderNet(config), {}, {}
@@ -79,14 +82,14 @@ def build_student(recipe: Recipe, train_crops: np.ndarray) -> tuple[FaceEmbedder
     student, kept = prune_teacher(teacher, config)
     if init == "teacher-pruned":
         return student, kept, {}
-    chosen = np.random.default_rng(recipe.seed).permutation(len(train_crops))
+    chosen = np.random.default_rng(recipe.seed).permutation(len(train_idx))
     layer_faces, head_faces = int(fit.get("layer_faces", 256)), int(fit.get("head_faces", 2048))
     errors = reconstruct_student(
         teacher,
         student,
         kept,
-        _to_tensor(train_crops[np.sort(chosen[:layer_faces])]).contiguous(),
-        _to_tensor(train_crops[np.sort(chosen[:head_faces])]).contiguous(),
+        _to_tensor(crops[train_idx[np.sort(chosen[:layer_faces])]]).contiguous(),
+        _to_tensor(crops[train_idx[np.sort(chosen[:head_faces])]]).contiguous(),
         ridge=float(fit.get("ridge", 1e-3)),
         seed=recipe.seed,
     )
@@ -296,7 +299,7 @@ def distill(
 
     # A resumed run loads its weights from the checkpoint: only the channel choice (cheap) is redone.
     resuming = will_resume(work_dir, fresh)
-    net, kept, fit_errors = build_student(recipe if not resuming else _without_reconstruction(recipe), crops[train_idx])
+    net, kept, fit_errors = build_student(recipe if not resuming else _without_reconstruction(recipe), crops, train_idx)
     net = net.to(on, memory_format=torch.channels_last)
     teacher_online = None
     if teacher_view(recipe) == "augmented":
@@ -319,7 +322,7 @@ def distill(
     steps_per_epoch = len(train_idx) // random_faces
     total_steps = steps_per_epoch * recipe.epochs
     run = TrainingRun(recipe, net, work_dir, total_steps, fresh)
-    plain_fp32 = _simulate_int8(recipe, net, crops[train_idx]) if recipe.quantization.get("aware") else None
+    plain_fp32 = _simulate_int8(recipe, net, crops, train_idx) if recipe.quantization.get("aware") else None
     if fit_errors:
         initial = {"step": 0, "reconstruction_relative_error": fit_errors}
         if len(holdout_idx):
@@ -374,16 +377,17 @@ def distill(
         return {"finished": False, "step": run.step, "total_steps": total_steps, "work_dir": str(work_dir)}
     if plain_fp32:
         plain_fp32()
-    return export(recipe, net.cpu(), crops[train_idx], faces, work_dir, models_dir, len(holdout_idx))
+    return export(recipe, net.cpu(), crops, train_idx, faces, work_dir, models_dir, len(holdout_idx))
 
 
-def calibration_faces(recipe: Recipe, train_crops: np.ndarray) -> np.ndarray:
-    """The training faces the INT8 build calibrates on (and quantization-aware training takes its ranges from)."""
+def calibration_faces(recipe: Recipe, crops: np.ndarray, train_idx: np.ndarray) -> np.ndarray:
+    """The training faces (of ``crops[train_idx]``) the INT8 build calibrates on (and quantization-aware training
+    takes its ranges from)."""
     count = int(recipe.quantization.get("calibration_faces", 256))
-    return train_crops[np.random.default_rng(recipe.seed).permutation(len(train_crops))[:count]]
+    return crops[train_idx[np.random.default_rng(recipe.seed).permutation(len(train_idx))[:count]]]
 
 
-def _simulate_int8(recipe: Recipe, net: FaceEmbedderNet, train_crops: np.ndarray):
+def _simulate_int8(recipe: Recipe, net: FaceEmbedderNet, crops: np.ndarray, train_idx: np.ndarray):
     """Quantization-aware fine-tuning (recipe ``quantization.aware``): ``net`` computes as its INT8 build will;
     returns the function that undoes it. It simulates the build ``export`` makes, so the recipe must ask for it."""
     quant = recipe.quantization
@@ -392,18 +396,25 @@ def _simulate_int8(recipe: Recipe, net: FaceEmbedderNet, train_crops: np.ndarray
             f"recipe {recipe.name}: quantization-aware training simulates per-channel INT8 with "
             "keep_fp32: [first_conv, head]"
         )
-    calibration = _to_tensor(calibration_faces(recipe, train_crops))
+    calibration = _to_tensor(calibration_faces(recipe, crops, train_idx))
     return simulate_int8(net, calibration, float(quant.get("percentile", 100.0)))
 
 
 def export(
-    recipe: Recipe, net: FaceEmbedderNet, train_crops: np.ndarray, faces, work_dir: Path, models_dir: Path, holdout: int
+    recipe: Recipe,
+    net: FaceEmbedderNet,
+    crops: np.ndarray,
+    train_idx: np.ndarray,
+    faces,
+    work_dir: Path,
+    models_dir: Path,
+    holdout: int,
 ) -> dict:
     """FP32 and INT8 ONNX with cards, into ``models_dir/<name>/``."""
     names = recipe.output
     fp32_path = export_onnx(net, models_dir / names["fp32"] / "model.onnx")
     quant = recipe.quantization
-    calibration = calibration_faces(recipe, train_crops)
+    calibration = calibration_faces(recipe, crops, train_idx)
     int8_path = quantize_int8(
         fp32_path,
         models_dir / names["int8"] / "model.onnx",
@@ -414,7 +425,7 @@ def export(
     )
     datasets = sorted({row["dataset"] for row in faces.meta})
     data_split = {
-        "train_faces": len(train_crops),
+        "train_faces": len(train_idx),
         "holdout_faces": holdout,
         "datasets": datasets,
         "lfw_excluded_folds": recipe.data.get("lfw", {}).get("exclude_folds", []),

@@ -179,18 +179,19 @@ def quantize_int8(
     all the others.
     """
     int8_path.parent.mkdir(parents=True, exist_ok=True)
+    fp32_model = onnx.load(str(fp32_path))
     preprocessed = int8_path.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32_path), str(preprocessed), skip_symbolic_shape=True)
     try:
         quantize_static(
             str(preprocessed),
             str(int8_path),
-            _InputReader(onnx.load(str(fp32_path)).graph.input[0].name, calibration_inputs),
+            _InputReader(fp32_model.graph.input[0].name, calibration_inputs),
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=fp32_nodes(onnx.load(str(fp32_path)), keep_fp32 or []),
+            nodes_to_exclude=fp32_nodes(fp32_model, keep_fp32 or []),
             calibrate_method=CalibrationMethod.MinMax if percentile is None else CalibrationMethod.Percentile,
             # The histogram calibrator otherwise holds every activation of every input until it bins them (15 GB
             # for 256 faces through the embedder student); chunk by chunk, the histograms merge.
