@@ -93,13 +93,13 @@ def simulate_int8(net: FaceEmbedderNet, calibration: torch.Tensor, percentile: f
     """Make ``net`` compute as its INT8 build will (ranges from ``calibration``, network inputs); returns the
     function that makes it plain FP32 again (before export)."""
     ranges = activation_ranges(net, calibration, percentile)
-    handles = []
-    for conv, bn in _quantized_units(net):
+    units, handles = _quantized_units(net), []
+    for conv, bn in units:
         conv.simulation = (partial(_round_folded_weight, bn=bn), partial(_round_uint8, value_range=ranges[conv]))
         handles.append(bn.register_forward_hook(partial(_round_output, value_range=ranges[bn])))
 
     def undo() -> None:
-        for conv, _ in _quantized_units(net):
+        for conv, _ in units:
             conv.simulation = None
         for handle in handles:
             handle.remove()
