@@ -190,6 +190,16 @@ def test_embedding_only_distillation_uses_cached_targets_and_can_start_from_anot
     assert summary == {"finished": False, "step": 2, "total_steps": 3, "work_dir": str(tmp_path / "run")}
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
 
+    # Scoring a run mid-way: the checkpoint where it stopped is exported, and its cards say how far it went.
+    snapshot = distill(recipe, tmp_path / "run", tmp_path / "mid", max_steps=2, progress=False, export_unfinished=True)
+    assert snapshot["finished"] is False
+    card = json.loads((tmp_path / "mid" / recipe.output["int8"] / "card.json").read_text())
+    assert {k: card["training"][k] for k in ("steps", "total_steps", "finished")} == {
+        "steps": 2,
+        "total_steps": 3,
+        "finished": False,
+    }
+
     # A recipe may train on from where another run stopped: fresh schedule and log, that run's weights.
     path.write_text(yaml.safe_dump(dict(raw, name="on", start_from_run="run")))
     distill(Recipe.load(path), tmp_path / "on", tmp_path / "models", max_steps=1, progress=False)

@@ -462,6 +462,11 @@ def bench(models, out, thread_counts, iterations, batch, image_paths):
 )
 @click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many steps (resumable).")
 @click.option("--fresh", is_flag=True, help="Ignore an existing checkpoint and start again.")
+@click.option(
+    "--export-unfinished",
+    is_flag=True,
+    help="Export where the run stops (--max-steps), finished or not, to score it mid-way; the cards say the step.",
+)
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--progress/--no-progress", default=True)
 @click.option(
@@ -471,7 +476,7 @@ def bench(models, out, thread_counts, iterations, batch, image_paths):
     help="Where the recipe trains: cpu, or a PyTorch GPU device (cuda, cuda:1).",
 )
 @reports_errors
-def distill(recipe, work_dir, models_dir, max_steps, fresh, threads, progress, device):
+def distill(recipe, work_dir, models_dir, max_steps, fresh, export_unfinished, threads, progress, device):
     """Train a student from a recipe (pipelines/*.yaml): distil, quantize to INT8, export ONNX + cards."""
     try:
         from biometrics.training.detector_distill import distill_detector
@@ -492,6 +497,7 @@ def distill(recipe, work_dir, models_dir, max_steps, fresh, threads, progress, d
         threads=threads,
         progress=progress,
         device=device,
+        export_unfinished=export_unfinished,
     )
     click.echo(json.dumps(summary, indent=2))
 

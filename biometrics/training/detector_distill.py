@@ -42,7 +42,7 @@ from biometrics.training.detector_teacher import (
 )
 from biometrics.training.export import export_onnx, quantize_int8, write_card
 from biometrics.training.faces import gather_sources
-from biometrics.training.loop import TrainingRun, training_device
+from biometrics.training.loop import TrainingRun, training_device, training_progress
 from biometrics.training.pseudo_labels import PseudoLabels, label_images
 from biometrics.training.recipe import Recipe, section_as
 from biometrics.training.scenes import SceneSpec, compose_scene
@@ -170,9 +170,11 @@ def distill_detector(
     threads: int | None = None,
     progress: bool = True,
     device: str = "cpu",
+    export_unfinished: bool = False,
 ) -> dict:
     """Run (or resume) a detection recipe on ``device`` ("cpu", "cuda"); export FP32 and INT8 ONNX with cards
-    into ``models_dir``. On a GPU every core but one composes scenes; on the CPU one worker does."""
+    into ``models_dir`` when it finishes, or where it stops with ``export_unfinished``. On a GPU every core but
+    one composes scenes; on the CPU one worker does."""
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(recipe.seed)
     on = training_device(device)
@@ -218,9 +220,9 @@ def distill_detector(
         if run.due(steps_per_epoch, limit):
             run.record_and_save(steps_per_epoch)
     bar.close()
-    if run.step < total_steps:
+    if run.step < total_steps and not export_unfinished:
         return {"finished": False, "step": run.step, "total_steps": total_steps, "work_dir": str(work_dir)}
-    return export_detector(recipe, net.cpu(), labels, spec, teachers, work_dir, models_dir)
+    return export_detector(recipe, net.cpu(), labels, spec, teachers, work_dir, models_dir, total_steps)
 
 
 DETECTOR_INTERFACE = {
@@ -264,6 +266,7 @@ def export_detector(
     teachers: list[str],
     work_dir: Path,
     models_dir: Path,
+    total_steps: int,
 ) -> dict:
     """FP32 and INT8 ONNX (any input size, multiples of 32) with cards, into ``models_dir/<name>/``."""
     names = recipe.output
@@ -285,9 +288,7 @@ def export_detector(
         },
         "teacher": teachers,
         "training": {
-            "epochs": recipe.epochs,
-            "steps": log[-1]["step"],
-            "seconds": log[-1]["seconds"],
+            **training_progress(recipe, log, total_steps),
             "architecture": net.config.to_dict(),
             "strides": list(STRIDES),
             "log": "train_log.jsonl (beside this card)",
@@ -299,4 +300,4 @@ def export_detector(
     write_card(
         int8_path, name=names["int8"], description=description + " (INT8 static QDQ)", precision="int8", **common
     )
-    return {"finished": True, "fp32": str(fp32_path), "int8": str(int8_path)}
+    return {"finished": common["training"]["finished"], "fp32": str(fp32_path), "int8": str(int8_path)}

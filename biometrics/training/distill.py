@@ -32,7 +32,7 @@ from biometrics.registry import ModelRegistry
 from biometrics.runtime import create_session
 from biometrics.training.export import crops_to_inputs, export_onnx, quantize_int8, write_card
 from biometrics.training.faces import FaceCache, build_face_cache, gather_sources, teacher_targets
-from biometrics.training.loop import TrainingRun, training_device, will_resume
+from biometrics.training.loop import TrainingRun, training_device, training_progress, will_resume
 from biometrics.training.quantization_aware import freeze_batchnorm, simulate_int8
 from biometrics.training.recipe import Recipe, section_as
 from biometrics.training.reconstruct import reconstruct_student
@@ -284,9 +284,11 @@ def distill(
     threads: int | None = None,
     progress: bool = True,
     device: str = "cpu",
+    export_unfinished: bool = False,
 ) -> dict:
     """Run (or resume) a recipe on ``device`` ("cpu", "cuda"); export FP32 and INT8 ONNX with cards into
-    ``models_dir``. Returns a summary."""
+    ``models_dir`` when it finishes, or where it stops with ``export_unfinished`` (to score a run mid-way).
+    Returns a summary."""
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(recipe.seed)
     on = training_device(device)
@@ -373,11 +375,11 @@ def distill(
                 extra["holdout"] = agreement(net, crops[holdout_idx], holdout_targets)
             run.record_and_save(steps_per_epoch, **extra)
     bar.close()
-    if run.step < total_steps:
+    if run.step < total_steps and not export_unfinished:
         return {"finished": False, "step": run.step, "total_steps": total_steps, "work_dir": str(work_dir)}
     if plain_fp32:
         plain_fp32()
-    return export(recipe, net.cpu(), crops, train_idx, faces, work_dir, models_dir, len(holdout_idx))
+    return export(recipe, net.cpu(), crops, train_idx, faces, work_dir, models_dir, len(holdout_idx), total_steps)
 
 
 def calibration_faces(recipe: Recipe, crops: np.ndarray, train_idx: np.ndarray) -> np.ndarray:
@@ -409,6 +411,7 @@ def export(
     work_dir: Path,
     models_dir: Path,
     holdout: int,
+    total_steps: int,
 ) -> dict:
     """FP32 and INT8 ONNX with cards, into ``models_dir/<name>/``."""
     names = recipe.output
@@ -438,9 +441,7 @@ def export(
         (models_dir / name / "train_log.jsonl").write_text(log_text)
     log = [json.loads(line) for line in log_text.splitlines()]
     training = {
-        "epochs": recipe.epochs,
-        "steps": log[-1]["step"],
-        "seconds": log[-1]["seconds"],
+        **training_progress(recipe, log, total_steps),
         "parameters_torch": count_parameters(net),
         "final_holdout": next((r["holdout"] for r in reversed(log) if "holdout" in r), None),
         "log": "train_log.jsonl (beside this card)",
@@ -452,4 +453,4 @@ def export(
     write_card(
         int8_path, name=names["int8"], description=description + " (INT8 static QDQ)", precision="int8", **common
     )
-    return {"finished": True, "fp32": str(fp32_path), "int8": str(int8_path), "training": training}
+    return {"finished": training["finished"], "fp32": str(fp32_path), "int8": str(int8_path), "training": training}

@@ -48,6 +48,18 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def training_progress(recipe: Recipe, log: list[dict], total_steps: int) -> dict:
+    """A card's account of how far its run went, from the run's log (records that carry ``seconds``)."""
+    last = next((record for record in reversed(log) if "seconds" in record), {"step": 0, "seconds": 0.0})
+    return {
+        "epochs": recipe.epochs,
+        "steps": last["step"],
+        "total_steps": total_steps,
+        "finished": last["step"] >= total_steps,
+        "seconds": last["seconds"],
+    }
+
+
 def will_resume(work_dir: Path, fresh: bool) -> bool:
     return checkpoint_path(work_dir).is_file() and not fresh
 
