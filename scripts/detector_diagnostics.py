@@ -148,6 +148,7 @@ def main() -> None:
         detector = load_detector(name, args.score)
         predictions = detect_all(detector, root, truths, progress=False)
         report["results"][name] = {
+            "sha256": detector.model.source_sha256,
             "wider": {d: wider_recall(predictions, truths, d) for d in ("easy", "medium")},
             **({"training_scenes": scene_recall(detector, scenes)} if scenes else {}),
             f"lfw_vs_{args.reference}": lfw_scale_agreement(detector, reference, paths),
