@@ -21,8 +21,7 @@ from biometrics.evaluation.wider import detect_all, locate_dataset, pixel_iou, r
 from biometrics.imaging import load_image
 from biometrics.pipeline.facade import select_face
 from biometrics.registry import ModelRegistry
-from biometrics.training.faces import gather_sources
-from biometrics.training.pseudo_labels import label_images
+from biometrics.training.detector_distill import training_labels
 from biometrics.training.recipe import Recipe, section_as
 from biometrics.training.scenes import Scene, SceneSpec, compose_scene
 
@@ -69,9 +68,7 @@ def held_out_scenes(recipe_path: Path, count: int) -> list[Scene]:
     """``count`` scenes composed as the recipe trains on, from its (cached) pseudo-labels, with a seed no training
     run uses: the training domain, new compositions."""
     recipe = Recipe.load(recipe_path)
-    teachers = [recipe.teacher] if isinstance(recipe.teacher, str) else list(recipe.teacher)
-    sources = gather_sources(Path(recipe.data.get("root", "../shared/data")), recipe.data)
-    labels = label_images(sources, teachers, iou=float(recipe.data.get("fusion_iou", 0.55)), progress=False)
+    labels, _ = training_labels(recipe, progress=False)
     rng = np.random.default_rng(987654)
     return [compose_scene(labels, rng, section_as(SceneSpec, recipe.augmentation)) for _ in range(count)]
 

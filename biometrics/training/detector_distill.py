@@ -160,6 +160,13 @@ def _unchanged(batch):
     return batch  # targets stay NumPy, as build_targets made them
 
 
+def training_labels(recipe: Recipe, progress: bool = True) -> tuple[PseudoLabels, list[str]]:
+    """The recipe's training images with their fused teacher faces (labelled once, then cached), and the teachers."""
+    sources = gather_sources(Path(recipe.data.get("root", "../shared/data")), recipe.data)
+    teachers = [recipe.teacher] if isinstance(recipe.teacher, str) else list(recipe.teacher)
+    return label_images(sources, teachers, iou=float(recipe.data.get("fusion_iou", 0.55)), progress=progress), teachers
+
+
 def distill_detector(
     recipe: Recipe,
     work_dir: Path,
@@ -179,9 +186,7 @@ def distill_detector(
     torch.manual_seed(recipe.seed)
     on = training_device(device)
     work_dir.mkdir(parents=True, exist_ok=True)
-    sources = gather_sources(Path(recipe.data.get("root", "../shared/data")), recipe.data)
-    teachers = [recipe.teacher] if isinstance(recipe.teacher, str) else list(recipe.teacher)
-    labels = label_images(sources, teachers, iou=float(recipe.data.get("fusion_iou", 0.55)), progress=progress)
+    labels, teachers = training_labels(recipe, progress)
     spec = section_as(SceneSpec, recipe.augmentation)
     dense = None
     if "init" in recipe.student:
