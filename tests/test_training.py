@@ -340,23 +340,38 @@ def test_keep_fp32_depthwise_names_exactly_the_grouped_convs():
         fp32_nodes(model, ["pointwise"])
 
 
-def test_percentile_calibration_clips_a_rare_extreme_activation(tmp_path):
-    """One outlier in the calibration data sets a min-max range alone; a percentile range ignores it, so the
-    INT8 step (the input's QuantizeLinear scale) stays fine for every ordinary value."""
+def _two_conv_model(path):
+    """x -> conv "first" (1 -> 2 channels) -> ReLU -> conv "second" (2 -> 2) -> ReLU, saved at ``path``."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from biometrics.training.export import quantize_int8
-
-    weight = numpy_helper.from_array(np.ones((2, 1, 1, 1), np.float32), "w")
+    weights = [
+        numpy_helper.from_array(np.ones((2, 1, 1, 1), np.float32), "w1"),
+        numpy_helper.from_array(np.full((2, 2, 1, 1), 0.5, np.float32), "w2"),
+    ]
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"]), helper.make_node("Relu", ["y"], ["z"])],
+        [
+            helper.make_node("Conv", ["x", "w1"], ["y1"], name="first"),
+            helper.make_node("Relu", ["y1"], ["z1"], name="relu1"),
+            helper.make_node("Conv", ["z1", "w2"], ["y2"], name="second"),
+            helper.make_node("Relu", ["y2"], ["z"], name="relu2"),
+        ],
         "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 16, 16])],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 16, 16])],
-        [weight],
+        weights,
     )
-    fp32 = tmp_path / "fp32.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(fp32))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+def test_percentile_calibration_clips_a_rare_extreme_activation(tmp_path):
+    """One outlier in the calibration data sets a min-max range alone; a percentile range ignores it, so the
+    INT8 step (the input's QuantizeLinear scale) stays fine for every ordinary value."""
+    from onnx import numpy_helper
+
+    from biometrics.training.export import quantize_int8
+
+    fp32 = _two_conv_model(tmp_path / "fp32.onnx")
     inputs = np.random.default_rng(0).uniform(0, 1, (64, 1, 16, 16)).astype(np.float32)
     inputs[0, 0, 0, 0] = 1000.0
 
@@ -369,6 +384,44 @@ def test_percentile_calibration_clips_a_rare_extreme_activation(tmp_path):
 
     assert input_scale(None) > 3.0  # 1000 / 255: the outlier sets the range
     assert input_scale(99.99) < 0.01  # about 1 / 255
+
+
+def test_int8_schemes_the_variants_script_compares(tmp_path):
+    """``scripts/int8_variants.py`` times ORT's other INT8 schemes against the recipes' one; each option must
+    build what it names: excluded nodes stay FP32, int8 or symmetric activations change the zero points, the
+    operator format writes QLinearConv instead of QDQ pairs."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from biometrics.training.export import quantize_int8
+
+    fp32 = _two_conv_model(tmp_path / "fp32.onnx")
+    inputs = np.random.default_rng(0).uniform(0, 1, (8, 1, 16, 16)).astype(np.float32)
+
+    def build(name, **options):
+        model = onnx.load(str(quantize_int8(fp32, tmp_path / f"{name}.onnx", inputs, **options)))
+        zero_points = {
+            numpy_helper.to_array(i).dtype for i in model.graph.initializer if i.name.endswith("_zero_point")
+        }
+        expected = ort.InferenceSession(str(fp32)).run(None, {"x": inputs[:1]})[0]
+        got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": inputs[:1]})[0]
+        np.testing.assert_allclose(got, expected, atol=0.05)  # still the same function, up to rounding
+        return model, zero_points
+
+    recipes, recipes_zero_points = build("recipes")
+    assert np.dtype(np.uint8) in recipes_zero_points
+    assert next(n for n in recipes.graph.node if n.name == "second").input[1] != "w2"  # quantized weights
+    excluded, _ = build("excluded", exclude_nodes=["second"])
+    second = next(n for n in excluded.graph.node if n.name == "second")
+    assert second.input[1] == "w2"  # its weights stay the FP32 initializer (no DequantizeLinear in between)
+    assert np.dtype(np.uint8) not in build("signed", signed_activations=True)[1]
+    symmetric, _ = build("symmetric", symmetric_activations=True)
+    activation_zeros = [
+        numpy_helper.to_array(i) for i in symmetric.graph.initializer if i.name.endswith("_zero_point") and i.dims == []
+    ]
+    assert activation_zeros and all(int(z) == 128 for z in activation_zeros if z.dtype == np.uint8)
+    operators = {n.op_type for n in build("operators", operator_format=True)[0].graph.node}
+    assert "QLinearConv" in operators and "Conv" not in operators
 
 
 def test_calibration_holds_one_chunk_of_inputs_at_a_time():

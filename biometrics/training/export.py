@@ -169,6 +169,10 @@ def quantize_int8(
     per_channel: bool = True,
     keep_fp32: list[str] | None = None,
     percentile: float | None = None,
+    exclude_nodes: list[str] | None = None,
+    signed_activations: bool = False,
+    symmetric_activations: bool = False,
+    operator_format: bool = False,
 ) -> Path:
     """Static INT8 with ONNX Runtime: QDQ format, per-channel int8 weights, uint8 activations.
 
@@ -176,7 +180,9 @@ def quantize_int8(
     ``keep_fp32`` (entries of ``KEEP_FP32``) leaves those layers in FP32: on our embedder student that recovered
     all of INT8's LFW loss for 0.3 MB. ``percentile``: activation ranges clip at that percentile of the
     calibration values instead of their min and max, so a few extreme activations do not coarsen the step for
-    all the others.
+    all the others. ``exclude_nodes`` (node names) stay FP32 too. The last three switch to ORT's other INT8
+    schemes (int8 activations, activations symmetric about zero, QLinear operators instead of QDQ pairs), which
+    the recipes do not use: ``scripts/int8_variants.py`` times them against ours.
     """
     int8_path.parent.mkdir(parents=True, exist_ok=True)
     fp32_model = onnx.load(str(fp32_path))
@@ -187,17 +193,20 @@ def quantize_int8(
             str(preprocessed),
             str(int8_path),
             _InputReader(fp32_model.graph.input[0].name, calibration_inputs),
-            quant_format=QuantFormat.QDQ,
+            quant_format=QuantFormat.QOperator if operator_format else QuantFormat.QDQ,
             per_channel=per_channel,
-            activation_type=QuantType.QUInt8,
+            activation_type=QuantType.QInt8 if signed_activations else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=fp32_nodes(fp32_model, keep_fp32 or []),
+            nodes_to_exclude=fp32_nodes(fp32_model, keep_fp32 or []) + list(exclude_nodes or []),
             calibrate_method=CalibrationMethod.MinMax if percentile is None else CalibrationMethod.Percentile,
             # The histogram calibrator otherwise holds every activation of every input until it bins them (15 GB
             # for 256 faces through the embedder student); chunk by chunk, the histograms merge.
-            extra_options={}
-            if percentile is None
-            else {"CalibPercentile": percentile, "CalibStridedMinMax": calibration_chunk(len(calibration_inputs))},
+            extra_options={"ActivationSymmetric": symmetric_activations}
+            | (
+                {}
+                if percentile is None
+                else {"CalibPercentile": percentile, "CalibStridedMinMax": calibration_chunk(len(calibration_inputs))}
+            ),
         )
     finally:
         preprocessed.unlink(missing_ok=True)
