@@ -174,7 +174,7 @@ def quantize_int8(
     symmetric_activations: bool = False,
     operator_format: bool = False,
 ) -> Path:
-    """Static INT8 with ONNX Runtime: QDQ format, per-channel int8 weights, uint8 activations.
+    """Static INT8 with ONNX Runtime; by default QDQ format, per-channel int8 weights, uint8 activations.
 
     ``calibration_inputs``: network inputs (3 x H x W each) from training data only, never evaluation images.
     ``keep_fp32`` (entries of ``KEEP_FP32``) leaves those layers in FP32: on our embedder student that recovered
