@@ -186,6 +186,14 @@ def quantize_int8(
     """
     int8_path.parent.mkdir(parents=True, exist_ok=True)
     fp32_model = onnx.load(str(fp32_path))
+    extra_options = {"ActivationSymmetric": symmetric_activations}
+    if percentile is not None:
+        # The histogram calibrator otherwise holds every activation of every input until it bins them (15 GB
+        # for 256 faces through the embedder student); chunk by chunk, the histograms merge.
+        extra_options |= {
+            "CalibPercentile": percentile,
+            "CalibStridedMinMax": calibration_chunk(len(calibration_inputs)),
+        }
     preprocessed = int8_path.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32_path), str(preprocessed), skip_symbolic_shape=True)
     try:
@@ -199,14 +207,7 @@ def quantize_int8(
             weight_type=QuantType.QInt8,
             nodes_to_exclude=fp32_nodes(fp32_model, keep_fp32 or []) + list(exclude_nodes or []),
             calibrate_method=CalibrationMethod.MinMax if percentile is None else CalibrationMethod.Percentile,
-            # The histogram calibrator otherwise holds every activation of every input until it bins them (15 GB
-            # for 256 faces through the embedder student); chunk by chunk, the histograms merge.
-            extra_options={"ActivationSymmetric": symmetric_activations}
-            | (
-                {}
-                if percentile is None
-                else {"CalibPercentile": percentile, "CalibStridedMinMax": calibration_chunk(len(calibration_inputs))}
-            ),
+            extra_options=extra_options,
         )
     finally:
         preprocessed.unlink(missing_ok=True)
