@@ -475,18 +475,56 @@ def bench(models, out, thread_counts, iterations, batch, image_paths):
     show_default=True,
     help="Where the recipe trains: cpu, or a PyTorch GPU device (cuda, cuda:1).",
 )
+@click.option(
+    "--pack-faces",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Embedder recipes: write the recipe's aligned training faces (WebP) to this .npz file and stop, to train "
+    "on a machine without the datasets (--faces there). The file holds face images: keep it private.",
+)
+@click.option(
+    "--faces",
+    "faces_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Embedder recipes: train on a face set written by --pack-faces (for the same data block) instead of "
+    "reading the datasets.",
+)
+@click.option("--webp-quality", type=click.IntRange(1, 100), default=90, show_default=True, help="For --pack-faces.")
 @reports_errors
-def distill(recipe, work_dir, models_dir, max_steps, fresh, export_unfinished, threads, progress, device):
+def distill(
+    recipe,
+    work_dir,
+    models_dir,
+    max_steps,
+    fresh,
+    export_unfinished,
+    threads,
+    progress,
+    device,
+    pack_faces,
+    faces_file,
+    webp_quality,
+):
     """Train a student from a recipe (pipelines/*.yaml): distil, quantize to INT8, export ONNX + cards."""
     try:
         from biometrics.training.detector_distill import distill_detector
         from biometrics.training.distill import distill as distill_embedder
+        from biometrics.training.distill import pack_recipe_faces
         from biometrics.training.recipe import Recipe
     except ImportError as exc:
         raise BiometricsError(f"training needs the train extra (pip install -e '.[train]'): {exc}") from None
     loaded = Recipe.load(recipe)
     from biometrics.registry import cache_dir
 
+    if (pack_faces or faces_file) and loaded.task != "embedding":
+        raise click.UsageError("--pack-faces and --faces are for embedder recipes")
+    if pack_faces and faces_file:
+        raise click.UsageError("--pack-faces reads the datasets, --faces replaces them: give one")
+    if pack_faces:
+        click.echo(json.dumps(pack_recipe_faces(loaded, pack_faces, webp_quality, progress), indent=2))
+        return
+    options = {"faces_file": faces_file} if faces_file else {}
     run_distill = distill_detector if loaded.task == "detection" else distill_embedder
     summary = run_distill(
         loaded,
@@ -498,6 +536,7 @@ def distill(recipe, work_dir, models_dir, max_steps, fresh, export_unfinished, t
         progress=progress,
         device=device,
         export_unfinished=export_unfinished,
+        **options,
     )
     click.echo(json.dumps(summary, indent=2))
 

@@ -31,8 +31,15 @@ from biometrics.errors import BiometricsError
 from biometrics.registry import ModelRegistry
 from biometrics.runtime import create_session
 from biometrics.training.export import crops_to_inputs, export_onnx, quantize_int8, write_card
-from biometrics.training.faces import FaceCache, build_face_cache, gather_sources, teacher_targets
-from biometrics.training.loop import TrainingRun, training_device, training_progress, will_resume
+from biometrics.training.faces import (
+    FaceCache,
+    build_face_cache,
+    gather_sources,
+    load_packed_faces,
+    pack_faces,
+    teacher_targets,
+)
+from biometrics.training.loop import TrainingRun, to_device, training_device, training_progress, will_resume
 from biometrics.training.quantization_aware import freeze_batchnorm, simulate_int8
 from biometrics.training.recipe import Recipe, section_as
 from biometrics.training.reconstruct import reconstruct_student
@@ -58,12 +65,35 @@ def student_spec(recipe: Recipe) -> tuple[EmbedderConfig, str, dict]:
     return section_as(EmbedderConfig, spec), init, fit
 
 
-def training_faces(recipe: Recipe, progress: bool = True) -> tuple[FaceCache, np.ndarray, np.ndarray]:
-    """The recipe's cached face crops and their split: held-out indices (the per-epoch agreement log) and
-    training indices, drawn from the recipe's seed so every tool sees the same held-out faces."""
-    faces = build_face_cache(
-        gather_sources(Path(recipe.data.get("root", "../shared/data")), recipe.data), recipe.detector, progress=progress
-    )
+def face_signature(recipe: Recipe) -> dict:
+    """What a recipe's training faces are made from: its data block (wherever the datasets lie) and detector."""
+    return {"data": {k: v for k, v in recipe.data.items() if k not in ("root", "holdout")}, "detector": recipe.detector}
+
+
+def recipe_faces(recipe: Recipe, progress: bool = True) -> FaceCache:
+    """The recipe's aligned training faces, detected and cached on first use."""
+    sources = gather_sources(Path(recipe.data.get("root", "../shared/data")), recipe.data)
+    return build_face_cache(sources, recipe.detector, progress=progress)
+
+
+def pack_recipe_faces(recipe: Recipe, path: Path, quality: int = 90, progress: bool = True) -> dict:
+    """``biometrics distill RECIPE --pack-faces FILE``: the recipe's faces in one file for a machine without the
+    datasets (``--faces FILE`` there)."""
+    faces = recipe_faces(recipe, progress)
+    pack_faces(faces, path, face_signature(recipe), quality, progress)
+    return {"packed": str(path), "faces": len(faces.crops), "webp_quality": quality, "bytes": path.stat().st_size}
+
+
+def training_faces(
+    recipe: Recipe, progress: bool = True, faces_file: Path | None = None
+) -> tuple[FaceCache, np.ndarray, np.ndarray]:
+    """The recipe's cached face crops (or those of a packed face set made for the same data) and their split:
+    held-out indices (the per-epoch agreement log) and training indices, drawn from the recipe's seed so every
+    tool sees the same held-out faces."""
+    if faces_file is not None:
+        faces = load_packed_faces(faces_file, face_signature(recipe))
+    else:
+        faces = recipe_faces(recipe, progress)
     order = np.random.default_rng(recipe.seed).permutation(len(faces.crops))
     holdout = int(recipe.data.get("holdout", 0))
     return faces, np.sort(order[:holdout]), np.sort(order[holdout:])
@@ -157,7 +187,7 @@ def augment(batch: torch.Tensor, spec: dict, generator: torch.Generator) -> torc
     """Photometric and small geometric changes a deployed camera and an imperfect alignment produce (RGB 0-255,
     N x 3 x H x W). The random draws come from ``generator`` on the CPU, so a run repeats on any device."""
     n = batch.shape[0]
-    rand = lambda *shape: torch.rand(*shape, generator=generator).to(batch.device)  # noqa: E731
+    rand = lambda *shape: to_device(torch.rand(*shape, generator=generator), batch.device)  # noqa: E731
     shift, scale = spec.get("shift_px", 0) / (batch.shape[-1] / 2), spec.get("scale", 0.0)
     rotate = np.deg2rad(spec.get("rotate_deg", 0.0))
     if shift or scale or rotate:
@@ -177,10 +207,11 @@ def augment(batch: torch.Tensor, spec: dict, generator: torch.Generator) -> torc
     if spec.get("grayscale"):
         gray = batch.mean(dim=1, keepdim=True).expand_as(batch)
         batch = torch.where((rand(n) < spec["grayscale"]).view(n, 1, 1, 1), gray, batch)
-    if spec.get("downscale"):
-        chosen = rand(n) < spec["downscale"]
-        if chosen.any():
-            size = int(batch.shape[-1] * (0.3 + 0.4 * float(rand(1))))
+    if spec.get("downscale"):  # which faces, and to what size, is decided on the host: no wait on the GPU
+        chosen = (torch.rand(n, generator=generator) < spec["downscale"]).nonzero().squeeze(1)
+        if len(chosen):
+            size = int(batch.shape[-1] * (0.3 + 0.4 * float(torch.rand(1, generator=generator))))
+            chosen = to_device(chosen, batch.device)
             small = F.interpolate(batch[chosen], size=size, mode="bilinear", antialias=True, align_corners=False)
             batch[chosen] = F.interpolate(small, size=batch.shape[-1], mode="bilinear", align_corners=False)
     return batch.clamp(0, 255)
@@ -197,9 +228,9 @@ def distillation_loss(
     ``same_person``: P x 2 batch rows holding two photos of one person (their similarity gets its own term)."""
     s, t = F.normalize(student, dim=1), F.normalize(teacher, dim=1)
     terms = {"cosine": (1 - (s * t).sum(dim=1)).mean()}
-    if weights.get("pairwise"):
-        off_diagonal = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
-        terms["pairwise"] = F.mse_loss((s @ s.T)[off_diagonal], (t @ t.T)[off_diagonal])
+    if weights.get("pairwise"):  # mean squared difference over the off-diagonal pairs
+        off_diagonal = 1 - torch.eye(len(s), device=s.device)
+        terms["pairwise"] = ((s @ s.T - t @ t.T).square() * off_diagonal).sum() / off_diagonal.sum()
     if weights.get("same_person") and same_person is not None and len(same_person):
         # Random batches hold almost only impostor pairs; verification is decided where genuine pairs sit.
         a, b = same_person[:, 0], same_person[:, 1]
@@ -210,7 +241,7 @@ def distillation_loss(
             [F.mse_loss(hints[0][k], hints[1][k]) / hints[1][k].pow(2).mean() for k in hints[0]]
         ).mean()
     total = sum(weights.get(name, 0.0) * value for name, value in terms.items())
-    return total, {name: float(value.detach()) for name, value in terms.items()}
+    return total, {name: value.detach() for name, value in terms.items()}
 
 
 def same_person_groups(identities: list[str | None], indices: np.ndarray) -> list[np.ndarray]:
@@ -285,9 +316,11 @@ def distill(
     progress: bool = True,
     device: str = "cpu",
     export_unfinished: bool = False,
+    faces_file: Path | None = None,
 ) -> dict:
     """Run (or resume) a recipe on ``device`` ("cpu", "cuda"); export FP32 and INT8 ONNX with cards into
     ``models_dir`` when it finishes, or where it stops with ``export_unfinished`` (to score a run mid-way).
+    ``faces_file``: train on a packed face set (``pack_recipe_faces``) instead of the recipe's datasets.
     Returns a summary."""
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(recipe.seed)
@@ -295,7 +328,7 @@ def distill(
     if on.type != "cpu" and recipe.quantization.get("aware"):
         raise BiometricsError(f"recipe {recipe.name}: quantization-aware training runs on the CPU (--device cpu)")
     work_dir.mkdir(parents=True, exist_ok=True)
-    faces, holdout_idx, train_idx = training_faces(recipe, progress)
+    faces, holdout_idx, train_idx = training_faces(recipe, progress, faces_file)
     crops = np.asarray(faces.crops)
     pixels = crops if on.type == "cpu" else torch.as_tensor(crops, device=on)  # training batches come from it
 
@@ -303,6 +336,7 @@ def distill(
     resuming = will_resume(work_dir, fresh)
     net, kept, fit_errors = build_student(recipe if not resuming else _without_reconstruction(recipe), crops, train_idx)
     net = net.to(on, memory_format=torch.channels_last)
+    kept = {stage: channels.to(on) for stage, channels in kept.items()}  # indexes the teacher's hints every step
     teacher_online = None
     if teacher_view(recipe) == "augmented":
         if recipe.loss.get("features") and not kept:
@@ -352,13 +386,12 @@ def distill(
             same_person = torch.arange(len(batch_idx), len(batch_idx) + 2 * len(photos), device=on).reshape(-1, 2)
             batch_idx = np.concatenate([batch_idx, *photos])
         flip = torch.rand(len(batch_idx), generator=generator) < recipe.augmentation.get("flip", 0.0)
-        images = _to_tensor(pixels[batch_idx if on.type == "cpu" else torch.from_numpy(batch_idx).to(on)])
-        mirrored = flip.to(on)
-        images[mirrored] = images[mirrored].flip(-1)
+        images = _to_tensor(pixels[batch_idx if on.type == "cpu" else to_device(torch.from_numpy(batch_idx), on)])
+        images = torch.where(to_device(flip, on).view(-1, 1, 1, 1), images.flip(-1), images)
         run.set_learning_rate()
         view = augment(images, recipe.augmentation, generator)
         if teacher_online is None:
-            target = torch.from_numpy(targets[batch_idx, flip.numpy().astype(np.int64)]).to(on)
+            target = to_device(torch.from_numpy(targets[batch_idx, flip.numpy().astype(np.int64)]), on)
             loss, terms = distillation_loss(net(view), target, recipe.loss, same_person=same_person)
         else:
             target, teacher_hints = teacher_online(view)
@@ -368,12 +401,12 @@ def distill(
             loss, terms = distillation_loss(embedding, target, recipe.loss, pairs, same_person)
         run.optimise(loss, terms)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
         if run.due(steps_per_epoch, limit):
             extra = {}
             if (run.step % steps_per_epoch == 0 or run.step == limit) and len(holdout_idx):
                 extra["holdout"] = agreement(net, crops[holdout_idx], holdout_targets)
-            run.record_and_save(steps_per_epoch, **extra)
+            record = run.record_and_save(steps_per_epoch, **extra)
+            bar.set_postfix(cosine_loss=f"{record['loss_cosine']:.4f}")  # per record: a per-step read would sync
     bar.close()
     if run.step < total_steps and not export_unfinished:
         return {"finished": False, "step": run.step, "total_steps": total_steps, "work_dir": str(work_dir)}
@@ -436,6 +469,8 @@ def export(
         "note": "LFW people of the excluded (report) folds are not in the training data; "
         "thresholds and quantization calibration use training faces only",
     }
+    if faces.packed_quality is not None:
+        data_split["faces"] = f"trained on WebP copies of the aligned crops, quality {faces.packed_quality}"
     log_text = (work_dir / "train_log.jsonl").read_text()
     for name in (names["fp32"], names["int8"]):  # the log travels with the models it produced
         (models_dir / name / "train_log.jsonl").write_text(log_text)

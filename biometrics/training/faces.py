@@ -8,6 +8,7 @@ recipe that asks for the same faces reuses them.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -87,11 +88,13 @@ def gather_sources(data_root: Path, spec: dict) -> list[FaceSource]:
 
 @dataclass
 class FaceCache:
-    """Aligned crops (N x 112 x 112 x 3, BGR uint8) and, per crop, its dataset and identity."""
+    """Aligned crops (N x 112 x 112 x 3, BGR uint8) and, per crop, its dataset and identity. ``packed_quality``
+    is the WebP quality of the packed face set they were decoded from (``pack_faces``), None for the originals."""
 
     folder: Path
     crops: np.ndarray
     meta: list[dict]
+    packed_quality: int | None = None
 
     @property
     def identities(self) -> list[str | None]:
@@ -146,6 +149,70 @@ def build_face_cache(
     (folder / "skipped.txt").write_text(f"{skipped} of {len(sources)} images had no detectable face\n")
     (folder / "meta.json").write_text(json.dumps(meta))  # written last: marks the cache complete
     return FaceCache(folder, np.load(folder / "crops.npy", mmap_mode="r"), meta)
+
+
+PACK_FORMAT = "biometrics-faces/1"
+
+
+def pack_faces(faces: FaceCache, path: Path, signature: dict, quality: int = 90, progress: bool = True) -> Path:
+    """Write the crops, WebP-encoded in their order, with their metadata to one ``.npz`` file (owner-only: these
+    are face images), so a run can train where the datasets are not, e.g. on a rented GPU. 27,515 crops take
+    61 MiB at quality 90 instead of 1 GB. ``signature`` names what the faces were made from (``load_packed_faces``
+    checks it against the recipe that trains on them)."""
+    if not 1 <= quality <= 100:
+        raise DataError(f"WebP quality must be 1-100, not {quality}")
+    encoded = []
+    for crop in tqdm(faces.crops, desc="packing faces", unit="face", disable=not progress):
+        ok, data = cv2.imencode(".webp", np.asarray(crop), [cv2.IMWRITE_WEBP_QUALITY, quality])
+        if not ok:
+            raise DataError(f"OpenCV could not WebP-encode a crop of {faces.folder}")
+        encoded.append(data.ravel())
+    offsets = np.cumsum([0] + [len(data) for data in encoded])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+        np.savez(
+            out,
+            format=np.array(PACK_FORMAT),
+            signature=np.array(json.dumps(signature, sort_keys=True)),
+            source=np.array(faces.folder.name),
+            quality=np.array(quality),
+            meta=np.array(json.dumps(faces.meta)),
+            offsets=offsets,
+            webp=np.concatenate(encoded) if encoded else np.zeros(0, np.uint8),
+        )
+    os.replace(partial, path)
+    return path
+
+
+def load_packed_faces(path: Path, signature: dict, cache: Path | None = None) -> FaceCache:
+    """The face set ``pack_faces`` wrote, decoded once into the cache (beside, never over, a cache of the
+    originals). Refuses a file made for other data than ``signature`` names: the split and the card would lie."""
+    try:
+        pack = np.load(path, allow_pickle=False)
+        if str(pack["format"]) != PACK_FORMAT:
+            raise DataError(f"{path}: not a packed face set ({PACK_FORMAT})")
+        packed_signature = json.loads(str(pack["signature"]))
+        source, quality = str(pack["source"]), int(pack["quality"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: not a readable packed face set ({exc})") from None
+    if packed_signature != signature:
+        raise DataError(
+            f"{path} holds faces made for {json.dumps(packed_signature, sort_keys=True)}, "
+            f"the recipe asks for {json.dumps(signature, sort_keys=True)}"
+        )
+    folder = (cache or cache_dir()) / "training" / f"{source}-webp{quality}"
+    if not (folder / "meta.json").is_file():
+        webp, offsets = pack["webp"], pack["offsets"]
+        crops = np.stack(
+            [cv2.imdecode(webp[start:end], cv2.IMREAD_COLOR) for start, end in itertools.pairwise(offsets)]
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "crops.npy.tmp.npy", crops)
+        os.replace(folder / "crops.npy.tmp.npy", folder / "crops.npy")
+        (folder / "meta.json").write_text(str(pack["meta"]))  # written last: marks the cache complete
+    meta = json.loads((folder / "meta.json").read_text())
+    return FaceCache(folder, np.load(folder / "crops.npy", mmap_mode="r"), meta, packed_quality=quality)
 
 
 def teacher_targets(faces: FaceCache, teacher: str, batch_size: int = 64, progress: bool = True) -> np.ndarray:

@@ -39,6 +39,14 @@ def training_device(name: str) -> torch.device:
     return device
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on ``device`` without making the host wait: pinned, then copied asynchronously. A copy from
+    pageable memory synchronises the stream, so the host would stall on the GPU's queue several times a step."""
+    if device.type == "cpu":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def checkpoint_path(work_dir: Path) -> Path:
     return work_dir / "checkpoint.pt"
 
@@ -113,7 +121,8 @@ class TrainingRun:
             group["lr"] = lr_at(self.step, self.total_steps, self.recipe)
 
     def optimise(self, loss: torch.Tensor, terms: dict, clip_norm: float | None = None) -> None:
-        """One update, then the step counter moves on and the loss terms join the next log record."""
+        """One update, then the step counter moves on and the loss terms (detached tensors: read on the host only
+        when a record is written) join the next log record."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_norm:
@@ -136,7 +145,7 @@ class TrainingRun:
             "step": self.step,
             "epoch": self.step / steps_per_epoch,
             "lr": lr_at(self.step - 1, self.total_steps, self.recipe),
-            **{f"loss_{k}": float(np.mean([r[k] for r in self.running])) for k in self.running[0]},
+            **{f"loss_{k}": float(np.mean([float(r[k]) for r in self.running])) for k in self.running[0]},
             "seconds": round(self.seconds_before + time.time() - self.started, 1),  # across resumes
             **extra,
         }
