@@ -565,7 +565,7 @@ def test_quantization_aware_training_runs_and_must_simulate_the_build_it_precede
         distill(Recipe.load(path), tmp_path / "refused", tmp_path / "models", progress=False)
 
 
-def test_gpu_training_parts_compute_what_the_cpu_path_does(lfw_faces):
+def test_gpu_training_parts_compute_what_the_cpu_path_does(lfw_faces, tmp_path):
     """On a GPU the faces are batched from a device tensor and the teacher runs in PyTorch: both must give the
     network input and the targets (embeddings and hints) that the CPU path's NumPy batches and ONNX teacher give.
     Checked here on the CPU with real faces; the CUDA run itself is recorded in the patient recipes' logs."""
@@ -581,6 +581,15 @@ def test_gpu_training_parts_compute_what_the_cpu_path_does(lfw_faces):
     hints_onnx, hints_torch = onnx_teacher(_to_tensor(crops))[1], torch_teacher(_to_tensor(crops))[1]
     for stage in (3, 13):
         torch.testing.assert_close(hints_torch[stage], hints_onnx[stage], rtol=1e-3, atol=1e-3)
+
+    # The cached targets (face and mirror) too, kept apart from the ONNX Runtime ones.
+    from biometrics.training.faces import FaceCache, teacher_targets
+
+    faces = FaceCache(tmp_path, crops, [{"dataset": "lfw", "identity": None, "file": str(i)} for i in range(8)])
+    by_ort = teacher_targets(faces, "sface-teacher", progress=False)
+    by_torch = teacher_targets(faces, "sface-teacher", progress=False, gpu_teacher=torch_teacher)
+    assert by_torch.shape == by_ort.shape == (8, 2, 128) and len(list(tmp_path.glob("targets-*.npy"))) == 2
+    assert (by_torch * by_ort).sum(-1).min() > 0.9999
 
 
 def test_distill_refuses_a_device_it_cannot_use(tmp_path):

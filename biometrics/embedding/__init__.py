@@ -63,8 +63,12 @@ class Embedder:
             self.session.run(None, {self.input_name: np.ascontiguousarray(tensor[i : i + self.batch_size])})[0]
             for i in range(0, len(tensor), self.batch_size)
         ]
-        embeddings = np.concatenate(outputs).reshape(len(tensor), -1).astype(np.float32)
-        return embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+        return unit_length(np.concatenate(outputs).reshape(len(tensor), -1).astype(np.float32))
+
+
+def unit_length(embeddings: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1: verification compares directions (cosine), never magnitudes."""
+    return embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
 
 
 ARCHITECTURES = {"arcface112": Embedder}

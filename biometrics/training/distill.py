@@ -350,7 +350,8 @@ def distill(
         targets = None  # every batch gets the teacher's embedding of its own augmented view
         holdout_targets = teacher_online.embed(crops[holdout_idx])
     else:
-        targets = teacher_targets(faces, recipe.teacher, progress=progress)  # N x (face, mirror) x D, cached
+        gpu_teacher = TorchTeacher(recipe.teacher, [], on) if on.type != "cpu" else None
+        targets = teacher_targets(faces, recipe.teacher, progress=progress, gpu_teacher=gpu_teacher)  # N x 2 x D
         holdout_targets = targets[holdout_idx, 0]
     pairs_per_batch = int(recipe.raw.get("same_person_pairs", 0))
     groups = same_person_groups(faces.identities, train_idx) if pairs_per_batch else []

@@ -215,23 +215,30 @@ def load_packed_faces(path: Path, signature: dict, cache: Path | None = None) ->
     return FaceCache(folder, np.load(folder / "crops.npy", mmap_mode="r"), meta, packed_quality=quality)
 
 
-def teacher_targets(faces: FaceCache, teacher: str, batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """Teacher embeddings of every crop and of its mirror image (N x 2 x D), computed once and cached.
+def teacher_targets(
+    faces: FaceCache, teacher: str, batch_size: int = 64, progress: bool = True, gpu_teacher=None
+) -> np.ndarray:
+    """Teacher embeddings of every crop and of its mirror image (N x 2 x D, unit length), computed once and cached.
 
     The teacher runs in ONNX Runtime exactly as it does at verification time, so the student learns the
-    geometry the product actually uses.
+    geometry the product actually uses. ``gpu_teacher`` (a ``TorchTeacher`` on the training GPU) computes the
+    same embeddings (to a cosine of 1e-4) in seconds instead of the CPU's minutes; they are cached apart.
     """
-    from biometrics.embedding import ARCHITECTURES
+    from biometrics.embedding import ARCHITECTURES, unit_length
 
     model = ModelRegistry().resolve(teacher, task="embedding")
-    path = faces.folder / f"targets-{model.name}-{model.source_sha256[:12]}.npy"
+    engine = "-torch" if gpu_teacher is not None else ""
+    path = faces.folder / f"targets-{model.name}-{model.source_sha256[:12]}{engine}.npy"
     if path.is_file():
         return np.load(path)
-    embedder = ARCHITECTURES[model.card.architecture](model, batch_size=batch_size)
+    if gpu_teacher is not None:
+        embed = lambda crops: unit_length(gpu_teacher.embed(np.ascontiguousarray(crops), batch_size))  # noqa: E731
+    else:
+        embed = ARCHITECTURES[model.card.architecture](model, batch_size=batch_size).embed
     chunks = []
     for start in tqdm(range(0, len(faces.crops), batch_size), desc=f"teacher {model.name}", disable=not progress):
         batch = np.asarray(faces.crops[start : start + batch_size])
-        chunks.append(np.stack([embedder.embed(batch), embedder.embed(batch[:, :, ::-1])], axis=1))
+        chunks.append(np.stack([embed(batch), embed(batch[:, :, ::-1])], axis=1))
     targets = np.concatenate(chunks).astype(np.float32)
     np.save(path.with_suffix(".tmp.npy"), targets)
     os.replace(path.with_suffix(".tmp.npy"), path)
