@@ -249,10 +249,10 @@ def test_a_packed_face_set_trains_where_the_datasets_are_not(tmp_path, monkeypat
     recipe.path.write_text(yaml.safe_dump(other_people))
     refused = run(*args)
     assert refused.exit_code == 2 and "holds faces made for" in refused.output
-    not_a_pack = tmp_path / "faces.txt"
-    not_a_pack.write_text("faces")
-    refused = run(recipe.path, "--faces", not_a_pack)
-    assert refused.exit_code == 2 and "not a readable packed face set" in refused.output
+    for name, content in (("faces.txt", b"faces"), ("half.npz", packed.read_bytes()[: packed.stat().st_size // 2])):
+        (tmp_path / name).write_bytes(content)  # not a face set; one half of a face set sent in two parts
+        refused = run(recipe.path, "--faces", tmp_path / name)
+        assert refused.exit_code == 2 and "not a readable packed face set" in refused.output
 
 
 def test_same_person_pairs_come_from_known_people_in_the_training_split():

@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,7 +158,7 @@ PACK_FORMAT = "biometrics-faces/1"
 def pack_faces(faces: FaceCache, path: Path, signature: dict, quality: int = 90, progress: bool = True) -> Path:
     """Write the crops, WebP-encoded in their order, with their metadata to one ``.npz`` file (owner-only: these
     are face images), so a run can train where the datasets are not, e.g. on a rented GPU. 27,515 crops take
-    61 MiB at quality 90 instead of 1 GB. ``signature`` names what the faces were made from (``load_packed_faces``
+    70 MiB at quality 90 instead of 1 GB. ``signature`` names what the faces were made from (``load_packed_faces``
     checks it against the recipe that trains on them)."""
     if not 1 <= quality <= 100:
         raise DataError(f"WebP quality must be 1-100, not {quality}")
@@ -194,7 +195,7 @@ def load_packed_faces(path: Path, signature: dict, cache: Path | None = None) ->
             raise DataError(f"{path}: not a packed face set ({PACK_FORMAT})")
         packed_signature = json.loads(str(pack["signature"]))
         source, quality = str(pack["source"]), int(pack["quality"])
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable packed face set ({exc})") from None
     if packed_signature != signature:
         raise DataError(
@@ -204,9 +205,10 @@ def load_packed_faces(path: Path, signature: dict, cache: Path | None = None) ->
     folder = (cache or cache_dir()) / "training" / f"{source}-webp{quality}"
     if not (folder / "meta.json").is_file():
         webp, offsets = pack["webp"], pack["offsets"]
-        crops = np.stack(
-            [cv2.imdecode(webp[start:end], cv2.IMREAD_COLOR) for start, end in itertools.pairwise(offsets)]
-        )
+        decoded = [cv2.imdecode(webp[start:end], cv2.IMREAD_COLOR) for start, end in itertools.pairwise(offsets)]
+        if any(crop is None for crop in decoded):
+            raise DataError(f"{path}: {sum(crop is None for crop in decoded)} faces in it do not decode")
+        crops = np.stack(decoded)
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "crops.npy.tmp.npy", crops)
         os.replace(folder / "crops.npy.tmp.npy", folder / "crops.npy")
