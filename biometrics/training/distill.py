@@ -175,7 +175,8 @@ class TorchTeacher(_Teacher):
     hints (tests/test_training.py checks it on real faces)."""
 
     def __init__(self, teacher: str, stages: list[int], device: torch.device):
-        self.net = sface_to_torch(ModelRegistry().resolve(teacher, task="embedding").onnx_bytes).to(device).eval()
+        net = sface_to_torch(ModelRegistry().resolve(teacher, task="embedding").onnx_bytes)
+        self.net = net.to(device, memory_format=torch.channels_last).eval()  # the layout of the student's batches
         self.stages, self.device, self.embedding_dim = stages, device, self.net.config.embedding_dim
 
     @torch.no_grad()
