@@ -162,7 +162,7 @@ def _unchanged(batch):
 
 def training_labels(recipe: Recipe, progress: bool = True) -> tuple[PseudoLabels, list[str]]:
     """The recipe's training images with their fused teacher faces (labelled once, then cached), and the teachers."""
-    sources = gather_sources(Path(recipe.data.get("root", "../shared/data")), recipe.data)
+    sources = gather_sources(recipe.data)
     teachers = [recipe.teacher] if isinstance(recipe.teacher, str) else list(recipe.teacher)
     return label_images(sources, teachers, iou=float(recipe.data.get("fusion_iou", 0.55)), progress=progress), teachers
 

@@ -72,7 +72,7 @@ def face_signature(recipe: Recipe) -> dict:
 
 def recipe_faces(recipe: Recipe, progress: bool = True) -> FaceCache:
     """The recipe's aligned training faces, detected and cached on first use."""
-    sources = gather_sources(Path(recipe.data.get("root", "../shared/data")), recipe.data)
+    sources = gather_sources(recipe.data)
     return build_face_cache(sources, recipe.detector, progress=progress)
 
 

@@ -69,8 +69,10 @@ def utkface_sources(data_root: Path) -> list[FaceSource]:
     return [FaceSource(path, "utkface", None) for path in sorted(root.glob("*.jpg"))]
 
 
-def gather_sources(data_root: Path, spec: dict) -> list[FaceSource]:
-    """The images a recipe's ``data`` block names, e.g. {lfw: {exclude_folds: [6..10]}, celeba: {}, utkface: {}}."""
+def gather_sources(spec: dict) -> list[FaceSource]:
+    """The images a recipe's ``data`` block names, e.g. {lfw: {exclude_folds: [6..10]}, celeba: {}, utkface: {}},
+    under its ``root`` (default: ../shared/data)."""
+    data_root = Path(spec.get("root", "../shared/data"))
     sources: list[FaceSource] = []
     if "lfw" in spec:
         sources += lfw_sources(data_root, spec["lfw"].get("exclude_folds", []))
