@@ -103,6 +103,21 @@ class FaceCache:
     def identities(self) -> list[str | None]:
         return [row["identity"] for row in self.meta]
 
+    @classmethod
+    def open(cls, folder: Path, packed_quality: int | None = None) -> FaceCache:
+        """A complete cache folder (``store`` wrote its meta.json last), its crops memory-mapped."""
+        meta = json.loads((folder / "meta.json").read_text())
+        return cls(folder, np.load(folder / "crops.npy", mmap_mode="r"), meta, packed_quality)
+
+    @classmethod
+    def store(cls, folder: Path, crops: np.ndarray, meta: list[dict], packed_quality: int | None = None) -> FaceCache:
+        """Write a cache folder so that an interrupted write is never taken for a complete one."""
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "crops.npy.tmp.npy", crops)
+        os.replace(folder / "crops.npy.tmp.npy", folder / "crops.npy")
+        (folder / "meta.json").write_text(json.dumps(meta))  # written last: marks the cache complete
+        return cls.open(folder, packed_quality)
+
 
 def _cache_key(sources: list[FaceSource], detector: str) -> str:
     digest = hashlib.sha256(detector.encode())
@@ -125,9 +140,7 @@ def build_face_cache(
     """
     folder = (cache or cache_dir()) / "training" / f"faces-{_cache_key(sources, detector_name)}"
     if (folder / "meta.json").is_file():
-        return FaceCache(
-            folder, np.load(folder / "crops.npy", mmap_mode="r"), json.loads((folder / "meta.json").read_text())
-        )
+        return FaceCache.open(folder)
     model = ModelRegistry().resolve(detector_name, task="detection")
     detector = detection.ARCHITECTURES[model.card.architecture](model, score_threshold=0.5)
     crops, meta, skipped = [], [], 0
@@ -147,11 +160,8 @@ def build_face_cache(
         crops.append(align_face(padded, face.landmarks, size))
         meta.append({"dataset": source.dataset, "identity": source.identity, "file": source.path.name})
     folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "crops.npy.tmp.npy", np.stack(crops))
-    os.replace(folder / "crops.npy.tmp.npy", folder / "crops.npy")
     (folder / "skipped.txt").write_text(f"{skipped} of {len(sources)} images had no detectable face\n")
-    (folder / "meta.json").write_text(json.dumps(meta))  # written last: marks the cache complete
-    return FaceCache(folder, np.load(folder / "crops.npy", mmap_mode="r"), meta)
+    return FaceCache.store(folder, np.stack(crops), meta)
 
 
 PACK_FORMAT = "biometrics-faces/1"
@@ -192,31 +202,28 @@ def load_packed_faces(path: Path, signature: dict, cache: Path | None = None) ->
     """The face set ``pack_faces`` wrote, decoded once into the cache (beside, never over, a cache of the
     originals). Refuses a file made for other data than ``signature`` names: the split and the card would lie."""
     try:
-        pack = np.load(path, allow_pickle=False)
-        if str(pack["format"]) != PACK_FORMAT:
-            raise DataError(f"{path}: not a packed face set ({PACK_FORMAT})")
-        packed_signature = json.loads(str(pack["signature"]))
-        source, quality = str(pack["source"]), int(pack["quality"])
+        with np.load(path, allow_pickle=False) as pack:
+            if str(pack["format"]) != PACK_FORMAT:
+                raise DataError(f"{path}: not a packed face set ({PACK_FORMAT})")
+            packed_signature = json.loads(str(pack["signature"]))
+            if packed_signature != signature:
+                raise DataError(
+                    f"{path} holds faces made for {json.dumps(packed_signature, sort_keys=True)}, "
+                    f"the recipe asks for {json.dumps(signature, sort_keys=True)}"
+                )
+            quality = int(pack["quality"])
+            folder = (cache or cache_dir()) / "training" / f"{pack['source']}-webp{quality}"
+            decoded_before = (folder / "meta.json").is_file()
+            if not decoded_before:
+                webp, offsets, meta = pack["webp"], pack["offsets"], json.loads(str(pack["meta"]))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable packed face set ({exc})") from None
-    if packed_signature != signature:
-        raise DataError(
-            f"{path} holds faces made for {json.dumps(packed_signature, sort_keys=True)}, "
-            f"the recipe asks for {json.dumps(signature, sort_keys=True)}"
-        )
-    folder = (cache or cache_dir()) / "training" / f"{source}-webp{quality}"
-    if not (folder / "meta.json").is_file():
-        webp, offsets = pack["webp"], pack["offsets"]
-        decoded = [cv2.imdecode(webp[start:end], cv2.IMREAD_COLOR) for start, end in itertools.pairwise(offsets)]
-        if any(crop is None for crop in decoded):
-            raise DataError(f"{path}: {sum(crop is None for crop in decoded)} faces in it do not decode")
-        crops = np.stack(decoded)
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / "crops.npy.tmp.npy", crops)
-        os.replace(folder / "crops.npy.tmp.npy", folder / "crops.npy")
-        (folder / "meta.json").write_text(str(pack["meta"]))  # written last: marks the cache complete
-    meta = json.loads((folder / "meta.json").read_text())
-    return FaceCache(folder, np.load(folder / "crops.npy", mmap_mode="r"), meta, packed_quality=quality)
+    if decoded_before:
+        return FaceCache.open(folder, quality)
+    decoded = [cv2.imdecode(webp[start:end], cv2.IMREAD_COLOR) for start, end in itertools.pairwise(offsets)]
+    if any(crop is None for crop in decoded):
+        raise DataError(f"{path}: {sum(crop is None for crop in decoded)} faces in it do not decode")
+    return FaceCache.store(folder, np.stack(decoded), meta, quality)
 
 
 def teacher_targets(
