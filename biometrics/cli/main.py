@@ -190,19 +190,36 @@ def evaluate():
     """Benchmark accuracy on a dataset and write a report (JSON, Markdown, plots)."""
 
 
+def _echo_accuracy(label: str, run: dict, folds: str) -> None:
+    summary = run["summary"]
+    click.echo(
+        f"{label}: accuracy {100 * summary['accuracy_mean']:.2f}% ± "
+        f"{100 * summary['accuracy_std']:.2f} on folds {folds} ({summary['pairs']} pairs)"
+    )
+
+
 @evaluate.command("lfw")
 @lfw_data_option
 @click.option("--folds", default="1-10", show_default=True, help="View 2 folds to report on, e.g. 6-10.")
 @click.option("--detector", "detectors", multiple=True, help="Detector(s) to compare (repeatable).")
 @click.option("--embedder", "embedders", multiple=True, help="Embedder(s) to compare (repeatable).")
+@click.option(
+    "--baseline",
+    "baselines",
+    multiple=True,
+    type=click.Choice(["dlib"]),
+    help="Also run another library's whole pipeline on the same pairs: dlib = face_recognition's "
+    "(needs the `baselines` extra).",
+)
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
 @click.option("--progress/--no-progress", default=True)
 @click.option("--bench", is_flag=True, help="Also measure each embedder's efficiency and plot accuracy vs latency.")
 @reports_errors
-def evaluate_lfw_command(data, folds, detectors, embedders, threads, out, progress, bench):
+def evaluate_lfw_command(data, folds, detectors, embedders, baselines, threads, out, progress, bench):
     """LFW View 2 verification: accuracy (k-fold), AUC, EER, TAR@FAR, ROC/DET curves."""
-    from biometrics.evaluation.lfw import evaluate_lfw, parse_folds
+    from biometrics.evaluation.baselines import BASELINES
+    from biometrics.evaluation.lfw import PipelineFaces, evaluate_lfw, parse_folds
     from biometrics.evaluation.report import run_metadata, write_verification_report
     from biometrics.pipeline import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, FacePipeline
 
@@ -214,13 +231,14 @@ def evaluate_lfw_command(data, folds, detectors, embedders, threads, out, progre
             pipeline = FacePipeline(detector, embedder, threads=threads, threshold=0.0)
             label = f"{pipeline.detector.name} + {pipeline.embedder.name}"
             pipelines[label] = pipeline
-            runs[label] = evaluate_lfw(pipeline, data, fold_list, progress=progress)
+            runs[label] = evaluate_lfw(PipelineFaces(pipeline), data, fold_list, progress=progress)
             models += [m for m in (pipeline.detector.model, pipeline.embedder.model) if m not in models]
-            summary = runs[label]["summary"]
-            click.echo(
-                f"{label}: accuracy {100 * summary['accuracy_mean']:.2f}% ± "
-                f"{100 * summary['accuracy_std']:.2f} on folds {folds} ({summary['pairs']} pairs)"
-            )
+            _echo_accuracy(label, runs[label], folds)
+    for name in baselines:
+        baseline = BASELINES[name]()
+        runs[baseline.label] = evaluate_lfw(baseline, data, fold_list, progress=progress)
+        models += baseline.models
+        _echo_accuracy(baseline.label, runs[baseline.label], folds)
     efficiency = None
     if bench:
         from biometrics.evaluation.efficiency import write_efficiency_report

@@ -406,7 +406,7 @@ def measure_latency(
     for i in range(warmup):
         session.run(None, feeds[i % len(feeds)])
     times = [_timed_run(session, feeds[i % len(feeds)]) for i in range(iterations)]
-    return _latency_stats(times, batch=int(input_feed_shape[0]) if input_feed_shape else 1)
+    return latency_stats(times, batch=int(input_feed_shape[0]) if input_feed_shape else 1)
 
 
 def _timed_run(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> float:
@@ -415,7 +415,7 @@ def _timed_run(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> fl
     return time.perf_counter() - start
 
 
-def _latency_stats(seconds: list[float], batch: int) -> LatencyStats:
+def latency_stats(seconds: list[float], batch: int) -> LatencyStats:
     times_ms = np.asarray(seconds, dtype=np.float64) * 1e3
     return LatencyStats(
         p50_ms=float(np.percentile(times_ms, 50)),
@@ -452,7 +452,7 @@ def _latency_by_turns(spec: dict[str, Any]) -> list[dict[str, Any]]:
         for session, model_feeds, model_times in zip(sessions, feeds, times, strict=True):
             turn = range(round_index * per_round, (round_index + 1) * per_round)
             model_times += [_timed_run(session, model_feeds[i % len(model_feeds)]) for i in turn]
-    return [asdict(_latency_stats(model_times, batch=1)) for model_times in times]
+    return [asdict(latency_stats(model_times, batch=1)) for model_times in times]
 
 
 def latency_by_turns(

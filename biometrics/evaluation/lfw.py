@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -105,49 +106,78 @@ class EmbeddedImages:
         return {key: i for i, key in enumerate(self.keys)}
 
 
-def aligned_crop(pipeline: FacePipeline, path: Path) -> tuple[np.ndarray, bool]:
-    """The embedder's aligned crop of the face nearest the image centre, and whether a face was detected
-    (if not, the crop is the conventional centre-crop fallback)."""
+class LabelledFaces(Protocol):
+    """What an LFW run needs from a face pipeline: the crop of an image's labelled face (and whether a face was
+    detected), and the unit-length embeddings of a batch of such crops."""
+
+    fallback: str  # what is embedded when no face is detected
+
+    def labelled_crop(self, image: np.ndarray) -> tuple[np.ndarray, bool]: ...
+
+    def embed(self, crops: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class PipelineFaces:
+    """Our pipeline as LFW sees it: the detected face nearest the centre, aligned to the embedder's input."""
+
+    pipeline: FacePipeline
+    fallback: str = "centre crop (central 50% of the image)"
+
+    def labelled_crop(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The aligned crop, or the conventional centre crop when no face is detected."""
+        size = self.pipeline.embedder.size[0]
+        faces = self.pipeline.detect(image)
+        if not faces:
+            return centre_crop(image, size=size), False
+        return align_face(image, select_face(faces, "center", image.shape).landmarks, size), True
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        return self.pipeline.embedder.embed(crops)
+
+
+def _lfw_image(path: Path) -> np.ndarray:
     try:
-        image = load_image(path)
+        return load_image(path)
     except ImageError as exc:
         raise DataError(f"LFW image unreadable: {exc}") from None
-    size = pipeline.embedder.size[0]
-    faces = pipeline.detect(image)
-    if not faces:
-        return centre_crop(image, size=size), False
-    return align_face(image, select_face(faces, "center", image.shape).landmarks, size), True
 
 
-def sample_crops(pipeline: FacePipeline, data_dir: Path, folds: list[int], count: int = 32) -> np.ndarray:
-    """Aligned crops of ``count`` images of ``folds`` (evenly spread over them): real input for timing
-    embedders, whose speed can depend on the values (``efficiency.benchmark_model``)."""
+def sample_images(data_dir: Path, folds: list[int], count: int = 32) -> list[np.ndarray]:
+    """``count`` images of ``folds``, evenly spread over them: real input for timing."""
     pairs = [pair for pair in read_pairs(data_dir / "pairs.txt") if pair.fold in folds]
     keys = sorted({key for pair in pairs for key in pair.images})
     chosen = [keys[i] for i in np.linspace(0, len(keys) - 1, min(count, len(keys))).astype(int)]
     root = locate_images(data_dir)
-    return np.stack([aligned_crop(pipeline, root / key)[0] for key in chosen])
+    return [_lfw_image(root / key) for key in chosen]
+
+
+def sample_crops(pipeline: FacePipeline, data_dir: Path, folds: list[int], count: int = 32) -> np.ndarray:
+    """Aligned crops of ``sample_images``: real input for timing embedders, whose speed can depend on the
+    values (``efficiency.benchmark_model``)."""
+    faces = PipelineFaces(pipeline)
+    return np.stack([faces.labelled_crop(image)[0] for image in sample_images(data_dir, folds, count)])
 
 
 def embed_images(
-    pipeline: FacePipeline, root: Path, keys: Iterable[str], batch_size: int = 64, progress: bool = True
+    faces: LabelledFaces, root: Path, keys: Iterable[str], batch_size: int = 64, progress: bool = True
 ) -> EmbeddedImages:
-    """Detect, align and embed each image; the face nearest the centre is the labelled one.
+    """Find, crop and embed each image's labelled face (the one nearest the centre).
 
     Images with no detection fall back to a centre crop, as is conventional; they are counted, not dropped.
     """
     keys = list(keys)
     crops, failures, chunks = [], [], []
     for key in tqdm(keys, desc="LFW images", unit="img", disable=not progress):
-        crop, detected = aligned_crop(pipeline, root / key)
+        crop, detected = faces.labelled_crop(_lfw_image(root / key))
         crops.append(crop)
         if not detected:
             failures.append(key)
         if len(crops) == batch_size:
-            chunks.append(pipeline.embedder.embed(np.stack(crops)))
+            chunks.append(faces.embed(np.stack(crops)))
             crops = []
     if crops:
-        chunks.append(pipeline.embedder.embed(np.stack(crops)))
+        chunks.append(faces.embed(np.stack(crops)))
     return EmbeddedImages(keys, np.concatenate(chunks), failures)
 
 
@@ -166,8 +196,11 @@ def impostor_calibration(embedded: EmbeddedImages, fmrs: Iterable[float] = CALIB
     }
 
 
-def evaluate_lfw(pipeline: FacePipeline, data_dir: Path, folds: list[int], progress: bool = True) -> dict:
-    """Scores, metrics and calibration for the pairs of ``folds``; JSON-ready apart from the arrays."""
+def evaluate_lfw(faces: LabelledFaces, data_dir: Path, folds: list[int], progress: bool = True) -> dict:
+    """Scores, metrics and calibration for the pairs of ``folds``; JSON-ready apart from the arrays.
+
+    ``faces``: ``PipelineFaces(FacePipeline(...))`` for ours, or a baseline (``evaluation.baselines``).
+    """
     pairs_path = data_dir / "pairs.txt"
     pairs = [pair for pair in read_pairs(pairs_path) if pair.fold in folds]
     root = locate_images(data_dir)
@@ -175,7 +208,7 @@ def evaluate_lfw(pipeline: FacePipeline, data_dir: Path, folds: list[int], progr
     missing = [key for key in keys if not (root / key).is_file()]
     if missing:
         raise DataError(f"{len(missing)} LFW images named in pairs.txt are missing, e.g. {missing[0]}")
-    embedded = embed_images(pipeline, root, keys, progress=progress)
+    embedded = embed_images(faces, root, keys, progress=progress)
     index = embedded.index()
     a = np.array([index[pair.images[0]] for pair in pairs])
     b = np.array([index[pair.images[1]] for pair in pairs])
@@ -188,7 +221,7 @@ def evaluate_lfw(pipeline: FacePipeline, data_dir: Path, folds: list[int], progr
         "detection_failures": {
             "count": len(embedded.detection_failures),
             "images": embedded.detection_failures,
-            "fallback": "centre crop (central 50% of the image)",
+            "fallback": faces.fallback,
         },
         "summary": metrics.verification_summary(scores, labels, fold_ids),
         "calibration": impostor_calibration(embedded),

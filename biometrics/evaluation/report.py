@@ -172,7 +172,8 @@ def _markdown(title: str, results: dict[str, dict], meta: dict, files: dict[str,
         ["pipeline", *(f"fold {f}" for f in folds)],
         [[label, *(_pct(f["accuracy"]) for f in s["per_fold"])] for label, s in summaries.items()],
     )
-    if any("efficiency" in run for run in results.values()):
+    costed = {label: run for label, run in results.items() if "efficiency" in run}
+    if costed:
         lines += ["", "## Accuracy and cost (embedder, measured in this run)", ""]
         lines += _md_table(
             ["pipeline", "accuracy", "p50 ms (batch 1, 1 thread)", "size (MB)", "params (M)", "MACs (M)"],
@@ -185,7 +186,7 @@ def _markdown(title: str, results: dict[str, dict], meta: dict, files: dict[str,
                     f"{run['efficiency']['parameters'] / 1e6:.3f}",
                     f"{run['efficiency']['macs'] / 1e6:.1f}",
                 ]
-                for label, run in results.items()
+                for label, run in costed.items()
             ],
         )
         lines += ["", "Full efficiency cards: [efficiency.md](efficiency.md)."]
