@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from biometrics.cli.main import _pipeline, pipeline_options, reports_errors
+from biometrics.cli.main import _pipeline, pipeline_options, threshold_option
 from biometrics.pipeline.facade import SELECTIONS
 
 EXIT_UNKNOWN = 1
@@ -56,7 +56,6 @@ def _box(face) -> str:
 @pipeline_options
 @select_option("Which face to enrol when an image has several.")
 @click.option("--keep-images", is_flag=True, help="Also store the images (needed by `gallery reembed`).")
-@reports_errors
 def enroll(name, images, gallery_path, key_file, detector, embedder, threads, max_side, select, keep_images):
     """Add NAME to the gallery with one template per image (all images or none)."""
     import cv2
@@ -89,12 +88,11 @@ def enroll(name, images, gallery_path, key_file, detector, embedder, threads, ma
 @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
 @gallery_options
 @pipeline_options
-@click.option("--threshold", type=float, default=None, help="Cosine-similarity threshold (default: the card's).")
+@threshold_option
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True, help="People listed per face.")
 @click.option("--all", "every_face", is_flag=True, help="Identify every face, not only the selected one.")
 @select_option("Which face to identify without --all.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-@reports_errors
 def identify(
     image, gallery_path, key_file, detector, embedder, threads, max_side, threshold, top_k, every_face, select, as_json
 ):
@@ -139,7 +137,6 @@ def gallery_group():
 @gallery_group.command("list")
 @gallery_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-@reports_errors
 def gallery_list(gallery_path, key_file, as_json):
     """People, template and kept-image counts, enrolment dates and the model that made the templates."""
     import dataclasses
@@ -168,7 +165,6 @@ def gallery_list(gallery_path, key_file, as_json):
 @gallery_group.command("remove")
 @click.argument("name")
 @gallery_options
-@reports_errors
 def gallery_remove(name, gallery_path, key_file):
     """Delete NAME with all their templates and kept images."""
     with open_gallery(gallery_path, key_file) as gallery:
@@ -179,7 +175,6 @@ def gallery_remove(name, gallery_path, key_file):
 @gallery_group.command("export")
 @click.argument("destination", type=click.Path(dir_okay=False, path_type=Path))
 @gallery_options
-@reports_errors
 def gallery_export(destination, gallery_path, key_file):
     """Write a consistent copy of the gallery to DESTINATION (a new file, 0600; still encrypted if it was)."""
     with open_gallery(gallery_path, key_file) as gallery:
@@ -195,7 +190,6 @@ def gallery_export(destination, gallery_path, key_file):
     is_flag=True,
     help="Delete templates of another model that have no kept image (refused without this flag).",
 )
-@reports_errors
 def gallery_reembed(gallery_path, key_file, detector, embedder, threads, max_side, drop_unkept):
     """Re-compute every template that has a kept image with the current embedder (one transaction)."""
     import numpy as np

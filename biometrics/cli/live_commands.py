@@ -10,14 +10,14 @@ from pathlib import Path
 import click
 
 from biometrics.cli.gallery_commands import gallery_options
-from biometrics.cli.main import _pipeline, pipeline_options, reports_errors
+from biometrics.cli.main import _pipeline, pipeline_options, threshold_option
 
 
 @click.command()
 @click.option("--source", default="0", show_default=True, help="Camera index, video file, or rtsp/http(s) URL.")
 @gallery_options
 @pipeline_options
-@click.option("--threshold", type=float, default=None, help="Cosine-similarity threshold (default: the card's).")
+@threshold_option
 @click.option("--headless", is_flag=True, help="No view: process as fast as possible (servers, tests, benchmarks).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the annotated video.")
 @click.option(
@@ -38,7 +38,6 @@ from biometrics.cli.main import _pipeline, pipeline_options, reports_errors
     "--detect-every", type=click.IntRange(1), default=2, show_default=True, help="Run the detector every N frames."
 )
 @click.option("--keep-images", is_flag=True, help="Keep the frame of a browser enrolment in the gallery.")
-@reports_errors
 def live(
     source,
     gallery_path,

@@ -1,12 +1,12 @@
 """``biometrics`` command line: verify, detect, evaluate, bench, distill, models.
 
 Exit codes scripts can rely on: 0 success (``verify``: same person), 1 ``verify``: different people,
-2 error (unreadable input, no face, bad model, bad arguments) with a one-line reason on stderr.
+2 error (unreadable input, no face, bad model, bad arguments) with a one-line reason on stderr, 130 interrupted
+(Ctrl-C).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -17,22 +17,30 @@ from biometrics.errors import BiometricsError
 
 EXIT_DIFFERENT = 1
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 SHARED_LFW = Path("../shared/data/lfw")
 SHARED_WIDER = Path("../shared/data/wider")
 
 
-def reports_errors(command):
-    """Turn a BiometricsError into one line on stderr and exit code 2, never a traceback."""
+class ReportingGroup(click.Group):
+    """The root command: every failure becomes one line on stderr and exit code 2, never a traceback, so that
+    exit code 1 keeps its meaning ("different people", "unknown") for scripts."""
 
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
+    def invoke(self, ctx: click.Context):
         try:
-            return command(*args, **kwargs)
+            return super().invoke(ctx)
         except BiometricsError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-
-    return wrapper
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except Exception as exc:  # a bug or an unforeseen failure: still one line and the error code
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            click.echo(f"error: unexpected {type(exc).__name__}: {reason} (please report this)", err=True)
+            sys.exit(EXIT_ERROR)
 
 
 def pipeline_options(command):
@@ -54,6 +62,26 @@ def pipeline_options(command):
     return command
 
 
+class CosineThreshold(click.ParamType):
+    """A cosine-similarity threshold: a finite number in [-1, 1] (NaN would make every pair "different")."""
+
+    name = "threshold"
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"'{value}' is not a number", param, ctx)
+        if not -1.0 <= number <= 1.0:  # also refuses NaN
+            self.fail(f"{value} is not a cosine similarity (a number from -1 to 1)", param, ctx)
+        return number
+
+
+threshold_option = click.option(
+    "--threshold", type=CosineThreshold(), default=None, help="Cosine-similarity threshold (default: the card's)."
+)
+
+
 def _pipeline(detector, embedder, threads, max_side, threshold=None):
     from biometrics.pipeline import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, FacePipeline
 
@@ -66,7 +94,7 @@ def _pipeline(detector, embedder, threads, max_side, threshold=None):
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="biometrics")
 def cli():
     """Face verification with small, fast, honestly measured models."""
@@ -76,7 +104,7 @@ def cli():
 @click.argument("image_a", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("image_b", type=click.Path(dir_okay=False, path_type=Path))
 @pipeline_options
-@click.option("--threshold", type=float, default=None, help="Cosine-similarity threshold (default: the card's).")
+@threshold_option
 @click.option(
     "--select",
     type=click.Choice(["largest", "center", "score"]),
@@ -87,7 +115,6 @@ def cli():
 @click.option("--face-a", type=click.IntRange(0), default=None, help="Use face N of image A (order of `detect`).")
 @click.option("--face-b", type=click.IntRange(0), default=None, help="Use face N of image B (order of `detect`).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-@reports_errors
 def verify(image_a, image_b, detector, embedder, threads, max_side, threshold, select, face_a, face_b, as_json):
     """Are the faces in IMAGE_A and IMAGE_B the same person? Exit 0 yes, 1 no, 2 error."""
     pipeline = _pipeline(detector, embedder, threads, max_side, threshold)
@@ -142,7 +169,6 @@ def verify(image_a, image_b, detector, embedder, threads, max_side, threshold, s
     help="Write a copy of the image with boxes and landmarks drawn.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-@reports_errors
 def detect(image, detector, embedder, threads, max_side, out, as_json):
     """List the faces in IMAGE (box, score, 5 landmarks), highest score first."""
     from biometrics.detection import ARCHITECTURES
@@ -215,7 +241,6 @@ def _echo_accuracy(label: str, run: dict, folds: str) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
 @click.option("--progress/--no-progress", default=True)
 @click.option("--bench", is_flag=True, help="Also measure each embedder's efficiency and plot accuracy vs latency.")
-@reports_errors
 def evaluate_lfw_command(data, folds, detectors, embedders, baselines, threads, out, progress, bench):
     """LFW View 2 verification: accuracy (k-fold), AUC, EER, TAR@FAR, ROC/DET curves."""
     from biometrics.evaluation.baselines import BASELINES
@@ -287,7 +312,6 @@ def evaluate_lfw_command(data, folds, detectors, embedders, baselines, threads, 
     help="Downscale images to this longer side (default: native size; 640 is the VGA scale SCRFD publishes at).",
 )
 @click.option("--progress/--no-progress", default=True)
-@reports_errors
 def evaluate_wider_command(data, detectors, threads, out, limit, max_side, progress):
     """WIDER FACE detection AP (easy/medium/hard, official protocol), PR curves and latency."""
     from biometrics.evaluation.report import run_metadata
@@ -325,7 +349,6 @@ def evaluate_wider_command(data, detectors, threads, out, limit, max_side, progr
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
 @click.option("--progress/--no-progress", default=True)
-@reports_errors
 def evaluate_landmarks_command(data, folds, detectors, references, limit, threads, out, progress):
     """Landmark NME against a reference ensemble on held-out LFW faces (people of --folds)."""
     from biometrics.evaluation.landmarks import evaluate_landmarks, lfw_images, write_landmark_report
@@ -448,7 +471,6 @@ def _inputs_from_photos(models, paths: list[Path]) -> dict:
     help="Time on these photos (detectors: resized to the bench size; embedders: their faces, aligned) "
     "instead of one random input. Some kernels' speed depends on the values.",
 )
-@reports_errors
 def bench(models, out, thread_counts, iterations, batch, image_paths):
     """Efficiency card per model: params, MACs, size, latency p50/p95, throughput, peak RSS."""
     from biometrics.evaluation.efficiency import write_efficiency_report
@@ -509,7 +531,6 @@ def bench(models, out, thread_counts, iterations, batch, image_paths):
     "reading the datasets.",
 )
 @click.option("--webp-quality", type=click.IntRange(1, 100), default=90, show_default=True, help="For --pack-faces.")
-@reports_errors
 def distill(
     recipe,
     work_dir,
@@ -580,7 +601,6 @@ def models_list():
 
 @models.command("show")
 @click.argument("name")
-@reports_errors
 def models_show(name):
     """Print a model's card (JSON)."""
     from biometrics.registry import ModelRegistry
@@ -590,7 +610,6 @@ def models_show(name):
 
 @models.command("fetch")
 @click.argument("name")
-@reports_errors
 def models_fetch(name):
     """Download a model's file from the URL on its card (checked against its SHA-256)."""
     from biometrics.registry import ModelRegistry
