@@ -67,6 +67,21 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+class Adapters(dict):
+    """The runtime adapters of one task, by a card's ``architecture``: looking up one this version does not
+    know is a ModelError naming the ones it does (a card from a newer release, or a typo)."""
+
+    def __init__(self, task: str, adapters: dict) -> None:
+        super().__init__(adapters)
+        self.task = task
+
+    def __missing__(self, architecture: str):
+        raise ModelError(
+            f"unknown {self.task} architecture '{architecture}' in a model card "
+            f"(this version runs: {', '.join(sorted(self))})"
+        )
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """A model's card as stored in JSON, plus the folder it was read from."""
@@ -151,10 +166,11 @@ class ModelRegistry:
             if card_path.is_file():
                 card = ModelCard.from_json(card_path)
                 if task and card.task != task:
-                    raise ModelError(f"model '{text}' is a {card.task} model, not a {task} model")
+                    raise ModelError(f"model '{text}' is for {card.task}, not {task}")
                 return card
         known = ", ".join(self.names(task)) or "none"
-        raise ModelError(f"unknown model '{text}' (known {task or ''} models: {known}; or give a path to a .onnx)")
+        kind = f"{task} models" if task else "models"
+        raise ModelError(f"unknown model '{text}' (known {kind}: {known}; or give a path to a .onnx)")
 
     def _card_for_user_file(self, path: Path, task: str | None) -> ModelCard:
         if not path.is_file():
@@ -164,8 +180,10 @@ class ModelRegistry:
             card = ModelCard.from_json(card_path)
             data = dict(card.data, source=dict(card.source, path=str(path.resolve()), package=None))
             return ModelCard(card.name, card.task, card.architecture, data, path.parent)
-        if task != "embedding":
+        if task == "detection":
             raise ModelError(f"{path}: a detector needs a card {card_path.name} beside it naming its architecture")
+        if task is None:
+            raise ModelError(f"{path}: needs a card {card_path.name} beside it naming its task and architecture")
         # Our embedder convention: Nx3x112x112 RGB in 0..255, normalisation inside the graph.
         data = {
             "name": path.stem,

@@ -39,6 +39,30 @@ def test_parse_folds():
     for bad in ("0-3", "11", "a-b"):
         with pytest.raises(DataError):
             parse_folds(bad)
+    with pytest.raises(DataError, match="from low to high"):
+        parse_folds("10-9")
+
+
+def test_a_report_on_the_students_training_people_says_so():
+    """The student trained on the people of folds 1-5 (its card): a number on those folds is not held out."""
+    from biometrics.evaluation.lfw import training_overlap
+    from biometrics.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    student, teacher = registry.card("sface-student"), registry.card("sface-teacher")
+    assert training_overlap([teacher, student], [6, 7, 8, 9, 10]) == []
+    (caveat,) = training_overlap([teacher, student], [4, 5, 6])
+    assert caveat.startswith("sface-student trained on the people of folds 4, 5;")
+
+
+def test_one_fold_is_refused_before_any_work(tmp_path):
+    from click.testing import CliRunner
+
+    from biometrics.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["evaluate", "lfw", "--folds", "10", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "needs at least 2 folds" in result.output
+    assert not (tmp_path / "r").exists()
 
 
 def test_malformed_pairs_file(tmp_path):

@@ -71,7 +71,7 @@ def test_unknown_name_and_wrong_task(tmp_path):
     registry, _ = _registry_with(tmp_path, None)
     with pytest.raises(ModelError, match="unknown model 'nope'.*tiny-embedder"):
         registry.resolve("nope")
-    with pytest.raises(ModelError, match="embedding model, not a detection model"):
+    with pytest.raises(ModelError, match="is for embedding, not detection"):
         registry.resolve("tiny-embedder", task="detection")
 
 
@@ -192,3 +192,43 @@ def test_package_attribute_source_reads_the_module_without_importing_the_package
     assert not absent.available("packaged")
     with pytest.raises(ModelError, match="file not found; pip it"):
         absent.resolve("packaged")
+
+
+def _edit_card(folder, **changes):
+    card = json.loads((folder / "card.json").read_text())
+    (folder / "card.json").write_text(json.dumps(card | changes))
+
+
+def test_a_card_this_version_cannot_run_is_a_clear_error(tmp_path):
+    """A card from a newer release (unknown architecture) or with a malformed threshold fails by name."""
+    from biometrics.embedding import ARCHITECTURES, Embedder
+
+    registry, folder = _registry_with(tmp_path, None)
+    _edit_card(folder, architecture="facenet160")
+    card = registry.resolve("tiny-embedder").card
+    with pytest.raises(ModelError, match=r"unknown embedding architecture 'facenet160'.*arcface112"):
+        _ = ARCHITECTURES[card.architecture]
+    _edit_card(folder, architecture="arcface112", threshold={"fmr": 0.001})
+    with pytest.raises(ModelError, match="threshold block has no numeric 'value'"):
+        _ = Embedder(registry.resolve("tiny-embedder")).threshold
+
+
+def test_an_embedder_that_outputs_nan_is_refused_not_compared(tmp_path):
+    from biometrics.embedding import Embedder
+
+    registry, folder = _registry_with(tmp_path, None)
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["data"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("Neg", ["flat"], ["negative"]),
+            helper.make_node("Sqrt", ["negative"], ["embedding"]),  # NaN for any bright image
+        ],
+        "nan",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["batch", 3, 112, 112])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 3])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "model.onnx")
+    _edit_card(folder, source={"file": "model.onnx", "sha256": sha256_file(folder / "model.onnx")})
+    with pytest.raises(ModelError, match="non-finite embeddings"):
+        Embedder(registry.resolve("tiny-embedder")).embed(np.full((1, 112, 112, 3), 200, np.uint8))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from biometrics.errors import BiometricsError
+from biometrics.errors import BiometricsError, DataError
 
 EXIT_DIFFERENT = 1
 EXIT_ERROR = 2
@@ -222,6 +222,8 @@ def _echo_accuracy(label: str, run: dict, folds: str) -> None:
         f"{label}: accuracy {100 * summary['accuracy_mean']:.2f}% ± "
         f"{100 * summary['accuracy_std']:.2f} on folds {folds} ({summary['pairs']} pairs)"
     )
+    for caveat in run.get("caveats", []):
+        click.echo(f"  not held out: {caveat}")
 
 
 @evaluate.command("lfw")
@@ -244,11 +246,13 @@ def _echo_accuracy(label: str, run: dict, folds: str) -> None:
 def evaluate_lfw_command(data, folds, detectors, embedders, baselines, threads, out, progress, bench):
     """LFW View 2 verification: accuracy (k-fold), AUC, EER, TAR@FAR, ROC/DET curves."""
     from biometrics.evaluation.baselines import BASELINES
-    from biometrics.evaluation.lfw import PipelineFaces, evaluate_lfw, parse_folds
+    from biometrics.evaluation.lfw import PipelineFaces, evaluate_lfw, parse_folds, training_overlap
     from biometrics.evaluation.report import run_metadata, write_verification_report
     from biometrics.pipeline import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, FacePipeline
 
     fold_list = parse_folds(folds)
+    if len(fold_list) < 2:
+        raise DataError(f"folds '{folds}': k-fold accuracy needs at least 2 folds (thresholds come from the others)")
     runs, models, pipelines = {}, [], {}
     for detector in detectors or (DEFAULT_DETECTOR,):
         for embedder in embedders or (DEFAULT_EMBEDDER,):
@@ -257,7 +261,9 @@ def evaluate_lfw_command(data, folds, detectors, embedders, baselines, threads, 
             label = f"{pipeline.detector.name} + {pipeline.embedder.name}"
             pipelines[label] = pipeline
             runs[label] = evaluate_lfw(PipelineFaces(pipeline), data, fold_list, progress=progress)
-            models += [m for m in (pipeline.detector.model, pipeline.embedder.model) if m not in models]
+            used = [pipeline.detector.model, pipeline.embedder.model]
+            runs[label]["caveats"] = training_overlap([m.card for m in used], fold_list)
+            models += [m for m in used if m not in models]
             _echo_accuracy(label, runs[label], folds)
     for name in baselines:
         baseline = BASELINES[name]()

@@ -5,13 +5,17 @@ from biometrics.detection.retinaface import RetinaFaceDetector
 from biometrics.detection.scrfd import SCRFDDetector
 from biometrics.detection.ultraface import UltraFaceDetector
 from biometrics.detection.yunet import YuNetDetector
+from biometrics.registry import Adapters
 
-ARCHITECTURES: dict[str, type[Detector]] = {
-    "yunet": YuNetDetector,
-    "retinaface": RetinaFaceDetector,
-    "scrfd": SCRFDDetector,
-    "ultraface": UltraFaceDetector,
-}
+ARCHITECTURES: dict[str, type[Detector]] = Adapters(
+    "detection",
+    {
+        "yunet": YuNetDetector,
+        "retinaface": RetinaFaceDetector,
+        "scrfd": SCRFDDetector,
+        "ultraface": UltraFaceDetector,
+    },
+)
 
 __all__ = [
     "ARCHITECTURES",

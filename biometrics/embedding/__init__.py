@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from biometrics.errors import ModelError
-from biometrics.registry import ResolvedModel
+from biometrics.registry import Adapters, ResolvedModel
 
 
 class Embedder:
@@ -43,7 +43,12 @@ class Embedder:
     def threshold(self) -> float | None:
         """The card's default decision threshold on cosine similarity (see its ``threshold`` block)."""
         block = self.model.card.data.get("threshold")
-        return None if block is None else float(block["value"])
+        if block is None:
+            return None
+        try:
+            return float(block["value"])
+        except (KeyError, TypeError, ValueError):
+            raise ModelError(f"model '{self.name}': its card's threshold block has no numeric 'value'") from None
 
     def inputs(self, crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """The network input (N x 3 x H x W float32) for N aligned BGR uint8 crops."""
@@ -63,7 +68,10 @@ class Embedder:
             self.session.run(None, {self.input_name: np.ascontiguousarray(tensor[i : i + self.batch_size])})[0]
             for i in range(0, len(tensor), self.batch_size)
         ]
-        return unit_length(np.concatenate(outputs).reshape(len(tensor), -1).astype(np.float32))
+        embeddings = np.concatenate(outputs).reshape(len(tensor), -1).astype(np.float32)
+        if not np.isfinite(embeddings).all():  # a broken model must not read as "different people"
+            raise ModelError(f"model '{self.name}' produced non-finite embeddings (NaN or infinity)")
+        return unit_length(embeddings)
 
 
 def unit_length(embeddings: np.ndarray) -> np.ndarray:
@@ -71,6 +79,6 @@ def unit_length(embeddings: np.ndarray) -> np.ndarray:
     return embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
 
 
-ARCHITECTURES = {"arcface112": Embedder}
+ARCHITECTURES: dict[str, type[Embedder]] = Adapters("embedding", {"arcface112": Embedder})
 
 __all__ = ["ARCHITECTURES", "Embedder"]

@@ -77,12 +77,33 @@ def parse_folds(text: str) -> list[int]:
     for part in text.split(","):
         start, _, end = part.strip().partition("-")
         try:
-            folds.update(range(int(start), int(end or start) + 1))
+            first, last = int(start), int(end or start)
         except ValueError:
             raise DataError(f"folds '{text}': expected numbers like 6-10 or 1,3,5") from None
+        if last < first:
+            raise DataError(f"folds '{text}': a range runs from low to high (e.g. {last}-{first})")
+        folds.update(range(first, last + 1))
     if not folds or min(folds) < 1 or max(folds) > 10:
         raise DataError(f"folds '{text}': LFW View 2 has folds 1 to 10")
     return sorted(folds)
+
+
+def training_overlap(model_cards: Iterable, folds: list[int]) -> list[str]:
+    """Why an accuracy on ``folds`` is not a held-out measure: models whose card says they trained on LFW
+    people outside ``data_split.lfw_excluded_folds`` (View 2 folds are identity-disjoint, so only the excluded
+    folds hold people they never saw)."""
+    caveats = []
+    for card in model_cards:
+        split = card.data.get("data_split") or {}
+        if "lfw" not in split.get("datasets", []) or "lfw_excluded_folds" not in split:
+            continue
+        seen = sorted(set(folds) - set(split["lfw_excluded_folds"]))
+        if seen:
+            caveats.append(
+                f"{card.name} trained on the people of folds {', '.join(map(str, seen))}; only folds "
+                f"{', '.join(map(str, split['lfw_excluded_folds']))} hold people it never saw"
+            )
+    return caveats
 
 
 def locate_images(data_dir: Path) -> Path:

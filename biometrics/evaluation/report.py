@@ -110,6 +110,7 @@ def _fold_text(folds: list[int]) -> str:
 
 def _markdown(title: str, results: dict[str, dict], meta: dict, files: dict[str, Path]) -> str:
     summaries = {label: run["summary"] for label, run in results.items()}
+    impostors = next(iter(summaries.values()))["impostor_pairs"]
     lines = [
         f"# {title}",
         "",
@@ -145,11 +146,14 @@ def _markdown(title: str, results: dict[str, dict], meta: dict, files: dict[str,
             for (label, run), s in zip(results.items(), summaries.values(), strict=True)
         ],
     )
+    caveats = [f"- **{label}**: {caveat}" for label, run in results.items() for caveat in run.get("caveats", [])]
+    if caveats:
+        lines += ["", "**Not held out:**", "", *caveats]
     lines += [
         "",
         "Accuracy: each fold's threshold is chosen on the other evaluated folds (never on the fold itself).",
-        "TAR@FAR: thresholds set on these pairs' impostor scores (with 300 impostor pairs a fold, "
-        "FAR below ~1e-3 is not resolved).",
+        f"TAR@FAR: thresholds set on these pairs' impostor scores (with {impostors:,} impostor pairs, "
+        f"a FAR below {1 / impostors:.0e} is not resolved).",
         "",
         "## Calibration (all cross-identity image pairs)",
         "",
