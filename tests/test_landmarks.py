@@ -40,3 +40,12 @@ def test_landmarks_command_writes_a_report(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["meta"]["reference"] == ["yunet-teacher"] and report["meta"]["images"] == 4
     assert "NME mean %" in (out / "report.md").read_text()
+
+
+def test_a_boxes_only_detector_is_refused_before_any_work(tmp_path):
+    shared_file("data/lfw/pairs.txt")
+    for role in ("--detector", "--reference"):
+        args = ["evaluate", "landmarks", "--detector", "yunet-teacher", "--reference", "yunet-teacher"]
+        args[args.index(role) + 1] = "ultraface-rfb320"
+        result = CliRunner().invoke(cli, [*args, "--limit", "4", "--out", str(tmp_path / "r"), "--no-progress"])
+        assert result.exit_code == 2 and "finds boxes only" in result.output

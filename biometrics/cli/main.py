@@ -357,7 +357,7 @@ def evaluate_wider_command(data, detectors, threads, out, limit, max_side, progr
 @click.option("--progress/--no-progress", default=True)
 def evaluate_landmarks_command(data, folds, detectors, references, limit, threads, out, progress):
     """Landmark NME against a reference ensemble on held-out LFW faces (people of --folds)."""
-    from biometrics.evaluation.landmarks import evaluate_landmarks, lfw_images, write_landmark_report
+    from biometrics.evaluation.landmarks import evaluate_landmarks, lfw_images, percent, write_landmark_report
     from biometrics.evaluation.lfw import parse_folds
     from biometrics.evaluation.report import run_metadata
     from biometrics.registry import ModelRegistry
@@ -374,7 +374,7 @@ def evaluate_landmarks_command(data, folds, detectors, references, limit, thread
     }
     files = write_landmark_report(out, results, meta)
     for result in results:
-        click.echo(f"{result.detector}: NME {result.nme_mean * 100:.2f}% ({result.missed} missed of {result.faces})")
+        click.echo(f"{result.detector}: NME {percent(result.nme_mean)}% ({result.missed} missed of {result.faces})")
     click.echo(f"report: {files['md']}")
 
 

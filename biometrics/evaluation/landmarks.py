@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from biometrics.detection import ARCHITECTURES
 from biometrics.detection.fusion import box_iou, fuse
 from biometrics.evaluation.lfw import locate_images, people_in_folds, read_pairs
 from biometrics.evaluation.report import _md_table
 from biometrics.imaging import load_image
+from biometrics.pipeline import landmark_detector
 from biometrics.registry import ResolvedModel
 
 FAILURE_NME = 0.10  # a face whose NME exceeds this counts as a landmark failure
@@ -33,9 +33,9 @@ class LandmarkResult:
     detector: str
     faces: int  # reference faces
     missed: int  # reference faces the detector did not find (IoU < 0.5)
-    nme_mean: float
-    nme_median: float
-    failure_rate: float  # of the found faces, NME > FAILURE_NME
+    nme_mean: float | None  # None: no reference face matched
+    nme_median: float | None
+    failure_rate: float | None  # of the found faces, NME > FAILURE_NME
     nme_per_point: list[float]
     in_reference: bool
 
@@ -52,7 +52,7 @@ def lfw_images(data_dir: Path, folds: list[int], limit: int | None = None) -> li
 
 def _detector(model: ResolvedModel, threads: int | None):
     # A low threshold: the reference decides which face counts, each detector just has to find it.
-    return ARCHITECTURES[model.card.architecture](model, threads=threads, score_threshold=0.3)
+    return landmark_detector(model, threads=threads, score_threshold=0.3)
 
 
 def evaluate_landmarks(
@@ -96,9 +96,9 @@ def evaluate_landmarks(
                 detector=name,
                 faces=faces,
                 missed=missed[name],
-                nme_mean=float(nme.mean()) if len(nme) else float("nan"),
-                nme_median=float(np.median(nme)) if len(nme) else float("nan"),
-                failure_rate=float((nme > FAILURE_NME).mean()) if len(nme) else float("nan"),
+                nme_mean=float(nme.mean()) if len(nme) else None,  # None (JSON null): no face matched
+                nme_median=float(np.median(nme)) if len(nme) else None,
+                failure_rate=float((nme > FAILURE_NME).mean()) if len(nme) else None,
                 nme_per_point=[float(v) for v in table.mean(axis=0)] if len(nme) else [],
                 in_reference=name in reference_names,
             )
@@ -106,17 +106,23 @@ def evaluate_landmarks(
     return results
 
 
+def percent(value: float | None) -> str:
+    """An NME or a rate in %, or n/a when no face matched."""
+    return "n/a" if value is None else f"{value * 100:.2f}"
+
+
 def write_landmark_report(out_dir: Path, results: list[LandmarkResult], meta: dict) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"title": "Landmark NME on held-out LFW faces", "meta": meta, "results": [asdict(r) for r in results]}
+    title = f"Landmark NME on LFW faces (people of folds {meta['folds']})"
+    payload = {"title": title, "meta": meta, "results": [asdict(r) for r in results]}
     json_path = out_dir / "report.json"
     json_path.write_text(json.dumps(payload, indent=2) + "\n")
     rows = [
         [
             f"`{r.detector}`" + (" (in reference)" if r.in_reference else ""),
-            f"{r.nme_mean * 100:.2f}",
-            f"{r.nme_median * 100:.2f}",
-            f"{r.failure_rate * 100:.2f}",
+            percent(r.nme_mean),
+            percent(r.nme_median),
+            percent(r.failure_rate),
             f"{r.missed} / {r.faces}",
             " / ".join(f"{v * 100:.1f}" for v in r.nme_per_point),
         ]
@@ -124,7 +130,7 @@ def write_landmark_report(out_dir: Path, results: list[LandmarkResult], meta: di
     ]
     points = ", ".join(POINTS)
     lines = [
-        "# Landmark NME on held-out LFW faces",
+        f"# {title}",
         "",
         f"Reference: fused landmarks of {', '.join(f'`{n}`' for n in meta['reference'])} on the face all of them "
         f"found nearest the image centre; {meta['images']} images of the people in LFW View 2 folds "

@@ -16,7 +16,7 @@ from biometrics.alignment import align_face
 from biometrics.errors import ModelError, NoFaceError
 from biometrics.face import Face
 from biometrics.imaging import load_image
-from biometrics.registry import ModelRegistry
+from biometrics.registry import ModelRegistry, ResolvedModel
 
 DEFAULT_DETECTOR = "yunet-teacher"
 DEFAULT_EMBEDDER = "sface-student"  # ours, INT8: LFW folds 6-10 98.97% at 0.08x SFace's latency (README)
@@ -24,16 +24,16 @@ SELECTIONS = ("largest", "center", "score")
 
 
 def landmark_detector(
-    name: str | os.PathLike,
+    name: str | os.PathLike | ResolvedModel,
     *,
     threads: int | None = None,
     registry: ModelRegistry | None = None,
     max_side: int = 1280,
     score_threshold: float = 0.6,
 ) -> detection.Detector:
-    """A detector, by registry name or path, that finds the 5 landmarks alignment needs (the pipeline's first
-    stage); a boxes-only detector is refused."""
-    model = (registry or ModelRegistry()).resolve(name, task="detection")
+    """A detector, by registry name, path or resolved model, that finds the 5 landmarks alignment needs (the
+    pipeline's first stage); a boxes-only detector is refused."""
+    model = name if isinstance(name, ResolvedModel) else (registry or ModelRegistry()).resolve(name, task="detection")
     detector_class = detection.ARCHITECTURES[model.card.architecture]
     if not detector_class.has_landmarks:
         raise ModelError(
