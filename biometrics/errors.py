@@ -29,3 +29,8 @@ class GalleryError(BiometricsError):
 
 class SourceError(BiometricsError):
     """A live video source cannot be opened or stopped delivering frames (missing camera, lost stream)."""
+
+
+class MeasurementError(BiometricsError):
+    """A benchmark could not be measured: its worker process failed (out of memory, a model that fails on the
+    given input)."""

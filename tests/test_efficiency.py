@@ -10,6 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from biometrics.errors import MeasurementError
 from biometrics.evaluation.efficiency import (
     LatencyStats,
     benchmark_model,
@@ -320,7 +321,7 @@ def test_several_models_are_timed_by_turns_and_the_report_says_so(tiny_card, tmp
     slows all of them alike; every model gets every round's calls."""
     data = _tiny("N").SerializeToString()
     stats = latency_by_turns([(data, [1, 3, 16, 16])] * 2, warmup=1, iterations=5, rounds=2)
-    assert [s.iterations for s in stats] == [6, 6]  # 3 calls in each of the 2 rounds
+    assert [s.iterations for s in stats] == [5, 5]  # 2 + 3 calls in the 2 rounds: the count asked for
     assert all(0 < s.p50_ms <= s.p95_ms for s in stats)
 
     cards = [json.loads(json.dumps(tiny_card)), json.loads(json.dumps(tiny_card)) | {"name": "tiny-b"}]
@@ -350,7 +351,7 @@ def test_real_inputs_are_what_gets_timed(tmp_path):
     card = benchmark_model(data, [1, 3, 16, 16], inputs=faces, inputs_description="3 test faces", **options)
     assert card["input_data"] == "3 test faces"
     assert benchmark_model(data, [1, 3, 16, 16], **options)["input_data"] == "random normal (one fixed input)"
-    with pytest.raises(RuntimeError, match="efficiency worker failed"):
+    with pytest.raises(MeasurementError, match="efficiency worker failed"):
         benchmark_model(data, [1, 3, 16, 16], inputs=faces[:, :1], **options)
     many = np.resize(faces, (40, 3, 16, 16))
     capped = benchmark_model(data, [1, 3, 16, 16], inputs=many, inputs_description="40 faces", **options)
@@ -358,7 +359,9 @@ def test_real_inputs_are_what_gets_timed(tmp_path):
 
     stats = latency_by_turns([(data, [1, 3, 16, 16])] * 2, warmup=1, iterations=4, rounds=2, inputs=[faces, None])
     assert [s.iterations for s in stats] == [4, 4]
-    with pytest.raises(RuntimeError, match="efficiency worker failed"):
+    odd = latency_by_turns([(data, [1, 3, 16, 16])], warmup=1, iterations=7, rounds=3)
+    assert odd[0].iterations == 7  # the count asked for, not rounded up to whole rounds
+    with pytest.raises(MeasurementError, match="efficiency worker failed"):
         latency_by_turns([(data, [1, 3, 16, 16])], warmup=1, iterations=2, rounds=1, inputs=[faces[:, :1]])
     _, md_path = write_efficiency_report([card], tmp_path)
     assert "Input: 3 test faces." in md_path.read_text()

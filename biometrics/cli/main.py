@@ -467,8 +467,10 @@ def _inputs_from_photos(models, paths: list[Path]) -> dict:
     multiple=True,
     help="Thread counts to time (default: 1 and all cores).",
 )
-@click.option("--iterations", type=click.IntRange(5), default=50, show_default=True)
-@click.option("--batch", type=click.IntRange(1), default=32, show_default=True, help="Batch for throughput.")
+@click.option(
+    "--iterations", type=click.IntRange(5), default=50, show_default=True, help="Timed batch-1 calls per model."
+)
+@click.option("--batch", type=click.IntRange(1, 256), default=32, show_default=True, help="Batch for throughput.")
 @click.option(
     "--images",
     "image_paths",

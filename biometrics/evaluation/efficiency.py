@@ -31,6 +31,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
+from biometrics.errors import MeasurementError
 from biometrics.runtime import create_session
 
 CARD_VERSION = 1
@@ -358,7 +359,7 @@ def _random_input(shape: list[int], dtype: Any, rng: np.random.Generator) -> np.
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         return rng.integers(max(info.min, -128), min(info.max, 127), size=shape, endpoint=True).astype(dtype)
-    return rng.standard_normal(size=shape).astype(dtype)
+    return rng.standard_normal(size=shape, dtype=np.float32).astype(dtype, copy=False)  # no float64 copy
 
 
 def _feed(session: ort.InferenceSession, shape: list[int], dtype: Any | None, seed: int = 0) -> dict[str, np.ndarray]:
@@ -446,11 +447,12 @@ def _latency_by_turns(spec: dict[str, Any]) -> list[dict[str, Any]]:
     for session, model_feeds in zip(sessions, feeds, strict=True):
         for i in range(spec["warmup"]):
             session.run(None, model_feeds[i % len(model_feeds)])
-    per_round = max(1, math.ceil(spec["iterations"] / spec["rounds"]))
+    iterations, rounds = spec["iterations"], spec["rounds"]
     times: list[list[float]] = [[] for _ in sessions]
-    for round_index in range(spec["rounds"]):
+    for round_index in range(rounds):
         for session, model_feeds, model_times in zip(sessions, feeds, times, strict=True):
-            turn = range(round_index * per_round, (round_index + 1) * per_round)
+            # the rounds share exactly ``iterations`` calls, so a card's count is the one asked for
+            turn = range(round_index * iterations // rounds, (round_index + 1) * iterations // rounds)
             model_times += [_timed_run(session, model_feeds[i % len(model_feeds)]) for i in turn]
     return [asdict(latency_stats(model_times, batch=1)) for model_times in times]
 
@@ -717,8 +719,8 @@ def run_worker(spec: dict[str, Any], timeout: float | None = None) -> dict[str, 
     )
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     if proc.returncode != 0 or not lines:
-        tail = proc.stderr.strip()[-2000:]
-        raise RuntimeError(f"efficiency worker failed (exit {proc.returncode}): {tail}")
+        reason = ([line for line in proc.stderr.splitlines() if line.strip()] or ["no output"])[-1].strip()
+        raise MeasurementError(f"efficiency worker failed (exit {proc.returncode}): {reason[:300]}")
     return json.loads(lines[-1])
 
 
