@@ -32,7 +32,7 @@ import onnxruntime as ort
 
 from biometrics.errors import ModelError
 from biometrics.onnx_tools import prepare
-from biometrics.runtime import create_session
+from biometrics.runtime import create_session, default_threads
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -133,6 +133,7 @@ class ResolvedModel:
 
     def session(self, threads: int | None = None) -> ort.InferenceSession:
         """An ONNX Runtime session; a file ONNX Runtime cannot load is a ModelError naming the model."""
+        threads = threads or default_threads()  # a bad BIOMETRICS_THREADS is its own error, not the model's
         try:
             return create_session(self.onnx_bytes, threads)
         except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, InvalidGraph...)

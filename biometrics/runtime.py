@@ -1,15 +1,40 @@
-"""ONNX Runtime sessions configured the same way everywhere (threads, no spinning)."""
+"""ONNX Runtime sessions configured the same way everywhere (threads, no spinning, no telemetry), and the
+machine facts a timing needs."""
 
 from __future__ import annotations
 
 import os
+import platform
 
 import onnxruntime as ort
+
+from biometrics.errors import BiometricsError
+
+# ONNX Runtime (1.32+ on Linux) queues telemetry events about sessions and errors in
+# ~/.cache/Microsoft/DeveloperTools/.onnxruntime; a biometric tool keeps them off (README, Privacy).
+ort.disable_telemetry_events()
 
 
 def default_threads() -> int:
     """All cores unless BIOMETRICS_THREADS says otherwise."""
-    return int(os.environ.get("BIOMETRICS_THREADS", os.cpu_count() or 1))
+    value = os.environ.get("BIOMETRICS_THREADS")
+    if value is None:
+        return os.cpu_count() or 1
+    if not value.strip().isdigit() or int(value) < 1:
+        raise BiometricsError(f"BIOMETRICS_THREADS='{value}': expected a whole number of threads, at least 1")
+    return int(value)
+
+
+def processor_name() -> str:
+    """The CPU model (e.g. "AMD EPYC 7B13"), which a latency means nothing without."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def create_session(model: str | bytes | os.PathLike, threads: int | None = None) -> ort.InferenceSession:

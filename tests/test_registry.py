@@ -232,3 +232,22 @@ def test_an_embedder_that_outputs_nan_is_refused_not_compared(tmp_path):
     _edit_card(folder, source={"file": "model.onnx", "sha256": sha256_file(folder / "model.onnx")})
     with pytest.raises(ModelError, match="non-finite embeddings"):
         Embedder(registry.resolve("tiny-embedder")).embed(np.full((1, 112, 112, 3), 200, np.uint8))
+
+
+def test_a_bad_thread_count_is_its_own_error_not_the_models(monkeypatch, tmp_path):
+    from biometrics.errors import BiometricsError
+
+    registry, _ = _registry_with(tmp_path, None)
+    for bad in ("abc", "0", "-1"):
+        monkeypatch.setenv("BIOMETRICS_THREADS", bad)
+        with pytest.raises(BiometricsError, match=f"BIOMETRICS_THREADS='{bad}'") as caught:
+            registry.resolve("tiny-embedder").session()
+        assert not isinstance(caught.value, ModelError)
+
+
+def test_benchmark_data_is_found_where_biometrics_shared_says(monkeypatch, tmp_path):
+    from biometrics.cli.main import shared_data
+
+    (tmp_path / "data" / "lfw").mkdir(parents=True)
+    monkeypatch.setenv("BIOMETRICS_SHARED", str(tmp_path))
+    assert shared_data("lfw") == tmp_path / "data" / "lfw"

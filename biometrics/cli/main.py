@@ -18,8 +18,6 @@ from biometrics.errors import BiometricsError, DataError
 EXIT_DIFFERENT = 1
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
-SHARED_LFW = Path("../shared/data/lfw")
-SHARED_WIDER = Path("../shared/data/wider")
 
 
 class ReportingGroup(click.Group):
@@ -202,11 +200,20 @@ def detect(image, detector, embedder, threads, max_side, out, as_json):
             click.echo(f"  [{i}] score {face.score:.3f} box ({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f})")
 
 
+def shared_data(name: str) -> Path:
+    """A benchmark's default folder: ``data/<name>`` in the shared data folder (``BIOMETRICS_SHARED``, else
+    ``../shared`` beside the repository or the current directory), as the registry finds reference models."""
+    from biometrics.registry import shared_dirs
+
+    candidates = [folder / "data" / name for folder in shared_dirs()]
+    return next((path for path in candidates if path.is_dir()), candidates[0])
+
+
 lfw_data_option = click.option(
     "--data",
     type=click.Path(file_okay=False, path_type=Path),
-    default=SHARED_LFW,
-    show_default=True,
+    default=lambda: shared_data("lfw"),
+    show_default="../shared/data/lfw, or $BIOMETRICS_SHARED/data/lfw",
     help="Folder with pairs.txt and lfw-deepfunneled.tgz (or the unpacked folder).",
 )
 
@@ -303,8 +310,8 @@ def evaluate_lfw_command(data, folds, detectors, embedders, baselines, threads, 
 @click.option(
     "--data",
     type=click.Path(file_okay=False, path_type=Path),
-    default=SHARED_WIDER,
-    show_default=True,
+    default=lambda: shared_data("wider"),
+    show_default="../shared/data/wider, or $BIOMETRICS_SHARED/data/wider",
     help="Folder with wider_val488.tgz (or the unpacked wider_val488 folder).",
 )
 @click.option("--detector", "detectors", multiple=True, help="Detector(s) to compare (repeatable).")

@@ -32,7 +32,7 @@ import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
 from biometrics.errors import MeasurementError
-from biometrics.runtime import create_session
+from biometrics.runtime import create_session, processor_name
 
 CARD_VERSION = 1
 
@@ -607,18 +607,6 @@ def _peak_rss_mib() -> float | None:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def _processor() -> str:
-    name = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return name or platform.machine()
-
-
 def machine_info() -> dict[str, Any]:
     """Versions and hardware that a latency number is meaningless without."""
     return {
@@ -627,7 +615,7 @@ def machine_info() -> dict[str, Any]:
         "onnx_version": onnx.__version__,
         "python_version": platform.python_version(),
         "platform": platform.platform(),
-        "processor": _processor(),
+        "processor": processor_name(),
         "cpu_count": os.cpu_count(),
     }
 

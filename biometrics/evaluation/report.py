@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from biometrics.evaluation import metrics, plots
-from biometrics.runtime import default_threads
+from biometrics.runtime import default_threads, processor_name
 
 
 def _version(package: str) -> str | None:
@@ -37,7 +37,7 @@ def run_metadata(models: list, threads: int | None = None) -> dict:
         "threads": threads or default_threads(),
         "machine": {
             "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
+            "processor": processor_name(),
             "cpu_count": os.cpu_count(),
         },
     }
