@@ -49,5 +49,8 @@ def draw_caption(canvas: np.ndarray, text: str) -> None:
 
 
 def save_image(path: Path, image: np.ndarray) -> None:
+    """Write ``image`` in the format its extension names; one clear error when that cannot be done."""
+    if not cv2.haveImageWriter(str(path)):  # imwrite raises, rather than returns False, for these
+        raise ImageError(f"{path}: cannot write an image with this extension (use .jpg, .png, .bmp or .webp)")
     if not cv2.imwrite(str(path), image):
-        raise ImageError(f"{path}: cannot write image (unknown extension or unwritable folder)")
+        raise ImageError(f"{path}: cannot write image (unwritable folder?)")

@@ -73,6 +73,33 @@ def test_unknown_model_exits_2(run, sample):
     assert result.exit_code == 2 and "unknown model 'no-such-model'" in result.stderr
 
 
+def test_failures_that_are_not_the_users_still_exit_2_in_one_line(run, sample, tmp_path):
+    """A model that loads but fails on its input (a detector given as the embedder), a threshold that is not a
+    cosine similarity, an output format OpenCV cannot write: exit 2, one line, never exit 1 ("different")."""
+    detector_as_embedder = Path(__file__).resolve().parents[1] / "models" / "yunet-student-v3" / "model.onnx"
+    cases = [
+        (
+            [
+                "verify",
+                sample("obama.jpg"),
+                sample("obama2.jpg"),
+                "--embedder",
+                detector_as_embedder,
+                "--threshold",
+                0.4,
+            ],
+            "error: unexpected",
+        ),
+        (["verify", sample("obama.jpg"), sample("obama2.jpg"), "--threshold", "nan"], "not a cosine similarity"),
+        (["detect", sample("obama.jpg"), "--out", tmp_path / "faces.txt"], "cannot write an image with this extension"),
+    ]
+    for args, reason in cases:
+        result = run(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert reason in result.stderr and "Traceback" not in result.output
+    assert run("detect", sample("obama.jpg"), "--embedder", "sface-teacher").exit_code == 2  # detect embeds nothing
+
+
 def test_detect_json_and_annotated_output(run, sample, tmp_path):
     out = tmp_path / "annotated.jpg"
     result = run("detect", sample("two_people.jpg"), "--json", "--out", out)

@@ -41,23 +41,36 @@ class ReportingGroup(click.Group):
             sys.exit(EXIT_ERROR)
 
 
-def pipeline_options(command):
-    """The model and runtime options every pipeline command shares."""
-    options = [
-        click.option("--detector", default=None, help="Detector name or .onnx path (default: the pipeline's)."),
-        click.option("--embedder", default=None, help="Embedder name or .onnx path (default: the pipeline's)."),
-        click.option("--threads", type=click.IntRange(1), default=None, help="ONNX Runtime threads (default: all)."),
-        click.option(
-            "--max-side",
-            type=click.IntRange(64),
-            default=1280,
-            show_default=True,
-            help="Downscale images whose longer side exceeds this before detection.",
-        ),
-    ]
+DETECTOR_OPTIONS = [
+    click.option("--detector", default=None, help="Detector name or .onnx path (default: the pipeline's)."),
+    click.option("--threads", type=click.IntRange(1), default=None, help="ONNX Runtime threads (default: all)."),
+    click.option(
+        "--max-side",
+        type=click.IntRange(64),
+        default=1280,
+        show_default=True,
+        help="Downscale images whose longer side exceeds this before detection.",
+    ),
+]
+EMBEDDER_OPTION = click.option(
+    "--embedder", default=None, help="Embedder name or .onnx path (default: the pipeline's)."
+)
+
+
+def _with_options(options: list, command):
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def detector_options(command):
+    """The model and runtime options of a command that only detects (``detect``)."""
+    return _with_options(DETECTOR_OPTIONS, command)
+
+
+def pipeline_options(command):
+    """The model and runtime options every pipeline command shares: the detector's and the embedder."""
+    return _with_options([DETECTOR_OPTIONS[0], EMBEDDER_OPTION, *DETECTOR_OPTIONS[1:]], command)
 
 
 class CosineThreshold(click.ParamType):
@@ -159,7 +172,7 @@ def verify(image_a, image_b, detector, embedder, threads, max_side, threshold, s
 
 @cli.command()
 @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
-@pipeline_options
+@detector_options
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -167,7 +180,7 @@ def verify(image_a, image_b, detector, embedder, threads, max_side, threshold, s
     help="Write a copy of the image with boxes and landmarks drawn.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def detect(image, detector, embedder, threads, max_side, out, as_json):
+def detect(image, detector, threads, max_side, out, as_json):
     """List the faces in IMAGE (box, score, 5 landmarks), highest score first."""
     from biometrics.detection import ARCHITECTURES
     from biometrics.imaging import load_image
