@@ -168,6 +168,8 @@ class ModelRegistry:
                 card = ModelCard.from_json(card_path)
                 if task and card.task != task:
                     raise ModelError(f"model '{text}' is for {card.task}, not {task}")
+                if not card.sha256:  # a registered model is always verified (a user's own .onnx path may not be)
+                    raise ModelError(f"model '{text}': {card_path} has no source.sha256, so its file cannot be checked")
                 return card
         known = ", ".join(self.names(task)) or "none"
         kind = f"{task} models" if task else "models"

@@ -251,3 +251,12 @@ def test_benchmark_data_is_found_where_biometrics_shared_says(monkeypatch, tmp_p
     (tmp_path / "data" / "lfw").mkdir(parents=True)
     monkeypatch.setenv("BIOMETRICS_SHARED", str(tmp_path))
     assert shared_data("lfw") == tmp_path / "data" / "lfw"
+
+
+def test_a_registered_card_without_a_checksum_is_refused(tmp_path):
+    registry, folder = _registry_with(tmp_path, None)
+    card = json.loads((folder / "card.json").read_text())
+    del card["source"]["sha256"]
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="has no source.sha256"):
+        registry.resolve("tiny-embedder")
