@@ -34,9 +34,18 @@ def draw_faces(
         if face.landmarks is not None:  # a boxes-only detector has none
             for (x, y), point_colour in zip(face.landmarks, LANDMARK_COLOURS, strict=True):
                 cv2.circle(canvas, (int(round(x)), int(round(y))), thickness + 1, point_colour, -1)
-        text = labels[i] if labels else f"{i}: {face.score:.2f}"
-        cv2.putText(canvas, text, (x1, max(0, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, colour, thickness)
+        _draw_label(canvas, labels[i] if labels else f"{i}: {face.score:.2f}", x1, y1, colour, thickness)
     return canvas
+
+
+def _draw_label(canvas: np.ndarray, text: str, x1: int, y1: int, colour: tuple[int, int, int], thickness: int) -> None:
+    """``text`` above the box whose top-left corner is (x1, y1), or just inside its top edge where there is no
+    room above (a face at the top of the frame), and never past the image's left or right edge."""
+    scale = 0.4 * thickness
+    (width, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    y = y1 - 4 if y1 - 4 >= height else max(0, y1) + height + 4
+    x = max(0, min(x1, canvas.shape[1] - width))
+    cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness)
 
 
 def draw_caption(canvas: np.ndarray, text: str) -> None:

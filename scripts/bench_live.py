@@ -43,6 +43,8 @@ def main() -> None:
                 source = FrameSource(args.source)
                 recorder = HeadlessRecorder(Path(folder) / "annotated.mp4", Path(folder) / "events.jsonl", source.fps)
                 summary = run_live(source, LiveRecognizer(pipeline, index, detect_every=args.detect_every), [recorder])
+                if summary.stopped:  # Ctrl-C: a partial run is no measurement
+                    raise SystemExit("stopped")
                 rates[name].append(summary.fps)
                 print(f"{name} run {run + 1}: {summary}")
     for name, values in rates.items():

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
@@ -20,9 +25,13 @@ from click.testing import CliRunner
 
 from biometrics.cli.main import cli
 from biometrics.errors import SourceError
+from biometrics.face import Face
 from biometrics.gallery import EmbedderId, Gallery, NewTemplate
 from biometrics.live.capture import FrameSource
+from biometrics.live.recognizer import FrameResult, LiveRecognizer, TrackReport
+from biometrics.live.session import KNOWN_COLOUR, LiveControls, annotate, run_live
 from biometrics.live.tracker import IoUTracker
+from biometrics.live.web import BrowserView
 
 BIOMETRICS = [sys.executable, "-c", "from biometrics.cli.main import main; main()"]
 
@@ -41,6 +50,73 @@ def performer_gallery(tmp_path, pipeline, sample) -> Path:
         template = NewTemplate(face.embedding, "frame100.png", tuple(face.box))
         gallery.enroll("performer", EmbedderId.of(pipeline.embedder), [template])
     return path
+
+
+@pytest.fixture
+def short_clip(tmp_path, sample) -> Path:
+    """The first 30 frames of hamilton_clip.mp4 as an MJPEG .avi, whose header declares its 30 frames."""
+    capture = cv2.VideoCapture(str(sample("hamilton_clip.mp4")))
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (640, 360))
+    for _ in range(30):
+        ok, frame = capture.read()
+        assert ok
+        writer.write(frame)
+    writer.release()
+    capture.release()
+    return path
+
+
+def _cut(clip: Path, size: int) -> Path:
+    """The first ``size`` bytes of ``clip``: a truncated copy beside it."""
+    cut = clip.with_name(f"{clip.stem}-{size}{clip.suffix}")
+    cut.write_bytes(clip.read_bytes()[:size])
+    return cut
+
+
+def _frame_count(video: Path) -> int:
+    """Frames that actually decode (not the count the header declares)."""
+    capture, count = cv2.VideoCapture(str(video)), 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    return count
+
+
+@pytest.fixture
+def serve():
+    """``serve([body, ...])``: the URL of a local HTTP server answering its n-th GET with the n-th body, then 404
+    (a stream that drops, comes back, or is gone)."""
+    servers = []
+
+    def start(bodies: list[bytes]) -> str:
+        pending = list(bodies)
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format, *args):
+                pass
+
+            def do_GET(self):  # noqa: N802 - http.server's name
+                if not pending:
+                    self.send_error(404)
+                    return
+                body = pending.pop(0)
+                self.send_response(200)
+                self.send_header("Content-Type", "video/x-msvideo")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(body)
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}/clip.avi"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
 
 
 def _events(path: Path) -> list[dict]:
@@ -86,15 +162,47 @@ def test_headless_run_on_the_1080p_video(tmp_path, sample):
 def test_unusable_sources_exit_2_with_a_reason(tmp_path):
     not_a_video = tmp_path / "notes.mp4"
     not_a_video.write_text("not a video")
+    not_a_photo = tmp_path / "notes.jpg"  # opens (as an image sequence), but no frame decodes
+    not_a_photo.write_text("not a photo")
     cases = {
         str(tmp_path / "missing.mp4"): "no such video file",
         str(not_a_video): "cannot open",
+        str(not_a_photo): f"no frame could be decoded from {not_a_photo}",
         "9": "camera 9: cannot open",
     }
     for source, reason in cases.items():
         result = CliRunner().invoke(cli, ["live", "--source", source, "--headless", "--gallery", tmp_path / "g.db"])
         assert result.exit_code == 2, result.output
         assert result.stderr.strip().splitlines()[-1].startswith("error: ") and reason in result.stderr
+
+
+def test_a_truncated_file_keeps_its_outputs_and_exits_2(tmp_path, short_clip):
+    truncated = _cut(short_clip, short_clip.stat().st_size // 2)
+    decodable = _frame_count(truncated)
+    assert 0 < decodable < 28  # the header still declares 30
+    video, events = tmp_path / "annotated.mp4", tmp_path / "events.jsonl"
+    args = ["live", "--source", truncated, "--headless", "--threads", "2", "--gallery", tmp_path / "g.db"]
+    result = CliRunner().invoke(cli, [*map(str, args), "--out", video, "--events", events])
+    assert result.exit_code == 2, result.output
+    reason = f"{truncated}: video ended at frame {decodable} of the 30 its header declares (truncated or corrupt?)"
+    assert result.stderr.strip().splitlines()[-1] == f"error: {reason}"
+    assert len(_events(events)) == decodable and _frame_count(video) == decodable  # finalised and kept
+
+
+def test_browser_view_without_out_writes_only_events(tmp_path, short_clip):
+    events = tmp_path / "events.jsonl"
+    args = ["live", "--source", short_clip, "--view", "browser", "--port", "0", "--threads", "2"]
+    result = CliRunner().invoke(cli, [*map(str, args), "--gallery", tmp_path / "g.db", "--events", events])
+    assert result.exit_code == 0, result.output
+    assert "30 frames in" in result.stdout and len(_events(events)) == 30
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["clip.avi", "events.jsonl"]  # no video
+
+
+def test_a_photo_is_a_one_frame_video(tmp_path, sample):
+    args = ["live", "--source", sample("obama.jpg"), "--headless", "--threads", "2", "--gallery", tmp_path / "g.db"]
+    result = CliRunner().invoke(cli, list(map(str, args)))
+    assert result.exit_code == 0, result.output
+    assert ": 1 frame in " in result.stdout and "(detector on 1 frame, 0 faces embedded, 0 dropped)" in result.stdout
 
 
 class FakeCapture:
@@ -135,6 +243,26 @@ def test_a_dropped_stream_is_reopened_with_back_off_then_given_up():
     assert any(m.endswith(": reconnected") for m in messages) and sum("reconnecting in" in m for m in messages) == 5
 
 
+def test_a_stream_that_reopens_without_frames_runs_out_of_attempts(serve, short_clip):
+    header_only = short_clip.read_bytes()[: short_clip.read_bytes().index(b"movi") + 4]  # opens; no frame
+    messages: list[str] = []
+    url = serve([header_only] * 10)
+    source = FrameSource(url, reconnect_attempts=3, backoff_s=0.001, notify=messages.append)
+    with pytest.raises(SourceError, match="lost and not back after 3 reconnection attempts"):
+        list(source.frames())
+    assert sum("reconnecting in" in m for m in messages) == 3  # reopening is no success until a frame comes
+
+
+def test_a_video_over_http_ends_where_it_declares_and_a_drop_still_reconnects(serve, short_clip):
+    clip = short_clip.read_bytes()
+    dropped = _cut(short_clip, len(clip) // 2)
+    messages: list[str] = []
+    source = FrameSource(serve([dropped.read_bytes(), clip]), queue_size=100, backoff_s=0.001, notify=messages.append)
+    received = [frame.index for frame in source.frames()]
+    assert received == list(range(_frame_count(dropped) + 30))  # the drop, then the whole video once: the end
+    assert sum(m.endswith(": reconnected") for m in messages) == 1
+
+
 def test_a_camera_that_stops_is_an_error_and_a_slow_reader_gets_recent_frames():
     stopping = FrameSource("0", open_capture=lambda _: FakeCapture(2))
     with pytest.raises(SourceError, match="camera 0 stopped delivering frames"):
@@ -164,6 +292,28 @@ def test_tracker_keeps_ids_for_moving_faces():
     assert [t.id for t in tracker.tracks] == [3]  # unseen for more than 2 frames: ended
 
 
+def test_overlay_measures_fps_from_the_second_frame_and_labels_stay_inside(short_clip, pipeline):
+    shown: list[float] = []
+
+    class FpsRecorder:
+        wants_pixels, closed = False, False
+
+        def show(self, annotated, result, fps):
+            shown.append(fps)
+
+        def close(self):
+            pass
+
+    run_live(FrameSource(str(short_clip)), LiveRecognizer(pipeline, None), [FpsRecorder()])
+    assert len(shown) == 30 and shown[0] == 0.0 and all(fps > 0 for fps in shown[1:])  # no warm-up in the average
+
+    face = Face(np.array([100, 0, 300, 200], np.float32), None, 0.9)  # at the top edge of the frame
+    result = FrameResult(0, 0.0, (TrackReport(1, face, "performer", 0.73),), True, 1)
+    canvas = annotate(np.zeros((360, 640, 3), np.uint8), result, 0.0)
+    inside = canvas[6:40, 104:296]  # below the box's top line, off its sides
+    assert (inside == KNOWN_COLOUR).all(axis=2).any()  # the label is drawn inside the box, not above the image
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -176,6 +326,21 @@ def _post(url: str, payload: dict) -> dict:
     )
     with urllib.request.urlopen(request, timeout=40) as response:
         return json.loads(response.read())
+
+
+def test_browser_threshold_accepts_only_cosine_similarities(pipeline):
+    controls = LiveControls(LiveRecognizer(pipeline, None))
+    view = BrowserView(controls, port=0)
+    try:
+        for refused in (5.0, -1.5, math.nan, math.inf, "nan"):
+            with pytest.raises(urllib.error.HTTPError) as answer:
+                _post(f"{view.url}threshold", {"threshold": refused})
+            assert answer.value.code == 400
+        assert _post(f"{view.url}threshold", {"threshold": -0.25}) == {"threshold": -0.25}
+        with urllib.request.urlopen(f"{view.url}state.json", timeout=10) as response:
+            assert json.loads(response.read(), parse_constant=pytest.fail)["threshold"] == -0.25  # strict JSON
+    finally:
+        view.close()
 
 
 def test_browser_page_in_headless_chromium(tmp_path, sample):
@@ -238,17 +403,23 @@ def test_browser_page_in_headless_chromium(tmp_path, sample):
         assert [p.name for p in stored.people()] == ["performer"]
 
 
-def test_ctrl_c_stops_cleanly_with_complete_events(tmp_path, sample):
-    events = tmp_path / "events.jsonl"
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_cleanly_with_complete_outputs_and_a_summary(tmp_path, sample, stop):
+    video, events = tmp_path / "annotated.mp4", tmp_path / "events.jsonl"
     command = [*BIOMETRICS, "live", "--source", str(sample("video_1080p.mp4")), "--headless", "--threads", "2"]
     process = subprocess.Popen(
-        [*command, "--events", str(events), "--gallery", str(tmp_path / "g.db")], stderr=subprocess.PIPE, text=True
+        [*command, "--out", str(video), "--events", str(events), "--gallery", str(tmp_path / "g.db")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not events.exists() or events.stat().st_size == 0):
         time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=30)
+    process.send_signal(stop)
+    stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 0 and "stopped" in stderr and "Traceback" not in stderr
     lines = _events(events)  # every line written is complete JSON
     assert lines and [line["frame"] for line in lines] == list(range(len(lines)))
+    assert f": {len(lines)} frame" in stdout and " fps (detector on " in stdout  # the summary of a normal end
+    assert _frame_count(video) == len(lines)  # a playable video: the mp4 was finalised

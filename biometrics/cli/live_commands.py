@@ -5,6 +5,7 @@ Registered on the ``biometrics`` group by ``biometrics.cli.main`` (import that m
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import click
@@ -95,11 +96,14 @@ def live(
             browser = BrowserView(controls, port=port)
             views.append(browser)
             notify(f"live view at {browser.url} (Ctrl-C to stop)")
+    # SIGTERM (kill, a service manager) stops like Ctrl-C: the video is finalised and the summary printed
+    previous_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = run_live(frames, recognizer, views, controls, link)
-    except KeyboardInterrupt:
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    if summary.stopped:
         notify("stopped")
-        return
     click.echo(f"{frames.label}: {summary}")
 
 

@@ -3,7 +3,8 @@
 The queue between the reader and the recogniser is bounded. A camera or stream is real time: when the
 recogniser falls behind, the oldest frame is dropped so it always works on a recent one. A video file is read
 completely (the reader waits for room instead), so every frame of a file is processed. A stream that drops is
-reopened with exponential back-off; a camera that is missing or stops is an error.
+reopened with exponential back-off; a camera that is missing or stops is an error. A video served over http(s)
+ends at the frame count it declares; a file that ends well short of the count its header declares is an error.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class FrameSource:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read_all, name="capture", daemon=True)
         self.dropped = 0
+        self._reconnections = 0  # attempts since a frame was last read
         self._capture = self._open()
         if self._capture is None:
             raise SourceError(self._cannot_open())
@@ -126,15 +128,16 @@ class FrameSource:
 
     def _read_frames(self) -> None:
         index, start = 0, time.monotonic()
+        opened_at = 0  # index of the first frame from the current capture
         while not self._stop.is_set():
             ok, image = self._capture.read()
             if not ok:
-                if not self.live:
-                    return  # the file ended
-                if not is_stream(self.source):
-                    raise SourceError(f"{self.label} stopped delivering frames")
+                if self._ended(index - opened_at):
+                    return
                 self._reconnect()
+                opened_at = index
                 continue
+            self._reconnections = 0
             if self.live:
                 timestamp = time.monotonic() - start
             else:
@@ -144,13 +147,34 @@ class FrameSource:
             self._put(Frame(index, timestamp, image), drop_oldest=self.live)
             index += 1
 
+    def _ended(self, read: int) -> bool:
+        """After ``read`` frames from the current capture a read failed: True if that ends the run, False if the
+        stream dropped (reconnect); raises SourceError if the source failed. A video served over http(s) ends
+        where it declares; a live stream declares no frame count, so its end is a drop."""
+        if self.source.isdigit():
+            raise SourceError(f"{self.label} stopped delivering frames")
+        declared = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        short = declared > 0 and read < 0.95 * declared and declared - read > 2  # declared counts can be a bit off
+        if is_stream(self.source):
+            return declared > 0 and read > 0 and not short
+        if read == 0:
+            raise SourceError(f"no frame could be decoded from {self.label} (not a video, or corrupt?)")
+        if short:
+            ended = f"video ended at frame {read} of the {declared} its header declares"
+            raise SourceError(f"{self.label}: {ended} (truncated or corrupt?)")
+        return True
+
     def _reconnect(self) -> None:
-        """Reopen a dropped stream, waiting backoff_s, 2 x backoff_s, ... (capped) between attempts."""
+        """Reopen a dropped stream, waiting backoff_s, 2 x backoff_s, ... (capped) between attempts. The attempts
+        count again from the first only once a frame is read: a stream that reopens but delivers nothing gives up."""
         self._capture.release()
         self._capture = None
-        for attempt in range(self.reconnect_attempts):
-            delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
-            self.notify(f"{self.label}: lost; reconnecting in {delay:.1f} s ({attempt + 1}/{self.reconnect_attempts})")
+        while self._reconnections < self.reconnect_attempts:
+            delay = min(self.max_backoff_s, self.backoff_s * 2**self._reconnections)
+            self._reconnections += 1
+            self.notify(
+                f"{self.label}: lost; reconnecting in {delay:.1f} s ({self._reconnections}/{self.reconnect_attempts})"
+            )
             if self._stop.wait(delay):
                 return
             self._capture = self._open()

@@ -24,13 +24,14 @@ UNKNOWN_COLOUR = (0, 0, 230)
 
 
 def annotate(image: np.ndarray, result: FrameResult, fps: float) -> np.ndarray:
-    """The frame with each track's box, id, name (or unknown) and score, and the processing rate."""
+    """The frame with each track's box, id, name (or unknown) and score, and the processing rate (0: not
+    measured yet, on the first frame)."""
     labels = [
         f"#{t.id} {t.identity or 'unknown'}" + ("" if t.score is None else f" {t.score:.2f}") for t in result.tracks
     ]
     colours = [KNOWN_COLOUR if t.identity else UNKNOWN_COLOUR for t in result.tracks]
     canvas = draw_faces(image, [t.face for t in result.tracks], labels, colours)
-    draw_caption(canvas, f"{fps:.1f} fps  frame {result.index}")
+    draw_caption(canvas, f"{fps:.1f} fps  frame {result.index}" if fps else f"frame {result.index}")
     return canvas
 
 
@@ -85,6 +86,8 @@ class LiveControls:
 
     @threshold.setter
     def threshold(self, value: float) -> None:
+        if not -1.0 <= value <= 1.0:  # also refuses NaN
+            raise BiometricsError(f"{value} is not a cosine similarity (a number from -1 to 1)")
         self.recognizer.threshold = value
 
     def request_enrolment(self, name: str, track_id: int | None) -> Future:
@@ -116,6 +119,7 @@ class RunSummary:
     detections: int  # frames the detector ran on
     embeddings: int  # faces embedded
     dropped: int  # stale frames a camera or stream skipped
+    stopped: bool = False  # by Ctrl-C (or SIGTERM), before the source ended
 
     @property
     def fps(self) -> float:
@@ -123,9 +127,13 @@ class RunSummary:
 
     def __str__(self) -> str:
         return (
-            f"{self.frames} frames in {self.seconds:.2f} s: {self.fps:.1f} fps "
-            f"(detector on {self.detections} frames, {self.embeddings} faces embedded, {self.dropped} dropped)"
+            f"{_count(self.frames, 'frame')} in {self.seconds:.2f} s: {self.fps:.1f} fps (detector on "
+            f"{_count(self.detections, 'frame')}, {_count(self.embeddings, 'face')} embedded, {self.dropped} dropped)"
         )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def run_live(
@@ -135,27 +143,35 @@ def run_live(
     controls: LiveControls | None = None,
     link: GalleryLink | None = None,
 ) -> RunSummary:
-    """Process frames until the source ends or a view closes. Ctrl-C (KeyboardInterrupt) propagates after
-    the views are closed, so the video and the events file are complete up to the last processed frame."""
+    """Process frames until the source ends, a view closes, or Ctrl-C (KeyboardInterrupt: the summary says
+    ``stopped``). The views are closed in every case, so the video and the events file are complete up to the
+    last processed frame; a failing source raises its SourceError after that."""
     frames = detections = embeddings = 0
+    stopped = False
     frame_interval = None  # smoothed seconds between processed frames; the overlay shows its inverse
+    fps = 0.0  # not measured yet
     draw = any(view.wants_pixels for view in views)
-    start = last = time.perf_counter()
+    start = time.perf_counter()
+    last = None  # when the previous frame was done
     try:
         for frame in source.frames():
             result = recognizer.process(frame)
             if controls is not None:
                 controls.serve_requests(link, frame, result)
             now = time.perf_counter()
-            frame_interval = now - last if frame_interval is None else 0.9 * frame_interval + 0.1 * (now - last)
-            fps, last = 1.0 / max(frame_interval, 1e-6), now
+            if last is not None:  # the first frame's time (opening the source, warm-up) is no processing rate
+                frame_interval = now - last if frame_interval is None else 0.9 * frame_interval + 0.1 * (now - last)
+                fps = 1.0 / max(frame_interval, 1e-6)
+            last = now
             frames, detections, embeddings = frames + 1, detections + result.detected, embeddings + result.embedded
             annotated = annotate(frame.image, result, fps) if draw else None
             for view in views:
                 view.show(annotated, result, fps)
             if any(view.closed for view in views):
                 break
+    except KeyboardInterrupt:
+        stopped = True
     finally:
         for view in views:
             view.close()
-    return RunSummary(frames, time.perf_counter() - start, detections, embeddings, source.dropped)
+    return RunSummary(frames, time.perf_counter() - start, detections, embeddings, source.dropped, stopped)

@@ -42,7 +42,7 @@ class HeadlessRecorder:
     def show(self, annotated: np.ndarray | None, result: FrameResult, fps: float) -> None:
         if self._events is not None:
             self._events.write(json.dumps(result.to_event()) + "\n")
-        if annotated is not None:
+        if self.video_path is not None:  # other views may want pixels when this one has no --out
             if self._writer is None:
                 self._writer = self._open_writer(annotated.shape)
             self._writer.write(annotated)
