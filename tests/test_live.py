@@ -176,6 +176,17 @@ def test_unusable_sources_exit_2_with_a_reason(tmp_path):
         assert result.stderr.strip().splitlines()[-1].startswith("error: ") and reason in result.stderr
 
 
+def test_ffmpegs_own_messages_stay_off_stderr(tmp_path):
+    """FFmpeg writes straight to file descriptor 2 (a real process shows it, CliRunner does not): only our
+    lines reach a script."""
+    not_a_photo = tmp_path / "notes.jpg"
+    not_a_photo.write_text("not a photo")
+    command = [*BIOMETRICS, "live", "--source", str(not_a_photo), "--headless"]
+    proc = subprocess.run([*command, "--gallery", str(tmp_path / "g.db")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert [line for line in proc.stderr.splitlines() if "@ 0x" in line] == []  # "[mjpeg @ 0x...] No JPEG data"
+
+
 def test_a_truncated_file_keeps_its_outputs_and_exits_2(tmp_path, short_clip):
     truncated = _cut(short_clip, short_clip.stat().st_size // 2)
     decodable = _frame_count(truncated)

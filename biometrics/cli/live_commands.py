@@ -5,6 +5,7 @@ Registered on the ``biometrics`` group by ``biometrics.cli.main`` (import that m
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -68,7 +69,10 @@ def live(
     def notify(message: str) -> None:
         click.echo(message, err=True)
 
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our messages say what failed, once
+    # Our messages say what failed, once: OpenCV's own log, and FFmpeg's (read when its backend first opens a
+    # source; -8 is AV_LOG_QUIET), stay quiet unless the user set them.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
     pipeline = _pipeline(detector, embedder, threads, max_side, threshold)
     link = GalleryLink(
