@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -15,44 +15,74 @@ from biometrics.errors import ImageError
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP")
 DEFAULT_MAX_PIXELS = 50_000_000
 """About 7000x7000: larger photos are refused before decoding, so a crafted file cannot exhaust memory."""
+MAX_FILE_BYTES = 256 * 2**20
+"""256 MiB, far above any photo within the pixel limit: a larger file is refused before it is read."""
+
+
+def _read_file(path: str | os.PathLike, label: str) -> bytes:
+    """The bytes of a regular file of at most ``MAX_FILE_BYTES``. A device (``/dev/zero``), FIFO or directory is
+    refused, and so is a larger file, before anything is read: neither can hang the process or fill its memory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO opens without waiting for a writer
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise ImageError(f"{label}: is a directory, not an image")
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageError(f"{label}: not a regular file (a device, FIFO or socket), not an image")
+            if info.st_size > MAX_FILE_BYTES:
+                raise ImageError(
+                    f"{label}: file too large ({info.st_size / 2**20:,.0f} MiB; limit {MAX_FILE_BYTES // 2**20} MiB)"
+                )
+            with open(fd, "rb", closefd=False) as file:
+                return file.read(MAX_FILE_BYTES)  # no more, even if the file grew since it was checked
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        raise ImageError(f"{label}: no such file") from None
+    except OSError as exc:
+        raise ImageError(f"{label}: cannot read file ({exc.strerror or exc})") from None
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says, or as it is when its EXIF block is too corrupt to use."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # Pillow's EXIF code fails in many ways on a crafted block: struct.error, TypeError, ...
+        return image
 
 
 def load_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode a JPEG/PNG/BMP/WebP file (or its bytes) to an HxWx3 BGR uint8 array.
 
-    EXIF orientation is applied, so a phone photo comes out upright. The pixel count is checked from the
-    header, before the pixels are decoded. Truncated files are an error rather than a half-grey image.
+    EXIF orientation is applied, so a phone photo comes out upright; a corrupt EXIF block means no turn, and
+    Pillow's warnings about it are silenced (nothing the user can act on). Only regular files of at most
+    ``MAX_FILE_BYTES`` are read. The pixel count is checked from the header, before the pixels are decoded.
+    Truncated files are an error rather than a half-grey image.
     """
     label = "<bytes>" if isinstance(source, bytes) else str(source)
-    try:
-        data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    except FileNotFoundError:
-        raise ImageError(f"{label}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{label}: is a directory, not an image") from None
-    except OSError as exc:
-        raise ImageError(f"{label}: cannot read file ({exc.strerror or exc})") from None
+    data = source if isinstance(source, bytes) else _read_file(source, label)
     if not data:
         raise ImageError(f"{label}: file is empty")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
             image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
-    except UnidentifiedImageError:
-        raise ImageError(f"{label}: not an image (supported: JPEG, PNG, BMP, WebP)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{label}: image too large (limit {max_pixels:,} pixels)") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # header cut short or malformed
-        raise ImageError(f"{label}: corrupt or truncated image ({exc})") from None
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageError(f"{label}: image too large ({width}x{height} > {max_pixels:,} pixels)")
-    if width == 0 or height == 0:
-        raise ImageError(f"{label}: image has no pixels")
-    try:
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        rgb = np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{label}: corrupt or truncated image ({exc})") from None
+        except UnidentifiedImageError:
+            raise ImageError(f"{label}: not an image (supported: JPEG, PNG, BMP, WebP)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageError(f"{label}: image too large (limit {max_pixels:,} pixels)") from None
+        except (OSError, SyntaxError, ValueError) as exc:  # header cut short or malformed
+            raise ImageError(f"{label}: corrupt or truncated image ({exc})") from None
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageError(f"{label}: image too large ({width}x{height} > {max_pixels:,} pixels)")
+        if width == 0 or height == 0:
+            raise ImageError(f"{label}: image has no pixels")
+        try:
+            image.load()
+            rgb = np.asarray(_upright(image).convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageError(f"{label}: corrupt or truncated image ({exc})") from None
     return np.ascontiguousarray(rgb[:, :, ::-1])

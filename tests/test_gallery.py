@@ -11,6 +11,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from click.testing import CliRunner
 
 from biometrics.cli.main import cli
 from biometrics.errors import GalleryError
-from biometrics.gallery import EmbedderId, Gallery, NewTemplate, TemplateIndex, Templates, faiss_available
+from biometrics.gallery import EmbedderId, Gallery, NewTemplate, TemplateIndex, Templates, faiss_available, store
 from biometrics.imaging import load_image
 
 OTHER_EMBEDDER = EmbedderId("some-other-embedder", "f" * 64, 128)
@@ -87,10 +88,94 @@ def test_enrol_refuses_a_photo_without_a_face_and_names_the_face_it_picks(run, s
     assert not (tmp_path / "private").exists()  # all images or none: no gallery was even created
 
     several = run("enroll", "someone", sample("multiface.jpg"))
-    assert several.exit_code == 0 and "6 faces, enrolling the largest one at (" in several.stdout
+    assert several.exit_code == 0 and several.stderr.startswith("warning: multiface.jpg: 6 faces, enrolling face 5,")
+    assert "the largest, at (862, 443, 950, 558)" in several.stderr and "--face N" in several.stderr
     _one_line_error(run("enroll", "unknown", sample("obama.jpg")), "'unknown' is reserved")
     _one_line_error(run("identify", sample("obama.jpg"), "--gallery", tmp_path / "none.db"), "no gallery here")
     _one_line_error(run("gallery", "remove", "nobody"), "no one named 'nobody'")
+
+
+def test_enrol_and_identify_the_face_given_by_its_index(run, sample):
+    """two_people.jpg: face 0 (the largest, and nearest the centre) is Obama, face 1 Biden."""
+    assert run("enroll", "obama", sample("obama.jpg")).exit_code == 0
+    chosen = run("enroll", "biden", sample("two_people.jpg"), "--face", 1)
+    assert chosen.exit_code == 0 and chosen.stderr == ""  # a face chosen by index needs no warning
+    biden = run("identify", sample("biden2.jpg"), "--json")
+    assert biden.exit_code == 0 and json.loads(biden.stdout)["faces"][0]["identity"] == "biden"
+
+    face1 = json.loads(run("identify", sample("two_people.jpg"), "--face", 1, "--json").stdout)
+    assert face1["faces_found"] == 2 and [(f["index"], f["identity"]) for f in face1["faces"]] == [(1, "biden")]
+    largest = run("identify", sample("multiface.jpg"))
+    assert largest.stdout.startswith(f"{sample('multiface.jpg')}: 6 face(s), identifying face 5, the largest")
+    _one_line_error(run("enroll", "x", sample("obama.jpg"), "--face", 1), "face index 1 out of range: 1 face(s)")
+    assert run("identify", sample("two_people.jpg"), "--face", 1, "--all").exit_code == 2
+
+
+def test_only_enrolment_makes_a_file_a_gallery(run, sample, tmp_path):
+    """Reading commands leave an empty or foreign file alone; enrolment makes an empty one private, like a new one."""
+    empty, foreign = tmp_path / "empty.db", tmp_path / "foreign.db"
+    empty.touch()
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    foreign_bytes = foreign.read_bytes()
+    for path in (empty, foreign):
+        _one_line_error(run("gallery", "list", "--gallery", path), "not a gallery")
+        _one_line_error(run("identify", sample("obama.jpg"), "--gallery", path), "not a gallery")
+    _one_line_error(run("enroll", "obama", sample("obama.jpg"), "--gallery", foreign), "not a gallery")
+    assert empty.stat().st_size == 0 and foreign.read_bytes() == foreign_bytes
+
+    empty.chmod(0o644)
+    with Gallery(empty, create=True) as gallery:
+        gallery.enroll("x", OTHER_EMBEDDER, [NewTemplate(np.ones(128, np.float32), "x.jpg", (0, 0, 1, 1))])
+        files = [empty, empty.with_name("empty.db-wal"), empty.with_name("empty.db-shm")]
+        assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
+
+
+def test_reads_go_on_while_another_process_writes(run, sample, tmp_path, monkeypatch):
+    """A reader never waits for a writer (WAL); a second writer is told the gallery is busy, not unusable."""
+    assert run("enroll", "obama", sample("obama.jpg")).exit_code == 0
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_S", 0.2)
+    writer = sqlite3.connect(tmp_path / "private" / "gallery.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process in the middle of an enrolment
+    try:
+        listed = run("gallery", "list")
+        assert listed.exit_code == 0 and "obama: 1 template(s)" in listed.stdout
+        assert run("identify", sample("obama3.jpg")).exit_code == 0
+        _one_line_error(run("gallery", "remove", "obama"), "is busy: another process is writing to it")
+        _one_line_error(run("enroll", "biden", sample("biden.jpg")), "is busy")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+def test_a_gallery_folder_made_by_another_enrolment_meanwhile_is_used(tmp_path, monkeypatch):
+    """Two first enrolments at the same instant: the folder appears between one's check and its mkdir."""
+    real_mkdir = Path.mkdir
+
+    def made_meanwhile(folder: Path, *args, **kwargs) -> None:
+        real_mkdir(folder, 0o700)  # the other enrolment wins the race
+        real_mkdir(folder, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", made_meanwhile)
+    with Gallery(tmp_path / "new" / "gallery.db", create=True) as gallery:
+        assert gallery.people() == []
+    assert _mode(tmp_path / "new") == 0o700
+
+
+def test_a_first_enrolment_waits_for_another_switching_the_file_to_wal(tmp_path):
+    """SQLite refuses at once, rather than waits, to switch a file that another connection is switching."""
+    path = tmp_path / "gallery.db"
+    path.touch()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # the other enrolment, holding the write lock of the file still in rollback mode
+    done = threading.Timer(0.2, other.execute, ("COMMIT",))
+    done.start()
+    try:
+        with Gallery(path, create=True) as gallery:
+            gallery.enroll("x", OTHER_EMBEDDER, [NewTemplate(np.ones(128, np.float32), "x.jpg", (0, 0, 1, 1))])
+    finally:
+        done.join()
+        other.close()
 
 
 def test_gallery_files_are_private_while_in_use(tmp_path):
@@ -158,7 +243,7 @@ def test_remove_overwrites_and_export_copies(run, sample, tmp_path):
     assert run("gallery", "export", copy).exit_code == 0 and _mode(copy) == 0o600
     _one_line_error(run("gallery", "export", copy), "already exists")
 
-    removed = run("gallery", "remove", "biden")
+    removed = run("gallery", "remove", " biden ")  # trimmed, as enroll trims it
     assert removed.exit_code == 0 and "removed biden (1 template(s)" in removed.stdout
     assert b"biden" not in (tmp_path / "private" / "gallery.db").read_bytes()  # secure_delete + checkpoint
     assert "biden" not in run("gallery", "list").stdout
@@ -168,7 +253,7 @@ def test_remove_overwrites_and_export_copies(run, sample, tmp_path):
 def test_kill_9_during_enrolment_loses_nothing_reported(tmp_path, pipeline, sample):
     """SIGKILL a real enrolling process ~20 times at random moments: the file stays intact and every enrolment
     the process reported is there, complete (both of its templates)."""
-    face, _ = pipeline.embed_one(load_image(sample("obama.jpg")))
+    face, *_ = pipeline.embed_one(load_image(sample("obama.jpg")))
     np.save(tmp_path / "embedding.npy", face.embedding)
     gallery_path = tmp_path / "gallery.db"
     rng = random.Random(5)

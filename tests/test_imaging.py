@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import io
+import os
+import struct
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from biometrics.errors import ImageError
-from biometrics.imaging import load_image
+from biometrics.imaging import MAX_FILE_BYTES, load_image
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -59,3 +63,45 @@ def test_missing_file_and_directory(tmp_path):
         load_image(tmp_path / "missing.jpg")
     with pytest.raises(ImageError, match="directory"):
         load_image(tmp_path)
+
+
+def _exif(*entries: tuple[int, int, int, int]) -> bytes:
+    """An EXIF block (little-endian TIFF) of one IFD with these (tag, type, count, value or offset) entries."""
+    ifd = struct.pack("<IH", 8, len(entries)) + b"".join(struct.pack("<HHII", *entry) for entry in entries)
+    return b"Exif\0\0II*\0" + ifd + b"\0\0\0\0"
+
+
+ROTATE_90 = (0x0112, 3, 1, 6)  # Orientation: "rotate 90 CW to display"
+
+
+@pytest.mark.parametrize(
+    ("exif", "shape"),
+    [
+        (_exif(ROTATE_90, (0x010F, 2, 20, 40)), (60, 40, 3)),  # Make: text past the block's end (Pillow warns)
+        (_exif(ROTATE_90, (0x0100, 2, 4, 0x6E6F6143)), (40, 60, 3)),  # ImageWidth holding text: no orientation
+    ],
+    ids=["text-past-the-end", "width-holding-text"],
+)
+def test_corrupt_exif_is_ignored_quietly(exif, shape):
+    """The photo still loads, with no Pillow warning on the user's terminal (turned as far as the EXIF allows)."""
+    photo = _encode(Image.fromarray(np.zeros((40, 60, 3), dtype=np.uint8)), "JPEG", exif=exif)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image(photo).shape == shape
+
+
+def test_only_regular_files_are_read(tmp_path):
+    """A FIFO named like a photo would hang the read, /dev/zero fill memory: both are refused unread."""
+    fifo = tmp_path / "camera.jpg"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(ImageError, match="not a regular file"):
+            load_image(path)
+
+
+def test_a_file_over_the_size_limit_is_refused_unread(tmp_path):
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as file:
+        file.truncate(4 * 2**30)  # sparse: takes no disk, and must take no memory either
+    with pytest.raises(ImageError, match=rf"file too large \(4,096 MiB; limit {MAX_FILE_BYTES // 2**20} MiB\)"):
+        load_image(huge)

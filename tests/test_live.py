@@ -44,7 +44,7 @@ def performer_gallery(tmp_path, pipeline, sample) -> Path:
     ok, frame = capture.read()
     capture.release()
     assert ok
-    face, _ = pipeline.embed_one(frame)
+    face, *_ = pipeline.embed_one(frame)
     path = tmp_path / "gallery.db"
     with Gallery(path, create=True) as gallery:
         template = NewTemplate(face.embedding, "frame100.png", tuple(face.box))

@@ -9,13 +9,21 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from biometrics.cli.main import _pipeline, pipeline_options, threshold_option
 from biometrics.pipeline.facade import SELECTIONS
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from biometrics.pipeline import FacePipeline
+
 EXIT_UNKNOWN = 1
+SELECTED = {"largest": "the largest", "center": "the one nearest the center", "score": "the most confidently detected"}
+"""How each ``--select`` choice reads in a sentence ("face 0, the largest")."""
 
 
 def gallery_options(command):
@@ -35,8 +43,34 @@ def gallery_options(command):
     )(command)
 
 
-def select_option(help_text: str):
-    return click.option("--select", type=click.Choice(SELECTIONS), default="largest", show_default=True, help=help_text)
+def face_options(command):
+    """Which face of a photo with several: by ``--select`` rule, or by ``--face N`` (overrides ``--select``)."""
+    command = click.option(
+        "--face",
+        "face_index",
+        type=click.IntRange(0),
+        default=None,
+        metavar="N",
+        help="Use face N (as `biometrics detect` numbers them) instead of --select.",
+    )(command)
+    return click.option(
+        "--select",
+        type=click.Choice(SELECTIONS),
+        default="largest",
+        show_default=True,
+        help="Which face to use when a photo has several: the largest box, the one nearest the center, or the "
+        "highest detection score.",
+    )(command)
+
+
+def _choose_face(pipeline: FacePipeline, pixels: np.ndarray, select: str, face_index: int | None, path: Path):
+    """``FacePipeline.embed_one`` with ``--face N`` overriding ``--select``; the error names the photo."""
+    from biometrics.errors import NoFaceError
+
+    try:
+        return pipeline.embed_one(pixels, select if face_index is None else face_index)
+    except NoFaceError as exc:
+        raise NoFaceError(f"{path}: {exc}") from None
 
 
 def open_gallery(gallery_path: Path | None, key_file: Path | None, create: bool = False):
@@ -54,9 +88,11 @@ def _box(face) -> str:
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @gallery_options
 @pipeline_options
-@select_option("Which face to enrol when an image has several.")
+@face_options
 @click.option("--keep-images", is_flag=True, help="Also store the images (needed by `gallery reembed`).")
-def enroll(name, images, gallery_path, key_file, detector, embedder, threads, max_side, select, keep_images):
+def enroll(
+    name, images, gallery_path, key_file, detector, embedder, threads, max_side, select, face_index, keep_images
+):
     """Add NAME to the gallery with one template per image (all images or none)."""
     import cv2
 
@@ -69,11 +105,15 @@ def enroll(name, images, gallery_path, key_file, detector, embedder, threads, ma
     for path in images:
         pixels = load_image(path)
         try:
-            face, count = pipeline.embed_one(pixels, select)
+            face, index, count = _choose_face(pipeline, pixels, select, face_index, path)
         except NoFaceError as exc:
-            raise NoFaceError(f"{path}: {exc}; nothing enrolled") from None
-        if count > 1:
-            click.echo(f"{path.name}: {count} faces, enrolling the {select} one at {_box(face)} (see --select)")
+            raise NoFaceError(f"{exc}; nothing enrolled") from None
+        if count > 1 and face_index is None:
+            click.echo(
+                f"warning: {path.name}: {count} faces, enrolling face {index}, {SELECTED[select]}, at {_box(face)}; "
+                "choose another with --face N (N as `biometrics detect` lists them)",
+                err=True,
+            )
         image_png = cv2.imencode(".png", pixels)[1].tobytes() if keep_images else None
         templates.append(NewTemplate(face.embedding, path.name, tuple(face.box), image_png))
     with open_gallery(gallery_path, key_file, create=True) as gallery:
@@ -90,27 +130,46 @@ def enroll(name, images, gallery_path, key_file, detector, embedder, threads, ma
 @pipeline_options
 @threshold_option
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True, help="People listed per face.")
-@click.option("--all", "every_face", is_flag=True, help="Identify every face, not only the selected one.")
-@select_option("Which face to identify without --all.")
+@click.option("--all", "every_face", is_flag=True, help="Identify every face, not only one.")
+@face_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def identify(
-    image, gallery_path, key_file, detector, embedder, threads, max_side, threshold, top_k, every_face, select, as_json
+    image,
+    gallery_path,
+    key_file,
+    detector,
+    embedder,
+    threads,
+    max_side,
+    threshold,
+    top_k,
+    every_face,
+    select,
+    face_index,
+    as_json,
 ):
     """Who is in IMAGE? Ranked people with scores; exit 0 identified, 1 unknown, 2 error."""
     from biometrics.errors import NoFaceError
     from biometrics.gallery import UNKNOWN, EmbedderId, TemplateIndex
     from biometrics.imaging import load_image
 
+    if every_face and face_index is not None:
+        raise click.UsageError("--all identifies every face, --face N one of them: give one")
     pipeline = _pipeline(detector, embedder, threads, max_side, threshold)
     with open_gallery(gallery_path, key_file) as gallery:
         index = TemplateIndex(gallery.templates(EmbedderId.of(pipeline.embedder)))
     pixels = load_image(image)
-    try:
-        faces = pipeline.analyze(pixels) if every_face else [pipeline.embed_one(pixels, select)[0]]
-    except NoFaceError as exc:
-        raise NoFaceError(f"{image}: {exc}") from None
-    if not faces:
-        raise NoFaceError(f"{image}: no face found")
+    if every_face:
+        faces = pipeline.analyze(pixels)
+        if not faces:
+            raise NoFaceError(f"{image}: no face found")
+        numbers, found = range(len(faces)), len(faces)
+    else:
+        face, number, found = _choose_face(pipeline, pixels, select, face_index, image)
+        faces, numbers = [face], [number]
+    chosen = ""
+    if not every_face and face_index is None and found > 1:
+        chosen = f", identifying face {numbers[0]}, {SELECTED[select]} (--all: every face; --face N: another)"
     results = index.identify(faces, pipeline.threshold, top_k)
     if as_json:
         report = {
@@ -118,12 +177,13 @@ def identify(
             "threshold": pipeline.threshold,
             "embedder": pipeline.embedder.name,
             "gallery_templates": len(index),
-            "faces": [result.to_dict() for result in results],
+            "faces_found": found,
+            "faces": [{"index": i, **result.to_dict()} for i, result in zip(numbers, results, strict=True)],
         }
         click.echo(json.dumps(report))
     else:
-        click.echo(f"{image}: {len(results)} face(s), threshold {pipeline.threshold:.4f}, {len(index)} templates")
-        for i, result in enumerate(results):
+        click.echo(f"{image}: {found} face(s){chosen}, threshold {pipeline.threshold:.4f}, {len(index)} templates")
+        for i, result in zip(numbers, results, strict=True):
             ranked = ", ".join(f"{m.name} {m.score:.4f}" for m in result.matches) or "empty gallery"
             click.echo(f"  [{i}] {result.identity or UNKNOWN} at {_box(result.face)}: {ranked}")
     sys.exit(0 if any(result.identity for result in results) else EXIT_UNKNOWN)

@@ -2,8 +2,12 @@
 
 Kill-safety comes from SQLite itself: WAL journal, ``synchronous=FULL`` and one transaction per change, so a
 process killed at any moment leaves either the whole enrolment or none of it, and never a corrupt file. The
-file is created 0600 before SQLite opens it (SQLite gives its -wal and -shm files the same mode) and a folder we
-create for it is 0700. Deleted rows are overwritten (``secure_delete``) and checkpointed out of the WAL.
+file is created 0600 before SQLite opens it (SQLite gives its -wal and -shm files the same mode), an existing
+empty file that enrolment makes a gallery is made 0600 too, and a folder we create for it is 0700. Deleted rows
+are overwritten (``secure_delete``) and checkpointed out of the WAL.
+
+Only enrolment makes a file a gallery; opening one to read it takes no write lock (WAL readers proceed while
+another process writes) and never changes the file.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +31,8 @@ GALLERY_ENV = "BIOMETRICS_GALLERY"
 SCHEMA_VERSION = "1"
 MAX_NAME_LENGTH = 100
 UNKNOWN = "unknown"
+BUSY_TIMEOUT_S = 10.0
+"""How long a change waits for another process's write to finish before the gallery is reported busy."""
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -134,16 +141,32 @@ def _create_private_file(path: Path) -> None:
     """Create ``path`` 0600, and any missing parent folders 0700."""
     missing = [parent for parent in reversed(path.parents) if not parent.exists()]
     for folder in missing:
-        folder.mkdir(mode=0o700)
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:  # another enrolment created it since the check (and made it 0700)
+            continue
         folder.chmod(0o700)  # mkdir's mode is filtered by the umask
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     path.chmod(0o600)
+
+
+def _make_private(path: Path) -> None:
+    """Owner-only modes for an existing file becoming a gallery, and for the -wal and -shm SQLite made beside it."""
+    for file in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
+        if file.exists():
+            file.chmod(0o600)
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """Whether SQLite gave up waiting for another connection's lock (no fault of the file)."""
+    return isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
 
 
 class Gallery:
     """A gallery file, opened for one command or one live session. Use as a context manager."""
 
     def __init__(self, path: Path, *, key: bytes | None = None, create: bool = False):
+        """Open the gallery at ``path``; only with ``create`` is a missing or empty file made into one."""
         self.path = Path(path)
         if not self.path.exists():
             if not create:
@@ -154,18 +177,24 @@ class Gallery:
                 _create_private_file(self.path)
             except OSError as exc:
                 raise GalleryError(f"{self.path}: cannot create gallery ({exc.strerror or exc})") from None
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         try:
-            for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "secure_delete=ON"):
+            for pragma in ("synchronous=FULL", "foreign_keys=ON", "secure_delete=ON"):  # per connection: no write
                 self._db.execute(f"PRAGMA {pragma}")
-            self._initialise_if_empty(key)
+            if create:
+                self._initialise_if_empty(key)
             self.cipher = self._unlock(key)
         except sqlite3.DatabaseError as exc:
             self._db.close()
+            if _is_busy(exc):
+                raise self._busy() from None
             raise GalleryError(f"{self.path}: not a usable gallery ({exc})") from None
         except GalleryError:
             self._db.close()
             raise
+
+    def _busy(self) -> GalleryError:
+        return GalleryError(f"{self.path} is busy: another process is writing to it; try again")
 
     def __enter__(self) -> Gallery:
         return self
@@ -179,7 +208,12 @@ class Gallery:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic change: all of it is on disk when this returns, none of it if anything failed."""
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise self._busy() from None
+            raise
         try:
             yield self._db
         except BaseException:
@@ -188,21 +222,43 @@ class Gallery:
         self._db.execute("COMMIT")
 
     def _initialise_if_empty(self, key: bytes | None) -> None:
-        """Create the schema in a new (empty) file; under the write lock, so concurrent first enrolments agree."""
+        """Make a new (empty) file a gallery: WAL journal (kept in the file), owner-only modes, the schema, under
+        the write lock, so concurrent first enrolments agree. A file with tables is left as it is (``_unlock`` judges
+        it), so a foreign SQLite file is never changed."""
+        count_tables = "SELECT COUNT(*) FROM sqlite_master"
+        if self._db.execute(count_tables).fetchone()[0]:
+            return
+        self._use_wal()
         with self._transaction() as db:
-            if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+            if db.execute(count_tables).fetchone()[0]:  # another enrolment initialised it meanwhile
                 return
+            _make_private(self.path)
             for statement in filter(str.strip, SCHEMA.split(";")):
                 db.execute(statement)
             db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
             if key is not None:
                 db.execute("INSERT INTO meta VALUES ('key_check', ?)", (TemplateCipher(key).seal(KEY_CHECK, b""),))
 
+    def _use_wal(self) -> None:
+        """Switch to the WAL journal. Of two first enrolments switching at the same instant, SQLite refuses one at
+        once (waiting could deadlock): it tries again until the other is done, then the switch is a no-op."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.01)
+
     def _unlock(self, key: bytes | None) -> TemplateCipher | None:
         try:
             meta = dict(self._db.execute("SELECT key, value FROM meta"))
-        except sqlite3.OperationalError:  # some other SQLite database
-            raise GalleryError(f"{self.path}: not a gallery (an SQLite file without the gallery's tables)") from None
+        except sqlite3.OperationalError:  # an empty file, or some other SQLite database
+            raise GalleryError(
+                f"{self.path}: not a gallery (an empty file, or an SQLite file without the gallery's tables)"
+            ) from None
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise GalleryError(f"{self.path}: unsupported gallery version {meta.get('schema_version')!r}")
         check = meta.get("key_check")
@@ -271,6 +327,8 @@ class Gallery:
         return self.person(name)
 
     def person(self, name: str) -> Person:
+        """The person called ``name``, trimmed as ``enroll`` stores it (case counts)."""
+        name = name.strip()
         found = [person for person in self.people() if person.name == name]
         if not found:
             raise GalleryError(f"no one named '{name}' in {self.path}")
@@ -287,7 +345,7 @@ class Gallery:
         """Delete a person and all their templates and images; the freed pages are overwritten."""
         person = self.person(name)
         with self._transaction() as db:
-            db.execute("DELETE FROM people WHERE name = ?", (name,))
+            db.execute("DELETE FROM people WHERE name = ?", (person.name,))
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return person
 

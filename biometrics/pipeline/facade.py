@@ -137,13 +137,14 @@ class FacePipeline:
         """All faces in a BGR image, detected and embedded."""
         return self.embed(image, self.detect(image))
 
-    def embed_one(self, image: np.ndarray, select: str | int = "largest") -> tuple[Face, int]:
-        """The selected face of an image, embedded, and how many faces the image had."""
+    def embed_one(self, image: np.ndarray, select: str | int = "largest") -> tuple[Face, int, int]:
+        """The selected face of an image, embedded; its index in detection order (as `biometrics detect` numbers
+        faces); and how many faces the image had."""
         faces = self.detect(image)
         if not faces:
             raise NoFaceError("no face found")
         face = select_face(faces, select, image.shape)
-        return self.embed(image, [face])[0], len(faces)
+        return self.embed(image, [face])[0], next(i for i, found in enumerate(faces) if found is face), len(faces)
 
     def verify(
         self,
@@ -158,7 +159,7 @@ class FacePipeline:
             with self._timed("decode"):
                 image = source if isinstance(source, np.ndarray) else load_image(source)
             try:
-                face, count = self.embed_one(image, how)
+                face, _, count = self.embed_one(image, how)
             except NoFaceError as exc:
                 raise NoFaceError(f"{source if not isinstance(source, np.ndarray) else 'image'}: {exc}") from None
             embedded.append(face)
