@@ -62,8 +62,11 @@ def test_verify_bad_inputs_exit_2_with_one_line_reason(run, sample, tmp_path, no
 
 def test_verify_picks_a_chosen_face(run, sample):
     """In two_people.jpg exactly one of the two faces is Obama."""
-    codes = [run("verify", sample("two_people.jpg"), sample("obama.jpg"), "--face-a", i).exit_code for i in (0, 1)]
-    assert sorted(codes) == [0, 1]
+    results = [run("verify", sample("two_people.jpg"), sample("obama.jpg"), "--face-a", i) for i in (0, 1)]
+    assert sorted(result.exit_code for result in results) == [0, 1]
+    assert [f"two_people.jpg 2 (used face {i}), obama.jpg 1" in r.stdout for i, r in enumerate(results)] == [True] * 2
+    report = json.loads(run("verify", sample("two_people.jpg"), sample("obama.jpg"), "--face-a", 1, "--json").stdout)
+    assert [image["face_index"] for image in report["images"]] == [1, 0]
     result = run("verify", sample("two_people.jpg"), sample("obama.jpg"), "--face-a", 7)
     assert result.exit_code == 2 and "out of range" in result.stderr
 

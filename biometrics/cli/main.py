@@ -143,8 +143,10 @@ def verify(image_a, image_b, detector, embedder, threads, max_side, threshold, s
                     "threshold": result.threshold,
                     "threshold_meaning": meaning,
                     "images": [
-                        {"path": str(path), "faces_found": count, "face": face.to_dict()}
-                        for path, count, face in zip((image_a, image_b), result.faces_found, result.faces, strict=True)
+                        {"path": str(path), "faces_found": count, "face_index": index, "face": face.to_dict()}
+                        for path, count, index, face in zip(
+                            (image_a, image_b), result.faces_found, result.face_indexes, result.faces, strict=True
+                        )
                     ],
                     "timings_ms": {stage: round(ms, 2) for stage, ms in result.timings_ms.items()},
                     "models": {"detector": pipeline.detector.name, "embedder": pipeline.embedder.name},
@@ -158,8 +160,7 @@ def verify(image_a, image_b, detector, embedder, threads, max_side, threshold, s
         if meaning:
             click.echo(f"threshold: {meaning}")
         click.echo(
-            "faces found: "
-            + ", ".join(f"{p.name} {n}" for p, n in zip((image_a, image_b), result.faces_found, strict=True))
+            "faces found: " + ", ".join(map(_faces_found, (image_a, image_b), result.faces_found, result.face_indexes))
         )
         click.echo(
             "time (ms): "
@@ -168,6 +169,11 @@ def verify(image_a, image_b, detector, embedder, threads, max_side, threshold, s
         )
         click.echo(f"models: {pipeline.detector.name} + {pipeline.embedder.name}")
     sys.exit(0 if result.same_person else EXIT_DIFFERENT)
+
+
+def _faces_found(path: Path, count: int, index: int) -> str:
+    """'a.jpg 1', or with several faces which one was compared: 'group.jpg 2 (used face 1)'."""
+    return f"{path.name} {count}" + (f" (used face {index})" if count > 1 else "")
 
 
 @cli.command()

@@ -81,6 +81,7 @@ class VerificationResult:
     threshold: float
     faces: tuple[Face, Face]
     faces_found: tuple[int, int]
+    face_indexes: tuple[int, int]  # which face of each image was compared, in detection order
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -154,15 +155,16 @@ class FacePipeline:
     ) -> VerificationResult:
         """Compare the selected face of two images (paths or BGR arrays)."""
         self.timings_ms = {}
-        embedded, counts = [], []
+        embedded, indexes, counts = [], [], []
         for source, how in zip((a, b), select, strict=True):
             with self._timed("decode"):
                 image = source if isinstance(source, np.ndarray) else load_image(source)
             try:
-                face, _, count = self.embed_one(image, how)
+                face, index, count = self.embed_one(image, how)
             except NoFaceError as exc:
                 raise NoFaceError(f"{source if not isinstance(source, np.ndarray) else 'image'}: {exc}") from None
             embedded.append(face)
+            indexes.append(index)
             counts.append(count)
         similarity = cosine_similarity(*embedded)
         return VerificationResult(
@@ -171,5 +173,6 @@ class FacePipeline:
             self.threshold,
             tuple(embedded),
             tuple(counts),
+            tuple(indexes),
             dict(self.timings_ms),
         )
