@@ -169,6 +169,7 @@ def test_unusable_sources_exit_2_with_a_reason(tmp_path):
         str(not_a_video): "cannot open",
         str(not_a_photo): f"no frame could be decoded from {not_a_photo}",
         "9": "camera 9: cannot open",
+        "/dev/null": "camera /dev/null: cannot open",  # a device file is a camera, like /dev/video0
     }
     for source, reason in cases.items():
         result = CliRunner().invoke(cli, ["live", "--source", source, "--headless", "--gallery", tmp_path / "g.db"])

@@ -16,7 +16,12 @@ from biometrics.cli.main import _pipeline, pipeline_options, threshold_option
 
 
 @click.command()
-@click.option("--source", default="0", show_default=True, help="Camera index, video file, or rtsp/http(s) URL.")
+@click.option(
+    "--source",
+    default="0",
+    show_default=True,
+    help="Camera index or device (/dev/video0), video file, or stream URL (rtsp, rtmp, http(s), udp, tcp, srt).",
+)
 @gallery_options
 @pipeline_options
 @threshold_option

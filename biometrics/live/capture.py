@@ -22,7 +22,7 @@ import numpy as np
 
 from biometrics.errors import SourceError
 
-STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,13 @@ class _End:
     error: SourceError | None = None
 
 
+def is_camera(source: str) -> bool:
+    """A camera index ("0") or a camera's device file (/dev/video0)."""
+    return source.isdigit() or (source.startswith("/dev/") and Path(source).is_char_device())
+
+
 def describe_source(source: str) -> str:
-    return f"camera {source}" if source.isdigit() else f"stream {source}" if is_stream(source) else source
+    return f"camera {source}" if is_camera(source) else f"stream {source}" if is_stream(source) else source
 
 
 def is_stream(source: str) -> bool:
@@ -46,7 +51,8 @@ def is_stream(source: str) -> bool:
 
 
 class FrameSource:
-    """``--source``: a camera index ("0"), a video file, or an rtsp/http(s) URL. Iterate with ``frames()``.
+    """``--source``: a camera index ("0") or device (/dev/video0), a video file, or a stream URL (rtsp, rtmp, http(s),
+    udp, tcp, srt). Iterate with ``frames()``.
 
     ``pace`` plays a file at its own frame rate (for watching); otherwise a file is read as fast as it is
     processed. ``open_capture`` is ``cv2.VideoCapture`` unless a test gives another opener.
@@ -66,7 +72,7 @@ class FrameSource:
     ):
         self.source = source
         self.label = describe_source(source)
-        self.live = source.isdigit() or is_stream(source)
+        self.live = is_camera(source) or is_stream(source)
         if not self.live and not Path(source).is_file():
             raise SourceError(f"{source}: no such video file")
         self.pace = pace and not self.live
@@ -85,7 +91,7 @@ class FrameSource:
         self.fps = self._capture.get(cv2.CAP_PROP_FPS) or 30.0  # what the source says it delivers
 
     def _cannot_open(self) -> str:
-        if self.source.isdigit():
+        if is_camera(self.source):
             return f"{self.label}: cannot open (no such camera, or another program is using it)"
         return f"{self.label}: cannot open (not a video, unsupported codec, or unreachable)"
 
@@ -151,7 +157,7 @@ class FrameSource:
         """After ``read`` frames from the current capture a read failed: True if that ends the run, False if the
         stream dropped (reconnect); raises SourceError if the source failed. A video served over http(s) ends
         where it declares; a live stream declares no frame count, so its end is a drop."""
-        if self.source.isdigit():
+        if is_camera(self.source):
             raise SourceError(f"{self.label} stopped delivering frames")
         declared = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
         short = declared > 0 and read < 0.95 * declared and declared - read > 2  # declared counts can be a bit off
