@@ -194,6 +194,8 @@ def test_templates_of_another_embedder_are_refused(run, sample, tmp_path):
         gallery.enroll("obama", OTHER_EMBEDDER, [NewTemplate(np.ones(128, np.float32), "o.jpg", (0, 0, 1, 1))])
     _one_line_error(run("identify", sample("obama3.jpg")), "cannot be compared")
     _one_line_error(run("enroll", "biden", sample("biden.jpg")), "some-other-embedder")
+    # checked before any image is read: the mismatch, not the missing photo, is the error
+    _one_line_error(run("enroll", "biden", sample("biden.jpg"), tmp_path / "missing.jpg"), "some-other-embedder")
     with Gallery(gallery_path) as gallery, pytest.raises(GalleryError, match="gallery reembed"):
         gallery.templates(EmbedderId("sface-teacher", "0" * 64, 128))
 

@@ -97,10 +97,14 @@ def enroll(
     import cv2
 
     from biometrics.errors import NoFaceError
-    from biometrics.gallery import EmbedderId, NewTemplate
+    from biometrics.gallery import EmbedderId, NewTemplate, check_name, default_gallery_path
     from biometrics.imaging import load_image
 
     pipeline = _pipeline(detector, embedder, threads, max_side)
+    name = check_name(name)
+    if (gallery_path or default_gallery_path()).exists():  # a wrong key or model fails now, not after embedding
+        with open_gallery(gallery_path, key_file) as gallery:
+            gallery.require_embedder(EmbedderId.of(pipeline.embedder))
     templates = []
     for path in images:
         pixels = load_image(path)

@@ -11,6 +11,7 @@ from biometrics.gallery.store import (
     NewTemplate,
     Person,
     Templates,
+    check_name,
     default_gallery_path,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "Person",
     "TemplateIndex",
     "Templates",
+    "check_name",
     "default_gallery_path",
     "faiss_available",
     "load_key",

@@ -288,7 +288,8 @@ class Gallery:
         rows = self._db.execute("SELECT DISTINCT embedder_name, embedder_sha256, dim FROM templates ORDER BY 1, 2")
         return [EmbedderId(*row) for row in rows]
 
-    def _require_embedder(self, embedder: EmbedderId) -> None:
+    def require_embedder(self, embedder: EmbedderId) -> None:
+        """Refuse a pipeline whose templates could not be compared with the ones stored."""
         others = [other for other in self.embedders() if other != embedder]
         if others:
             raise GalleryError(
@@ -302,7 +303,7 @@ class Gallery:
         name = check_name(name)
         now = _now()
         with self._transaction() as db:
-            self._require_embedder(embedder)
+            self.require_embedder(embedder)
             db.execute("INSERT OR IGNORE INTO people (name, enrolled_at) VALUES (?, ?)", (name, now))
             (person_id,) = db.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
             for template in templates:
@@ -351,7 +352,7 @@ class Gallery:
 
     def templates(self, embedder: EmbedderId) -> Templates:
         """Every template, decrypted, for searching with ``embedder``; refused if another model made any."""
-        self._require_embedder(embedder)
+        self.require_embedder(embedder)
         rows = self._db.execute(
             "SELECT p.name, t.embedding FROM templates t JOIN people p ON p.id = t.person_id ORDER BY p.id, t.id"
         ).fetchall()
