@@ -3,7 +3,7 @@
 from biometrics.errors import BiometricsError, ImageError, ModelError, NoFaceError
 from biometrics.face import Face
 from biometrics.imaging import load_image
-from biometrics.pipeline import FacePipeline, cosine_similarity
+from biometrics.pipeline import FacePipeline, VerificationResult, cosine_similarity
 
 __version__ = "0.1.0"
 
@@ -14,6 +14,7 @@ __all__ = [
     "ImageError",
     "ModelError",
     "NoFaceError",
+    "VerificationResult",
     "cosine_similarity",
     "load_image",
 ]

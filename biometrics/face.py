@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Face:
     """One detected face, in the pixel coordinates of the image it was found in.
 
@@ -15,12 +15,15 @@ class Face:
     image: left then right), nose tip, right mouth corner, left mouth corner, or None from a detector that
     finds boxes only (such a face cannot be aligned); ``embedding`` is L2-normalised, or None until an
     embedder has run.
+
+    Faces compare and hash by identity (NumPy fields have no single truth value), so ``==``, ``in`` and sets
+    work; the embedding is left out of ``repr`` so that printing or logging a face leaks no biometric template.
     """
 
     box: np.ndarray
     landmarks: np.ndarray | None
     score: float
-    embedding: np.ndarray | None = None
+    embedding: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def area(self) -> float:

@@ -23,15 +23,12 @@ import importlib.util
 import json
 import os
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnxruntime as ort
 
 from biometrics.errors import ModelError
-from biometrics.onnx_tools import prepare
 from biometrics.runtime import create_session, default_threads
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -275,7 +272,9 @@ class ModelRegistry:
         target = self._download_path(card)
         if target.is_file() and sha256_file(target) == card.sha256:
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
+        import urllib.error
+        import urllib.request
+
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response:
                 payload = response.read()
@@ -314,6 +313,8 @@ class ModelRegistry:
                 return cached
         except OSError:
             pass
+        from biometrics.onnx_tools import prepare  # onnx: only when a cached copy is missing (import costs ~70 ms)
+
         try:
             prepared_bytes = prepare(payload, steps)
         except Exception as exc:  # a file that is not ONNX, or not the graph the card describes

@@ -30,6 +30,9 @@ def test_every_model_resolves_and_has_a_complete_card(name):
     for key in ("name", "task", "architecture", "description", "origin", "licence", "input", "bench_input_shape"):
         assert key in model.card.data, f"{name}: card lacks {key}"
     assert model.card.name == name == model.card.folder.name
+    trained_on = set((model.card.data.get("recipe") or {}).get("data", {}))
+    if trained_on & {"celeba", "utkface"}:  # their terms allow non-commercial research only: the card must say so
+        assert "non-commercial research use only" in model.card.data["licence_note"]
 
 
 @pytest.mark.parametrize("name", STUDENTS)

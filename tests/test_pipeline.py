@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import dataclasses
+import runpy
+
+import cv2
 import numpy as np
 import pytest
 
-from biometrics import FacePipeline, cosine_similarity
-from biometrics.errors import NoFaceError
+from biometrics import FacePipeline, VerificationResult, cosine_similarity
+from biometrics.detection.fusion import box_iou
+from biometrics.errors import ImageError, NoFaceError
 from biometrics.imaging import load_image
 from biometrics.pipeline import select_face
 
@@ -60,3 +65,51 @@ def test_threshold_comes_from_the_card_with_its_meaning():
     block = pipeline.embedder.model.card.data["threshold"]
     assert pipeline.threshold == block["value"]
     assert "FMR" in block["meaning"] and "folds 1-5" in block["meaning"]
+
+
+def test_one_selection_applies_to_both_photos_and_a_pair_to_each(pipeline, sample):
+    group = sample("two_people.jpg")
+    image = load_image(group)
+    faces = pipeline.detect(image)
+    centre = faces.index(select_face(faces, "center", image.shape))
+    assert pipeline.verify(group, group, select="center").face_indexes == (centre, centre)
+    assert pipeline.verify(group, group, select=1).face_indexes == (1, 1)
+    assert pipeline.verify(group, group, select=(0, 1)).face_indexes == (0, 1)
+
+
+def test_paths_and_arrays_of_any_common_layout_give_the_same_faces(pipeline, sample):
+    """A path, the BGR array, its BGRA and its grey forms; a float or oddly shaped array is a clear error."""
+    path = sample("obama.jpg")
+    image = load_image(path)
+    boxes = [face.box for face in pipeline.analyze(image)]
+    assert len(boxes) == 1
+    np.testing.assert_array_equal(pipeline.analyze(path)[0].box, boxes[0])
+    np.testing.assert_array_equal(pipeline.detect(path)[0].box, boxes[0])
+    np.testing.assert_array_equal(pipeline.detect(cv2.cvtColor(image, cv2.COLOR_BGR2BGRA))[0].box, boxes[0])
+    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    for layout in (grey, grey[..., None]):
+        found = pipeline.detect(layout)
+        assert len(found) == 1 and box_iou(found[0].box, np.array(boxes))[0] > 0.9
+    for bad, what in ((image / 255.0, "float64"), (image[..., :2], "uint8"), (image[:0], "uint8")):
+        with pytest.raises(ImageError, match=f"expected a BGR uint8 image .*got a {what} array"):
+            pipeline.detect(bad)
+    with pytest.raises(ImageError, match="got a float64 array"):
+        pipeline.verify(image / 255.0, path)
+
+
+def test_faces_compare_by_identity_and_print_no_embedding(pipeline, sample):
+    faces = pipeline.analyze(load_image(sample("two_people.jpg")))
+    assert faces[0] != faces[1] and faces[1] in faces and len(set(faces)) == len(faces)
+    assert dataclasses.replace(faces[0]) != faces[0]
+    result = pipeline.verify(sample("obama.jpg"), sample("obama2.jpg"))
+    assert isinstance(result, VerificationResult)
+    text = repr(result)
+    assert "embedding" not in text and f"{result.faces[0].embedding[0]:.5f}"[:7] not in text
+    assert "box=" in text and "score=" in text and f"similarity={result.similarity}" in text
+
+
+def test_python_dash_m_runs_the_command_line(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["biometrics", "--help"])
+    with pytest.raises(SystemExit) as exit_code:
+        runpy.run_module("biometrics", run_name="__main__")
+    assert exit_code.value.code == 0 and "verify" in capsys.readouterr().out

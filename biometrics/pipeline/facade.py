@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from biometrics import detection, embedding
 from biometrics.alignment import align_face
-from biometrics.errors import ModelError, NoFaceError
+from biometrics.errors import ImageError, ModelError, NoFaceError
 from biometrics.face import Face
 from biometrics.imaging import load_image
 from biometrics.registry import ModelRegistry, ResolvedModel
@@ -21,6 +22,11 @@ from biometrics.registry import ModelRegistry, ResolvedModel
 DEFAULT_DETECTOR = "yunet-teacher"
 DEFAULT_EMBEDDER = "sface-student"  # ours, INT8: LFW folds 6-10 98.97% at 0.08x SFace's latency (README)
 SELECTIONS = ("largest", "center", "score")
+
+ImageSource = str | os.PathLike | np.ndarray
+"""A photo: a file path, or an array in BGR uint8 H x W x 3 as OpenCV reads it (grey and BGRA are converted)."""
+Selection = str | int
+"""Which face of an image: ``largest``, ``center``, ``score`` or an index in detection order."""
 
 
 def landmark_detector(
@@ -52,7 +58,7 @@ def cosine_similarity(a: Face | np.ndarray, b: Face | np.ndarray) -> float:
     return float(np.dot(u, v) / max(np.linalg.norm(u) * np.linalg.norm(v), 1e-12))
 
 
-def select_face(faces: list[Face], how: str | int = "largest", image_shape: tuple[int, ...] | None = None) -> Face:
+def select_face(faces: list[Face], how: Selection = "largest", image_shape: tuple[int, ...] | None = None) -> Face:
     """Pick one face: ``largest`` box, closest to the image ``center``, best ``score``, or an index."""
     if not faces:
         raise NoFaceError("no face found")
@@ -120,27 +126,52 @@ class FacePipeline:
         yield
         self.timings_ms[stage] = self.timings_ms.get(stage, 0.0) + (time.perf_counter() - start) * 1000
 
-    def detect(self, image: np.ndarray) -> list[Face]:
-        with self._timed("detect"):
-            return self.detector.detect(image)
+    def _bgr(self, source: ImageSource) -> np.ndarray:
+        """The BGR uint8 H x W x 3 array the models need, from a path or an array (timed as ``decode``): grey gains
+        three channels, BGRA loses its alpha, and anything else is refused here rather than failing deep inside a
+        model or, for a float image in 0..1, silently finding no face."""
+        with self._timed("decode"):
+            if not isinstance(source, np.ndarray):
+                return load_image(source)
+            if source.dtype == np.uint8 and source.size:
+                channels = 1 if source.ndim == 2 else source.shape[2] if source.ndim == 3 else 0
+                if channels == 3:
+                    return source
+                if channels == 1:
+                    return cv2.cvtColor(source, cv2.COLOR_GRAY2BGR)
+                if channels == 4:
+                    return cv2.cvtColor(source, cv2.COLOR_BGRA2BGR)
+            raise ImageError(
+                f"expected a BGR uint8 image (H x W x 3, as OpenCV reads it), got a {source.dtype} array of shape "
+                f"{source.shape}"
+            )
 
-    def embed(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
-        """The same faces with their embeddings filled in (one batched embedder call)."""
+    def detect(self, image: ImageSource) -> list[Face]:
+        """All faces in a photo (path or BGR uint8 array), highest score first, not yet embedded."""
+        pixels = self._bgr(image)
+        with self._timed("detect"):
+            return self.detector.detect(pixels)
+
+    def embed(self, image: ImageSource, faces: list[Face]) -> list[Face]:
+        """The same faces, found in ``image``, with their embeddings filled in (one batched embedder call)."""
         if not faces:
             return []
+        image = self._bgr(image)
         with self._timed("align"):
             crops = np.stack([align_face(image, face.landmarks, self.embedder.size[0]) for face in faces])
         with self._timed("embed"):
             vectors = self.embedder.embed(crops)
         return [dataclasses.replace(face, embedding=vector) for face, vector in zip(faces, vectors, strict=True)]
 
-    def analyze(self, image: np.ndarray) -> list[Face]:
-        """All faces in a BGR image, detected and embedded."""
-        return self.embed(image, self.detect(image))
+    def analyze(self, image: ImageSource) -> list[Face]:
+        """All faces in a photo (path or BGR uint8 array), detected and embedded."""
+        pixels = self._bgr(image)
+        return self.embed(pixels, self.detect(pixels))
 
-    def embed_one(self, image: np.ndarray, select: str | int = "largest") -> tuple[Face, int, int]:
-        """The selected face of an image, embedded; its index in detection order (as `biometrics detect` numbers
-        faces); and how many faces the image had."""
+    def embed_one(self, image: ImageSource, select: Selection = "largest") -> tuple[Face, int, int]:
+        """The selected face of a photo (path or BGR uint8 array), embedded; its index in detection order (as
+        `biometrics detect` numbers faces); and how many faces the photo had."""
+        image = self._bgr(image)
         faces = self.detect(image)
         if not faces:
             raise NoFaceError("no face found")
@@ -149,20 +180,19 @@ class FacePipeline:
 
     def verify(
         self,
-        a: str | os.PathLike | np.ndarray,
-        b: str | os.PathLike | np.ndarray,
-        select: tuple[str | int, str | int] = ("largest", "largest"),
+        a: ImageSource,
+        b: ImageSource,
+        select: Selection | tuple[Selection, Selection] = "largest",
     ) -> VerificationResult:
-        """Compare the selected face of two images (paths or BGR arrays)."""
+        """Compare the selected face of two photos (paths or BGR uint8 arrays); ``select`` applies to both, or is
+        a pair, one per photo."""
         self.timings_ms = {}
         embedded, indexes, counts = [], [], []
-        for source, how in zip((a, b), select, strict=True):
-            with self._timed("decode"):
-                image = source if isinstance(source, np.ndarray) else load_image(source)
+        for source, how in zip((a, b), (select, select) if isinstance(select, str | int) else select, strict=True):
             try:
-                face, index, count = self.embed_one(image, how)
+                face, index, count = self.embed_one(source, how)
             except NoFaceError as exc:
-                raise NoFaceError(f"{source if not isinstance(source, np.ndarray) else 'image'}: {exc}") from None
+                raise NoFaceError(f"{source if isinstance(source, str | os.PathLike) else 'image'}: {exc}") from None
             embedded.append(face)
             indexes.append(index)
             counts.append(count)

@@ -214,6 +214,23 @@ def quantize_int8(
     return int8_path
 
 
+DATASET_TERMS = {
+    "celeba": "CelebA (non-commercial research use only)",
+    "utkface": "UTKFace (non-commercial research use only)",
+}
+"""Training sets whose terms bind more than our Apache-2.0 code does (from ../shared/README.md)."""
+
+
+def training_data_terms(data: dict) -> dict:
+    """A card's ``licence_note`` from a recipe's ``data`` block: the weights were learnt from images whose terms
+    limit their use."""
+    terms = [terms for name, terms in DATASET_TERMS.items() if name in data]
+    if not terms:
+        return {}
+    note = f"trained on {' and '.join(terms)}: check those terms before any commercial use of these weights"
+    return {"licence_note": note}
+
+
 def write_card(
     model_path: Path,
     *,
@@ -237,6 +254,7 @@ def write_card(
         "description": description,
         "origin": f"trained by this project: `biometrics distill {recipe.get('_path', '')}`".strip(),
         "licence": "Apache-2.0",
+        **training_data_terms(recipe.get("data", {})),
         "precision": precision,
         "source": {
             "file": model_path.name,
