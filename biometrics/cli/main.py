@@ -520,7 +520,7 @@ def bench(models, out, thread_counts, iterations, batch, image_paths):
 
 
 @cli.command()
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--work-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -586,7 +586,10 @@ def distill(
         from biometrics.training.distill import pack_recipe_faces
         from biometrics.training.recipe import Recipe
     except ImportError as exc:
-        raise BiometricsError(f"training needs the train extra (pip install -e '.[train]'): {exc}") from None
+        raise BiometricsError(
+            f"training needs the train extra: pip install 'biometrics[train]' (in a checkout: pip install -e "
+            f"'.[train]'); {exc}"
+        ) from None
     loaded = Recipe.load(recipe)
     from biometrics.registry import cache_dir
 
