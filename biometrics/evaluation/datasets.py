@@ -18,7 +18,7 @@ def unpack_once(archive: Path, expected_sha256: str | None = None, cache: Path |
     mistaken for a complete one because the folder is renamed into place only at the end.
     """
     if not archive.is_file():
-        raise DataError(f"{archive}: dataset archive not found")
+        raise DataError(f"{archive}: dataset archive not found (give its folder with --data, or set BIOMETRICS_SHARED)")
     stem = archive.name.split(".")[0]
     digest = expected_sha256 or sha256_file(archive)
     target = (cache or cache_dir()) / "datasets" / f"{stem}-{digest[:12]}"

@@ -132,7 +132,10 @@ def locate_dataset(data_dir: Path) -> Path:
         if (candidate / "gt_subset.json").is_file():
             return candidate
     if not data_dir.is_dir():
-        raise DataError(f"{data_dir}: WIDER data folder not found (expected {WIDER_ARCHIVE} in it)")
+        raise DataError(
+            f"{data_dir}: WIDER data folder not found (expected {WIDER_ARCHIVE} in it; give it with --data, or set "
+            "BIOMETRICS_SHARED)"
+        )
     return unpack_once(data_dir / WIDER_ARCHIVE, WIDER_ARCHIVE_SHA256) / WIDER_FOLDER
 
 
