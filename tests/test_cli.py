@@ -150,3 +150,16 @@ def test_bench_on_photos_times_detectors_on_the_photos_and_embedders_on_their_fa
     empty.write_bytes(cv2.imencode(".png", np.full((200, 200, 3), 128, np.uint8))[1].tobytes())
     result = run("bench", "sface-student", "--out", tmp_path / "none", "--images", empty)
     assert result.exit_code == 2 and "no face found in empty.png" in result.output
+
+
+def test_distill_refuses_to_overwrite_a_shipped_model_with_an_unfinished_one(run, tmp_path):
+    """`--export-unfinished` scores a run mid-way; into models/ it would replace the calibrated default embedder."""
+    pytest.importorskip("torch")
+    recipe = Path(__file__).resolve().parents[1] / "pipelines" / "sface-student-patient-more.yaml"
+    models = Path(__file__).resolve().parents[1] / "models"
+    args = ["distill", recipe, "--max-steps", 1, "--export-unfinished", "--models-dir", models]
+    result = run(*args, "--work-dir", tmp_path / "run")
+    assert result.exit_code == 2 and "would replace the calibrated model" in result.output
+    assert not (tmp_path / "run").exists()
+    result = run("distill", recipe, "--webp-quality", 80, "--work-dir", tmp_path / "run")
+    assert result.exit_code == 2 and "--pack-faces" in result.output

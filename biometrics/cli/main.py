@@ -532,17 +532,23 @@ def bench(models, out, thread_counts, iterations, batch, image_paths):
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("models"),
     show_default=True,
-    help="Where the FP32 and INT8 models and their cards are written.",
+    help="Where the FP32 and INT8 models and their cards are written (relative to the current directory; models "
+    "of the same names there are replaced).",
 )
-@click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many steps (resumable).")
+@click.option(
+    "--max-steps",
+    type=click.IntRange(1),
+    default=None,
+    help="Stop at this step of the run, counted from its start (a resumed run too); run again to go on.",
+)
 @click.option("--fresh", is_flag=True, help="Ignore an existing checkpoint and start again.")
 @click.option(
     "--export-unfinished",
     is_flag=True,
     help="Export where the run stops (--max-steps), finished or not, to score it mid-way; the cards say the step.",
 )
-@click.option("--threads", type=click.IntRange(1), default=None)
-@click.option("--progress/--no-progress", default=True)
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.option(
     "--device",
     default="cpu",
@@ -597,6 +603,17 @@ def distill(
         raise click.UsageError("--pack-faces and --faces are for embedder recipes")
     if pack_faces and faces_file:
         raise click.UsageError("--pack-faces reads the datasets, --faces replaces them: give one")
+    quality_given = click.get_current_context().get_parameter_source("webp_quality").name == "COMMANDLINE"
+    if quality_given and not pack_faces:
+        raise click.UsageError("--webp-quality is the quality --pack-faces writes at")
+    if export_unfinished:
+        for name in loaded.output.values():  # a calibrated model (it has a threshold) is a finished, shipped one
+            card = models_dir / name / "card.json"
+            if card.is_file() and "threshold" in json.loads(card.read_text()):
+                raise click.UsageError(
+                    f"--export-unfinished would replace the calibrated model {card.parent} with an unfinished "
+                    "one: give another --models-dir"
+                )
     if pack_faces:
         click.echo(json.dumps(pack_recipe_faces(loaded, pack_faces, webp_quality, progress), indent=2))
         return
