@@ -163,3 +163,15 @@ def test_distill_refuses_to_overwrite_a_shipped_model_with_an_unfinished_one(run
     assert not (tmp_path / "run").exists()
     result = run("distill", recipe, "--webp-quality", 80, "--work-dir", tmp_path / "run")
     assert result.exit_code == 2 and "--pack-faces" in result.output
+
+
+def test_a_reader_that_goes_away_is_no_error(sample):
+    """`biometrics verify a b | head -0`: the pipe closes before we write; no traceback, the shells' SIGPIPE code."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "biometrics", "verify", sample("obama.jpg"), sample("obama2.jpg")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141
+    assert proc.stderr.read() == b""

@@ -8,6 +8,7 @@ Exit codes scripts can rely on: 0 success (``verify``: same person), 1 ``verify`
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from biometrics.errors import BiometricsError, DataError
 EXIT_DIFFERENT = 1
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 
 class ReportingGroup(click.Group):
@@ -35,6 +37,9 @@ class ReportingGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:  # the reader of our output has gone (`| head -1`): no one to tell, nothing to flush
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(EXIT_BROKEN_PIPE)
         except Exception as exc:  # a bug or an unforeseen failure: still one line and the error code
             reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
             click.echo(f"error: unexpected {type(exc).__name__}: {reason} (please report this)", err=True)
