@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -19,7 +21,254 @@ def section_as(cls: type[T], section: dict) -> T:
 
 
 class RecipeError(BiometricsError):
-    """A recipe file is missing, not YAML, or lacks a required entry."""
+    """A recipe file is missing, not YAML, lacks a required entry, or has an unknown key or a wrong value."""
+
+
+# Recipe schema. A checker is called with (value, key path) and raises _Invalid("path: reason"); ``block`` walks a
+# mapping whose keys are a fixed set. The schema lists only what the trainers read (distill.py, detector_distill.py,
+# student.py, detector_student.py, scenes.py, faces.py, loop.py, export.py), so a typo fails at load, not an hour
+# in. Choices copied from the trainers (tests/test_recipe.py keeps them in step): distill.INITS,
+# distill.TEACHER_VIEWS, export.KEEP_FP32, detector_student.HEAD_STYLES.
+class RecipeLoader(yaml.SafeLoader):
+    """YAML as people write it: ``1e-3`` is a number (YAML 1.1, PyYAML's dialect, wants ``1.0e-3``)."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _expect(ok: bool, at: str, wanted: str, value) -> None:
+    if not ok:
+        raise _Invalid(f"{at}: expected {wanted}, got {value!r}")
+
+
+def number(low: float = 0, high: float | None = None, *, integer: bool = False, above: bool = False):
+    """A finite int/float (``integer``: an int) >= ``low`` (``above``: > ``low``) and <= ``high``."""
+    kind = "integer" if integer else "number"
+    wanted = f"a positive {kind}" if above and low == 0 and high is None else ("an " if integer else "a ") + kind
+    wanted += f" in [{low}, {high}]" if high is not None else "" if above and low == 0 else f" >= {low}"
+
+    def check(value, at):
+        typed = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+        _expect(typed and math.isfinite(value), at, wanted, value)
+        _expect((value > low if above else value >= low) and (high is None or value <= high), at, wanted, value)
+
+    return check
+
+
+def text(value, at):
+    _expect(isinstance(value, str) and value.strip() != "", at, "a non-empty string", value)
+
+
+def name(value, at):
+    """Run and model names become folder names (runs/<name>, <models-dir>/<name>)."""
+    _expect(
+        isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value),
+        at,
+        "a name ([A-Za-z0-9._-])",
+        value,
+    )
+
+
+def flag(value, at):
+    _expect(isinstance(value, bool), at, "true or false", value)
+
+
+def one_of(*choices):
+    def check(value, at):
+        if isinstance(value, bool) or not isinstance(value, type(choices[0])) or value not in choices:
+            leaf = at.rsplit(".", 1)[-1].split("[")[0]
+            raise _Invalid(f"{at}: unknown {leaf} {value!r} (expected one of: {', '.join(map(str, choices))})")
+
+    return check
+
+
+def optional(checker):
+    """Also ``null`` (the key as if left out)."""
+    return lambda value, at: None if value is None else checker(value, at)
+
+
+def either(*checkers, wanted: str):
+    def check(value, at):
+        for checker in checkers:
+            try:
+                return checker(value, at)
+            except _Invalid:
+                pass
+        _expect(False, at, wanted, value)
+
+    return check
+
+
+def list_of(item, length: int | None = None, nonempty: bool = False):
+    def check(value, at):
+        _expect(isinstance(value, list), at, "a list", value)
+        _expect(length is None or len(value) == length, at, f"a list of {length}", value)
+        _expect(not nonempty or len(value) > 0, at, "a non-empty list", value)
+        for index, entry in enumerate(value):
+            item(entry, f"{at}[{index}]")
+
+    return check
+
+
+def block(schema: dict, required: tuple[str, ...] = ()):
+    """A mapping whose keys are those of ``schema`` (each checked by its checker), ``required`` among them."""
+
+    def check(value, at):
+        _expect(isinstance(value, dict), at, "a mapping", value)
+        prefix = f"{at}." if at else ""
+        for key, entry in value.items():
+            if key not in schema:
+                where = f"{at}: " if at else ""
+                raise _Invalid(f"{where}unknown key {key!r} (known: {', '.join(sorted(schema))})")
+            schema[key](entry, f"{prefix}{key}")
+        missing = [key for key in required if key not in value]
+        if missing:
+            raise _Invalid(f"{prefix}{missing[0]}: missing (required: {', '.join(required)})")
+
+    return check
+
+
+POSITIVE, POSITIVE_INT, COUNT = number(above=True), number(integer=True, above=True), number(integer=True)
+FRACTION, WEIGHT = number(0, 1), number(0)
+LFW_FOLD = number(1, 10, integer=True)
+DATA = {
+    "root": text,
+    "lfw": block({"exclude_folds": list_of(LFW_FOLD)}),
+    "celeba": block({}),
+    "utkface": block({}),
+    "limit": POSITIVE_INT,
+}
+QUANTIZATION = {
+    "per_channel": flag,
+    "keep_fp32": list_of(one_of("first_conv", "head", "depthwise")),
+    "percentile": optional(number(0, 100, above=True)),
+}
+COMMON = {
+    "name": name,
+    "description": text,
+    "task": one_of("embedding", "detection"),
+    "report_folds": text,
+    "optimizer": block({"name": one_of("adamw"), "lr": POSITIVE, "weight_decay": WEIGHT}, required=("lr",)),
+    "schedule": block({"warmup_steps": COUNT, "final_lr_fraction": FRACTION}),
+    "batch_size": POSITIVE_INT,
+    "epochs": POSITIVE_INT,
+    "seed": COUNT,
+    "checkpoint_every": POSITIVE_INT,
+    "start_from_run": optional(name),
+    "output": block({"fp32": name, "int8": name}, required=("fp32", "int8")),
+}
+SFACE_STAGE = number(1, 14, integer=True)
+EMBEDDING = COMMON | {
+    "teacher": text,
+    "detector": text,
+    "teacher_view": one_of("augmented", "clean"),
+    "same_person_pairs": COUNT,
+    "data": block(DATA | {"holdout": COUNT}),
+    "student": block(
+        {
+            "init": one_of("scratch", "teacher-pruned", "teacher-reconstructed"),
+            "reconstruction": block({"layer_faces": POSITIVE_INT, "head_faces": POSITIVE_INT, "ridge": WEIGHT}),
+            "width": POSITIVE,
+            "stages": list_of(SFACE_STAGE, nonempty=True),
+            "head": one_of("fc", "gdc"),
+            "head_channels": COUNT,
+            "activation": one_of("prelu", "relu"),
+            "embedding_dim": POSITIVE_INT,
+            "widths": list_of(POSITIVE_INT),
+        }
+    ),
+    "augmentation": block(
+        {
+            "flip": FRACTION,
+            "shift_px": WEIGHT,
+            "scale": FRACTION,
+            "rotate_deg": number(0, 180),
+            "brightness": FRACTION,
+            "contrast": FRACTION,
+            "grayscale": FRACTION,
+            "downscale": FRACTION,
+        }
+    ),
+    "loss": block(
+        {
+            "cosine": WEIGHT,
+            "pairwise": WEIGHT,
+            "same_person": WEIGHT,
+            "features": WEIGHT,
+            "hint_stages": list_of(SFACE_STAGE),
+        }
+    ),
+    "quantization": block(QUANTIZATION | {"aware": flag, "calibration_faces": POSITIVE_INT}),
+}
+DETECTION = COMMON | {
+    "teacher": either(text, list_of(text, nonempty=True), wanted="a teacher name or a list of them"),
+    "data": block(DATA | {"fusion_iou": number(0, 1, above=True)}),
+    "student": block(
+        {
+            "init": block(
+                {"from": text, "units": list_of(list_of(COUNT)), "trainable": list_of(text)}, required=("from", "units")
+            ),
+            "stem": POSITIVE_INT,
+            "stem_stride": one_of(2, 4),
+            "units": list_of(list_of(POSITIVE_INT), length=5),
+            "neck": POSITIVE_INT,
+            "head": one_of("separable", "full", "shared"),
+            "downsample": one_of("maxpool", "depthwise"),
+            "pointwise_bias": flag,
+        }
+    ),
+    "augmentation": block(
+        {
+            "size": POSITIVE_INT,
+            "grid": list_of(POSITIVE_INT, nonempty=True),
+            "min_face": POSITIVE,
+            "max_face_fraction": number(0, 1, above=True),
+            "min_visible": FRACTION,
+            "flip": FRACTION,
+            "brightness": FRACTION,
+            "contrast": FRACTION,
+            "blur": FRACTION,
+            "min_score": FRACTION,
+            "clutter": COUNT,
+            "rotate": number(0, 180),
+            "occlude": FRACTION,
+            "degrade": FRACTION,
+            "grayscale": FRACTION,
+            "photo_background": FRACTION,
+        }
+    ),
+    "quantization": block(QUANTIZATION | {"calibration_scenes": POSITIVE_INT}),
+}
+# A detector student trained from scratch learns the ensemble's labels (detector_loss.detection_loss); one with
+# ``student.init`` learns its teacher's dense outputs (DenseTeacher.loss).
+LABEL_LOSS = block({"cls": WEIGHT, "obj": WEIGHT, "box": WEIGHT, "kps": WEIGHT})
+DENSE_LOSS = block({"score": WEIGHT, "box": WEIGHT, "kps": WEIGHT, "hint": WEIGHT, "stages": WEIGHT})
+EMBEDDING_LOSS_TERMS = ("cosine", "pairwise", "same_person", "features")
+
+
+def validate(raw: dict) -> None:
+    """Raise _Invalid for the first unknown key or wrong value of a recipe (``task`` already checked)."""
+    if raw["task"] == "embedding":
+        block(EMBEDDING)(raw, "")
+        if not any(raw["loss"].get(term) for term in EMBEDDING_LOSS_TERMS):
+            raise _Invalid(f"loss: no term has a positive weight ({', '.join(EMBEDDING_LOSS_TERMS)})")
+        pairs = raw.get("same_person_pairs", 0)
+        _expect(
+            2 * pairs < raw["batch_size"], "same_person_pairs", f"fewer than batch_size/2 ({raw['batch_size']})", pairs
+        )
+    else:
+        dense = isinstance(raw["student"], dict) and "init" in raw["student"]
+        block(DETECTION | {"loss": DENSE_LOSS if dense else LABEL_LOSS})(raw, "")
+    if not any(dataset in raw["data"] for dataset in ("lfw", "celeba", "utkface")):
+        raise _Invalid("data: selects no dataset (lfw, celeba, utkface)")
 
 
 @dataclass(frozen=True)
@@ -48,7 +297,7 @@ class Recipe:
     @classmethod
     def load(cls, path: Path) -> Recipe:
         try:
-            raw = yaml.safe_load(Path(path).read_text())
+            raw = yaml.load(Path(path).read_text(), Loader=RecipeLoader)
         except (OSError, yaml.YAMLError) as exc:
             raise RecipeError(f"{path}: cannot read recipe ({exc})") from None
         if not isinstance(raw, dict):
@@ -74,6 +323,10 @@ class Recipe:
             raise RecipeError(f"{path}: missing {', '.join(missing)}")
         if raw["task"] not in ("embedding", "detection"):
             raise RecipeError(f"{path}: task '{raw['task']}' is not one we train (embedding, detection)")
+        try:
+            validate(raw)
+        except _Invalid as exc:
+            raise RecipeError(f"{path}: {exc}") from None
         return cls(
             name=raw["name"],
             task=raw["task"],
