@@ -623,3 +623,150 @@ def test_rotation_augmentation_turns_the_face_and_leaves_the_draws_of_other_reci
     assert columns(turned) > 2 * columns(plain)
     again = augment(batch.clone(), dict(spec, rotate_deg=0), torch.Generator().manual_seed(0))
     assert torch.equal(plain, again)
+
+
+def _one_step(run, steps_per_epoch: int = 2) -> dict:
+    """One update of a TrainingRun's net on a fixed input, logged and checkpointed."""
+    run.optimise(run.net(torch.ones(1, 2)).square().sum(), {"cosine": torch.tensor(0.5)})
+    return run.record_and_save(steps_per_epoch)
+
+
+def _log_steps(work_dir) -> list:
+    return [json.loads(line)["step"] for line in (work_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_a_fresh_run_leaves_nothing_of_the_old_run_to_resume(tmp_path, capsys):
+    """--fresh removes the old checkpoint at once: a fresh run stopped before its first checkpoint and rerun
+    without --fresh starts over, not from the old run (whose log is gone)."""
+    from biometrics.training.loop import TrainingRun, will_resume
+
+    recipe, work_dir = tiny_recipe(tmp_path, "sface-student.yaml"), tmp_path / "run"
+    work_dir.mkdir()
+    _one_step(TrainingRun(recipe, torch.nn.Linear(2, 2), work_dir, 4))
+    assert will_resume(work_dir, False, recipe)
+    TrainingRun(recipe, torch.nn.Linear(2, 2), work_dir, 4, fresh=True)  # ... and stopped before a checkpoint
+    assert not (work_dir / "checkpoint.pt").exists() and not (work_dir / "train_log.jsonl").exists()
+    assert not will_resume(work_dir, False, recipe)
+    rerun = TrainingRun(recipe, torch.nn.Linear(2, 2), work_dir, 4)
+    assert rerun.step == 0 and not rerun.resumed and "resuming" not in capsys.readouterr().err
+
+
+def test_resuming_checks_the_recipe_and_says_so(tmp_path, capsys):
+    """A checkpoint resumes only under the recipe it was trained with (epochs included: the schedule spans them);
+    a name, output, or checkpoint_every change is not a different training. Checkpoints from before the check
+    resume as they did. Resuming is announced on stderr."""
+    from biometrics.errors import BiometricsError
+    from biometrics.training.loop import TrainingRun
+
+    recipe, work_dir = tiny_recipe(tmp_path, "sface-student.yaml"), tmp_path / "run"
+    work_dir.mkdir()
+    _one_step(TrainingRun(recipe, torch.nn.Linear(2, 2), work_dir, 4))
+    for change, changed in (
+        ({"student": dict(recipe.student, width=0.5)}, "student.width"),
+        ({"epochs": 20}, "epochs"),
+        ({"data": dict(recipe.data, limit=24)}, "data.limit"),
+    ):
+        other = Recipe.load(recipe.path)
+        other.raw.update(change)
+        with pytest.raises(BiometricsError) as refused:
+            TrainingRun(other, torch.nn.Linear(2, 2), work_dir, 4)
+        message = str(refused.value)
+        assert message == (
+            f"{work_dir} was trained with a different recipe (changed: {changed}); rerun with --fresh to start over"
+        )
+    same = Recipe.load(recipe.path)
+    same.raw.update(name="renamed", checkpoint_every=7, output={"fp32": "a", "int8": "b"})
+    same.raw["data"] = dict(same.raw["data"], root=str(tmp_path / "elsewhere"))
+    capsys.readouterr()
+    resumed = TrainingRun(same, torch.nn.Linear(2, 2), work_dir, 4)
+    assert resumed.step == 1 and capsys.readouterr().err == f"resuming {work_dir} at step 1 of 4\n"
+
+    state = torch.load(work_dir / "checkpoint.pt", weights_only=False)
+    for key in ("recipe_fingerprint", "recipe_content"):
+        del state[key]
+    torch.save(state, work_dir / "checkpoint.pt")  # written before fingerprints: accepted
+    widened = Recipe.load(recipe.path)
+    widened.raw.update(epochs=20)
+    assert TrainingRun(widened, torch.nn.Linear(2, 2), work_dir, 4).step == 1
+
+
+def test_a_run_stopped_between_its_log_and_its_checkpoint_logs_each_step_once(tmp_path, monkeypatch):
+    from biometrics.training.loop import TrainingRun
+
+    recipe, work_dir = tiny_recipe(tmp_path, "sface-student.yaml"), tmp_path / "run"
+    work_dir.mkdir()
+    run = TrainingRun(recipe, torch.nn.Linear(2, 2), work_dir, 4)
+    _one_step(run)
+    run.log_stretch(torch.device("cpu"), 4)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _one_step(run)  # step 2 is logged, then the process dies before its checkpoint is written
+    assert _log_steps(work_dir) == [1, 1, 2]
+    resumed = TrainingRun(recipe, torch.nn.Linear(2, 2), work_dir, 4)
+    assert resumed.step == 1 and _log_steps(work_dir) == [1]  # as it was when the checkpoint was written
+    _one_step(resumed)
+    assert _log_steps(work_dir) == [1, 2]
+
+    # A checkpoint from before the log's length was recorded: the records of later steps go.
+    state = torch.load(work_dir / "checkpoint.pt", weights_only=False)
+    del state["log_bytes"]
+    torch.save(state, work_dir / "checkpoint.pt")
+    with open(work_dir / "train_log.jsonl", "a") as log:
+        log.write(json.dumps({"step": 3, "seconds": 1.0}) + "\n" + '{"step": 4, "sec')
+    assert TrainingRun(recipe, torch.nn.Linear(2, 2), work_dir, 4).step == 2 and _log_steps(work_dir) == [1, 2]
+
+
+def test_a_device_pytorch_cannot_use_is_refused_in_one_line(tmp_path):
+    import warnings
+
+    from click.testing import CliRunner
+
+    from biometrics.cli.main import cli
+    from biometrics.errors import BiometricsError
+    from biometrics.training.distill import _on_device
+    from biometrics.training.loop import training_device
+
+    for name in ("mps", "xpu", "meta"):
+        if name != "meta" and getattr(torch, name).is_available():
+            continue
+        with pytest.raises(BiometricsError) as refused:
+            training_device(name)
+        assert str(refused.value) == f"device '{name}': not available in this PyTorch build or on this machine"
+    recipe = tiny_recipe(tmp_path, "sface-student.yaml")
+    if not torch.backends.mps.is_available():
+        result = CliRunner().invoke(cli, ["distill", str(recipe.path), "--device", "mps", "--no-progress"])
+        assert result.exit_code == 2 and "device 'mps': not available" in result.output
+        assert "unexpected" not in result.output
+    crops = np.zeros((2, 4, 4, 3), np.uint8)
+    crops.setflags(write=False)  # as the face cache's memory map is
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _on_device(crops, torch.device("cpu")).shape == (2, 4, 4, 3)
+
+
+def test_distill_resumes_only_its_own_recipe_and_says_so(tmp_path):
+    """Through the CLI: resuming is announced on stderr with --no-progress; a changed recipe exits 2."""
+    from click.testing import CliRunner
+
+    from biometrics.cli.main import cli
+
+    recipe = tiny_recipe(tmp_path, "sface-student.yaml", name="checked", loss={"cosine": 1.0})
+    work = ["--work-dir", str(tmp_path / "run"), "--models-dir", str(tmp_path / "models"), "--no-progress"]
+    run = lambda *args: CliRunner().invoke(cli, ["distill", str(recipe.path), *work, *args])  # noqa: E731
+    first = run("--max-steps", "1")
+    assert first.exit_code == 0 and "resuming" not in first.stderr, first.output
+    second = run("--max-steps", "2")
+    assert second.exit_code == 0, second.output
+    assert second.stderr.splitlines()[0] == f"resuming {tmp_path / 'run'} at step 1 of 3"
+    recipe.path.write_text(yaml.safe_dump(dict(recipe.raw, epochs=2)))
+    refused = run("--max-steps", "3")
+    assert refused.exit_code == 2 and refused.stderr == (
+        f"error: {tmp_path / 'run'} was trained with a different recipe (changed: epochs); "
+        "rerun with --fresh to start over\n"
+    )
+    assert run("--max-steps", "1", "--fresh").exit_code == 0

@@ -42,7 +42,7 @@ from biometrics.training.detector_teacher import (
 )
 from biometrics.training.export import export_onnx, quantize_int8, write_card
 from biometrics.training.faces import gather_sources
-from biometrics.training.loop import TrainingRun, training_device, training_progress
+from biometrics.training.loop import TrainingRun, training_device, training_progress, will_resume
 from biometrics.training.pseudo_labels import PseudoLabels, label_images
 from biometrics.training.recipe import Recipe, section_as
 from biometrics.training.scenes import SceneSpec, compose_scene
@@ -186,6 +186,7 @@ def distill_detector(
     torch.manual_seed(recipe.seed)
     on = training_device(device)
     work_dir.mkdir(parents=True, exist_ok=True)
+    will_resume(work_dir, fresh, recipe)  # a checkpoint of another recipe is refused before the labels are made
     labels, teachers = training_labels(recipe, progress)
     spec = section_as(SceneSpec, recipe.augmentation)
     dense = None

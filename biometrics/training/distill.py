@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -264,6 +265,14 @@ def _to_tensor(crops: np.ndarray | torch.Tensor) -> torch.Tensor:
     return rgb.contiguous(memory_format=torch.channels_last)
 
 
+def _on_device(crops: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The face crops (a read-only memory map of the cache) copied to ``device``. PyTorch warns that it cannot
+    write a read-only array; the copy to the device is never written back, so no host copy is made to quiet it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        return torch.as_tensor(crops, device=device)
+
+
 @torch.no_grad()
 def agreement(net: FaceEmbedderNet, crops: np.ndarray, targets: np.ndarray, batch_size: int = 128) -> dict:
     """How well the student reproduces the teacher on held-out faces (``targets``: the teacher's embeddings of
@@ -330,11 +339,13 @@ def distill(
         raise BiometricsError(f"recipe {recipe.name}: quantization-aware training runs on the CPU (--device cpu)")
     work_dir.mkdir(parents=True, exist_ok=True)
     faces, holdout_idx, train_idx = training_faces(recipe, progress, faces_file)
+    # A checkpoint of another recipe is refused before the student and the targets are made (a face set made for
+    # other data has been refused already). A resumed run loads its weights from the checkpoint: only the channel
+    # choice (cheap) is redone.
+    resuming = will_resume(work_dir, fresh, recipe)
     crops = np.asarray(faces.crops)
-    pixels = crops if on.type == "cpu" else torch.as_tensor(crops, device=on)  # training batches come from it
+    pixels = crops if on.type == "cpu" else _on_device(crops, on)  # training batches come from it
 
-    # A resumed run loads its weights from the checkpoint: only the channel choice (cheap) is redone.
-    resuming = will_resume(work_dir, fresh)
     net, kept, fit_errors = build_student(recipe if not resuming else _without_reconstruction(recipe), crops, train_idx)
     net = net.to(on, memory_format=torch.channels_last)
     kept = {stage: channels.to(on) for stage, channels in kept.items()}  # indexes the teacher's hints every step

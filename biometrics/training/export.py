@@ -1,9 +1,16 @@
-"""PyTorch -> ONNX (FP32) -> ONNX Runtime static INT8 (QDQ), and the model cards that go with them."""
+"""PyTorch -> ONNX (FP32) -> ONNX Runtime static INT8 (QDQ), and the model cards that go with them.
+
+Exports are atomic per model folder: where a ``card.json`` already vouches for a folder's ``model.onnx`` (its
+SHA-256), ``export_onnx`` and ``quantize_int8`` write the new model into ``<folder>/.export-staging/`` and
+``write_card`` moves it into place, card last, only once the card is ready. An export that fails on the way
+(INT8, the card) leaves the previous model and its card as they were, never a new model beside an old card.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +43,36 @@ EMBEDDER_INTERFACE = {
 }
 
 
+STAGING = ".export-staging"
+
+
+def staged_path(path: Path) -> Path:
+    """Where an export of ``path`` waits until ``write_card`` moves it into place."""
+    return path.parent / STAGING / path.name
+
+
+def current_model(path: Path) -> Path:
+    """The newest export of ``path``: its staged copy if there is one (not yet carded), else ``path``."""
+    staged = staged_path(path)
+    return staged if staged.is_file() else path
+
+
+def _output_path(path: Path) -> Path:
+    """Where an export writes ``path``: into staging beside a card that vouches for the present model (the card
+    must not be left describing another file), straight to ``path`` where there is no card to contradict."""
+    staged = staged_path(path)
+    if (path.parent / "card.json").is_file():
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        return staged
+    staged.unlink(missing_ok=True)  # left by an export that failed: not this one's
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
 def export_onnx(
     net: torch.nn.Module,
     path: Path,
@@ -46,24 +83,30 @@ def export_onnx(
     dynamic_axes: dict | None = None,
 ) -> Path:
     """FP32 ONNX (opset 17). The defaults are our embedders': input ``data`` Nx3x112x112 RGB 0-255, a dynamic
-    batch axis; a detector passes its own names and dynamic height and width."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    batch axis; a detector passes its own names and dynamic height and width. Returns ``path``; the file may
+    wait in staging until ``write_card`` (see the module's docstring)."""
+    out = _output_path(path)
+    partial = _partial(out)
     net = net.eval().to(memory_format=torch.contiguous_format)
     if dynamic_axes is None:
         dynamic_axes = {input_name: {0: "batch"}, **{name: {0: "batch"} for name in output_names}}
     torch.onnx.export(
         net,
         torch.zeros(*example_shape),
-        str(path),
+        str(partial),
         input_names=[input_name],
         output_names=list(output_names),
         dynamic_axes=dynamic_axes,
         opset_version=17,
         dynamo=False,
     )
-    model = prelu_as_elementwise(onnx.load(str(path)))
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    try:
+        model = prelu_as_elementwise(onnx.load(str(partial)))
+        onnx.checker.check_model(model)
+        onnx.save(model, str(partial))
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 
@@ -182,9 +225,12 @@ def quantize_int8(
     calibration values instead of their min and max, so a few extreme activations do not coarsen the step for
     all the others. ``exclude_nodes`` (node names) stay FP32 too. The last three switch to ORT's other INT8
     schemes (int8 activations, activations symmetric about zero, QLinear operators instead of QDQ pairs), which
-    the recipes do not use: ``scripts/int8_variants.py`` times them against ours.
+    the recipes do not use: ``scripts/int8_variants.py`` times them against ours. Reads the newest export of
+    ``fp32_path`` and, like ``export_onnx``, may leave ``int8_path`` in staging until ``write_card``.
     """
-    int8_path.parent.mkdir(parents=True, exist_ok=True)
+    fp32_path = current_model(fp32_path)
+    out = _output_path(int8_path)
+    partial = _partial(out)
     fp32_model = onnx.load(str(fp32_path))
     extra_options = {"ActivationSymmetric": symmetric_activations}
     if percentile is not None:
@@ -194,12 +240,12 @@ def quantize_int8(
             "CalibPercentile": percentile,
             "CalibStridedMinMax": calibration_chunk(len(calibration_inputs)),
         }
-    preprocessed = int8_path.with_suffix(".pre.onnx")
+    preprocessed = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32_path), str(preprocessed), skip_symbolic_shape=True)
     try:
         quantize_static(
             str(preprocessed),
-            str(int8_path),
+            str(partial),
             _InputReader(fp32_model.graph.input[0].name, calibration_inputs),
             quant_format=QuantFormat.QOperator if operator_format else QuantFormat.QDQ,
             per_channel=per_channel,
@@ -209,8 +255,10 @@ def quantize_int8(
             calibrate_method=CalibrationMethod.MinMax if percentile is None else CalibrationMethod.Percentile,
             extra_options=extra_options,
         )
+        os.replace(partial, out)
     finally:
         preprocessed.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
     return int8_path
 
 
@@ -245,8 +293,11 @@ def write_card(
 ) -> Path:
     """``card.json`` beside the model: what it is, how it was made, its size and its checksum.
 
-    ``interface``: task, architecture, input description and bench input shape (the runtime reads these)."""
-    model = onnx.load(str(model_path))
+    ``interface``: task, architecture, input description and bench input shape (the runtime reads these). A
+    model waiting in staging (see the module's docstring) is described, then moved into place with the card:
+    the other staged files first, the model, the card last."""
+    source_path = current_model(model_path)
+    model = onnx.load(str(source_path))
     card = {
         "name": name,
         "task": interface["task"],
@@ -258,7 +309,7 @@ def write_card(
         "precision": precision,
         "source": {
             "file": model_path.name,
-            "sha256": sha256_file(model_path),
+            "sha256": sha256_file(source_path),
             "obtain": f"shipped in models/{name}/; rebuild with `biometrics distill {recipe.get('_path', '')}`",
         },
         "input": interface["input"],
@@ -270,7 +321,7 @@ def write_card(
         "size": {
             "parameters": count_parameters(model),
             "macs": count_macs(model, {model.graph.input[0].name: interface["bench_input_shape"]}),
-            "file_size_bytes": os.path.getsize(model_path),
+            "file_size_bytes": os.path.getsize(source_path),
         },
     }
     card_path = model_path.parent / "card.json"
@@ -279,5 +330,14 @@ def write_card(
         for kept in ("threshold", "measured"):  # still true of this very file
             if kept in previous:
                 card[kept] = previous[kept]
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    staging = staged_path(model_path).parent
+    written = (staging if source_path != model_path else model_path.parent) / "card.json.partial"
+    written.write_text(json.dumps(card, indent=2) + "\n")
+    if source_path != model_path:
+        for path in sorted(staging.iterdir()):
+            if path.is_file() and path not in (source_path, written):
+                os.replace(path, model_path.parent / path.name)
+        os.replace(source_path, model_path)
+    os.replace(written, card_path)
+    shutil.rmtree(staging, ignore_errors=True)
     return card_path

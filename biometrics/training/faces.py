@@ -26,7 +26,7 @@ from biometrics.evaluation.datasets import unpack_once
 from biometrics.evaluation.lfw import locate_images, people_in_folds, read_pairs
 from biometrics.imaging import load_image
 from biometrics.pipeline import select_face
-from biometrics.registry import ModelRegistry, cache_dir
+from biometrics.registry import ModelRegistry, cache_dir, shared_dirs
 
 CELEBA_ARCHIVE = ("celeba/celeba_align10k.tgz", "96023cf2ee53420507a782fc455658d8fff850eca83bd851c48f33344b6929d2")
 UTKFACE_ARCHIVE = ("utkface/utkface_part1.tgz", "a7d178a36f12f69eaa2a4d0e7e20b9df50d0bd1afe17a2c090baa14a7c5ae851")
@@ -69,10 +69,40 @@ def utkface_sources(data_root: Path) -> list[FaceSource]:
     return [FaceSource(path, "utkface", None) for path in sorted(root.glob("*.jpg"))]
 
 
+DEFAULT_DATA_ROOT = "../shared/data"
+
+
+def resolve_data_root(root: str | Path = DEFAULT_DATA_ROOT) -> Path:
+    """The folder a recipe's ``data.root`` names. A relative root is taken from the current directory if it is
+    there; one that is not, and that runs through a ``shared`` folder (the default ``../shared/data``), is
+    looked up where the registry finds the shared folder (``registry.shared_dirs``: ``BIOMETRICS_SHARED``, else
+    ``../shared`` beside the checkout or the current directory), e.g. ``$BIOMETRICS_SHARED/data``."""
+    path = Path(root).expanduser()
+    if path.is_absolute() or path.exists() or "shared" not in path.parts:
+        return path
+    parts = path.parts
+    inside = parts[len(parts) - parts[::-1].index("shared") :]  # what follows the last "shared"
+    for shared in shared_dirs():
+        candidate = shared.joinpath(*inside)
+        if candidate.exists():
+            return candidate
+    return path
+
+
+def _dataset_missing(where: Path) -> DataError:
+    return DataError(f"{where}: dataset folder not found; set BIOMETRICS_SHARED or data.root")
+
+
 def gather_sources(spec: dict) -> list[FaceSource]:
     """The images a recipe's ``data`` block names, e.g. {lfw: {exclude_folds: [6..10]}, celeba: {}, utkface: {}},
-    under its ``root`` (default: ../shared/data)."""
-    data_root = Path(spec.get("root", "../shared/data"))
+    under its ``root`` (default: ../shared/data, found as ``resolve_data_root`` says)."""
+    data_root = resolve_data_root(spec.get("root", DEFAULT_DATA_ROOT))
+    if not data_root.is_dir():
+        raise _dataset_missing(data_root)
+    needed = {"lfw": Path("lfw") / "pairs.txt", "celeba": Path(CELEBA_ARCHIVE[0]), "utkface": Path(UTKFACE_ARCHIVE[0])}
+    for name, relative in needed.items():
+        if name in spec and not (data_root / relative).is_file():
+            raise _dataset_missing(data_root / relative.parts[0])
     sources: list[FaceSource] = []
     if "lfw" in spec:
         sources += lfw_sources(data_root, spec["lfw"].get("exclude_folds", []))
@@ -87,6 +117,43 @@ def gather_sources(spec: dict) -> list[FaceSource]:
     if not sources:
         raise DataError("the recipe's data block selects no images")
     return sources
+
+
+def private_folder(folder: Path) -> Path:
+    """Create ``folder`` (and its missing parents) owner-only (0700): the face caches hold biometric data. An
+    existing folder of ours is tightened to 0700 too."""
+    missing = [folder, *folder.parents]
+    missing = [path for path in missing if not path.exists()][::-1]
+    for path in missing:
+        path.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+    _tighten(folder, 0o700)
+    return folder
+
+
+def _tighten(path: Path, mode: int) -> None:
+    try:
+        if path.stat().st_mode & 0o777 != mode:
+            os.chmod(path, mode)
+    except OSError:  # not ours (a cache shared read-only): leave it as it is
+        pass
+
+
+def write_private(path: Path, write) -> Path:
+    """Write a cache file owner-only (0600) and atomically: ``write(file)`` fills a temporary file beside
+    ``path`` that then replaces it, so an interrupted write never leaves a truncated file under its name."""
+    private_folder(path.parent)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(descriptor, 0o600)  # a leftover partial file keeps its mode through O_CREAT
+        with open(descriptor, "wb") as out:
+            write(out)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
 
 
 @dataclass
@@ -107,15 +174,20 @@ class FaceCache:
     def open(cls, folder: Path, packed_quality: int | None = None) -> FaceCache:
         """A complete cache folder (``store`` wrote its meta.json last), its crops memory-mapped."""
         meta = json.loads((folder / "meta.json").read_text())
+        _tighten(folder, 0o700)  # caches written before they were owner-only
+        for path in folder.iterdir():
+            if path.is_file():
+                _tighten(path, 0o600)
         return cls(folder, np.load(folder / "crops.npy", mmap_mode="r"), meta, packed_quality)
 
     @classmethod
     def store(cls, folder: Path, crops: np.ndarray, meta: list[dict], packed_quality: int | None = None) -> FaceCache:
-        """Write a cache folder so that an interrupted write is never taken for a complete one."""
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / "crops.npy.tmp.npy", crops)
-        os.replace(folder / "crops.npy.tmp.npy", folder / "crops.npy")
-        (folder / "meta.json").write_text(json.dumps(meta))  # written last: marks the cache complete
+        """Write a cache folder so that an interrupted write is never taken for a complete one. Faces are
+        biometric data: the folder is owner-only (0700), its files too (0600)."""
+        private_folder(folder)
+        write_private(folder / "crops.npy", lambda out: np.save(out, crops))
+        # written last: marks the cache complete
+        write_private(folder / "meta.json", lambda out: out.write(json.dumps(meta).encode()))
         return cls.open(folder, packed_quality)
 
 
@@ -159,8 +231,8 @@ def build_face_cache(
         face = select_face(faces, "center", padded.shape)
         crops.append(align_face(padded, face.landmarks, size))
         meta.append({"dataset": source.dataset, "identity": source.identity, "file": source.path.name})
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "skipped.txt").write_text(f"{skipped} of {len(sources)} images had no detectable face\n")
+    note = f"{skipped} of {len(sources)} images had no detectable face\n"
+    write_private(folder / "skipped.txt", lambda out: out.write(note.encode()))
     return FaceCache.store(folder, np.stack(crops), meta)
 
 
@@ -198,9 +270,45 @@ def pack_faces(faces: FaceCache, path: Path, signature: dict, quality: int = 90,
     return path
 
 
+def _pack_digest(path: Path) -> str:
+    """SHA-256 of a packed face set: names its decoded copy, so a changed pack is decoded again."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_layout(path: Path, offsets: np.ndarray, meta, webp_size: int) -> None:
+    """The pack's parts agree: one metadata row per face and ``offsets`` cutting the WebP block into them."""
+    if not isinstance(meta, list) or not all(isinstance(row, dict) and "identity" in row for row in meta):
+        raise DataError(f"{path}: not a readable packed face set (its meta is not a list of faces)")
+    if offsets.ndim != 1 or not np.issubdtype(offsets.dtype, np.integer):
+        raise DataError(f"{path}: not a readable packed face set (its offsets are not a list of positions)")
+    if not meta:
+        raise DataError(f"{path}: the packed face set holds no faces")
+    if len(offsets) != len(meta) + 1:
+        raise DataError(
+            f"{path}: damaged packed face set: {len(offsets) - 1} faces in its offsets, {len(meta)} in its meta"
+        )
+    if offsets[0] != 0 or offsets[-1] != webp_size or np.any(np.diff(offsets) <= 0):
+        raise DataError(f"{path}: damaged packed face set: its offsets do not cut its {webp_size}-byte data into faces")
+
+
 def load_packed_faces(path: Path, signature: dict, cache: Path | None = None) -> FaceCache:
     """The face set ``pack_faces`` wrote, decoded once into the cache (beside, never over, a cache of the
-    originals). Refuses a file made for other data than ``signature`` names: the split and the card would lie."""
+    originals), in a folder named by the pack's SHA-256 so that a changed pack is decoded again. Refuses a file
+    made for other data than ``signature`` names (the split and the card would lie), and one whose parts do not
+    agree (faces would train under other people's identities)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: packed face set not found")
+    with open(path, "rb") as file:
+        magic = file.read(4)
+    if not magic:
+        raise DataError(f"{path}: not a readable packed face set (the file is empty)")
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise DataError(f"{path}: not a readable packed face set (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as pack:
             if str(pack["format"]) != PACK_FORMAT:
@@ -212,12 +320,14 @@ def load_packed_faces(path: Path, signature: dict, cache: Path | None = None) ->
                     f"the recipe asks for {json.dumps(signature, sort_keys=True)}"
                 )
             quality = int(pack["quality"])
-            folder = (cache or cache_dir()) / "training" / f"{pack['source']}-webp{quality}"
+            offsets, meta = pack["offsets"], json.loads(str(pack["meta"]))
+            _check_layout(path, offsets, meta, int(pack["webp"].size))
+            folder = (cache or cache_dir()) / "training" / f"{pack['source']}-webp{quality}-{_pack_digest(path)[:16]}"
             decoded_before = (folder / "meta.json").is_file()
             if not decoded_before:
-                webp, offsets, meta = pack["webp"], pack["offsets"], json.loads(str(pack["meta"]))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable packed face set ({exc})") from None
+                webp = pack["webp"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable packed face set ({type(exc).__name__}: {exc})") from None
     if decoded_before:
         return FaceCache.open(folder, quality)
     decoded = [cv2.imdecode(webp[start:end], cv2.IMREAD_COLOR) for start, end in itertools.pairwise(offsets)]
@@ -251,6 +361,5 @@ def teacher_targets(
         batch = np.asarray(faces.crops[start : start + batch_size])
         chunks.append(np.stack([embed(batch), embed(batch[:, :, ::-1])], axis=1))
     targets = np.concatenate(chunks).astype(np.float32)
-    np.save(path.with_suffix(".tmp.npy"), targets)
-    os.replace(path.with_suffix(".tmp.npy"), path)
+    write_private(path, lambda out: np.save(out, targets))
     return targets

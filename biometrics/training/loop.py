@@ -3,9 +3,11 @@ log, and resuming where a stopped run left off (sessions here end without warnin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -27,13 +29,21 @@ def lr_at(step: int, total: int, recipe: Recipe) -> float:
 
 
 def training_device(name: str) -> torch.device:
-    """``--device``: "cpu", or a PyTorch GPU device ("cuda", "cuda:1"), refused with a clear error if absent."""
+    """``--device``: "cpu", or a PyTorch GPU device ("cuda", "cuda:1"), refused with a clear error if absent.
+    Any other accelerator PyTorch names ("mps", "xpu", ...) is accepted only where a tensor can be made on it."""
     try:
         device = torch.device(name)
     except RuntimeError as exc:
         raise BiometricsError(f"unknown device '{name}' ({exc})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BiometricsError(f"device '{name}': PyTorch sees no CUDA GPU on this machine")
+    if device.type != "cpu":
+        try:  # the errors differ by backend (RuntimeError, AssertionError, NotImplementedError): any means no
+            usable = device.type != "meta" and torch.empty(1, device=device).device.type == device.type
+        except Exception:  # noqa: BLE001
+            usable = False
+        if not usable:
+            raise BiometricsError(f"device '{name}': not available in this PyTorch build or on this machine")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels once
     return device
@@ -68,8 +78,101 @@ def training_progress(recipe: Recipe, log: list[dict], total_steps: int) -> dict
     }
 
 
-def will_resume(work_dir: Path, fresh: bool) -> bool:
+def log_path(work_dir: Path) -> Path:
+    return work_dir / "train_log.jsonl"
+
+
+# Recipe entries that do not change what a run computes: naming, description, where the models go and the
+# datasets lie, how often to checkpoint, which folds a report uses. Everything else (``epochs`` included: the
+# learning-rate schedule is laid over ``epochs`` worth of steps, so a resumed run with other epochs would finish on
+# a schedule its first steps never followed) must match the checkpoint's. To train on for more epochs, a new recipe
+# names the run with ``start_from_run`` (a new run from its weights, with its own schedule and work dir).
+NOT_TRAINING = ("name", "description", "output", "checkpoint_every", "report_folds")
+
+
+def training_content(recipe: Recipe) -> dict:
+    """What of the recipe's parsed content decides the training: all but the entries in ``NOT_TRAINING``,
+    ``data.root``, and (unless training is quantization-aware, which simulates it) the ``quantization`` section,
+    which only the export reads."""
+    content = {key: value for key, value in recipe.raw.items() if key not in NOT_TRAINING}
+    if isinstance(content.get("data"), dict):
+        content["data"] = {key: value for key, value in content["data"].items() if key != "root"}
+    if not isinstance(content.get("quantization"), dict) or not content["quantization"].get("aware"):
+        content.pop("quantization", None)
+    return content
+
+
+def recipe_fingerprint(recipe: Recipe) -> str:
+    """A hash of ``training_content``: a checkpoint records it, and only the same recipe resumes from it."""
+    text = json.dumps(training_content(recipe), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The dotted names of the entries that differ between two recipe records (for the refusal's message)."""
+    names = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            names += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            names.append(f"{prefix}{key}")
+    return names
+
+
+def resumable_state(recipe: Recipe, work_dir: Path, fresh: bool) -> dict | None:
+    """The checkpoint a run in ``work_dir`` resumes from, or None (none there, or ``fresh``). A checkpoint written
+    under a different recipe (fingerprint) is refused; one from before fingerprints were recorded is accepted."""
+    path = checkpoint_path(work_dir)
+    if fresh or not path.is_file():
+        return None
+    state = load_checkpoint(path)
+    stored = state.get("recipe_fingerprint")
+    if stored is not None and stored != recipe_fingerprint(recipe):
+        changed = _differences(state.get("recipe_content") or {}, training_content(recipe))
+        what = f"changed: {', '.join(changed)}" if changed else f"fingerprint {stored}"
+        raise BiometricsError(
+            f"{work_dir} was trained with a different recipe ({what}); rerun with --fresh to start over"
+        )
+    return state
+
+
+def will_resume(work_dir: Path, fresh: bool, recipe: Recipe | None = None) -> bool:
+    """Whether a run in ``work_dir`` resumes; given the ``recipe``, a checkpoint of another recipe is refused here
+    (before any costly preparation) rather than when the run starts."""
+    if recipe is not None:
+        return resumable_state(recipe, work_dir, fresh) is not None
     return checkpoint_path(work_dir).is_file() and not fresh
+
+
+def clear_run(work_dir: Path) -> None:
+    """``--fresh``: remove what an earlier run left that a later resume would read (checkpoint, its temporary
+    file, log), so a fresh run stopped before its first checkpoint is never mistaken for the old one."""
+    for path in (checkpoint_path(work_dir), checkpoint_path(work_dir).with_suffix(".tmp"), log_path(work_dir)):
+        path.unlink(missing_ok=True)
+
+
+def _truncate_log(path: Path, state: dict) -> None:
+    """Cut the log back to what it held when the checkpoint was written: records of steps a stopped run took
+    after its last checkpoint are taken again by the resumed run. Older checkpoints (without ``log_bytes``): drop
+    the records of later steps."""
+    if not path.is_file():
+        return
+    if "log_bytes" in state:
+        if path.stat().st_size > state["log_bytes"]:
+            os.truncate(path, state["log_bytes"])
+        return
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line).get("step", 0) > state["step"]:
+                continue
+        except ValueError:
+            continue  # a record cut short by the kill
+        kept.append(line)
+    if len(kept) != len(lines):
+        path.write_text("".join(line + "\n" for line in kept))
 
 
 class TrainingRun:
@@ -77,20 +180,26 @@ class TrainingRun:
 
     def __init__(self, recipe: Recipe, net: torch.nn.Module, work_dir: Path, total_steps: int, fresh: bool = False):
         self.recipe, self.net, self.total_steps = recipe, net, total_steps
-        self.checkpoint, self.log_path = checkpoint_path(work_dir), work_dir / "train_log.jsonl"
+        self.checkpoint, self.log_path = checkpoint_path(work_dir), log_path(work_dir)
         self.optimizer = torch.optim.AdamW(
             net.parameters(),
             lr=float(recipe.optimizer["lr"]),
             weight_decay=float(recipe.optimizer.get("weight_decay", 0.0)),
         )
         self.step, self.seconds_before = 0, 0.0
-        self.resumed = will_resume(work_dir, fresh)
-        if self.resumed:
-            state = load_checkpoint(self.checkpoint)
+        self.fingerprint = recipe_fingerprint(recipe)
+        state = resumable_state(recipe, work_dir, fresh)
+        self.resumed = state is not None
+        if state is not None:
             net.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.step, self.seconds_before = state["step"], state.get("seconds", 0.0)
+            _truncate_log(self.log_path, state)
+            # stderr, progress bar or not: a resumed run is not a fresh one, and the user should know
+            print(f"resuming {work_dir} at step {self.step} of {total_steps}", file=sys.stderr, flush=True)
         else:
+            if fresh:
+                clear_run(work_dir)
             self.log_path.unlink(missing_ok=True)
             self._start_from_run(work_dir.parent)
         self.every = int(recipe.raw.get("checkpoint_every", 200))
@@ -140,7 +249,9 @@ class TrainingRun:
             log.write(json.dumps(record) + "\n")
 
     def record_and_save(self, steps_per_epoch: int, **extra) -> dict:
-        """Average the loss terms since the last record, log them, and write the checkpoint atomically."""
+        """Average the loss terms since the last record, log them, and write the checkpoint atomically. The
+        checkpoint records the log's length, so a resume drops records written after it (a kill between the two
+        writes would otherwise leave the same step twice in the log)."""
         record = {
             "step": self.step,
             "epoch": self.step / steps_per_epoch,
@@ -156,6 +267,9 @@ class TrainingRun:
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "seconds": record["seconds"],
+            "log_bytes": self.log_path.stat().st_size,
+            "recipe_fingerprint": self.fingerprint,
+            "recipe_content": training_content(self.recipe),
         }
         torch.save(state, self.checkpoint.with_suffix(".tmp"))
         os.replace(self.checkpoint.with_suffix(".tmp"), self.checkpoint)
