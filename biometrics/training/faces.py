@@ -26,7 +26,7 @@ from biometrics.evaluation.datasets import unpack_once
 from biometrics.evaluation.lfw import locate_images, people_in_folds, read_pairs
 from biometrics.imaging import load_image
 from biometrics.pipeline import select_face
-from biometrics.registry import ModelRegistry, cache_dir, shared_dirs
+from biometrics.registry import ModelRegistry, cache_dir, sha256_file, shared_dirs
 
 CELEBA_ARCHIVE = ("celeba/celeba_align10k.tgz", "96023cf2ee53420507a782fc455658d8fff850eca83bd851c48f33344b6929d2")
 UTKFACE_ARCHIVE = ("utkface/utkface_part1.tgz", "a7d178a36f12f69eaa2a4d0e7e20b9df50d0bd1afe17a2c090baa14a7c5ae851")
@@ -270,15 +270,6 @@ def pack_faces(faces: FaceCache, path: Path, signature: dict, quality: int = 90,
     return path
 
 
-def _pack_digest(path: Path) -> str:
-    """SHA-256 of a packed face set: names its decoded copy, so a changed pack is decoded again."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_layout(path: Path, offsets: np.ndarray, meta, webp_size: int) -> None:
     """The pack's parts agree: one metadata row per face and ``offsets`` cutting the WebP block into them."""
     if not isinstance(meta, list) or not all(isinstance(row, dict) and "identity" in row for row in meta):
@@ -322,7 +313,7 @@ def load_packed_faces(path: Path, signature: dict, cache: Path | None = None) ->
             quality = int(pack["quality"])
             offsets, meta = pack["offsets"], json.loads(str(pack["meta"]))
             _check_layout(path, offsets, meta, int(pack["webp"].size))
-            folder = (cache or cache_dir()) / "training" / f"{pack['source']}-webp{quality}-{_pack_digest(path)[:16]}"
+            folder = (cache or cache_dir()) / "training" / f"{pack['source']}-webp{quality}-{sha256_file(path)[:16]}"
             decoded_before = (folder / "meta.json").is_file()
             if not decoded_before:
                 webp = pack["webp"]
