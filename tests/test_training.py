@@ -770,3 +770,23 @@ def test_distill_resumes_only_its_own_recipe_and_says_so(tmp_path):
         "rerun with --fresh to start over\n"
     )
     assert run("--max-steps", "1", "--fresh").exit_code == 0
+
+
+def test_ctrl_c_keeps_the_steps_taken_since_the_last_checkpoint(tmp_path, monkeypatch):
+    from biometrics.training.distill import distill
+    from biometrics.training.loop import TrainingRun, load_checkpoint
+
+    recipe = tiny_recipe(tmp_path, "sface-student.yaml", name="stopped", loss={"cosine": 1.0}, checkpoint_every=1000)
+    optimise = TrainingRun.optimise
+
+    def stop_at_step_two(run, *args, **kwargs):
+        if run.step == 2:  # the user presses Ctrl-C during the third step
+            raise KeyboardInterrupt
+        optimise(run, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingRun, "optimise", stop_at_step_two)
+    with pytest.raises(KeyboardInterrupt):
+        distill(recipe, tmp_path / "run", tmp_path / "models", progress=False)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 2 and log[-1]["interrupted"] is True

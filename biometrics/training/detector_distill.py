@@ -211,20 +211,21 @@ def distill_detector(
         pin_memory=on.type == "cuda",
     )
     run.log_stretch(on, limit)
-    for images, targets in batches:
-        images = images.to(on, non_blocking=True)
-        run.set_learning_rate()
-        net.train()
-        if dense is None:
-            loss, terms = detection_loss(net.raw_outputs(images), targets, recipe.loss)
-        else:
-            _freeze_batch_norm(net)
-            loss, terms = dense.loss(net, images, recipe.loss)
-        run.optimise(loss, terms, clip_norm=10.0)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if run.due(steps_per_epoch, limit):
-            run.record_and_save(steps_per_epoch)
+    with run.checkpoint_on_interrupt(steps_per_epoch):
+        for images, targets in batches:
+            images = images.to(on, non_blocking=True)
+            run.set_learning_rate()
+            net.train()
+            if dense is None:
+                loss, terms = detection_loss(net.raw_outputs(images), targets, recipe.loss)
+            else:
+                _freeze_batch_norm(net)
+                loss, terms = dense.loss(net, images, recipe.loss)
+            run.optimise(loss, terms, clip_norm=10.0)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if run.due(steps_per_epoch, limit):
+                run.record_and_save(steps_per_epoch)
     bar.close()
     if run.step < total_steps and not export_unfinished:
         return {"finished": False, "step": run.step, "total_steps": total_steps, "work_dir": str(work_dir)}

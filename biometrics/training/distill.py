@@ -382,44 +382,45 @@ def distill(
     run.log_stretch(on, limit)
     bar = tqdm(total=limit, initial=run.step, desc=f"distill {recipe.name}", unit="step", disable=not progress)
     order_epoch = None
-    while run.step < limit:
-        epoch, position = divmod(run.step, steps_per_epoch)
-        if epoch != order_epoch:  # the epoch's shuffle depends only on (seed, epoch), so resuming repeats it
-            epoch_order = train_idx[np.random.default_rng(recipe.seed + epoch).permutation(len(train_idx))]
-            order_epoch = epoch
-        net.train()
-        if plain_fp32:
-            freeze_batchnorm(net)  # the INT8 build folds the statistics the run started with
-        batch_idx = np.sort(epoch_order[position * random_faces : (position + 1) * random_faces])
-        same_person = None
-        if groups:  # two photos each of a few people, drawn per step (so resuming redraws the same)
-            pair_rng = np.random.default_rng([recipe.seed, run.step])
-            people = pair_rng.choice(len(groups), min(pairs_per_batch, len(groups)), replace=False)
-            photos = [pair_rng.choice(groups[i], 2, replace=False) for i in people]
-            same_person = torch.arange(len(batch_idx), len(batch_idx) + 2 * len(photos), device=on).reshape(-1, 2)
-            batch_idx = np.concatenate([batch_idx, *photos])
-        flip = torch.rand(len(batch_idx), generator=generator) < recipe.augmentation.get("flip", 0.0)
-        images = _to_tensor(pixels[batch_idx if on.type == "cpu" else to_device(torch.from_numpy(batch_idx), on)])
-        images = torch.where(to_device(flip, on).view(-1, 1, 1, 1), images.flip(-1), images)
-        run.set_learning_rate()
-        view = augment(images, recipe.augmentation, generator)
-        if teacher_online is None:
-            target = to_device(torch.from_numpy(targets[batch_idx, flip.numpy().astype(np.int64)]), on)
-            loss, terms = distillation_loss(net(view), target, recipe.loss, same_person=same_person)
-        else:
-            target, teacher_hints = teacher_online(view)
-            embedding, hints = net.forward_features(view, teacher_online.stages)
-            teacher_hints = {k: v[:, kept[k]] for k, v in teacher_hints.items()}
-            pairs = (hints, teacher_hints) if hints else None
-            loss, terms = distillation_loss(embedding, target, recipe.loss, pairs, same_person)
-        run.optimise(loss, terms)
-        bar.update(1)
-        if run.due(steps_per_epoch, limit):
-            extra = {}
-            if (run.step % steps_per_epoch == 0 or run.step == limit) and len(holdout_idx):
-                extra["holdout"] = agreement(net, crops[holdout_idx], holdout_targets)
-            record = run.record_and_save(steps_per_epoch, **extra)
-            bar.set_postfix(cosine_loss=f"{record['loss_cosine']:.4f}")  # per record: a per-step read would sync
+    with run.checkpoint_on_interrupt(steps_per_epoch):
+        while run.step < limit:
+            epoch, position = divmod(run.step, steps_per_epoch)
+            if epoch != order_epoch:  # the epoch's shuffle depends only on (seed, epoch), so resuming repeats it
+                epoch_order = train_idx[np.random.default_rng(recipe.seed + epoch).permutation(len(train_idx))]
+                order_epoch = epoch
+            net.train()
+            if plain_fp32:
+                freeze_batchnorm(net)  # the INT8 build folds the statistics the run started with
+            batch_idx = np.sort(epoch_order[position * random_faces : (position + 1) * random_faces])
+            same_person = None
+            if groups:  # two photos each of a few people, drawn per step (so resuming redraws the same)
+                pair_rng = np.random.default_rng([recipe.seed, run.step])
+                people = pair_rng.choice(len(groups), min(pairs_per_batch, len(groups)), replace=False)
+                photos = [pair_rng.choice(groups[i], 2, replace=False) for i in people]
+                same_person = torch.arange(len(batch_idx), len(batch_idx) + 2 * len(photos), device=on).reshape(-1, 2)
+                batch_idx = np.concatenate([batch_idx, *photos])
+            flip = torch.rand(len(batch_idx), generator=generator) < recipe.augmentation.get("flip", 0.0)
+            images = _to_tensor(pixels[batch_idx if on.type == "cpu" else to_device(torch.from_numpy(batch_idx), on)])
+            images = torch.where(to_device(flip, on).view(-1, 1, 1, 1), images.flip(-1), images)
+            run.set_learning_rate()
+            view = augment(images, recipe.augmentation, generator)
+            if teacher_online is None:
+                target = to_device(torch.from_numpy(targets[batch_idx, flip.numpy().astype(np.int64)]), on)
+                loss, terms = distillation_loss(net(view), target, recipe.loss, same_person=same_person)
+            else:
+                target, teacher_hints = teacher_online(view)
+                embedding, hints = net.forward_features(view, teacher_online.stages)
+                teacher_hints = {k: v[:, kept[k]] for k, v in teacher_hints.items()}
+                pairs = (hints, teacher_hints) if hints else None
+                loss, terms = distillation_loss(embedding, target, recipe.loss, pairs, same_person)
+            run.optimise(loss, terms)
+            bar.update(1)
+            if run.due(steps_per_epoch, limit):
+                extra = {}
+                if (run.step % steps_per_epoch == 0 or run.step == limit) and len(holdout_idx):
+                    extra["holdout"] = agreement(net, crops[holdout_idx], holdout_targets)
+                record = run.record_and_save(steps_per_epoch, **extra)
+                bar.set_postfix(cosine_loss=f"{record['loss_cosine']:.4f}")  # per record: a per-step read would sync
     bar.close()
     if run.step < total_steps and not export_unfinished:
         return {"finished": False, "step": run.step, "total_steps": total_steps, "work_dir": str(work_dir)}

@@ -9,6 +9,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -239,6 +241,18 @@ class TrainingRun:
         self.optimizer.step()
         self.step += 1
         self.running.append(terms)
+
+    @contextmanager
+    def checkpoint_on_interrupt(self, steps_per_epoch: int) -> Iterator[None]:
+        """Ctrl-C (or the CLI's SIGTERM) keeps the steps taken since the last checkpoint, so a run stopped by hand
+        resumes where it was rather than up to ``checkpoint_every`` steps earlier."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            if self.running:
+                self.record_and_save(steps_per_epoch, interrupted=True)
+                print(f"interrupted: checkpoint at step {self.step} in {self.checkpoint.parent}", file=sys.stderr)
+            raise
 
     def due(self, steps_per_epoch: int, limit: int) -> bool:
         """Whether to log and checkpoint now: every ``checkpoint_every`` steps, at epoch ends, at the stop."""
