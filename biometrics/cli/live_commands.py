@@ -6,13 +6,12 @@ Registered on the ``biometrics`` group by ``biometrics.cli.main`` (import that m
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 import click
 
 from biometrics.cli.gallery_commands import gallery_options
-from biometrics.cli.main import _pipeline, pipeline_options, threshold_option
+from biometrics.cli.main import _pipeline, pipeline_options, sigterm_as_interrupt, threshold_option
 
 
 @click.command()
@@ -105,12 +104,8 @@ def live(
             browser = BrowserView(controls, port=port)
             views.append(browser)
             notify(f"live view at {browser.url} (Ctrl-C to stop)")
-    # SIGTERM (kill, a service manager) stops like Ctrl-C: the video is finalised and the summary printed
-    previous_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
+    with sigterm_as_interrupt():  # the video is finalised and the summary printed
         summary = run_live(frames, recognizer, views, controls, link)
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
     if summary.stopped:
         notify("stopped")
     click.echo(f"{frames.label}: {summary}")

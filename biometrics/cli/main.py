@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -76,6 +79,17 @@ def detector_options(command):
 def pipeline_options(command):
     """The model and runtime options every pipeline command shares: the detector's and the embedder."""
     return _with_options([DETECTOR_OPTIONS[0], EMBEDDER_OPTION, *DETECTOR_OPTIONS[1:]], command)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, `timeout`, a service manager) stops a long command as Ctrl-C does, so it can finish its
+    outputs (live: the video; distill: a checkpoint) instead of dying mid-write."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class CosineThreshold(click.ParamType):
@@ -624,18 +638,19 @@ def distill(
         return
     options = {"faces_file": faces_file} if faces_file else {}
     run_distill = distill_detector if loaded.task == "detection" else distill_embedder
-    summary = run_distill(
-        loaded,
-        work_dir or cache_dir() / "runs" / loaded.name,
-        models_dir,
-        max_steps=max_steps,
-        fresh=fresh,
-        threads=threads,
-        progress=progress,
-        device=device,
-        export_unfinished=export_unfinished,
-        **options,
-    )
+    with sigterm_as_interrupt():  # a checkpoint of the steps taken, then exit 130
+        summary = run_distill(
+            loaded,
+            work_dir or cache_dir() / "runs" / loaded.name,
+            models_dir,
+            max_steps=max_steps,
+            fresh=fresh,
+            threads=threads,
+            progress=progress,
+            device=device,
+            export_unfinished=export_unfinished,
+            **options,
+        )
     click.echo(json.dumps(summary, indent=2))
 
 

@@ -244,8 +244,8 @@ class TrainingRun:
 
     @contextmanager
     def checkpoint_on_interrupt(self, steps_per_epoch: int) -> Iterator[None]:
-        """Ctrl-C (or the CLI's SIGTERM) keeps the steps taken since the last checkpoint, so a run stopped by hand
-        resumes where it was rather than up to ``checkpoint_every`` steps earlier."""
+        """Ctrl-C (or SIGTERM, which the CLI turns into one) keeps the steps taken since the last checkpoint, so a
+        run stopped by hand resumes where it was rather than up to ``checkpoint_every`` steps earlier."""
         try:
             yield
         except KeyboardInterrupt:
