@@ -175,3 +175,13 @@ def test_a_reader_that_goes_away_is_no_error(sample):
     proc.stdout.close()
     assert proc.wait(timeout=120) == 141
     assert proc.stderr.read() == b""
+
+
+def test_models_list_marks_the_defaults_and_points_to_licence_notes(run):
+    result = run("models", "list")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["name", "task", "file", "licence", "description"]
+    rows = {line.split()[0]: line for line in lines[1:-1]}
+    assert rows["sface-student"].split()[1] == "*" and rows["yunet-teacher"].split()[1] == "*"
+    assert "(see card)" in rows["sface-student"] and "(see card)" not in rows["sface-teacher"]

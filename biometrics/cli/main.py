@@ -661,16 +661,24 @@ def models():
 
 @models.command("list")
 def models_list():
-    """Registered models: task, whether the file is here (`missing`: see `models show NAME`), licence."""
+    """Registered models: task, whether the file is here (`missing`: see `models show NAME`), licence; the
+    pipeline's defaults are marked *."""
+    from biometrics.pipeline import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
     from biometrics.registry import ModelRegistry
 
     registry = ModelRegistry()
-    cards = [registry.card(name) for name in registry.names()]
-    width = max((len(card.data.get("licence", "?")) for card in cards), default=0)
-    for card in cards:
+    rows = [("name", "task", "file", "licence", "description")]
+    for card in (registry.card(name) for name in registry.names()):
+        default = " *" if card.name in (DEFAULT_DETECTOR, DEFAULT_EMBEDDER) else ""
         status = "ok" if registry.available(card.name) else "missing"
-        licence = card.data.get("licence", "?")
-        click.echo(f"{card.name:24s} {card.task:10s} {status:8s} {licence:{width}s} {card.data.get('description', '')}")
+        licence = card.data.get("licence", "?") + (" (see card)" if "licence_note" in card.data else "")
+        rows.append((card.name + default, card.task, status, licence, card.data.get("description", "")))
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    for row in rows:
+        click.echo(
+            "  ".join([*(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)), row[4]]).rstrip()
+        )
+    click.echo("* the default detector and embedder")
 
 
 @models.command("show")
