@@ -66,6 +66,11 @@ def shared_dirs() -> list[Path]:
     return list(dict.fromkeys([*beside_checkout, Path.cwd().parent / "shared"]))
 
 
+def shared_path(*parts: str) -> Path | None:
+    """The first ``<shared folder>/<parts>`` that exists (in ``shared_dirs`` order), or None."""
+    return next((path for path in (folder.joinpath(*parts) for folder in shared_dirs()) if path.exists()), None)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

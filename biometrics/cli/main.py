@@ -241,10 +241,9 @@ def detect(image, detector, threads, max_side, out, as_json):
 def shared_data(name: str) -> Path:
     """A benchmark's default folder: ``data/<name>`` in the shared data folder (``BIOMETRICS_SHARED``, else
     ``../shared`` beside the repository or the current directory), as the registry finds reference models."""
-    from biometrics.registry import shared_dirs
+    from biometrics.registry import shared_dirs, shared_path
 
-    candidates = [folder / "data" / name for folder in shared_dirs()]
-    return next((path for path in candidates if path.is_dir()), candidates[0])
+    return shared_path("data", name) or shared_dirs()[0] / "data" / name
 
 
 lfw_data_option = click.option(

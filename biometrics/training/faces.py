@@ -26,7 +26,7 @@ from biometrics.evaluation.datasets import unpack_once
 from biometrics.evaluation.lfw import locate_images, people_in_folds, read_pairs
 from biometrics.imaging import load_image
 from biometrics.pipeline import select_face
-from biometrics.registry import ModelRegistry, cache_dir, sha256_file, shared_dirs
+from biometrics.registry import ModelRegistry, cache_dir, sha256_file, shared_path
 
 CELEBA_ARCHIVE = ("celeba/celeba_align10k.tgz", "96023cf2ee53420507a782fc455658d8fff850eca83bd851c48f33344b6929d2")
 UTKFACE_ARCHIVE = ("utkface/utkface_part1.tgz", "a7d178a36f12f69eaa2a4d0e7e20b9df50d0bd1afe17a2c090baa14a7c5ae851")
@@ -82,11 +82,7 @@ def resolve_data_root(root: str | Path = DEFAULT_DATA_ROOT) -> Path:
         return path
     parts = path.parts
     inside = parts[len(parts) - parts[::-1].index("shared") :]  # what follows the last "shared"
-    for shared in shared_dirs():
-        candidate = shared.joinpath(*inside)
-        if candidate.exists():
-            return candidate
-    return path
+    return shared_path(*inside) or path
 
 
 def _dataset_missing(where: Path) -> DataError:
