@@ -22,13 +22,13 @@ import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnxruntime as ort
 
 from biometrics.errors import ModelError
+from biometrics.files import write_atomically
 from biometrics.runtime import create_session, default_threads
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -287,7 +287,7 @@ class ModelRegistry:
             raise ModelError(f"model '{name}': cannot download {url} ({exc}); offline? {card.how_to_obtain}") from None
         if hashlib.sha256(payload).hexdigest() != card.sha256:
             raise ModelError(f"model '{name}': downloaded file from {url} has the wrong SHA-256; not saved")
-        _atomic_write(target, payload)
+        write_atomically(target, payload)
         return target
 
     def resolve(self, name_or_path: str | os.PathLike, task: str | None = None) -> ResolvedModel:
@@ -325,16 +325,8 @@ class ModelRegistry:
         except Exception as exc:  # a file that is not ONNX, or not the graph the card describes
             raise ModelError(f"model '{card.name}': {path} could not be prepared ({exc})") from None
         try:
-            _atomic_write(prepared, prepared_bytes)
-            _atomic_write(checksum, hashlib.sha256(prepared_bytes).hexdigest().encode())
+            write_atomically(prepared, prepared_bytes)
+            write_atomically(checksum, hashlib.sha256(prepared_bytes).hexdigest().encode())
         except OSError:  # a read-only or missing cache folder (BIOMETRICS_CACHE): run from memory
             pass
         return prepared_bytes
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    """Write to a temporary file and rename, so a killed process never leaves half a model."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
-        handle.write(payload)
-    os.replace(handle.name, path)

@@ -60,6 +60,23 @@ def test_verify_bad_inputs_exit_2_with_one_line_reason(run, sample, tmp_path, no
         assert len(lines) == 1 and lines[0].startswith("error: ") and reason in lines[0], result.stderr
 
 
+def test_with_json_a_failure_is_a_json_object_too(run, sample, tmp_path, no_face_photo):
+    """A script that asked for --json parses stdout whatever happens: the result, or the error and its kind."""
+    cases = [
+        (["verify", no_face_photo, sample("obama.jpg"), "--json"], "no_face", "no face found"),
+        (["detect", tmp_path / "missing.jpg", "--json"], "image", "no such file"),
+        (["verify", sample("obama.jpg"), sample("obama2.jpg"), "--embedder", "nope", "--json"], "model", "unknown"),
+        (["identify", sample("obama.jpg"), "--gallery", tmp_path / "none.db", "--json"], "gallery", "no gallery"),
+    ]
+    for args, kind, reason in cases:
+        result = run(*args)
+        assert result.exit_code == 2, (args, result.output)
+        error = json.loads(result.stdout)["error"]
+        assert error["kind"] == kind and reason in error["message"]
+        assert result.stderr == f"error: {error['message']}\n"  # the same one line for people
+    assert run("verify", no_face_photo, sample("obama.jpg")).stdout == ""  # without --json, stdout stays empty
+
+
 def test_verify_picks_a_chosen_face(run, sample):
     """In two_people.jpg exactly one of the two faces is Obama."""
     results = [run("verify", sample("two_people.jpg"), sample("obama.jpg"), "--face-a", i) for i in (0, 1)]

@@ -213,8 +213,25 @@ def test_reembed_uses_kept_images_only(run, sample, tmp_path, pipeline):
     assert run("identify", sample("obama3.jpg")).exit_code == 2  # nothing changed
     done = run("gallery", "reembed", "--drop-unkept")
     assert done.exit_code == 0 and "re-embedded 1 template(s)" in done.stdout and "dropped 1" in done.stdout
+    assert "removed biden (no template left" in done.stdout  # not listed as enrolled with nothing to match
+    assert [p["name"] for p in json.loads(run("gallery", "list", "--json").stdout)["people"]] == ["obama"]
     identified = run("identify", sample("obama3.jpg"), "--json")
     assert identified.exit_code == 0 and json.loads(identified.stdout)["faces"][0]["identity"] == "obama"
+
+
+def test_a_kept_image_is_the_enrolled_face_and_its_surroundings_only(run, sample, tmp_path, pipeline):
+    """--keep-images keeps what reembed needs (the face with a margin), not the rest of a group photo."""
+    assert run("enroll", "biden", sample("two_people.jpg"), "--face", 1, "--keep-images").exit_code == 0
+    with Gallery(tmp_path / "private" / "gallery.db") as gallery:
+        (kept,) = gallery.kept_images()
+    region, photo = load_image(kept.image_png), load_image(sample("two_people.jpg"))
+    assert region.size < photo.size / 2
+    (face,) = pipeline.detect(region)  # Obama, beside him in the photo, is not kept
+    x1, y1, x2, y2 = kept.face_box
+    assert abs(face.box[0] - x1) < 4 and abs(face.box[3] - y2) < 4
+    assert region.shape[1] <= 3 * (x2 - x1) + 2  # one face width each side at most
+    reembedded = run("gallery", "reembed")
+    assert reembedded.exit_code == 0 and "re-embedded 1 template(s)" in reembedded.stdout
 
 
 def test_encrypted_gallery_needs_the_right_key(run, sample, tmp_path, monkeypatch):

@@ -231,7 +231,7 @@ class FakeCapture:
         return (True, np.zeros((4, 4, 3), np.uint8)) if self.left >= 0 else (False, None)
 
     def get(self, prop) -> float:
-        return 25.0
+        return 25.0 if prop == cv2.CAP_PROP_FPS else 0.0  # a live source declares no frame count
 
     def release(self) -> None:
         pass
@@ -265,14 +265,28 @@ def test_a_stream_that_reopens_without_frames_runs_out_of_attempts(serve, short_
     assert sum("reconnecting in" in m for m in messages) == 3  # reopening is no success until a frame comes
 
 
-def test_a_video_over_http_ends_where_it_declares_and_a_drop_still_reconnects(serve, short_clip):
+def test_a_video_over_http_ends_where_it_declares_and_a_drop_resumes_where_it_stopped(serve, short_clip):
     clip = short_clip.read_bytes()
     dropped = _cut(short_clip, len(clip) // 2)
+    stopped_at = _frame_count(dropped)
     messages: list[str] = []
     source = FrameSource(serve([dropped.read_bytes(), clip]), queue_size=100, backoff_s=0.001, notify=messages.append)
-    received = [frame.index for frame in source.frames()]
-    assert received == list(range(_frame_count(dropped) + 30))  # the drop, then the whole video once: the end
-    assert sum(m.endswith(": reconnected") for m in messages) == 1
+    frames = list(source.frames())
+    assert [frame.index for frame in frames] == list(range(30))  # every frame once, none replayed
+    whole = cv2.VideoCapture(str(short_clip))
+    assert np.array_equal(frames[stopped_at].image, [whole.read()[1] for _ in range(stopped_at + 1)][-1])
+    assert [m for m in messages if "reconnected" in m] == [
+        f"{source.label}: reconnected, resuming at frame {stopped_at}"
+    ]
+
+
+def test_a_truncated_video_over_http_gives_up_instead_of_replaying(serve, short_clip):
+    truncated = _cut(short_clip, short_clip.stat().st_size // 2).read_bytes()
+    source = FrameSource(serve([truncated] * 10), queue_size=100, reconnect_attempts=3, backoff_s=0.001)
+    received = []
+    with pytest.raises(SourceError, match="not back after 3 reconnection attempts \\(it ends at frame .* of the 30"):
+        received.extend(frame.index for frame in source.frames())
+    assert received == list(range(len(received))) and 0 < len(received) < 30  # delivered once, never again
 
 
 def test_a_camera_that_stops_is_an_error_and_a_slow_reader_gets_recent_frames():

@@ -83,6 +83,16 @@ CASES = [
     (DENSE, "student.init", {"units": [[0]]}, "student.init.from: missing"),
     (DENSE, "student.init.trainabel", ["stages.0"], "student.init: unknown key 'trainabel'"),
     (DENSE, "quantization.calibration_faces", 64, "quantization: unknown key 'calibration_faces'"),
+    # the architecture's own rules and the models named, at load rather than after the faces are prepared
+    (EMBEDDING, "student.stages", [1, 2, 3], "student: stages must keep the downsampling stages [3, 5, 7, 13]"),
+    (EMBEDDING, "student.head_channels", 24, "student: head_channels applies to the fc head only"),
+    (EMBEDDING, "teacher", "sface-teachr", "teacher: unknown model 'sface-teachr' (known embedding models:"),
+    (EMBEDDING, "detector", "sface-teacher", "detector: model 'sface-teacher' is for embedding, not detection"),
+    (DETECTION, "student.neck", 48, "student: the stride-8, 16 and 32 stages need the neck's width"),
+    (DETECTION, "teacher", ["yunet-teacher", "scrfd-500m"], "teacher: 'scrfd-500m' is licensed InsightFace, non-comm"),
+    (DETECTION, "teacher", ["yunet-teacher", "mtcn"], "teacher: unknown model 'mtcn'"),
+    (DENSE, "student.init.units", [[0], [2]], "student: init.units must give one teacher unit per student unit"),
+    (DENSE, "student.init.from", "sface-teacher", "student.init.from: model 'sface-teacher' is for embedding"),
 ]
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from biometrics.cli.main import _pipeline, pipeline_options, threshold_option
+from biometrics.cli.main import _pipeline, json_option, pipeline_options, threshold_option
 from biometrics.pipeline.facade import SELECTIONS
 
 if TYPE_CHECKING:
@@ -89,12 +89,15 @@ def _box(face) -> str:
 @gallery_options
 @pipeline_options
 @face_options
-@click.option("--keep-images", is_flag=True, help="Also store the images (needed by `gallery reembed`).")
+@click.option(
+    "--keep-images",
+    is_flag=True,
+    help="Also store each face with a margin around it, as PNG (what `gallery reembed` needs).",
+)
 def enroll(
     name, images, gallery_path, key_file, detector, embedder, threads, max_side, select, face_index, keep_images
 ):
     """Add NAME to the gallery with one template per image (all images or none)."""
-    import cv2
 
     from biometrics.errors import NoFaceError
     from biometrics.gallery import EmbedderId, NewTemplate, check_name, default_gallery_path
@@ -118,8 +121,7 @@ def enroll(
                 "choose another with --face N (N as `biometrics detect` lists them)",
                 err=True,
             )
-        image_png = cv2.imencode(".png", pixels)[1].tobytes() if keep_images else None
-        templates.append(NewTemplate(face.embedding, path.name, tuple(face.box), image_png))
+        templates.append(NewTemplate.of_face(face, pixels, path.name, keep_images))
     with open_gallery(gallery_path, key_file, create=True) as gallery:
         person = gallery.enroll(name, EmbedderId.of(pipeline.embedder), templates)
         click.echo(
@@ -136,7 +138,7 @@ def enroll(
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True, help="People listed per face.")
 @click.option("--all", "every_face", is_flag=True, help="Identify every face, not only one.")
 @face_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@json_option
 def identify(
     image,
     gallery_path,
@@ -200,7 +202,7 @@ def gallery_group():
 
 @gallery_group.command("list")
 @gallery_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@json_option
 def gallery_list(gallery_path, key_file, as_json):
     """People, template and kept-image counts, enrolment dates and the model that made the templates."""
     import dataclasses
@@ -252,7 +254,8 @@ def gallery_export(destination, gallery_path, key_file):
 @click.option(
     "--drop-unkept",
     is_flag=True,
-    help="Delete templates of another model that have no kept image (refused without this flag).",
+    help="Delete templates of another model that have no kept image, and people left without one (refused "
+    "without this flag).",
 )
 def gallery_reembed(gallery_path, key_file, detector, embedder, threads, max_side, drop_unkept):
     """Re-compute every template that has a kept image with the current embedder (one transaction)."""
@@ -273,10 +276,11 @@ def gallery_reembed(gallery_path, key_file, detector, embedder, threads, max_sid
             if not faces or overlaps.max() < 0.3:
                 raise GalleryError(f"{kept.name}/{kept.source}: the enrolled face is not found again; nothing changed")
             embeddings[kept.template_id] = pipeline.embed(pixels, [faces[int(overlaps.argmax())]])[0].embedding
-        dropped = gallery.replace_embeddings(EmbedderId.of(pipeline.embedder), embeddings, drop_unkept)
+        dropped, removed = gallery.replace_embeddings(EmbedderId.of(pipeline.embedder), embeddings, drop_unkept)
     click.echo(
         f"re-embedded {len(embeddings)} template(s) with {pipeline.embedder.name}"
         + (f", dropped {dropped} without a kept image" if dropped else "")
+        + (f"; removed {', '.join(removed)} (no template left: enrol again)" if removed else "")
     )
 
 

@@ -43,7 +43,9 @@ from biometrics.cli.main import _pipeline, pipeline_options, sigterm_as_interrup
 @click.option(
     "--detect-every", type=click.IntRange(1), default=2, show_default=True, help="Run the detector every N frames."
 )
-@click.option("--keep-images", is_flag=True, help="Keep the frame of a browser enrolment in the gallery.")
+@click.option(
+    "--keep-images", is_flag=True, help="Keep the enrolled face (with a margin) of a browser enrolment in the gallery."
+)
 def live(
     source,
     gallery_path,

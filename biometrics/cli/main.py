@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ class ReportingGroup(click.Group):
         try:
             return super().invoke(ctx)
         except BiometricsError as exc:
-            click.echo(f"error: {exc}", err=True)
+            _report(ctx, exc, str(exc))
             sys.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
@@ -45,8 +46,41 @@ class ReportingGroup(click.Group):
             sys.exit(EXIT_BROKEN_PIPE)
         except Exception as exc:  # a bug or an unforeseen failure: still one line and the error code
             reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-            click.echo(f"error: unexpected {type(exc).__name__}: {reason} (please report this)", err=True)
+            _report(ctx, exc, f"unexpected {type(exc).__name__}: {reason} (please report this)")
             sys.exit(EXIT_ERROR)
+
+
+def _report(ctx: click.Context, exc: Exception, message: str) -> None:
+    """The one-line reason on stderr; with ``--json``, also the object a script parses instead of the result
+    (``{"error": {"kind": "no_face", "message": ...}}``, its kind named after the error's class)."""
+    click.echo(f"error: {message}", err=True)
+    if ctx.meta.get(JSON_OUTPUT):
+        click.echo(json.dumps({"error": {"kind": error_kind(exc), "message": message}}))
+
+
+def error_kind(exc: Exception) -> str:
+    """``NoFaceError`` -> ``no_face``, ``GalleryError`` -> ``gallery``; anything not ours -> ``unexpected``."""
+    if not isinstance(exc, BiometricsError):
+        return "unexpected"
+    name = type(exc).__name__.removesuffix("Error") or "Biometrics"
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+JSON_OUTPUT = "biometrics.json_output"
+
+
+def _remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    ctx.meta[JSON_OUTPUT] = value  # meta is shared with the root command, which reports errors
+    return value
+
+
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    callback=_remember_json,
+    help='Print one JSON object instead of text (on failure: {"error": {"kind": ..., "message": ...}}).',
+)
 
 
 DETECTOR_OPTIONS = [
@@ -144,7 +178,7 @@ def cli():
 )
 @click.option("--face-a", type=click.IntRange(0), default=None, help="Use face N of image A (order of `detect`).")
 @click.option("--face-b", type=click.IntRange(0), default=None, help="Use face N of image B (order of `detect`).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@json_option
 def verify(image_a, image_b, detector, embedder, threads, max_side, threshold, select, face_a, face_b, as_json):
     """Are the faces in IMAGE_A and IMAGE_B the same person? Exit 0 yes, 1 no, 2 error."""
     pipeline = _pipeline(detector, embedder, threads, max_side, threshold)
@@ -204,7 +238,7 @@ def _faces_found(path: Path, count: int, index: int) -> str:
     default=None,
     help="Write a copy of the image with boxes and landmarks drawn.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@json_option
 def detect(image, detector, threads, max_side, out, as_json):
     """List the faces in IMAGE (box, score, 5 landmarks), highest score first."""
     from biometrics.detection import ARCHITECTURES

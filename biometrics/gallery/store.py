@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from biometrics.errors import GalleryError
+from biometrics.face import Face
+from biometrics.files import create_private_file
 from biometrics.gallery.cipher import KEY_CHECK, KEY_ENV, TemplateCipher
 
 GALLERY_ENV = "BIOMETRICS_GALLERY"
@@ -84,14 +87,34 @@ class EmbedderId:
         return f"{self.name} (sha256 {self.sha256[:12]}, {self.dim}-d)"
 
 
+KEPT_MARGIN = 1.0
+"""A kept image is the face and this many face widths (heights) around it on each side: enough context for a
+detector to find the face again (``gallery reembed``), without the rest of the photo or the people in it."""
+
+
 @dataclass(frozen=True)
 class NewTemplate:
-    """One embedding to enrol, with where it came from and, if kept, the image it was taken from."""
+    """One embedding to enrol, with where it came from (``face_box`` in the kept image's coordinates when an
+    image is kept, else in the source image's) and, if kept, the image as PNG."""
 
     embedding: np.ndarray
     source: str
     face_box: tuple[float, float, float, float]
     image_png: bytes | None = None
+
+    @classmethod
+    def of_face(cls, face: Face, image: np.ndarray, source: str, keep_image: bool = False) -> NewTemplate:
+        """The template of an embedded ``face`` found in ``image`` (BGR); with ``keep_image``, the region of
+        ``image`` around the face (``KEPT_MARGIN``) is kept with it."""
+        x1, y1, x2, y2 = (float(v) for v in face.box)
+        if not keep_image:
+            return cls(face.embedding, source, (x1, y1, x2, y2))
+        dx, dy = KEPT_MARGIN * (x2 - x1), KEPT_MARGIN * (y2 - y1)
+        height, width = image.shape[:2]
+        left, top = max(0, round(x1 - dx)), max(0, round(y1 - dy))
+        right, bottom = min(width, round(x2 + dx)), min(height, round(y2 + dy))
+        png = cv2.imencode(".png", image[top:bottom, left:right])[1].tobytes()
+        return cls(face.embedding, source, (x1 - left, y1 - top, x2 - left, y2 - top), png)
 
 
 @dataclass(frozen=True)
@@ -137,19 +160,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _create_private_file(path: Path) -> None:
-    """Create ``path`` 0600, and any missing parent folders 0700."""
-    missing = [parent for parent in reversed(path.parents) if not parent.exists()]
-    for folder in missing:
-        try:
-            folder.mkdir(mode=0o700)
-        except FileExistsError:  # another enrolment created it since the check (and made it 0700)
-            continue
-        folder.chmod(0o700)  # mkdir's mode is filtered by the umask
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-    path.chmod(0o600)
-
-
 def _make_private(path: Path) -> None:
     """Owner-only modes for an existing file becoming a gallery, and for the -wal and -shm SQLite made beside it."""
     for file in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
@@ -174,7 +184,7 @@ class Gallery:
                     f"{self.path}: no gallery here (enrol someone first: biometrics enroll NAME IMAGE...)"
                 )
             try:
-                _create_private_file(self.path)
+                create_private_file(self.path)
             except OSError as exc:
                 raise GalleryError(f"{self.path}: cannot create gallery ({exc.strerror or exc})") from None
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
@@ -379,10 +389,13 @@ class Gallery:
     def count_templates(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM templates").fetchone()[0]
 
-    def replace_embeddings(self, embedder: EmbedderId, embeddings: dict[int, np.ndarray], drop_others: bool) -> int:
+    def replace_embeddings(
+        self, embedder: EmbedderId, embeddings: dict[int, np.ndarray], drop_others: bool
+    ) -> tuple[int, list[str]]:
         """Re-embed: set the templates in ``embeddings`` (by template id) to ``embedder``'s vectors, in one
         transaction. Templates not given are kept only if ``embedder`` made them, else dropped if ``drop_others``
-        (refused otherwise). Returns how many templates were dropped."""
+        (refused otherwise); people left without a template are removed (nothing could ever match them).
+        Returns how many templates were dropped and who was removed."""
         with self._transaction() as db:
             rows = db.execute(
                 "SELECT t.id, p.name, t.embedder_name, t.embedder_sha256, t.dim FROM templates t"
@@ -399,6 +412,13 @@ class Gallery:
                 )
             for tid in stale:
                 db.execute("DELETE FROM templates WHERE id = ?", (tid,))
+            emptied = [
+                name
+                for (name,) in db.execute(
+                    "SELECT name FROM people WHERE id NOT IN (SELECT person_id FROM templates) ORDER BY name"
+                )
+            ]
+            db.execute("DELETE FROM people WHERE id NOT IN (SELECT person_id FROM templates)")
             names = {tid: name for tid, name, *_ in rows}
             for tid, vector in embeddings.items():
                 db.execute(
@@ -411,14 +431,14 @@ class Gallery:
                         tid,
                     ),
                 )
-        return len(stale)
+        return len(stale), emptied
 
     def export(self, destination: Path) -> None:
         """A consistent copy of the gallery (safe while it is in use), 0600, encrypted if this one is."""
         if destination.exists():
             raise GalleryError(f"{destination} already exists; choose a new file")
         try:
-            _create_private_file(destination)
+            create_private_file(destination)
         except OSError as exc:
             raise GalleryError(f"{destination}: cannot create ({exc.strerror or exc})") from None
         copy = sqlite3.connect(destination)

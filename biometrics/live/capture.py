@@ -4,7 +4,9 @@ The queue between the reader and the recogniser is bounded. A camera or stream i
 recogniser falls behind, the oldest frame is dropped so it always works on a recent one. A video file is read
 completely (the reader waits for room instead), so every frame of a file is processed. A stream that drops is
 reopened with exponential back-off; a camera that is missing or stops is an error. A video served over http(s)
-ends at the frame count it declares; a file that ends well short of the count its header declares is an error.
+ends at the frame count it declares; one that drops before is reopened and resumes where it stopped (never
+replayed from its start), and gives up like a stream if it keeps ending there. A file that ends well short of
+the count its header declares is an error.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class FrameSource:
         if self._capture is None:
             raise SourceError(self._cannot_open())
         self.fps = self._capture.get(cv2.CAP_PROP_FPS) or 30.0  # what the source says it delivers
+        self.declared_frames = max(0, int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT)))  # 0: live, or not said
 
     def _cannot_open(self) -> str:
         if is_camera(self.source):
@@ -138,9 +141,9 @@ class FrameSource:
         while not self._stop.is_set():
             ok, image = self._capture.read()
             if not ok:
-                if self._ended(index - opened_at):
+                if self._ended(index, index - opened_at):
                     return
-                self._reconnect()
+                self._reconnect(resume_at=index if self.declared_frames else 0)
                 opened_at = index
                 continue
             self._reconnections = 0
@@ -153,14 +156,15 @@ class FrameSource:
             self._put(Frame(index, timestamp, image), drop_oldest=self.live)
             index += 1
 
-    def _ended(self, read: int) -> bool:
-        """After ``read`` frames from the current capture a read failed: True if that ends the run, False if the
-        stream dropped (reconnect); raises SourceError if the source failed. A video served over http(s) ends
-        where it declares; a live stream declares no frame count, so its end is a drop."""
+    def _ended(self, position: int, read: int) -> bool:
+        """A read failed at frame ``position`` of the source, ``read`` frames after the current capture opened:
+        True if that ends the run, False if the stream dropped (reconnect); raises SourceError if the source
+        failed. A video served over http(s) ends where it declares; a live stream declares no frame count, so its
+        end is a drop."""
         if is_camera(self.source):
             raise SourceError(f"{self.label} stopped delivering frames")
-        declared = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        short = declared > 0 and read < 0.95 * declared and declared - read > 2  # declared counts can be a bit off
+        declared = self.declared_frames
+        short = declared > 0 and position < 0.95 * declared and declared - position > 2  # counts can be a bit off
         if is_stream(self.source):
             return declared > 0 and read > 0 and not short
         if read == 0:
@@ -170,9 +174,10 @@ class FrameSource:
             raise SourceError(f"{self.label}: {ended} (truncated or corrupt?)")
         return True
 
-    def _reconnect(self) -> None:
+    def _reconnect(self, resume_at: int) -> None:
         """Reopen a dropped stream, waiting backoff_s, 2 x backoff_s, ... (capped) between attempts. The attempts
-        count again from the first only once a frame is read: a stream that reopens but delivers nothing gives up."""
+        count again from the first only once a frame is read: a stream that reopens but delivers nothing gives up.
+        A served video starts again from its first frame: the ``resume_at`` frames already delivered are skipped."""
         self._capture.release()
         self._capture = None
         while self._reconnections < self.reconnect_attempts:
@@ -184,10 +189,20 @@ class FrameSource:
             if self._stop.wait(delay):
                 return
             self._capture = self._open()
-            if self._capture is not None:
-                self.notify(f"{self.label}: reconnected")
+            if self._capture is not None and self._skip(resume_at):
+                self.notify(f"{self.label}: reconnected" + (f", resuming at frame {resume_at}" if resume_at else ""))
                 return
-        raise SourceError(f"{self.label}: lost and not back after {self.reconnect_attempts} reconnection attempts")
+            if self._capture is not None:
+                self._capture.release()
+                self._capture = None
+        reason = f"{self.label}: lost and not back after {self.reconnect_attempts} reconnection attempts"
+        if resume_at:
+            reason += f" (it ends at frame {resume_at} of the {self.declared_frames} it declares: truncated?)"
+        raise SourceError(reason)
+
+    def _skip(self, frames: int) -> bool:
+        """Pass over the first ``frames`` frames of a reopened capture; False if it ends before."""
+        return all(self._capture.grab() for _ in range(frames))
 
     def _put(self, item: Frame | _End, drop_oldest: bool) -> None:
         """Queue ``item``; when full, drop the oldest frame (real time) or wait for room (a file).

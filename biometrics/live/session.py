@@ -8,7 +8,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from biometrics.errors import BiometricsError, NoFaceError
@@ -58,8 +57,7 @@ class GalleryLink:
         else:
             face = faces[int(box_iou(near_box[None], np.array([f.box for f in faces]))[0].argmax())]
         embedded = pipeline.embed(frame.image, [face])[0]
-        image_png = cv2.imencode(".png", frame.image)[1].tobytes() if self.keep_images else None
-        template = NewTemplate(embedded.embedding, f"live frame {frame.index}", tuple(face.box), image_png)
+        template = NewTemplate.of_face(embedded, frame.image, f"live frame {frame.index}", self.keep_images)
         with Gallery(self.path, key=self.key, create=True) as gallery:
             person = gallery.enroll(name, self.embedder, [template])
         return f"enrolled {person.name} ({person.templates} template(s))"

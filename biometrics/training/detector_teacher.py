@@ -112,6 +112,12 @@ class KeptChannels:
     neck: torch.Tensor  # the pyramid's (every FPN level keeps the same set: the FPN adds them)
 
 
+def check_teacher_units(config: DetectorConfig, teacher_units: list[list[int]]) -> None:
+    """What ``prune_detector`` needs of a student's ``init.units`` that the student's config alone decides."""
+    if [len(units) for units in teacher_units] != [len(units) for units in config.units] or not config.pointwise_bias:
+        raise ValueError("init.units must give one teacher unit per student unit (and pointwise_bias be true)")
+
+
 @torch.no_grad()
 def prune_detector(
     teacher: FaceDetectorNet, student: FaceDetectorNet, teacher_units: list[list[int]], images: torch.Tensor
@@ -128,8 +134,7 @@ def prune_detector(
     reads the channels it was copied for.
     """
     config = student.config
-    if [len(units) for units in teacher_units] != [len(units) for units in config.units] or not config.pointwise_bias:
-        raise ValueError("teacher_units must give one teacher unit per student unit (and pointwise_bias be true)")
+    check_teacher_units(config, teacher_units)
     fresh_front = config.stem_stride != teacher.config.stem_stride
     teacher_all, student_all = separable_units(teacher), separable_units(student)
     laterals = list(range(len(teacher_all) - 3, len(teacher_all)))

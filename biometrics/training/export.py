@@ -27,6 +27,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from biometrics.evaluation.efficiency import count_macs, count_parameters
+from biometrics.files import replacing
 from biometrics.registry import sha256_file
 
 EMBEDDER_INTERFACE = {
@@ -69,10 +70,6 @@ def _output_path(path: Path) -> Path:
     return path
 
 
-def _partial(path: Path) -> Path:
-    return path.with_name(f"{path.stem}.partial{path.suffix}")
-
-
 def export_onnx(
     net: torch.nn.Module,
     path: Path,
@@ -85,28 +82,23 @@ def export_onnx(
     """FP32 ONNX (opset 17). The defaults are our embedders': input ``data`` Nx3x112x112 RGB 0-255, a dynamic
     batch axis; a detector passes its own names and dynamic height and width. Returns ``path``; the file may
     wait in staging until ``write_card`` (see the module's docstring)."""
-    out = _output_path(path)
-    partial = _partial(out)
     net = net.eval().to(memory_format=torch.contiguous_format)
     if dynamic_axes is None:
         dynamic_axes = {input_name: {0: "batch"}, **{name: {0: "batch"} for name in output_names}}
-    torch.onnx.export(
-        net,
-        torch.zeros(*example_shape),
-        str(partial),
-        input_names=[input_name],
-        output_names=list(output_names),
-        dynamic_axes=dynamic_axes,
-        opset_version=17,
-        dynamo=False,
-    )
-    try:
+    with replacing(_output_path(path)) as partial:
+        torch.onnx.export(
+            net,
+            torch.zeros(*example_shape),
+            str(partial),
+            input_names=[input_name],
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes,
+            opset_version=17,
+            dynamo=False,
+        )
         model = prelu_as_elementwise(onnx.load(str(partial)))
         onnx.checker.check_model(model)
         onnx.save(model, str(partial))
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
     return path
 
 
@@ -230,7 +222,6 @@ def quantize_int8(
     """
     fp32_path = current_model(fp32_path)
     out = _output_path(int8_path)
-    partial = _partial(out)
     fp32_model = onnx.load(str(fp32_path))
     extra_options = {"ActivationSymmetric": symmetric_activations}
     if percentile is not None:
@@ -243,22 +234,21 @@ def quantize_int8(
     preprocessed = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32_path), str(preprocessed), skip_symbolic_shape=True)
     try:
-        quantize_static(
-            str(preprocessed),
-            str(partial),
-            _InputReader(fp32_model.graph.input[0].name, calibration_inputs),
-            quant_format=QuantFormat.QOperator if operator_format else QuantFormat.QDQ,
-            per_channel=per_channel,
-            activation_type=QuantType.QInt8 if signed_activations else QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=fp32_nodes(fp32_model, keep_fp32 or []) + list(exclude_nodes or []),
-            calibrate_method=CalibrationMethod.MinMax if percentile is None else CalibrationMethod.Percentile,
-            extra_options=extra_options,
-        )
-        os.replace(partial, out)
+        with replacing(out) as partial:
+            quantize_static(
+                str(preprocessed),
+                str(partial),
+                _InputReader(fp32_model.graph.input[0].name, calibration_inputs),
+                quant_format=QuantFormat.QOperator if operator_format else QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QuantType.QInt8 if signed_activations else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=fp32_nodes(fp32_model, keep_fp32 or []) + list(exclude_nodes or []),
+                calibrate_method=CalibrationMethod.MinMax if percentile is None else CalibrationMethod.Percentile,
+                extra_options=extra_options,
+            )
     finally:
         preprocessed.unlink(missing_ok=True)
-        partial.unlink(missing_ok=True)
     return int8_path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from biometrics.alignment import align_face
 from biometrics.errors import DataError, ImageError
 from biometrics.evaluation.datasets import unpack_once
 from biometrics.evaluation.lfw import locate_images, people_in_folds, read_pairs
+from biometrics.files import make_private_folders, replacing, tighten, write_atomically
 from biometrics.imaging import load_image
 from biometrics.pipeline import select_face
 from biometrics.registry import ModelRegistry, cache_dir, sha256_file, shared_path
@@ -115,43 +115,6 @@ def gather_sources(spec: dict) -> list[FaceSource]:
     return sources
 
 
-def private_folder(folder: Path) -> Path:
-    """Create ``folder`` (and its missing parents) owner-only (0700): the face caches hold biometric data. An
-    existing folder of ours is tightened to 0700 too."""
-    missing = [folder, *folder.parents]
-    missing = [path for path in missing if not path.exists()][::-1]
-    for path in missing:
-        path.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(path, 0o700)
-    _tighten(folder, 0o700)
-    return folder
-
-
-def _tighten(path: Path, mode: int) -> None:
-    try:
-        if path.stat().st_mode & 0o777 != mode:
-            os.chmod(path, mode)
-    except OSError:  # not ours (a cache shared read-only): leave it as it is
-        pass
-
-
-def write_private(path: Path, write) -> Path:
-    """Write a cache file owner-only (0600) and atomically: ``write(file)`` fills a temporary file beside
-    ``path`` that then replaces it, so an interrupted write never leaves a truncated file under its name."""
-    private_folder(path.parent)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(descriptor, 0o600)  # a leftover partial file keeps its mode through O_CREAT
-        with open(descriptor, "wb") as out:
-            write(out)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return path
-
-
 @dataclass
 class FaceCache:
     """Aligned crops (N x 112 x 112 x 3, BGR uint8) and, per crop, its dataset and identity. ``packed_quality``
@@ -170,20 +133,21 @@ class FaceCache:
     def open(cls, folder: Path, packed_quality: int | None = None) -> FaceCache:
         """A complete cache folder (``store`` wrote its meta.json last), its crops memory-mapped."""
         meta = json.loads((folder / "meta.json").read_text())
-        _tighten(folder, 0o700)  # caches written before they were owner-only
+        tighten(folder, 0o700)  # caches written before they were owner-only
         for path in folder.iterdir():
             if path.is_file():
-                _tighten(path, 0o600)
+                tighten(path, 0o600)
         return cls(folder, np.load(folder / "crops.npy", mmap_mode="r"), meta, packed_quality)
 
     @classmethod
     def store(cls, folder: Path, crops: np.ndarray, meta: list[dict], packed_quality: int | None = None) -> FaceCache:
         """Write a cache folder so that an interrupted write is never taken for a complete one. Faces are
         biometric data: the folder is owner-only (0700), its files too (0600)."""
-        private_folder(folder)
-        write_private(folder / "crops.npy", lambda out: np.save(out, crops))
-        # written last: marks the cache complete
-        write_private(folder / "meta.json", lambda out: out.write(json.dumps(meta).encode()))
+        make_private_folders(folder)
+        tighten(folder, 0o700)  # an existing one (an interrupted earlier write) too
+        with replacing(folder / "crops.npy", private=True) as partial:
+            np.save(partial, crops)
+        write_atomically(folder / "meta.json", json.dumps(meta).encode(), private=True)  # last: marks it complete
         return cls.open(folder, packed_quality)
 
 
@@ -228,7 +192,7 @@ def build_face_cache(
         crops.append(align_face(padded, face.landmarks, size))
         meta.append({"dataset": source.dataset, "identity": source.identity, "file": source.path.name})
     note = f"{skipped} of {len(sources)} images had no detectable face\n"
-    write_private(folder / "skipped.txt", lambda out: out.write(note.encode()))
+    write_atomically(folder / "skipped.txt", note.encode(), private=True)
     return FaceCache.store(folder, np.stack(crops), meta)
 
 
@@ -249,11 +213,9 @@ def pack_faces(faces: FaceCache, path: Path, signature: dict, quality: int = 90,
             raise DataError(f"OpenCV could not WebP-encode a crop of {faces.folder}")
         encoded.append(data.ravel())
     offsets = np.cumsum([0] + [len(data) for data in encoded])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+    with replacing(path, private=True) as partial:
         np.savez(
-            out,
+            partial,
             format=np.array(PACK_FORMAT),
             signature=np.array(json.dumps(signature, sort_keys=True)),
             source=np.array(faces.folder.name),
@@ -262,7 +224,6 @@ def pack_faces(faces: FaceCache, path: Path, signature: dict, quality: int = 90,
             offsets=offsets,
             webp=np.concatenate(encoded) if encoded else np.zeros(0, np.uint8),
         )
-    os.replace(partial, path)
     return path
 
 
@@ -348,5 +309,6 @@ def teacher_targets(
         batch = np.asarray(faces.crops[start : start + batch_size])
         chunks.append(np.stack([embed(batch), embed(batch[:, :, ::-1])], axis=1))
     targets = np.concatenate(chunks).astype(np.float32)
-    write_private(path, lambda out: np.save(out, targets))
+    with replacing(path, private=True) as partial:
+        np.save(partial, targets)
     return targets

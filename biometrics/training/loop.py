@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from biometrics.errors import BiometricsError
+from biometrics.files import replacing
 from biometrics.training.recipe import Recipe, RecipeError
 
 
@@ -148,9 +149,9 @@ def will_resume(work_dir: Path, fresh: bool, recipe: Recipe | None = None) -> bo
 
 
 def clear_run(work_dir: Path) -> None:
-    """``--fresh``: remove what an earlier run left that a later resume would read (checkpoint, its temporary
-    file, log), so a fresh run stopped before its first checkpoint is never mistaken for the old one."""
-    for path in (checkpoint_path(work_dir), checkpoint_path(work_dir).with_suffix(".tmp"), log_path(work_dir)):
+    """``--fresh``: remove what an earlier run left that a later resume would read (checkpoint, log), so a fresh
+    run stopped before its first checkpoint is never mistaken for the old one."""
+    for path in (checkpoint_path(work_dir), log_path(work_dir)):
         path.unlink(missing_ok=True)
 
 
@@ -285,6 +286,6 @@ class TrainingRun:
             "recipe_fingerprint": self.fingerprint,
             "recipe_content": training_content(self.recipe),
         }
-        torch.save(state, self.checkpoint.with_suffix(".tmp"))
-        os.replace(self.checkpoint.with_suffix(".tmp"), self.checkpoint)
+        with replacing(self.checkpoint) as partial:
+            torch.save(state, partial)
         return record

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from biometrics import detection
 from biometrics.detection.fusion import fuse
 from biometrics.errors import ImageError
 from biometrics.face import Face
+from biometrics.files import replacing
 from biometrics.imaging import load_image
 from biometrics.registry import ModelRegistry, cache_dir
 from biometrics.training.faces import FaceSource
@@ -46,10 +46,9 @@ class PseudoLabels:
         return slice(int(start), int(stop))
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
         arrays = {k: getattr(self, k) for k in ("image_index", "boxes", "landmarks", "scores", "votes")}
-        np.savez(folder / "labels.tmp.npz", **arrays)
-        os.replace(folder / "labels.tmp.npz", folder / "labels.npz")
+        with replacing(folder / "labels.npz") as partial:
+            np.savez(partial, **arrays)
         (folder / "paths.json").write_text(json.dumps([str(p) for p in self.paths]))  # last: marks it complete
 
     @classmethod
@@ -69,11 +68,15 @@ class PseudoLabels:
         return cls(paths, **{k: arrays[k] for k in arrays.files})
 
 
+MTCNN = "mtcnn"
+"""The one teacher that is not a registry model: facenet-pytorch's MTCNN (training extra only)."""
+
+
 def teacher_detectors(names: Sequence[str], score_threshold: float = 0.3) -> list[FaceFinder]:
-    """Registry detectors by name, plus ``mtcnn`` (facenet-pytorch, training extra only)."""
+    """Registry detectors by name, plus ``MTCNN``."""
     finders: list[FaceFinder] = []
     for name in names:
-        if name == "mtcnn":
+        if name == MTCNN:
             finders.append(MtcnnTeacher(score_threshold))
             continue
         model = ModelRegistry().resolve(name, task="detection")

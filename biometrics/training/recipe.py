@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import yaml
 
-from biometrics.errors import BiometricsError
+from biometrics.errors import BiometricsError, ModelError
 
 T = TypeVar("T")
 
@@ -269,6 +269,51 @@ def validate(raw: dict) -> None:
         block(DETECTION | {"loss": DENSE_LOSS if dense else LABEL_LOSS})(raw, "")
     if not any(dataset in raw["data"] for dataset in ("lfw", "celeba", "utkface")):
         raise _Invalid("data: selects no dataset (lfw, celeba, utkface)")
+    _check_student(raw)
+    _check_models(raw)
+
+
+def _check_student(raw: dict) -> None:
+    """The student's architecture rules, as its config class checks them: a trainer builds the student only
+    after aligning or labelling its faces (minutes to an hour), too late to learn the recipe is wrong."""
+    student = raw["student"]
+    try:
+        if raw["task"] == "embedding":
+            from biometrics.training.student import EmbedderConfig
+
+            section_as(EmbedderConfig, {k: v for k, v in student.items() if k not in ("init", "reconstruction")})
+        else:
+            from biometrics.training.detector_student import DetectorConfig
+            from biometrics.training.detector_teacher import check_teacher_units
+
+            config = section_as(DetectorConfig, {k: v for k, v in student.items() if k != "init"})
+            if "init" in student:
+                check_teacher_units(config, student["init"]["units"])
+    except ValueError as exc:
+        raise _Invalid(f"student: {exc}") from None
+
+
+def _check_models(raw: dict) -> None:
+    """Every model the recipe names is registered (or a model file) for the task it is used for, and no model
+    whose licence is non-commercial (SCRFD) teaches: those are benchmark references only."""
+    from biometrics.registry import ModelRegistry
+    from biometrics.training.pseudo_labels import MTCNN
+
+    task = raw["task"]
+    teachers = [raw["teacher"]] if isinstance(raw["teacher"], str) else raw["teacher"]
+    named = [("teacher", name, task) for name in teachers if not (task == "detection" and name == MTCNN)]
+    if task == "embedding":
+        named.append(("detector", raw["detector"], "detection"))
+    elif "init" in raw["student"]:
+        named.append(("student.init.from", raw["student"]["init"]["from"], "detection"))
+    registry = ModelRegistry()
+    for key, name, used_for in named:
+        try:
+            licence = registry.card(name, task=used_for).data.get("licence", "")
+        except ModelError as exc:
+            raise _Invalid(f"{key}: {exc}") from None
+        if key != "detector" and "non-commercial" in licence.lower():
+            raise _Invalid(f"{key}: '{name}' is licensed {licence}: a benchmark reference, never a teacher")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,19 @@ class EmbedderConfig:
     embedding_dim: int = 128
     widths: tuple[int, ...] = field(default=(), compare=False)
 
+    def __post_init__(self):
+        strided = {stage for stage, stride in enumerate(SFACE_STRIDES, start=1) if stride == 2}
+        if not strided <= set(self.stages):
+            raise ValueError(f"stages must keep the downsampling stages {sorted(strided)} (the head needs 7x7 maps)")
+        if self.activation not in ("prelu", "relu"):
+            raise ValueError(f"unknown activation '{self.activation}' (prelu or relu)")
+        if self.head not in ("fc", "gdc"):
+            raise ValueError(f"unknown head '{self.head}' (fc or gdc)")
+        if self.head_channels and self.head != "fc":
+            raise ValueError("head_channels applies to the fc head only")
+        if self.widths and len(self.widths) != len(self.stages):
+            raise ValueError(f"widths: one per kept stage ({len(self.stages)}), not {len(self.widths)}")
+
     def channels(self) -> list[int]:
         """Output channels of each kept stage (multiples of 8, as vector units like)."""
         if self.widths:
@@ -63,8 +76,6 @@ class QuantizableConv2d(nn.Conv2d):
 
 
 def _conv_bn_act(in_ch: int, out_ch: int, kernel: int, stride: int, groups: int, activation: str) -> nn.Sequential:
-    if activation not in ("prelu", "relu"):
-        raise ValueError(f"unknown activation '{activation}' (prelu or relu)")
     return nn.Sequential(
         QuantizableConv2d(in_ch, out_ch, kernel, stride, padding=kernel // 2, groups=groups, bias=False),
         nn.BatchNorm2d(out_ch, eps=1e-3),
@@ -77,9 +88,6 @@ class FaceEmbedderNet(nn.Module):
 
     def __init__(self, config: EmbedderConfig):
         super().__init__()
-        strided = {stage for stage, stride in enumerate(SFACE_STRIDES, start=1) if stride == 2}
-        if not strided <= set(config.stages):
-            raise ValueError(f"stages must keep the downsampling stages {sorted(strided)} (the head needs 7x7 maps)")
         self.config = config
         channels = config.channels()
         blocks: list[nn.Module] = []
@@ -104,13 +112,9 @@ class FaceEmbedderNet(nn.Module):
             reduced = config.head_channels or in_ch
             self.spatial = nn.Conv2d(in_ch, reduced, 1, bias=False) if config.head_channels else nn.Identity()
             self.linear = nn.Linear(reduced * 7 * 7, config.embedding_dim)
-        elif config.head == "gdc":
+        else:  # "gdc"
             self.spatial = nn.Conv2d(in_ch, in_ch, 7, groups=in_ch, bias=False)
             self.linear = nn.Linear(in_ch, config.embedding_dim)
-        else:
-            raise ValueError(f"unknown head '{config.head}' (fc or gdc)")
-        if config.head_channels and config.head != "fc":
-            raise ValueError("head_channels applies to the fc head only")
         self.embedding_bn = nn.BatchNorm1d(config.embedding_dim, eps=2e-5)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:

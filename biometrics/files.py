@@ -1,0 +1,69 @@
+"""Writing files so that a killed process never leaves half of one, and owner-only files for face data.
+
+Used for everything the toolkit writes that a later run reads back (prepared models, checkpoints, exported
+models, face caches, the gallery file): the reader finds either the old file or the new one, never a truncated
+file under the real name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def make_private_folders(folder: Path) -> Path:
+    """Create ``folder`` and its missing parents owner-only (0700). Folders that exist are left as they are (a
+    user's folder is theirs to set); one made meanwhile by another process is fine."""
+    for path in [path for path in (folder, *folder.parents) if not path.exists()][::-1]:
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        path.chmod(0o700)  # mkdir's mode is filtered by the umask
+    return folder
+
+
+def tighten(path: Path, mode: int) -> None:
+    """Set ``path``'s mode to ``mode`` if it is ours to change (a shared read-only cache is left as it is)."""
+    try:
+        if path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
+    except OSError:
+        pass
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path`` (if missing) 0600, in folders created 0700."""
+    make_private_folders(path.parent)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    path.chmod(0o600)  # an existing file too: it is about to hold face data
+
+
+@contextmanager
+def replacing(path: Path, *, private: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write the new file to; it replaces ``path`` (one rename) when
+    the block succeeds and is removed when it fails. ``private``: the file is 0600 and missing folders 0700
+    (face data); otherwise missing folders are created with the default modes."""
+    if private:
+        make_private_folders(path.parent)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")  # writers may go by the suffix
+    if private:  # created before the writer opens it, so the face data is never readable by others
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(descriptor, 0o600)  # a leftover partial file keeps its old mode through O_CREAT
+        os.close(descriptor)
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_atomically(path: Path, payload: bytes, *, private: bool = False) -> Path:
+    """Write ``payload`` to ``path`` through ``replacing``."""
+    with replacing(path, private=private) as partial:
+        partial.write_bytes(payload)
+    return path
