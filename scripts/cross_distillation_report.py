@@ -3,7 +3,7 @@ people it never saw, combined into one 10-fold accuracy.
 
     python scripts/cross_distillation_report.py \
         reports/lfw-students-folds6-10/report.json:sface-student \
-        reports/lfw-students-folds1-5/report.json:sface-student-b \
+        reports/lfw-students-b-folds1-5/report.json:sface-student-b \
         --teacher sface-teacher --out reports/lfw-cross-distillation
 
 Each fold's accuracy is taken as its own report computed it: the threshold chosen on the other folds of that
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ def main() -> None:
     teacher = combine([(report, args.teacher) for report, _ in parts])
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
+        "command": " ".join(["python scripts/cross_distillation_report.py", *sys.argv[1:]]),
         "method": "cross-distillation: each fold reported by the student that did not see its people",
         "sources": args.parts,
         "student": student,
@@ -58,6 +60,8 @@ def main() -> None:
     (args.out / "report.json").write_text(json.dumps(result, indent=2))
     lines = [
         "# LFW View 2, all 6,000 pairs, by cross-distillation",
+        "",
+        f"`{result['command']}`",
         "",
         "Each fold is reported by the student trained without that fold's people (folds 1-5: the `-b` student,",
         "folds 6-10: the main student); its threshold is chosen on the other folds of the same student.",
