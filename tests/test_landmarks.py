@@ -39,7 +39,18 @@ def test_landmarks_command_writes_a_report(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["meta"]["reference"] == ["yunet-teacher"] and report["meta"]["images"] == 4
-    assert "NME mean %" in (out / "report.md").read_text()
+    assert "NME mean %" in (out / "report.md").read_text() and report["meta"]["caveats"] == []
+
+
+def test_a_report_on_a_students_training_people_says_so(tmp_path):
+    """yunet-student-v4 trained on LFW people outside folds 6-10: on folds 1-5 its error is not held out."""
+    shared_file("data/lfw/pairs.txt")
+    out = tmp_path / "report"
+    args = ["evaluate", "landmarks", "--folds", "1-5", "--detector", "yunet-student-v4", "--reference", "yunet-teacher"]
+    result = CliRunner().invoke(cli, [*args, "--limit", "2", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "warning: not held out: yunet-student-v4 trained on the people of folds 1, 2, 3, 4, 5" in result.stderr
+    assert "Not held out: yunet-student-v4 trained on" in (out / "report.md").read_text()
 
 
 def test_a_boxes_only_detector_is_refused_before_any_work(tmp_path):

@@ -53,6 +53,11 @@ def test_a_report_on_the_students_training_people_says_so():
     assert training_overlap([teacher, student], [6, 7, 8, 9, 10]) == []
     (caveat,) = training_overlap([teacher, student], [4, 5, 6])
     assert caveat.startswith("sface-student trained on the people of folds 4, 5;")
+    # a detector student says it in its recipe's data block (its card has no data_split.datasets)
+    detector = registry.card("yunet-student-v4")
+    assert training_overlap([detector], [6, 7, 8, 9, 10]) == []
+    (caveat,) = training_overlap([detector], list(range(1, 11)))
+    assert caveat.startswith("yunet-student-v4 trained on the people of folds 1, 2, 3, 4, 5;")
 
 
 def test_one_fold_is_refused_before_any_work(tmp_path):

@@ -436,20 +436,24 @@ def evaluate_wider_command(data, detectors, threads, out, limit, max_side, progr
 def evaluate_landmarks_command(data, folds, detectors, references, limit, threads, out, progress):
     """Landmark NME against a reference ensemble on held-out LFW faces (people of --folds)."""
     from biometrics.evaluation.landmarks import evaluate_landmarks, lfw_images, percent, write_landmark_report
-    from biometrics.evaluation.lfw import parse_folds
+    from biometrics.evaluation.lfw import parse_folds, training_overlap
     from biometrics.evaluation.report import run_metadata
     from biometrics.registry import ModelRegistry
 
     registry = ModelRegistry()
     scored = [registry.resolve(name, task="detection") for name in detectors]
     reference = [registry.resolve(name, task="detection") for name in references]
-    images = lfw_images(data, parse_folds(folds), limit)
+    fold_list = parse_folds(folds)
+    images = lfw_images(data, fold_list, limit)
     results = evaluate_landmarks(scored, reference, images, threads=threads, progress=progress)
     meta = run_metadata(scored + reference, threads) | {
         "reference": list(references),
         "images": len(images),
         "folds": folds,
+        "caveats": training_overlap([model.card for model in scored + reference], fold_list),
     }
+    for caveat in meta["caveats"]:
+        click.echo(f"warning: not held out: {caveat}", err=True)
     files = write_landmark_report(out, results, meta)
     for result in results:
         click.echo(f"{result.detector}: NME {percent(result.nme_mean)}% ({result.missed} missed of {result.faces})")

@@ -88,7 +88,7 @@ class DlibFaceRecognition:
 
     def labelled_crop(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
         """The chip of the face nearest the centre of a BGR image, and whether a face was found; with none,
-        the landmarks are sought in the central 50% of the image (the same fallback our pipeline gets)."""
+        the landmarks are sought in the central 50% of the image (our pipeline embeds that region unaligned)."""
         rgb = np.ascontiguousarray(image[..., ::-1])
         height, width = rgb.shape[:2]
         boxes = self.face_boxes(rgb)

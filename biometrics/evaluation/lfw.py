@@ -89,19 +89,22 @@ def parse_folds(text: str) -> list[int]:
 
 
 def training_overlap(model_cards: Iterable, folds: list[int]) -> list[str]:
-    """Why an accuracy on ``folds`` is not a held-out measure: models whose card says they trained on LFW
-    people outside ``data_split.lfw_excluded_folds`` (View 2 folds are identity-disjoint, so only the excluded
-    folds hold people they never saw)."""
+    """Why a number on the people of ``folds`` is not a held-out measure: models whose card says they trained on
+    LFW (``data_split.datasets``, or the recipe's data block) with people outside
+    ``data_split.lfw_excluded_folds`` (View 2 folds are identity-disjoint, so only the excluded folds hold
+    people they never saw)."""
     caveats = []
     for card in model_cards:
         split = card.data.get("data_split") or {}
-        if "lfw" not in split.get("datasets", []) or "lfw_excluded_folds" not in split:
+        recipe_data = (card.data.get("recipe") or {}).get("data") or {}
+        if "lfw" not in split.get("datasets", []) and "lfw" not in recipe_data:
             continue
-        seen = sorted(set(folds) - set(split["lfw_excluded_folds"]))
+        excluded = split.get("lfw_excluded_folds", [])
+        seen = sorted(set(folds) - set(excluded))
         if seen:
+            unseen = f"only folds {', '.join(map(str, excluded))} hold" if excluded else "no fold holds"
             caveats.append(
-                f"{card.name} trained on the people of folds {', '.join(map(str, seen))}; only folds "
-                f"{', '.join(map(str, split['lfw_excluded_folds']))} hold people it never saw"
+                f"{card.name} trained on the people of folds {', '.join(map(str, seen))}; {unseen} people it never saw"
             )
     return caveats
 

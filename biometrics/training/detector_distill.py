@@ -289,6 +289,7 @@ def export_detector(
         "data_split": {
             "train_images": len(labels.paths),
             "pseudo_faces": int(len(labels.scores)),
+            "datasets": sorted(name for name in ("lfw", "celeba", "utkface") if name in recipe.data),
             "lfw_excluded_folds": recipe.data.get("lfw", {}).get("exclude_folds", []),
             "report_folds": recipe.report_folds,
             "note": "pseudo-labels from the teacher ensemble; never WIDER FACE or the sample photos and videos",
