@@ -175,6 +175,19 @@ def test_unknown_shape_raises_with_node_name():
         count_macs(model, {"a": [1, 6]})
 
 
+def test_macs_of_an_fpn_whose_resize_sizes_are_computed_at_run_time():
+    """RetinaFace's FPN resizes each level to its neighbour's Shape: static inference gives up, one run tells
+    (793.9 M at 640x480, as an independent count over ONNX Runtime's shapes gave)."""
+    from biometrics.errors import ModelError
+    from biometrics.registry import ModelRegistry
+
+    try:
+        retinaface = onnx.load_from_string(ModelRegistry().resolve("retinaface-teacher").onnx_bytes)
+    except ModelError as exc:
+        pytest.skip(str(exc))
+    assert count_macs(retinaface, {retinaface.graph.input[0].name: [1, 3, 480, 640]}) == 793_920_000
+
+
 def test_unknown_input_name_raises():
     with pytest.raises(ValueError, match="nope"):
         count_macs(_grouped_conv(), {"nope": [1, 8, 16, 16]})

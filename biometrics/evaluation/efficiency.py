@@ -278,7 +278,7 @@ def count_macs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> in
     pixel), Gemm and MatMul (prod(output)*K), and their quantized forms (QLinearConv, ConvInteger,
     QLinearMatMul, MatMulInteger). Elementwise ops, activations, pooling, normalization, resizing and
     (de)quantization count 0. Nodes inside subgraphs (If/Loop) are not counted. Raises ValueError naming the
-    node when a shape it needs cannot be inferred.
+    node when a shape it needs cannot be inferred even by running the model.
     """
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -300,7 +300,37 @@ def count_macs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> in
             out.type.tensor_type.ClearField("shape")
     inferred = onnx.shape_inference.infer_shapes(copy, check_type=False, strict_mode=False, data_prop=True)
     shapes = _Shapes(inferred.graph)
-    return sum(_node_macs(node, i, shapes) for i, node in enumerate(inferred.graph.node))
+    try:
+        return sum(_node_macs(node, i, shapes) for i, node in enumerate(inferred.graph.node))
+    except ValueError as unknown:
+        # Sizes computed inside the graph (an FPN's Resize to its neighbour's Shape: RetinaFace, SCRFD) defeat
+        # static inference; one run on a zero input of these shapes gives every tensor's real shape.
+        try:
+            shapes.shapes.update(_runtime_shapes(copy, input_shapes))
+        except Exception:  # a graph ONNX Runtime cannot run either: the node is named in the first error
+            raise unknown from None
+        return sum(_node_macs(node, i, shapes) for i, node in enumerate(inferred.graph.node))
+
+
+def _runtime_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+    """The shape of every node output of ``model``'s main graph, from one ONNX Runtime run on zeros."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    listed = {out.name for out in probe.graph.output}
+    names = [name for node in probe.graph.node for name in node.output if name and name not in listed]
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
+    session = create_session(probe.SerializeToString(), threads=1)
+    feed = {
+        inp.name: np.zeros(input_shapes[inp.name], _ORT_DTYPES.get(inp.type, np.float32))
+        for inp in session.get_inputs()
+        if inp.name in input_shapes
+    }
+    outputs = [out.name for out in session.get_outputs()]
+    return {
+        name: list(value.shape)
+        for name, value in zip(outputs, session.run(outputs, feed), strict=True)
+        if isinstance(value, np.ndarray)
+    }
 
 
 def _first_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
