@@ -163,7 +163,14 @@ def test_yunet_end_to_end_on_a_few_images(wider_dir, tmp_path):
     files = write_wider_report(tmp_path, [result], run_metadata([model], 2))
     report = json.loads(files["json"].read_text())
     assert report["results"]["yunet-teacher"]["images"] == 10
-    assert report["results"]["yunet-teacher"]["size"] == {"parameters": 53092, "file_size_bytes": 122489}
+    assert report["results"]["yunet-teacher"]["size"] == {
+        "parameters": 53092,
+        "macs": 258_168_000,
+        "macs_input": "640x480",
+        "file_size_bytes": 122489,
+    }
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| MACs (M) |" in markdown and "| 258 @640x480 |" in markdown
     assert "| yunet-teacher |" in files["md"].read_text()
     assert all((tmp_path / f"pr_{name}.png").stat().st_size > 0 for name in ("easy", "medium", "hard"))
 

@@ -31,7 +31,7 @@ from biometrics.detection import ARCHITECTURES, Detector
 from biometrics.errors import DataError, ImageError
 from biometrics.evaluation import plots
 from biometrics.evaluation.datasets import unpack_once
-from biometrics.evaluation.efficiency import _fmt_millions, count_parameters
+from biometrics.evaluation.efficiency import _fmt_millions, count_macs, count_parameters
 from biometrics.evaluation.report import _md_table
 from biometrics.imaging import load_image
 from biometrics.registry import ResolvedModel
@@ -302,6 +302,8 @@ def evaluate_wider(
     predictions = detect_all(detector, root, truths, progress=progress)
     timed = architecture(model, threads=1)
     image = load_image(root / "images" / truths[0].path)
+    graph = onnx.load_from_string(model.onnx_bytes)
+    bench_shape = model.card.data.get("bench_input_shape")
     return DetectorResult(
         detector=model.name,
         curves=evaluate_predictions(predictions, truths),
@@ -315,7 +317,10 @@ def evaluate_wider(
             "input": "native size" if detector.input_size is None else "resized to {}x{}".format(*detector.input_size),
         },
         size={
-            "parameters": count_parameters(onnx.load_from_string(model.onnx_bytes)),
+            "parameters": count_parameters(graph),
+            # at the size the card benches: 640x480, or a fixed-input model's own (UltraFace: 320x240)
+            "macs": count_macs(graph, {graph.graph.input[0].name: bench_shape}) if bench_shape else None,
+            "macs_input": "{}x{}".format(*bench_shape[:1:-1]) if bench_shape else None,
             "file_size_bytes": model.source_size,
         },
     )
@@ -381,13 +386,14 @@ def _markdown(results: list[DetectorResult], meta: dict, dataset: dict, files: d
     ]
     sizes = [f"{w}x{h}" for w, h in LATENCY_SIZES]
     lines += _md_table(
-        ["detector", *DIFFICULTIES, *(f"ms @{size}" for size in sizes), "params (M)", "file (MB)"],
+        ["detector", *DIFFICULTIES, *(f"ms @{size}" for size in sizes), "params (M)", "MACs (M)", "file (MB)"],
         [
             [
                 r.detector,
                 *(format_ap(r.curves[n].ap) for n in DIFFICULTIES),
                 *(f"{r.latency_ms[s]:.2f}" for s in sizes),
                 _fmt_millions(r.size["parameters"]),
+                "n/a" if r.size.get("macs") is None else f"{r.size['macs'] / 1e6:.0f} @{r.size['macs_input']}",
                 _fmt_millions(r.size["file_size_bytes"]),
             ]
             for r in results
