@@ -89,7 +89,7 @@ class EmbedderId:
 
 KEPT_MARGIN = 1.0
 """A kept image is the face and this many face widths (heights) around it on each side: enough context for a
-detector to find the face again (``gallery reembed``), without the rest of the photo or the people in it."""
+detector to find the face again (``gallery reembed``), without the rest of the photo."""
 
 
 @dataclass(frozen=True)
