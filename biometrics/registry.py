@@ -51,8 +51,9 @@ def _checkout() -> Path | None:
 def default_model_dirs() -> list[Path]:
     """``BIOMETRICS_MODELS`` (if set), the repository's models/ folder, and the copy inside a wheel."""
     dirs = [Path(p) for p in os.environ.get("BIOMETRICS_MODELS", "").split(os.pathsep) if p]
-    if _checkout():
-        dirs.append(_checkout() / "models")
+    checkout = _checkout()
+    if checkout:
+        dirs.append(checkout / "models")
     dirs.append(PACKAGE_DIR / "_bundled_models")
     return [d for d in dirs if d.is_dir()]
 
@@ -62,7 +63,8 @@ def shared_dirs() -> list[Path]:
     and beside the current directory."""
     if os.environ.get("BIOMETRICS_SHARED"):
         return [Path(os.environ["BIOMETRICS_SHARED"])]
-    beside_checkout = [_checkout().parent / "shared"] if _checkout() else []
+    checkout = _checkout()
+    beside_checkout = [checkout.parent / "shared"] if checkout else []
     return list(dict.fromkeys([*beside_checkout, Path.cwd().parent / "shared"]))
 
 

@@ -62,7 +62,7 @@ def error_kind(exc: Exception) -> str:
     """``NoFaceError`` -> ``no_face``, ``GalleryError`` -> ``gallery``; anything not ours -> ``unexpected``."""
     if not isinstance(exc, BiometricsError):
         return "unexpected"
-    name = type(exc).__name__.removesuffix("Error") or "Biometrics"
+    name = type(exc).__name__.removesuffix("Error")
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 

@@ -300,8 +300,12 @@ def count_macs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> in
             out.type.tensor_type.ClearField("shape")
     inferred = onnx.shape_inference.infer_shapes(copy, check_type=False, strict_mode=False, data_prop=True)
     shapes = _Shapes(inferred.graph)
-    try:
+
+    def total() -> int:
         return sum(_node_macs(node, i, shapes) for i, node in enumerate(inferred.graph.node))
+
+    try:
+        return total()
     except ValueError as unknown:
         # Sizes computed inside the graph (an FPN's Resize to its neighbour's Shape: RetinaFace, SCRFD) defeat
         # static inference; one run on a zero input of these shapes gives every tensor's real shape.
@@ -309,7 +313,7 @@ def count_macs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> in
             shapes.shapes.update(_runtime_shapes(copy, input_shapes))
         except Exception:  # a graph ONNX Runtime cannot run either: the node is named in the first error
             raise unknown from None
-        return sum(_node_macs(node, i, shapes) for i, node in enumerate(inferred.graph.node))
+        return total()
 
 
 def _runtime_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> dict[str, list[int]]:

@@ -148,35 +148,39 @@ class FacePipeline:
 
     def detect(self, image: ImageSource) -> list[Face]:
         """All faces in a photo (path or BGR uint8 array), highest score first, not yet embedded."""
-        pixels = self._bgr(image)
-        with self._timed("detect"):
-            return self.detector.detect(pixels)
+        return self._detect(self._bgr(image))
 
     def embed(self, image: ImageSource, faces: list[Face]) -> list[Face]:
         """The same faces, found in ``image``, with their embeddings filled in (one batched embedder call)."""
-        if not faces:
-            return []
-        image = self._bgr(image)
-        with self._timed("align"):
-            crops = np.stack([align_face(image, face.landmarks, self.embedder.size[0]) for face in faces])
-        with self._timed("embed"):
-            vectors = self.embedder.embed(crops)
-        return [dataclasses.replace(face, embedding=vector) for face, vector in zip(faces, vectors, strict=True)]
+        return self._embed(self._bgr(image), faces) if faces else []
 
     def analyze(self, image: ImageSource) -> list[Face]:
         """All faces in a photo (path or BGR uint8 array), detected and embedded."""
         pixels = self._bgr(image)
-        return self.embed(pixels, self.detect(pixels))
+        faces = self._detect(pixels)
+        return self._embed(pixels, faces) if faces else []
 
     def embed_one(self, image: ImageSource, select: Selection = "largest") -> tuple[Face, int, int]:
         """The selected face of a photo (path or BGR uint8 array), embedded; its index in detection order (as
         `biometrics detect` numbers faces); and how many faces the photo had."""
-        image = self._bgr(image)
-        faces = self.detect(image)
+        pixels = self._bgr(image)
+        faces = self._detect(pixels)
         if not faces:
             raise NoFaceError("no face found")
-        face = select_face(faces, select, image.shape)
-        return self.embed(image, [face])[0], next(i for i, found in enumerate(faces) if found is face), len(faces)
+        face = select_face(faces, select, pixels.shape)
+        return self._embed(pixels, [face])[0], next(i for i, found in enumerate(faces) if found is face), len(faces)
+
+    # The public methods take a path or any array once (``_bgr``); these work on the BGR pixels it gives.
+    def _detect(self, pixels: np.ndarray) -> list[Face]:
+        with self._timed("detect"):
+            return self.detector.detect(pixels)
+
+    def _embed(self, pixels: np.ndarray, faces: list[Face]) -> list[Face]:
+        with self._timed("align"):
+            crops = np.stack([align_face(pixels, face.landmarks, self.embedder.size[0]) for face in faces])
+        with self._timed("embed"):
+            vectors = self.embedder.embed(crops)
+        return [dataclasses.replace(face, embedding=vector) for face, vector in zip(faces, vectors, strict=True)]
 
     def verify(
         self,

@@ -23,7 +23,7 @@ from biometrics.alignment import align_face
 from biometrics.errors import DataError, ImageError
 from biometrics.evaluation.datasets import unpack_once
 from biometrics.evaluation.lfw import locate_images, people_in_folds, read_pairs
-from biometrics.files import make_private_folders, replacing, tighten, write_atomically
+from biometrics.files import replacing, tighten, write_atomically
 from biometrics.imaging import load_image
 from biometrics.pipeline import select_face
 from biometrics.registry import ModelRegistry, cache_dir, sha256_file, shared_path
@@ -143,8 +143,7 @@ class FaceCache:
     def store(cls, folder: Path, crops: np.ndarray, meta: list[dict], packed_quality: int | None = None) -> FaceCache:
         """Write a cache folder so that an interrupted write is never taken for a complete one. Faces are
         biometric data: the folder is owner-only (0700), its files too (0600)."""
-        make_private_folders(folder)
-        tighten(folder, 0o700)  # an existing one (an interrupted earlier write) too
+        tighten(folder, 0o700)  # one left by an interrupted earlier write; ``replacing`` creates a missing one 0700
         with replacing(folder / "crops.npy", private=True) as partial:
             np.save(partial, crops)
         write_atomically(folder / "meta.json", json.dumps(meta).encode(), private=True)  # last: marks it complete
@@ -268,12 +267,10 @@ def load_packed_faces(path: Path, signature: dict, cache: Path | None = None) ->
                     f"the recipe asks for {json.dumps(signature, sort_keys=True)}"
                 )
             quality = int(pack["quality"])
-            offsets, meta = pack["offsets"], json.loads(str(pack["meta"]))
-            _check_layout(path, offsets, meta, int(pack["webp"].size))
+            offsets, meta, webp = pack["offsets"], json.loads(str(pack["meta"])), pack["webp"]  # each read once
+            _check_layout(path, offsets, meta, int(webp.size))
             folder = (cache or cache_dir()) / "training" / f"{pack['source']}-webp{quality}-{sha256_file(path)[:16]}"
             decoded_before = (folder / "meta.json").is_file()
-            if not decoded_before:
-                webp = pack["webp"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable packed face set ({type(exc).__name__}: {exc})") from None
     if decoded_before:
