@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch", reason="training needs the train extra (pip
 
 from biometrics.embedding import Embedder  # noqa: E402
 from biometrics.registry import ModelRegistry  # noqa: E402
+from biometrics.training.loop import TrainingRun, prepare_run  # noqa: E402
 from biometrics.training.recipe import Recipe, RecipeError  # noqa: E402
 from biometrics.training.student import (  # noqa: E402
     EmbedderConfig,
@@ -631,6 +632,11 @@ def _one_step(run, steps_per_epoch: int = 2) -> dict:
     return run.record_and_save(steps_per_epoch)
 
 
+def _run(recipe, work_dir, fresh: bool = False):
+    """A TrainingRun of a two-weight net, started the way ``distill`` starts one."""
+    return TrainingRun(recipe, torch.nn.Linear(2, 2), work_dir, 4, prepare_run(recipe, work_dir, fresh))
+
+
 def _log_steps(work_dir) -> list:
     return [json.loads(line)["step"] for line in (work_dir / "train_log.jsonl").read_text().splitlines()]
 
@@ -638,16 +644,14 @@ def _log_steps(work_dir) -> list:
 def test_a_fresh_run_leaves_nothing_of_the_old_run_to_resume(tmp_path, capsys):
     """--fresh removes the old checkpoint at once: a fresh run stopped before its first checkpoint and rerun
     without --fresh starts over, not from the old run (whose log is gone)."""
-    from biometrics.training.loop import TrainingRun, will_resume
-
     recipe, work_dir = tiny_recipe(tmp_path, "sface-student.yaml"), tmp_path / "run"
     work_dir.mkdir()
-    _one_step(TrainingRun(recipe, torch.nn.Linear(2, 2), work_dir, 4))
-    assert will_resume(work_dir, False, recipe)
-    TrainingRun(recipe, torch.nn.Linear(2, 2), work_dir, 4, fresh=True)  # ... and stopped before a checkpoint
+    _one_step(_run(recipe, work_dir))
+    assert prepare_run(recipe, work_dir, fresh=False)["step"] == 1
+    _run(recipe, work_dir, fresh=True)  # ... and stopped before a checkpoint
     assert not (work_dir / "checkpoint.pt").exists() and not (work_dir / "train_log.jsonl").exists()
-    assert not will_resume(work_dir, False, recipe)
-    rerun = TrainingRun(recipe, torch.nn.Linear(2, 2), work_dir, 4)
+    assert prepare_run(recipe, work_dir, fresh=False) is None
+    rerun = _run(recipe, work_dir)
     assert rerun.step == 0 and not rerun.resumed and "resuming" not in capsys.readouterr().err
 
 
@@ -656,11 +660,10 @@ def test_resuming_checks_the_recipe_and_says_so(tmp_path, capsys):
     a name, output, or checkpoint_every change is not a different training. Checkpoints from before the check
     resume as they did. Resuming is announced on stderr."""
     from biometrics.errors import BiometricsError
-    from biometrics.training.loop import TrainingRun
 
     recipe, work_dir = tiny_recipe(tmp_path, "sface-student.yaml"), tmp_path / "run"
     work_dir.mkdir()
-    _one_step(TrainingRun(recipe, torch.nn.Linear(2, 2), work_dir, 4))
+    _one_step(_run(recipe, work_dir))
     for change, changed in (
         ({"student": dict(recipe.student, width=0.5)}, "student.width"),
         ({"epochs": 20}, "epochs"),
@@ -669,7 +672,7 @@ def test_resuming_checks_the_recipe_and_says_so(tmp_path, capsys):
         other = Recipe.load(recipe.path)
         other.raw.update(change)
         with pytest.raises(BiometricsError) as refused:
-            TrainingRun(other, torch.nn.Linear(2, 2), work_dir, 4)
+            _run(other, work_dir)
         message = str(refused.value)
         assert message == (
             f"{work_dir} was trained with a different recipe (changed: {changed}); rerun with --fresh to start over"
@@ -678,7 +681,7 @@ def test_resuming_checks_the_recipe_and_says_so(tmp_path, capsys):
     same.raw.update(name="renamed", checkpoint_every=7, output={"fp32": "a", "int8": "b"})
     same.raw["data"] = dict(same.raw["data"], root=str(tmp_path / "elsewhere"))
     capsys.readouterr()
-    resumed = TrainingRun(same, torch.nn.Linear(2, 2), work_dir, 4)
+    resumed = _run(same, work_dir)
     assert resumed.step == 1 and capsys.readouterr().err == f"resuming {work_dir} at step 1 of 4\n"
 
     state = torch.load(work_dir / "checkpoint.pt", weights_only=False)
@@ -687,15 +690,13 @@ def test_resuming_checks_the_recipe_and_says_so(tmp_path, capsys):
     torch.save(state, work_dir / "checkpoint.pt")  # written before fingerprints: accepted
     widened = Recipe.load(recipe.path)
     widened.raw.update(epochs=20)
-    assert TrainingRun(widened, torch.nn.Linear(2, 2), work_dir, 4).step == 1
+    assert _run(widened, work_dir).step == 1
 
 
 def test_a_run_stopped_between_its_log_and_its_checkpoint_logs_each_step_once(tmp_path, monkeypatch):
-    from biometrics.training.loop import TrainingRun
-
     recipe, work_dir = tiny_recipe(tmp_path, "sface-student.yaml"), tmp_path / "run"
     work_dir.mkdir()
-    run = TrainingRun(recipe, torch.nn.Linear(2, 2), work_dir, 4)
+    run = _run(recipe, work_dir)
     _one_step(run)
     run.log_stretch(torch.device("cpu"), 4)
 
@@ -707,7 +708,7 @@ def test_a_run_stopped_between_its_log_and_its_checkpoint_logs_each_step_once(tm
         with pytest.raises(KeyboardInterrupt):
             _one_step(run)  # step 2 is logged, then the process dies before its checkpoint is written
     assert _log_steps(work_dir) == [1, 1, 2]
-    resumed = TrainingRun(recipe, torch.nn.Linear(2, 2), work_dir, 4)
+    resumed = _run(recipe, work_dir)
     assert resumed.step == 1 and _log_steps(work_dir) == [1]  # as it was when the checkpoint was written
     _one_step(resumed)
     assert _log_steps(work_dir) == [1, 2]
@@ -718,7 +719,7 @@ def test_a_run_stopped_between_its_log_and_its_checkpoint_logs_each_step_once(tm
     torch.save(state, work_dir / "checkpoint.pt")
     with open(work_dir / "train_log.jsonl", "a") as log:
         log.write(json.dumps({"step": 3, "seconds": 1.0}) + "\n" + '{"step": 4, "sec')
-    assert TrainingRun(recipe, torch.nn.Linear(2, 2), work_dir, 4).step == 2 and _log_steps(work_dir) == [1, 2]
+    assert _run(recipe, work_dir).step == 2 and _log_steps(work_dir) == [1, 2]
 
 
 def test_a_device_pytorch_cannot_use_is_refused_in_one_line(tmp_path):
@@ -774,7 +775,7 @@ def test_distill_resumes_only_its_own_recipe_and_says_so(tmp_path):
 
 def test_ctrl_c_keeps_the_steps_taken_since_the_last_checkpoint(tmp_path, monkeypatch):
     from biometrics.training.distill import distill
-    from biometrics.training.loop import TrainingRun, load_checkpoint
+    from biometrics.training.loop import load_checkpoint
 
     recipe = tiny_recipe(tmp_path, "sface-student.yaml", name="stopped", loss={"cosine": 1.0}, checkpoint_every=1000)
     optimise = TrainingRun.optimise

@@ -11,10 +11,9 @@ the count its header declares is an error.
 
 from __future__ import annotations
 
-import contextlib
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,43 @@ class Frame:
 @dataclass(frozen=True)
 class _End:
     error: SourceError | None = None
+
+
+class _FrameBuffer:
+    """The bounded FIFO between the reading thread and the recogniser. Dropping the oldest frame and queueing the
+    new one is one step under the lock: with a queue.Queue, a reader taking a frame between a failed put and the
+    drop made the drop take the newest frame instead. The end marker is never refused nor dropped."""
+
+    def __init__(self, size: int):
+        self._items: deque[Frame | _End] = deque()
+        self._size = size
+        self._changed = threading.Condition()
+
+    def put(self, frame: Frame, drop_oldest: bool, timeout: float) -> tuple[bool, bool]:
+        """Queue ``frame``; when full, drop the oldest or wait up to ``timeout`` for room. Returns (queued, dropped)."""
+        with self._changed:
+            dropped = False
+            if len(self._items) >= self._size:
+                if drop_oldest:
+                    self._items.popleft()
+                    dropped = True
+                elif not self._changed.wait_for(lambda: len(self._items) < self._size, timeout):
+                    return False, False
+            self._items.append(frame)
+            self._changed.notify_all()
+            return True, dropped
+
+    def end(self, marker: _End) -> None:
+        with self._changed:
+            self._items.append(marker)
+            self._changed.notify_all()
+
+    def get(self) -> Frame | _End:
+        with self._changed:
+            self._changed.wait_for(lambda: self._items)
+            item = self._items.popleft()
+            self._changed.notify_all()
+            return item
 
 
 def is_camera(source: str) -> bool:
@@ -82,7 +118,7 @@ class FrameSource:
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.notify = notify
         self._open_capture = open_capture
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._buffer = _FrameBuffer(queue_size)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read_all, name="capture", daemon=True)
         self.dropped = 0
@@ -110,7 +146,7 @@ class FrameSource:
         self._thread.start()
         try:
             while True:
-                item = self._queue.get()
+                item = self._buffer.get()
                 if isinstance(item, _End):
                     if item.error is not None:
                         raise item.error
@@ -133,7 +169,7 @@ class FrameSource:
         finally:
             if self._capture is not None:
                 self._capture.release()
-        self._put(_End(error), drop_oldest=self.live)
+        self._buffer.end(_End(error))
 
     def _read_frames(self) -> None:
         index, start = 0, time.monotonic()
@@ -153,7 +189,7 @@ class FrameSource:
                 timestamp = self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
                 if self.pace:
                     self._stop.wait(max(0.0, start + timestamp - time.monotonic()))
-            self._put(Frame(index, timestamp, image), drop_oldest=self.live)
+            self._put(Frame(index, timestamp, image))
             index += 1
 
     def _ended(self, position: int, read: int) -> bool:
@@ -204,20 +240,11 @@ class FrameSource:
         """Pass over the first ``frames`` frames of a reopened capture; False if it ends before."""
         return all(self._capture.grab() for _ in range(frames))
 
-    def _put(self, item: Frame | _End, drop_oldest: bool) -> None:
-        """Queue ``item``; when full, drop the oldest frame (real time) or wait for room (a file).
-
-        Once stopped, frames are discarded and the end marker makes room for itself: nobody reads any more."""
-        while True:
-            stopped = self._stop.is_set()
-            if stopped and isinstance(item, Frame):
+    def _put(self, frame: Frame) -> None:
+        """Queue ``frame``; when full, drop the oldest frame (real time) or wait for room (a file). Once stopped,
+        frames are discarded: nobody reads any more."""
+        while not self._stop.is_set():
+            queued, dropped = self._buffer.put(frame, drop_oldest=self.live, timeout=0.1)
+            self.dropped += dropped
+            if queued:
                 return
-            make_room = drop_oldest or stopped
-            try:
-                self._queue.put(item, block=not make_room, timeout=0.1)
-                return
-            except queue.Full:
-                if make_room:
-                    with contextlib.suppress(queue.Empty):
-                        self._queue.get_nowait()
-                        self.dropped += 1

@@ -42,7 +42,7 @@ from biometrics.training.detector_teacher import (
 )
 from biometrics.training.export import export_onnx, quantize_int8, write_card
 from biometrics.training.faces import gather_sources
-from biometrics.training.loop import TrainingRun, training_device, training_progress, will_resume
+from biometrics.training.loop import TrainingRun, prepare_run, training_device, training_progress
 from biometrics.training.pseudo_labels import PseudoLabels, label_images
 from biometrics.training.recipe import Recipe, section_as
 from biometrics.training.scenes import SceneSpec, compose_scene
@@ -186,7 +186,7 @@ def distill_detector(
     torch.manual_seed(recipe.seed)
     on = training_device(device)
     work_dir.mkdir(parents=True, exist_ok=True)
-    will_resume(work_dir, fresh, recipe)  # a checkpoint of another recipe is refused before the labels are made
+    checkpoint = prepare_run(recipe, work_dir, fresh)  # another recipe's checkpoint is refused before the labels
     labels, teachers = training_labels(recipe, progress)
     spec = section_as(SceneSpec, recipe.augmentation)
     dense = None
@@ -199,7 +199,7 @@ def distill_detector(
     net.to(on)
     steps_per_epoch = max(1, len(labels.paths) // recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
-    run = TrainingRun(recipe, net, work_dir, total_steps, fresh)
+    run = TrainingRun(recipe, net, work_dir, total_steps, resume_from=checkpoint)
     limit = total_steps if max_steps is None else min(total_steps, max_steps)
     bar = tqdm(total=limit, initial=run.step, desc=f"distill {recipe.name}", unit="step", disable=not progress)
     batches = torch.utils.data.DataLoader(

@@ -40,7 +40,7 @@ from biometrics.training.faces import (
     pack_faces,
     teacher_targets,
 )
-from biometrics.training.loop import TrainingRun, to_device, training_device, training_progress, will_resume
+from biometrics.training.loop import TrainingRun, prepare_run, to_device, training_device, training_progress
 from biometrics.training.quantization_aware import freeze_batchnorm, simulate_int8
 from biometrics.training.recipe import Recipe, section_as
 from biometrics.training.reconstruct import reconstruct_student
@@ -342,7 +342,8 @@ def distill(
     # A checkpoint of another recipe is refused before the student and the targets are made (a face set made for
     # other data has been refused already). A resumed run loads its weights from the checkpoint: only the channel
     # choice (cheap) is redone.
-    resuming = will_resume(work_dir, fresh, recipe)
+    checkpoint = prepare_run(recipe, work_dir, fresh)
+    resuming = checkpoint is not None
     crops = np.asarray(faces.crops)
     pixels = crops if on.type == "cpu" else _on_device(crops, on)  # training batches come from it
 
@@ -370,7 +371,7 @@ def distill(
     random_faces = recipe.batch_size - 2 * pairs_per_batch
     steps_per_epoch = len(train_idx) // random_faces
     total_steps = steps_per_epoch * recipe.epochs
-    run = TrainingRun(recipe, net, work_dir, total_steps, fresh)
+    run = TrainingRun(recipe, net, work_dir, total_steps, resume_from=checkpoint)
     plain_fp32 = _simulate_int8(recipe, net, crops, train_idx) if recipe.quantization.get("aware") else None
     if fit_errors:
         initial = {"step": 0, "reconstruction_relative_error": fit_errors}

@@ -123,11 +123,18 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return names
 
 
-def resumable_state(recipe: Recipe, work_dir: Path, fresh: bool) -> dict | None:
-    """The checkpoint a run in ``work_dir`` resumes from, or None (none there, or ``fresh``). A checkpoint written
-    under a different recipe (fingerprint) is refused; one from before fingerprints were recorded is accepted."""
+def prepare_run(recipe: Recipe, work_dir: Path, fresh: bool) -> dict | None:
+    """The checkpoint a run in ``work_dir`` resumes from, or None for a new run. Called before any costly
+    preparation, so that a checkpoint written under a different recipe (fingerprint) is refused at once; one from
+    before fingerprints were recorded is accepted. ``fresh`` (--fresh) removes what an earlier run left that a
+    later resume would read (checkpoint, log), so a fresh run stopped before its first checkpoint is never
+    mistaken for the old one."""
     path = checkpoint_path(work_dir)
-    if fresh or not path.is_file():
+    if fresh:
+        for stale in (path, log_path(work_dir)):
+            stale.unlink(missing_ok=True)
+        return None
+    if not path.is_file():
         return None
     state = load_checkpoint(path)
     stored = state.get("recipe_fingerprint")
@@ -138,21 +145,6 @@ def resumable_state(recipe: Recipe, work_dir: Path, fresh: bool) -> dict | None:
             f"{work_dir} was trained with a different recipe ({what}); rerun with --fresh to start over"
         )
     return state
-
-
-def will_resume(work_dir: Path, fresh: bool, recipe: Recipe | None = None) -> bool:
-    """Whether a run in ``work_dir`` resumes; given the ``recipe``, a checkpoint of another recipe is refused here
-    (before any costly preparation) rather than when the run starts."""
-    if recipe is not None:
-        return resumable_state(recipe, work_dir, fresh) is not None
-    return checkpoint_path(work_dir).is_file() and not fresh
-
-
-def clear_run(work_dir: Path) -> None:
-    """``--fresh``: remove what an earlier run left that a later resume would read (checkpoint, log), so a fresh
-    run stopped before its first checkpoint is never mistaken for the old one."""
-    for path in (checkpoint_path(work_dir), log_path(work_dir)):
-        path.unlink(missing_ok=True)
 
 
 def _truncate_log(path: Path, state: dict) -> None:
@@ -179,9 +171,12 @@ def _truncate_log(path: Path, state: dict) -> None:
 
 
 class TrainingRun:
-    """One run's optimiser, step counter, log and checkpoints in ``work_dir``; resumes from its checkpoint."""
+    """One run's optimiser, step counter, log and checkpoints in ``work_dir``; continues ``resume_from`` (the
+    state ``prepare_run`` returned) if given."""
 
-    def __init__(self, recipe: Recipe, net: torch.nn.Module, work_dir: Path, total_steps: int, fresh: bool = False):
+    def __init__(
+        self, recipe: Recipe, net: torch.nn.Module, work_dir: Path, total_steps: int, resume_from: dict | None
+    ):
         self.recipe, self.net, self.total_steps = recipe, net, total_steps
         self.checkpoint, self.log_path = checkpoint_path(work_dir), log_path(work_dir)
         self.optimizer = torch.optim.AdamW(
@@ -191,18 +186,15 @@ class TrainingRun:
         )
         self.step, self.seconds_before = 0, 0.0
         self.fingerprint = recipe_fingerprint(recipe)
-        state = resumable_state(recipe, work_dir, fresh)
-        self.resumed = state is not None
-        if state is not None:
-            net.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.step, self.seconds_before = state["step"], state.get("seconds", 0.0)
-            _truncate_log(self.log_path, state)
+        self.resumed = resume_from is not None
+        if resume_from is not None:
+            net.load_state_dict(resume_from["model"])
+            self.optimizer.load_state_dict(resume_from["optimizer"])
+            self.step, self.seconds_before = resume_from["step"], resume_from.get("seconds", 0.0)
+            _truncate_log(self.log_path, resume_from)
             # stderr, progress bar or not: a resumed run is not a fresh one, and the user should know
             print(f"resuming {work_dir} at step {self.step} of {total_steps}", file=sys.stderr, flush=True)
         else:
-            if fresh:
-                clear_run(work_dir)
             self.log_path.unlink(missing_ok=True)
             self._start_from_run(work_dir.parent)
         self.every = int(recipe.raw.get("checkpoint_every", 200))
