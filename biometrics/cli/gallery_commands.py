@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from biometrics.cli.main import _pipeline, json_option, pipeline_options, threshold_option
-from biometrics.pipeline.facade import SELECTIONS
+from biometrics.cli.main import _pipeline, json_option, pipeline_options, select_option, threshold_option
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,14 +52,7 @@ def face_options(command):
         metavar="N",
         help="Use face N (as `biometrics detect` numbers them) instead of --select.",
     )(command)
-    return click.option(
-        "--select",
-        type=click.Choice(SELECTIONS),
-        default="largest",
-        show_default=True,
-        help="Which face to use when a photo has several: the largest box, the one nearest the center, or the "
-        "highest detection score.",
-    )(command)
+    return select_option(command)
 
 
 def _choose_face(pipeline: FacePipeline, pixels: np.ndarray, select: str, face_index: int | None, path: Path):

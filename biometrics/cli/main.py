@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from biometrics.errors import BiometricsError, DataError
+from biometrics.pipeline.facade import SELECTIONS
 
 EXIT_DIFFERENT = 1
 EXIT_ERROR = 2
@@ -145,6 +146,15 @@ threshold_option = click.option(
     "--threshold", type=CosineThreshold(), default=None, help="Cosine-similarity threshold (default: the card's)."
 )
 
+select_option = click.option(
+    "--select",
+    type=click.Choice(SELECTIONS),
+    default="largest",
+    show_default=True,
+    help="Which face to use when a photo has several: the largest box, the one nearest the center, or the "
+    "highest detection score.",
+)
+
 
 def _pipeline(detector, embedder, threads, max_side, threshold=None):
     from biometrics.pipeline import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, FacePipeline
@@ -169,13 +179,7 @@ def cli():
 @click.argument("image_b", type=click.Path(dir_okay=False, path_type=Path))
 @pipeline_options
 @threshold_option
-@click.option(
-    "--select",
-    type=click.Choice(["largest", "center", "score"]),
-    default="largest",
-    show_default=True,
-    help="Which face to use when an image has several.",
-)
+@select_option
 @click.option("--face-a", type=click.IntRange(0), default=None, help="Use face N of image A (order of `detect`).")
 @click.option("--face-b", type=click.IntRange(0), default=None, help="Use face N of image B (order of `detect`).")
 @json_option
@@ -374,6 +378,45 @@ def evaluate_lfw_command(data, folds, detectors, embedders, baselines, threads, 
     files = write_verification_report(
         out, f"LFW View 2, folds {folds}", runs, run_metadata(models, threads), efficiency
     )
+    click.echo(f"report: {files['md']}")
+
+
+@evaluate.command("folder")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--detector", "detectors", multiple=True, help="Detector(s) to compare (repeatable).")
+@click.option("--embedder", "embedders", multiple=True, help="Embedder(s) to compare (repeatable).")
+@threshold_option
+@select_option
+@click.option("--threads", type=click.IntRange(1), default=None)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
+@click.option("--progress/--no-progress", default=True)
+def evaluate_folder_command(folder, detectors, embedders, threshold, select, threads, out, progress):
+    """Verification on your own photos: FOLDER holds one sub-folder of photos per person. Every pair of photos
+    is scored; reports FMR and FNMR at the threshold, thresholds at target FMRs, EER, the hardest pairs."""
+    from biometrics.evaluation.folder import PhotoFolder, evaluate_folder, training_data, write_folder_report
+    from biometrics.evaluation.report import run_metadata
+    from biometrics.pipeline import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, FacePipeline
+
+    photos = PhotoFolder.read(folder)
+    click.echo(f"{folder}: {len(photos.images)} photos of {len(photos.people)} people")
+    runs, models = {}, []
+    for detector in detectors or (DEFAULT_DETECTOR,):
+        for embedder in embedders or (DEFAULT_EMBEDDER,):
+            pipeline = FacePipeline(detector, embedder, threads=threads, threshold=threshold)
+            label = f"{pipeline.detector.name} + {pipeline.embedder.name}"
+            run = runs[label] = evaluate_folder(pipeline, photos, select, progress)
+            models += [m for m in (pipeline.detector.model, pipeline.embedder.model) if m not in models]
+            point = run["at_threshold"]
+            click.echo(
+                f"{label}: at threshold {point['threshold']:.4f} FMR {100 * point['fmr']:.3g}% "
+                f"({point['false_matches']:,} of {run['impostor_pairs']:,}), FNMR {100 * point['fnmr']:.3g}% "
+                f"({point['false_non_matches']:,} of {run['genuine_pairs']:,}); EER {100 * run['eer']:.2f}%; "
+                f"no face in {len(run['left_out'])} of {run['photos']} photos"
+            )
+    meta = run_metadata(models, threads) | {"select": select}
+    for entry, model in zip(meta["models"], models, strict=True):
+        entry["trained_on"] = training_data(model.card.data)
+    files = write_folder_report(out, photos, runs, meta)
     click.echo(f"report: {files['md']}")
 
 

@@ -211,9 +211,7 @@ def impostor_calibration(embedded: EmbeddedImages, fmrs: Iterable[float] = CALIB
     This is how the default threshold is set: on the impostor pairs of folds the model is not reported on.
     """
     identities = np.array([key.split("/")[0] for key in embedded.keys])
-    similarity = embedded.embeddings @ embedded.embeddings.T
-    upper = np.triu_indices(len(identities), k=1)
-    impostor = similarity[upper][identities[upper[0]] != identities[upper[1]]]
+    impostor = metrics.pair_scores(embedded.embeddings, identities)[2]
     return {
         "impostor_pairs": int(impostor.size),
         "thresholds": {f"{fmr:g}": metrics.threshold_at_fmr(impostor, fmr) for fmr in fmrs},

@@ -27,6 +27,7 @@ __all__ = [
     "best_accuracy_threshold",
     "eer",
     "kfold_accuracy",
+    "pair_scores",
     "roc",
     "tar_at_far",
     "threshold_at_fmr",
@@ -187,6 +188,38 @@ def tar_at_far(scores: np.ndarray, labels: np.ndarray, far: float) -> tuple[floa
 
 
 # -------------------------------------------------------------------------------------------- thresholds
+
+
+def pair_scores(embeddings: np.ndarray, identities: np.ndarray, block: int = 1024) -> tuple[np.ndarray, ...]:
+    """Cosine similarity of every unordered pair of unit-length rows, split by whether the two rows share an
+    identity: (genuine scores, their row pairs, impostor scores, their row pairs), each pair once (row < column).
+    Scores are float64, so that a threshold from :func:`threshold_at_fmr` (a score's float64 successor) compares
+    with them as intended (NumPy compares a float32 array with a Python float in float32).
+
+    Computed ``block`` rows at a time, so memory grows with the number of pairs kept, never with a full
+    similarity matrix on top of them.
+    """
+    n = len(embeddings)
+    if len(identities) != n:
+        raise ValueError(f"{n} embeddings but {len(identities)} identities")
+    genuine, genuine_rows, impostor, impostor_rows = [], [], [], []
+    for start in range(0, n, block):
+        rows = np.arange(start, min(start + block, n))
+        r, c = np.nonzero(np.arange(n)[None, :] > rows[:, None])
+        scores = (embeddings[rows] @ embeddings.T)[r, c].astype(np.float64)
+        pairs = np.stack([rows[r], c], axis=1).astype(np.int32)
+        same = identities[rows[r]] == identities[c]
+        genuine += [scores[same]]
+        genuine_rows += [pairs[same]]
+        impostor += [scores[~same]]
+        impostor_rows += [pairs[~same]]
+    empty_pairs = np.zeros((0, 2), np.int32)
+    return (
+        np.concatenate([np.zeros(0, np.float64), *genuine]),
+        np.concatenate([empty_pairs, *genuine_rows]),
+        np.concatenate([np.zeros(0, np.float64), *impostor]),
+        np.concatenate([empty_pairs, *impostor_rows]),
+    )
 
 
 def threshold_at_fmr(impostor_scores: np.ndarray, fmr: float) -> float:

@@ -62,6 +62,24 @@ def _pct(value: float) -> str:
     return f"{100 * value:.2f}%"
 
 
+def write_score_plots(out_dir: Path, runs: dict[str, dict], thresholds: dict[str, float]) -> dict[str, Path]:
+    """roc.png and det.png of every run's ``scores`` and ``labels``, and one score histogram per run with its
+    threshold marked (``scores_<i>.png``, in the order of ``runs``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curves = {label: metrics.roc(run["scores"], run["labels"]) for label, run in runs.items()}
+    files = {"roc": plots.plot_roc(curves, out_dir / "roc.png"), "det": plots.plot_det(curves, out_dir / "det.png")}
+    for i, (label, run) in enumerate(runs.items()):
+        files[f"scores_{i}"] = plots.plot_score_histograms(
+            run["scores"], run["labels"], out_dir / f"scores_{i}.png", threshold=thresholds[label], title=label
+        )
+    return files
+
+
+def without_scores(runs: dict[str, dict]) -> dict[str, dict]:
+    """The runs as report.json keeps them: everything but the per-pair ``scores`` and ``labels`` arrays."""
+    return {label: {k: v for k, v in run.items() if k not in ("scores", "labels")} for label, run in runs.items()}
+
+
 def write_verification_report(
     out_dir: Path, title: str, runs: dict[str, dict], meta: dict, efficiency: dict[str, dict] | None = None
 ) -> dict[str, Path]:
@@ -71,17 +89,11 @@ def write_verification_report(
     ``efficiency`` (label -> the embedder's efficiency card, measured in the same run) the report also gets an
     accuracy-vs-cost table and a Pareto plot.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    curves = {label: metrics.roc(run["scores"], run["labels"]) for label, run in runs.items()}
-    files = {"roc": plots.plot_roc(curves, out_dir / "roc.png"), "det": plots.plot_det(curves, out_dir / "det.png")}
-    for i, (label, run) in enumerate(runs.items()):
-        files[f"scores_{i}"] = plots.plot_score_histograms(
-            run["scores"],
-            run["labels"],
-            out_dir / f"scores_{i}.png",
-            threshold=float(np.median([f["threshold"] for f in run["summary"]["per_fold"]])),
-            title=label,
-        )
+    files = write_score_plots(
+        out_dir,
+        runs,
+        {label: float(np.median([f["threshold"] for f in run["summary"]["per_fold"]])) for label, run in runs.items()},
+    )
     if efficiency:
         files["pareto"] = plots.plot_pareto(
             {
@@ -90,7 +102,7 @@ def write_verification_report(
             },
             out_dir / "pareto.png",
         )
-    public = {label: {k: v for k, v in run.items() if k not in ("scores", "labels")} for label, run in runs.items()}
+    public = without_scores(runs)
     for label, card in (efficiency or {}).items():
         public[label]["efficiency"] = card
     (out_dir / "report.json").write_text(json.dumps({"title": title, "meta": meta, "results": public}, indent=2))

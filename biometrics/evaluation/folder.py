@@ -1,0 +1,264 @@
+"""Verification on your own photos: one folder per person, every pair of photos scored.
+
+What an engineer needs before trusting a threshold: on *their* people and cameras, how often does it accept two
+different people (FMR) and reject one person photographed twice (FNMR)? Every genuine pair (two photos of one
+person) and every impostor pair (photos of two people) is scored, as a technology evaluation counts them (ISO/IEC
+19795-1). Each photo's face is chosen and embedded exactly as ``biometrics verify`` does it. A photo with no
+detected face, or an unreadable file, is a failure to acquire: counted, listed and left out of the pairs (not
+replaced by a centre crop, as the LFW protocol does). The lowest-scoring genuine and highest-scoring impostor pairs
+are named: that is where mislabelled photos show up.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from biometrics.errors import DataError, ImageError, NoFaceError
+from biometrics.evaluation import metrics
+from biometrics.evaluation.report import _md_table, without_scores, write_score_plots
+from biometrics.pipeline.facade import FacePipeline, Selection
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+REPORTED_FMRS = {"1e-2": 1e-2, "1e-3": 1e-3, "1e-4": 1e-4, "1e-5": 1e-5}
+LISTED_PAIRS = 10  # hardest genuine and impostor pairs named in the report
+
+
+@dataclass(frozen=True)
+class PhotoFolder:
+    """A folder of people: ``images[i]`` (relative to ``root``) shows ``people[identities[i]]``."""
+
+    root: Path
+    people: list[str]
+    images: list[str]
+    identities: np.ndarray
+    other_files: int  # files without an image type's suffix, ignored
+
+    @classmethod
+    def read(cls, root: Path) -> PhotoFolder:
+        """Each sub-folder is a person, its image files (JPEG, PNG, BMP, WebP, by suffix) their photos; hidden files
+        and folders are skipped. Needs two people with photos, one of them with two."""
+        if not root.is_dir():
+            raise DataError(f"{root}: not a folder (expected one sub-folder of photos per person)")
+        people, images, identities, other_files = [], [], [], 0
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+            photos = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+            other_files += len(files) - len(photos)
+            if photos:
+                identities += [len(people)] * len(photos)
+                images += [str(p.relative_to(root)) for p in photos]
+                people.append(folder.name)
+        if len(people) < 2 or np.bincount(identities).max() < 2:
+            raise DataError(
+                f"{root}: found {len(images)} photo(s) of {len(people)} person(s); expected one sub-folder of "
+                "photos per person, at least two people, and two photos of at least one of them"
+            )
+        return cls(root, people, images, np.array(identities), other_files)
+
+
+@dataclass(frozen=True)
+class FolderEmbeddings:
+    """The embeddings of the photos whose face was found (``kept`` indexes ``PhotoFolder.images``), and why the
+    others were left out (photo -> reason)."""
+
+    kept: np.ndarray
+    embeddings: np.ndarray
+    left_out: dict[str, str]
+    several_faces: int  # photos showing more than one face (the selected one was embedded)
+
+
+def embed_folder(
+    pipeline: FacePipeline, photos: PhotoFolder, select: Selection = "largest", progress: bool = True
+) -> FolderEmbeddings:
+    """One embedding per photo: its selected face, as ``verify`` would compare it."""
+    kept, vectors, left_out, several = [], [], {}, 0
+    for i, name in enumerate(tqdm(photos.images, desc="photos", unit="img", disable=not progress)):
+        try:
+            face, _, count = pipeline.embed_one(photos.root / name, select)
+        except ImageError as exc:
+            left_out[name] = str(exc).removeprefix(f"{photos.root / name}: ")
+            continue
+        except NoFaceError as exc:
+            left_out[name] = str(exc)
+            continue
+        kept.append(i)
+        vectors.append(face.embedding)
+        several += count > 1
+    embeddings = np.stack(vectors) if vectors else np.zeros((0, 0), np.float32)
+    return FolderEmbeddings(np.array(kept, dtype=np.int64), embeddings, left_out, several)
+
+
+def operating_point(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> dict:
+    """FMR and FNMR at ``threshold`` (a pair is accepted when its similarity >= threshold), with their counts."""
+    false_matches = int(np.count_nonzero(impostor >= threshold))
+    false_non_matches = int(np.count_nonzero(genuine < threshold))
+    return {
+        "threshold": float(threshold),
+        "fmr": false_matches / impostor.size,
+        "false_matches": false_matches,
+        "fnmr": false_non_matches / genuine.size,
+        "false_non_matches": false_non_matches,
+    }
+
+
+def evaluate_folder(
+    pipeline: FacePipeline, photos: PhotoFolder, select: Selection = "largest", progress: bool = True
+) -> dict:
+    """Rates for one pipeline on ``photos``: at its threshold, at each FMR of ``REPORTED_FMRS`` these impostor
+    pairs resolve (one false match allowed at least), EER and AUC. JSON-ready apart from ``scores``/``labels``."""
+    embedded = embed_folder(pipeline, photos, select, progress)
+    identities = photos.identities[embedded.kept]
+    genuine, genuine_rows, impostor, impostor_rows = metrics.pair_scores(embedded.embeddings, identities)
+    if genuine.size == 0 or impostor.size == 0:
+        raise DataError(
+            f"{photos.root}: a face was found in {len(embedded.kept)} of {len(photos.images)} photos, which leaves "
+            f"{genuine.size} genuine and {impostor.size} impostor pairs; both kinds are needed"
+        )
+    scores = np.concatenate([genuine, impostor])
+    labels = np.concatenate([np.ones(genuine.size, np.int8), np.zeros(impostor.size, np.int8)])
+    eer, eer_threshold = metrics.eer(scores, labels)
+    names = np.array(photos.images)[embedded.kept]
+
+    def listed(rows: np.ndarray, similarities: np.ndarray, order: np.ndarray) -> list[dict]:
+        return [{"a": names[rows[i, 0]], "b": names[rows[i, 1]], "similarity": float(similarities[i])} for i in order]
+
+    return {
+        "people": len(np.unique(identities)),
+        "photos": len(photos.images),
+        "faces": len(embedded.kept),
+        "left_out": embedded.left_out,
+        "several_faces": embedded.several_faces,
+        "genuine_pairs": int(genuine.size),
+        "impostor_pairs": int(impostor.size),
+        "at_threshold": operating_point(genuine, impostor, pipeline.threshold),
+        "at_fmr": {
+            key: operating_point(genuine, impostor, metrics.threshold_at_fmr(impostor, fmr))
+            for key, fmr in REPORTED_FMRS.items()
+            if fmr * impostor.size >= 1
+        },
+        "eer": eer,
+        "eer_threshold": eer_threshold,
+        "auc": metrics.auc(scores, labels),
+        "lowest_genuine": listed(genuine_rows, genuine, np.argsort(genuine, kind="stable")[:LISTED_PAIRS]),
+        "highest_impostor": listed(impostor_rows, impostor, np.argsort(-impostor, kind="stable")[:LISTED_PAIRS]),
+        "scores": scores,
+        "labels": labels,
+    }
+
+
+def training_data(card_data: dict) -> list[str]:
+    """The datasets a model's card says it learned from, LFW with the folds it left out (empty: not stated)."""
+    split = card_data.get("data_split") or {}
+    excluded = split.get("lfw_excluded_folds")
+    return [
+        f"lfw (all but the people of folds {', '.join(map(str, excluded))})" if name == "lfw" and excluded else name
+        for name in split.get("datasets", [])
+    ]
+
+
+def _rate(value: float, count: int) -> str:
+    return f"{100 * value:.3g}% ({count:,})"
+
+
+def _markdown(photos: PhotoFolder, results: dict[str, dict], meta: dict, files: dict[str, Path]) -> str:
+    ignored = f" ({photos.other_files} other files ignored)" if photos.other_files else ""
+    lines = [
+        f"# Verification on `{photos.root}`",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}, {meta['threads']} threads, onnxruntime {meta['versions']['onnxruntime']}",
+        "",
+        f"{len(photos.people):,} people, {len(photos.images):,} photos{ignored}. Every pair of photos is scored: "
+        "a genuine pair shows one person, an impostor pair two. A pair is accepted when its cosine similarity is "
+        "at least the threshold. Photos without a detected face are left out (failures to acquire).",
+        "",
+    ]
+    lines += _md_table(
+        ["pipeline", "faces / photos", "genuine pairs", "impostor pairs", "threshold", "FMR (false matches)"]
+        + ["FNMR (false non-matches)", "EER", "AUC"],
+        [
+            [
+                label,
+                f"{run['faces']:,} / {run['photos']:,}",
+                f"{run['genuine_pairs']:,}",
+                f"{run['impostor_pairs']:,}",
+                f"{run['at_threshold']['threshold']:.4f}",
+                _rate(run["at_threshold"]["fmr"], run["at_threshold"]["false_matches"]),
+                _rate(run["at_threshold"]["fnmr"], run["at_threshold"]["false_non_matches"]),
+                f"{100 * run['eer']:.2f}%",
+                f"{run['auc']:.5f}",
+            ]
+            for label, run in results.items()
+        ],
+    )
+    lines += [
+        "",
+        "The threshold is each embedder's own (its card's, or `--threshold`), set without these photos.",
+        "",
+        "## Thresholds at target false-match rates",
+        "",
+        "Set on these photos' impostor pairs, so they describe these photos rather than predict new ones; an FMR "
+        "below one false match in all the impostor pairs is not listed.",
+        "",
+    ]
+    lines += _md_table(
+        ["pipeline", "FMR", "threshold", "FMR reached (false matches)", "FNMR (false non-matches)"],
+        [
+            [
+                label,
+                key,
+                f"{point['threshold']:.4f}",
+                _rate(point["fmr"], point["false_matches"]),
+                _rate(point["fnmr"], point["false_non_matches"]),
+            ]
+            for label, run in results.items()
+            for key, point in run["at_fmr"].items()
+        ],
+    )
+    for label, run in results.items():
+        lines += ["", f"## {label}", ""]
+        if run["left_out"]:
+            lines += [f"Left out ({len(run['left_out'])}):", ""]
+            lines += [f"- `{name}`: {reason}" for name, reason in run["left_out"].items()] + [""]
+        if run["several_faces"]:
+            lines += [f"{run['several_faces']} photo(s) show several faces; the {meta['select']} one was used.", ""]
+        for title, key in (
+            ("Lowest-scoring genuine pairs", "lowest_genuine"),
+            ("Highest-scoring impostor pairs", "highest_impostor"),
+        ):
+            lines += [f"{title} (where mislabelled photos show up):", ""]
+            lines += _md_table(
+                ["a", "b", "similarity"], [[f"`{p['a']}`", f"`{p['b']}`", f"{p['similarity']:.4f}"] for p in run[key]]
+            )
+            lines += [""]
+    trained = [f"- `{m['name']}`: {', '.join(m['trained_on'])}" for m in meta["models"] if m.get("trained_on")]
+    if trained:
+        lines += [
+            "## What the models learned from",
+            "",
+            "If these people are in a model's training data, its numbers here are not a held-out measure.",
+            "",
+            *trained,
+            "",
+        ]
+    lines += ["## Models", ""] + [f"- `{m['name']}` sha256 `{m['sha256']}`" for m in meta["models"]]
+    lines += ["", "## Plots", ""] + [f"![{key}]({path.name})" for key, path in files.items() if path.suffix == ".png"]
+    return "\n".join(lines) + "\n"
+
+
+def write_folder_report(out: Path, photos: PhotoFolder, runs: dict[str, dict], meta: dict) -> dict[str, Path]:
+    """report.json, report.md, roc.png, det.png and one score histogram per pipeline (its threshold marked)."""
+    files = write_score_plots(out, runs, {label: run["at_threshold"]["threshold"] for label, run in runs.items()})
+    public = without_scores(runs)
+    files["json"] = out / "report.json"
+    files["json"].write_text(
+        json.dumps({"title": f"Verification on {photos.root}", "meta": meta, "results": public}, indent=2) + "\n"
+    )
+    files["md"] = out / "report.md"
+    files["md"].write_text(_markdown(photos, public, meta, files))
+    return files

@@ -1,0 +1,136 @@
+"""`biometrics evaluate folder`: verification rates on a user's own people folder, every pair scored."""
+
+from __future__ import annotations
+
+import json
+from itertools import combinations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from biometrics.cli.main import cli
+from biometrics.errors import DataError
+from biometrics.evaluation import metrics
+from biometrics.evaluation.folder import PhotoFolder, operating_point
+
+
+@pytest.fixture
+def people(tmp_path, sample, no_face_photo):
+    """Two people from ../shared samples, plus what a real folder holds: an unreadable photo, a photo without a
+    face, a note and a hidden file."""
+    root = tmp_path / "people"
+    for person, names in {
+        "obama": ["obama.jpg", "obama2.jpg", "obama3.jpg"],
+        "biden": ["biden.jpg", "biden2.jpg"],
+    }.items():
+        (root / person).mkdir(parents=True)
+        for name in names:
+            (root / person / name).symlink_to(sample(name))
+    (root / "obama" / "truncated.jpg").write_bytes(sample("obama.jpg").read_bytes()[:20_000])
+    (root / "biden" / "back.JPG").write_bytes(no_face_photo.read_bytes())
+    (root / "biden" / "notes.txt").write_text("taken 2024\n")
+    (root / "biden" / ".DS_Store").write_bytes(b"\0")
+    (root / ".thumbnails").mkdir()
+    return root
+
+
+def test_a_people_folder_is_read_one_sub_folder_per_person(people):
+    photos = PhotoFolder.read(people)
+    assert photos.people == ["biden", "obama"]
+    assert photos.images == [
+        "biden/back.JPG",
+        "biden/biden.jpg",
+        "biden/biden2.jpg",
+        "obama/obama.jpg",
+        "obama/obama2.jpg",
+        "obama/obama3.jpg",
+        "obama/truncated.jpg",
+    ]
+    assert photos.identities.tolist() == [0, 0, 0, 1, 1, 1, 1]
+    assert photos.other_files == 1  # notes.txt; hidden files are not counted
+
+
+@pytest.mark.parametrize("layout", [{"solo": ["a.jpg", "b.jpg"]}, {"one": ["a.jpg"], "two": ["b.jpg"]}, {}])
+def test_a_folder_without_a_genuine_and_an_impostor_pair_is_refused(tmp_path, layout):
+    for person, names in layout.items():
+        (tmp_path / person).mkdir()
+        for name in names:
+            (tmp_path / person / name).write_bytes(b"")
+    with pytest.raises(DataError, match="at least two people, and two photos of at least one"):
+        PhotoFolder.read(tmp_path)
+
+
+def test_pair_scores_are_every_pair_once_split_by_identity():
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(23, 8)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    identities = rng.integers(0, 5, size=23)
+    genuine, genuine_rows, impostor, impostor_rows = metrics.pair_scores(embeddings, identities, block=4)
+    expected = {(i, j): float(embeddings[i] @ embeddings[j]) for i, j in combinations(range(23), 2)}
+    found = {tuple(p): s for p, s in zip(genuine_rows.tolist(), genuine, strict=True)}
+    found |= {tuple(p): s for p, s in zip(impostor_rows.tolist(), impostor, strict=True)}
+    assert len(genuine) + len(impostor) == len(expected) == len(found)
+    assert all(abs(found[pair] - score) < 1e-6 for pair, score in expected.items())
+    assert all(identities[i] == identities[j] for i, j in genuine_rows)
+    assert all(identities[i] != identities[j] for i, j in impostor_rows)
+
+
+def test_a_threshold_set_at_a_target_fmr_never_exceeds_it():
+    """The threshold is a score's float64 successor: compared in float32 it would accept that score too."""
+    rng = np.random.default_rng(1)
+    embeddings = rng.normal(size=(300, 16)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    genuine, _, impostor, _ = metrics.pair_scores(embeddings, np.arange(300) % 60)
+    for fmr in (1e-2, 1e-3, 1e-4):
+        point = operating_point(genuine, impostor, metrics.threshold_at_fmr(impostor, fmr))
+        assert point["fmr"] <= fmr
+        assert point["false_matches"] == int(np.floor(fmr * impostor.size))  # no ties among random scores
+
+
+def test_evaluate_folder_scores_every_pair_as_verify_would(people, tmp_path, pipeline):
+    out = tmp_path / "report"
+    result = CliRunner().invoke(cli, ["evaluate", "folder", str(people), "--threads", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "7 photos of 2 people" in result.stdout and "no face in 2 of 7 photos" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    run = report["results"]["yunet-teacher + sface-student"]
+    assert (run["photos"], run["faces"], run["genuine_pairs"], run["impostor_pairs"]) == (7, 5, 4, 6)
+    assert run["left_out"] == {
+        "biden/back.JPG": "no face found",
+        "obama/truncated.jpg": run["left_out"]["obama/truncated.jpg"],
+    }
+    assert "corrupt or truncated" in run["left_out"]["obama/truncated.jpg"]
+    # Every genuine pair is listed (fewer than ten), each scored as `verify` scores it.
+    genuine = run["lowest_genuine"]
+    assert len(genuine) == 4 and [p["similarity"] for p in genuine] == sorted(p["similarity"] for p in genuine)
+    for pair in genuine + run["highest_impostor"]:
+        expected = pipeline.verify(people / pair["a"], people / pair["b"]).similarity
+        assert pair["similarity"] == pytest.approx(expected, abs=1e-5)
+    at = run["at_threshold"]
+    assert at["threshold"] == pipeline.threshold
+    assert at["false_non_matches"] == sum(p["similarity"] < at["threshold"] for p in genuine)
+    assert at["false_matches"] == sum(p["similarity"] >= at["threshold"] for p in run["highest_impostor"])
+    assert run["at_fmr"] == {}  # six impostor pairs resolve no FMR of 1e-2 or below
+    assert report["meta"]["models"][1]["trained_on"] == [
+        "celeba",
+        "lfw (all but the people of folds 6, 7, 8, 9, 10)",
+        "utkface",
+    ]
+    markdown = (out / "report.md").read_text()
+    assert "`obama/truncated.jpg`" in markdown and "(1 other files ignored)" in markdown
+    assert all((out / name).is_file() for name in ("roc.png", "det.png", "scores_0.png"))
+    assert "embedding" not in json.dumps(report)
+
+
+def test_evaluate_folder_without_pairs_exits_2_with_the_reason(people, tmp_path):
+    run = CliRunner().invoke(cli, ["evaluate", "folder", str(people / "obama"), "--out", str(tmp_path / "r")])
+    assert run.exit_code == 2 and "at least two people" in run.stderr
+    faceless = tmp_path / "faceless"
+    for person in ("a", "b"):
+        (faceless / person).mkdir(parents=True)
+        for name in ("1.jpg", "2.jpg"):
+            (faceless / person / name).write_bytes((people / "biden" / "back.JPG").read_bytes())
+    run = CliRunner().invoke(cli, ["evaluate", "folder", str(faceless), "--out", str(tmp_path / "r")])
+    assert run.exit_code == 2 and "a face was found in 0 of 4 photos" in run.stderr, run.output
+    assert not (tmp_path / "r").exists()
