@@ -7,7 +7,8 @@ for `biometrics evaluate folder`: the held-out people of the shipped students ar
 
 The folder holds symbolic links to the unpacked LFW images (nothing is copied). Unlike `evaluate lfw` (the 600
 listed pairs per fold), every pair of the people's images is scored, so the card thresholds' false-match rate
-is measured on millions of held-out impostor pairs.
+is measured on millions of held-out impostor pairs. With ``--pairs-only`` the folder holds just the images named
+in the folds' pairs: those whose cross-identity pairs `evaluate lfw` calibrates on.
 """
 
 from __future__ import annotations
@@ -24,17 +25,22 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="new folder to create")
     parser.add_argument("--folds", default="6-10", help="View 2 folds whose people to take (default 6-10)")
     parser.add_argument("--data", type=Path, default=None, help="LFW folder (default: ../shared/data/lfw)")
+    parser.add_argument("--pairs-only", action="store_true", help="only the images named in the folds' pairs")
     args = parser.parse_args()
     data = args.data or shared_data("lfw")
-    people = sorted(people_in_folds(read_pairs(data / "pairs.txt"), parse_folds(args.folds)))
+    folds = parse_folds(args.folds)
+    pairs = read_pairs(data / "pairs.txt")
+    people = sorted(people_in_folds(pairs, folds))
+    named = {key for pair in pairs if pair.fold in folds for key in pair.images}
     images = locate_images(data)
     args.out.mkdir(parents=True)
     count = 0
     for person in people:
         (args.out / person).mkdir()
         for photo in sorted((images / person).glob("*.jpg")):
-            (args.out / person / photo.name).symlink_to(photo.resolve())
-            count += 1
+            if not args.pairs_only or f"{person}/{photo.name}" in named:
+                (args.out / person / photo.name).symlink_to(photo.resolve())
+                count += 1
     print(f"{args.out}: {count} photos of {len(people)} people (LFW View 2 folds {args.folds})")
 
 

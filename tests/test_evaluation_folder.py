@@ -107,6 +107,13 @@ def test_evaluate_folder_scores_every_pair_as_verify_would(people, tmp_path, pip
     for pair in genuine + run["highest_impostor"]:
         expected = pipeline.verify(people / pair["a"], people / pair["b"]).similarity
         assert pair["similarity"] == pytest.approx(expected, abs=1e-5)
+    # Obama's three photos, each by its mean similarity to his other two; Biden's two cannot be told apart.
+    odd = run["least_like_their_person"]
+    assert sorted(p["photo"] for p in odd) == ["obama/obama.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
+    for entry in odd:
+        own = [p["similarity"] for p in genuine if entry["photo"] in (p["a"], p["b"])]
+        assert entry["other_photos"] == len(own) == 2 and entry["mean_similarity"] == pytest.approx(np.mean(own))
+    assert [p["mean_similarity"] for p in odd] == sorted(p["mean_similarity"] for p in odd)
     at = run["at_threshold"]
     assert at["threshold"] == pipeline.threshold
     assert at["false_non_matches"] == sum(p["similarity"] < at["threshold"] for p in genuine)

@@ -106,6 +106,17 @@ def operating_point(genuine: np.ndarray, impostor: np.ndarray, threshold: float)
     }
 
 
+def least_like_their_person(genuine: np.ndarray, genuine_rows: np.ndarray, faces: int) -> tuple[np.ndarray, ...]:
+    """Each photo's mean similarity to its person's other photos, lowest first, for photos whose person has at
+    least three (of two photos neither can be singled out): (photo rows, means, how many other photos)."""
+    partners = np.bincount(genuine_rows.ravel(), minlength=faces)
+    totals = np.bincount(genuine_rows.ravel(), weights=np.repeat(genuine, 2), minlength=faces)
+    rows = np.flatnonzero(partners >= 2)
+    order = np.argsort(totals[rows] / partners[rows], kind="stable")
+    rows = rows[order]
+    return rows, totals[rows] / partners[rows], partners[rows]
+
+
 def evaluate_folder(
     pipeline: FacePipeline, photos: PhotoFolder, select: Selection = "largest", progress: bool = True
 ) -> dict:
@@ -127,6 +138,7 @@ def evaluate_folder(
     def listed(rows: np.ndarray, similarities: np.ndarray, order: np.ndarray) -> list[dict]:
         return [{"a": names[rows[i, 0]], "b": names[rows[i, 1]], "similarity": float(similarities[i])} for i in order]
 
+    odd_rows, odd_means, odd_partners = least_like_their_person(genuine, genuine_rows, len(names))
     return {
         "people": len(np.unique(identities)),
         "photos": len(photos.images),
@@ -146,6 +158,10 @@ def evaluate_folder(
         "auc": metrics.auc(scores, labels),
         "lowest_genuine": listed(genuine_rows, genuine, np.argsort(genuine, kind="stable")[:LISTED_PAIRS]),
         "highest_impostor": listed(impostor_rows, impostor, np.argsort(-impostor, kind="stable")[:LISTED_PAIRS]),
+        "least_like_their_person": [
+            {"photo": names[row], "mean_similarity": float(mean), "other_photos": int(partners)}
+            for row, mean, partners in list(zip(odd_rows, odd_means, odd_partners, strict=True))[:LISTED_PAIRS]
+        ],
         "scores": scores,
         "labels": labels,
     }
@@ -227,15 +243,27 @@ def _markdown(photos: PhotoFolder, results: dict[str, dict], meta: dict, files: 
             lines += [f"- `{name}`: {reason}" for name, reason in run["left_out"].items()] + [""]
         if run["several_faces"]:
             lines += [f"{run['several_faces']} photo(s) show several faces; the {meta['select']} one was used.", ""]
+        lines += [
+            "Where mislabelled photos show up: the photos least like their person's other photos (people with "
+            "three photos or more)",
+            "",
+        ]
+        lines += _md_table(
+            ["photo", "mean similarity to the person's other photos", "other photos"],
+            [
+                [f"`{p['photo']}`", f"{p['mean_similarity']:.4f}", str(p["other_photos"])]
+                for p in run["least_like_their_person"]
+            ],
+        )
         for title, key in (
-            ("Lowest-scoring genuine pairs", "lowest_genuine"),
-            ("Highest-scoring impostor pairs", "highest_impostor"),
+            ("the lowest-scoring genuine pairs", "lowest_genuine"),
+            ("the highest-scoring impostor pairs", "highest_impostor"),
         ):
-            lines += [f"{title} (where mislabelled photos show up):", ""]
+            lines += ["", f"and {title}:", ""]
             lines += _md_table(
                 ["a", "b", "similarity"], [[f"`{p['a']}`", f"`{p['b']}`", f"{p['similarity']:.4f}"] for p in run[key]]
             )
-            lines += [""]
+        lines += [""]
     trained = [f"- `{m['name']}`: {', '.join(m['trained_on'])}" for m in meta["models"] if m.get("trained_on")]
     if trained:
         lines += [
