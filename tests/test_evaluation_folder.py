@@ -92,7 +92,7 @@ def test_evaluate_folder_scores_every_pair_as_verify_would(people, tmp_path, pip
     out = tmp_path / "report"
     result = CliRunner().invoke(cli, ["evaluate", "folder", str(people), "--threads", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "7 photos of 2 people" in result.stdout and "no face in 2 of 7 photos" in result.stdout
+    assert "7 photos of 2 people" in result.stdout and "2 of 7 photos left out (unreadable or no face)" in result.stdout
     report = json.loads((out / "report.json").read_text())
     run = report["results"]["yunet-teacher + sface-student"]
     assert (run["photos"], run["faces"], run["genuine_pairs"], run["impostor_pairs"]) == (7, 5, 4, 6)

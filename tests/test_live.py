@@ -340,6 +340,33 @@ def test_overlay_measures_fps_from_the_second_frame_and_labels_stay_inside(short
     assert (inside == KNOWN_COLOUR).all(axis=2).any()  # the label is drawn inside the box, not above the image
 
 
+def test_ctrl_c_while_a_frame_is_being_recorded_lets_every_view_finish_it(short_clip, pipeline):
+    """The interrupt lands inside one view's show (as a real Ctrl-C can, between the events line and the video
+    frame): that frame still reaches every view and is counted, and then the run stops."""
+    records: dict[str, list[int]] = {"events": [], "video": []}
+
+    class Recorder:
+        wants_pixels, closed = False, False
+
+        def __init__(self, name: str, interrupt_at: int | None = None):
+            self.name, self.interrupt_at = name, interrupt_at
+
+        def show(self, annotated, result, fps):
+            if result.index == self.interrupt_at:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the handler runs here: without the deferral, this frame is never recorded
+            records[self.name].append(result.index)
+
+        def close(self):
+            pass
+
+    views = [Recorder("events", interrupt_at=3), Recorder("video")]
+    summary = run_live(FrameSource(str(short_clip)), LiveRecognizer(pipeline, None), views)
+    assert summary.stopped and summary.frames == 4
+    assert records == {"events": [0, 1, 2, 3], "video": [0, 1, 2, 3]}
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before afterwards
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -411,7 +411,7 @@ def evaluate_folder_command(folder, detectors, embedders, threshold, select, thr
                 f"{label}: at threshold {point['threshold']:.4f} FMR {100 * point['fmr']:.3g}% "
                 f"({point['false_matches']:,} of {run['impostor_pairs']:,}), FNMR {100 * point['fnmr']:.3g}% "
                 f"({point['false_non_matches']:,} of {run['genuine_pairs']:,}); EER {100 * run['eer']:.2f}%; "
-                f"no face in {len(run['left_out'])} of {run['photos']} photos"
+                f"{len(run['left_out'])} of {run['photos']} photos left out (unreadable or no face)"
             )
     meta = run_metadata(models, threads) | {"select": select}
     for entry, model in zip(meta["models"], models, strict=True):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import queue
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +138,26 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold back Ctrl-C (and SIGTERM where the CLI maps it to Ctrl-C) until the block ends, then raise it: a
+    frame is counted and handed to every view whole or not at all, so the summary's frame count, the events
+    file and the video agree. Outside the main thread (where signals cannot be handled) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    deferred = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is signal.default_int_handler]
+    previous = {s: signal.signal(s, lambda signum, _frame: received.append(signum)) for s in deferred}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if received:
+        raise KeyboardInterrupt
+
+
 def run_live(
     source: FrameSource,
     recognizer: LiveRecognizer,
@@ -161,10 +185,11 @@ def run_live(
                 frame_interval = now - last if frame_interval is None else 0.9 * frame_interval + 0.1 * (now - last)
                 fps = 1.0 / max(frame_interval, 1e-6)
             last = now
-            frames, detections, embeddings = frames + 1, detections + result.detected, embeddings + result.embedded
             annotated = annotate(frame.image, result, fps) if draw else None
-            for view in views:
-                view.show(annotated, result, fps)
+            with interrupts_deferred():
+                frames, detections, embeddings = frames + 1, detections + result.detected, embeddings + result.embedded
+                for view in views:
+                    view.show(annotated, result, fps)
             if any(view.closed for view in views):
                 break
     except KeyboardInterrupt:
