@@ -31,6 +31,10 @@ def people(tmp_path, sample, no_face_photo):
     (root / "biden" / "back.JPG").write_bytes(no_face_photo.read_bytes())
     (root / "biden" / "notes.txt").write_text("taken 2024\n")
     (root / "biden" / ".DS_Store").write_bytes(b"\0")
+    (root / "obama" / "2009").mkdir()  # photos sorted into folders of their own still count
+    (root / "obama" / "obama3.jpg").rename(root / "obama" / "2009" / "obama3.jpg")
+    (root / "obama" / ".thumbnails").mkdir()
+    (root / "obama" / ".thumbnails" / "obama.jpg").symlink_to(sample("obama.jpg"))
     (root / ".thumbnails").mkdir()
     return root
 
@@ -42,9 +46,9 @@ def test_a_people_folder_is_read_one_sub_folder_per_person(people):
         "biden/back.JPG",
         "biden/biden.jpg",
         "biden/biden2.jpg",
+        "obama/2009/obama3.jpg",
         "obama/obama.jpg",
         "obama/obama2.jpg",
-        "obama/obama3.jpg",
         "obama/truncated.jpg",
     ]
     assert photos.identities.tolist() == [0, 0, 0, 1, 1, 1, 1]
@@ -109,7 +113,7 @@ def test_evaluate_folder_scores_every_pair_as_verify_would(people, tmp_path, pip
         assert pair["similarity"] == pytest.approx(expected, abs=1e-5)
     # Obama's three photos, each by its mean similarity to his other two; Biden's two cannot be told apart.
     odd = run["least_like_their_person"]
-    assert sorted(p["photo"] for p in odd) == ["obama/obama.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
+    assert sorted(p["photo"] for p in odd) == ["obama/2009/obama3.jpg", "obama/obama.jpg", "obama/obama2.jpg"]
     for entry in odd:
         own = [p["similarity"] for p in genuine if entry["photo"] in (p["a"], p["b"])]
         assert entry["other_photos"] == len(own) == 2 and entry["mean_similarity"] == pytest.approx(np.mean(own))

@@ -40,13 +40,18 @@ class PhotoFolder:
 
     @classmethod
     def read(cls, root: Path) -> PhotoFolder:
-        """Each sub-folder is a person, its image files (JPEG, PNG, BMP, WebP, by suffix) their photos; hidden files
-        and folders are skipped. Needs two people with photos, one of them with two."""
+        """Each sub-folder is a person, the image files in it (JPEG, PNG, BMP, WebP, by suffix; in folders of its own
+        too, say one per year) their photos; hidden files and folders are skipped. Needs two people with photos,
+        one of them with two."""
         if not root.is_dir():
             raise DataError(f"{root}: not a folder (expected one sub-folder of photos per person)")
         people, images, identities, other_files = [], [], [], 0
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+            files = sorted(
+                p
+                for p in folder.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+            )
             photos = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
             other_files += len(files) - len(photos)
             if photos:
