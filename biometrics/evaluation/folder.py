@@ -117,9 +117,9 @@ def least_like_their_person(genuine: np.ndarray, genuine_rows: np.ndarray, faces
     partners = np.bincount(genuine_rows.ravel(), minlength=faces)
     totals = np.bincount(genuine_rows.ravel(), weights=np.repeat(genuine, 2), minlength=faces)
     rows = np.flatnonzero(partners >= 2)
-    order = np.argsort(totals[rows] / partners[rows], kind="stable")
-    rows = rows[order]
-    return rows, totals[rows] / partners[rows], partners[rows]
+    means = totals[rows] / partners[rows]
+    order = np.argsort(means, kind="stable")
+    return rows[order], means[order], partners[rows[order]]
 
 
 def evaluate_folder(
@@ -165,7 +165,9 @@ def evaluate_folder(
         "highest_impostor": listed(impostor_rows, impostor, np.argsort(-impostor, kind="stable")[:LISTED_PAIRS]),
         "least_like_their_person": [
             {"photo": names[row], "mean_similarity": float(mean), "other_photos": int(partners)}
-            for row, mean, partners in list(zip(odd_rows, odd_means, odd_partners, strict=True))[:LISTED_PAIRS]
+            for row, mean, partners in zip(
+                odd_rows[:LISTED_PAIRS], odd_means[:LISTED_PAIRS], odd_partners[:LISTED_PAIRS], strict=True
+            )
         ],
         "scores": scores,
         "labels": labels,
