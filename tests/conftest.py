@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,12 @@ from biometrics.pipeline import FacePipeline
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 SAMPLES = SHARED / "data" / "samples"
+
+# Some tests press Ctrl-C (SIGINT) in this process or in a `biometrics` child. A test run started in the background
+# by a shell without job control (`pytest &` in a script, as CI may do) inherits SIGINT ignored, and so would every
+# child: give it Python's usual handler (which children then start with too).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _expected_sha256(relative: str) -> str | None:
