@@ -53,9 +53,9 @@ def main() -> None:
             for label in order:
                 faces = subjects[label][0]
                 start = time.perf_counter()
-                crop, _ = faces.labelled_crop(image)
+                crop = faces.labelled_crops(image)[0][0]
                 found = time.perf_counter()
-                faces.embed(crop[None])
+                faces.embed(0, crop[None])
                 done = time.perf_counter()
                 if turn:
                     for stage, value in zip(STAGES, (found - start, done - found, done - start), strict=True):

@@ -27,7 +27,7 @@ def test_dlib_baseline_tells_the_same_person_from_another(dlib_baseline, sample)
         strict=True,
     )
     assert all(found) and all(chip.shape == (150, 150, 3) for chip in chips)
-    obama, obama2, biden = dlib_baseline.embed(np.stack(chips))
+    obama, obama2, biden = dlib_baseline.embed(0, np.stack(chips))
     assert np.isclose(np.linalg.norm(obama), 1.0, atol=1e-5)
     assert obama @ obama2 > 0.9 > obama @ biden  # dlib's own rule: Euclidean distance 0.6 on raw descriptors
 

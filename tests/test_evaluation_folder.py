@@ -134,6 +134,29 @@ def test_evaluate_folder_scores_every_pair_as_verify_would(people, tmp_path, pip
     assert "embedding" not in json.dumps(report)
 
 
+def test_each_photo_is_read_and_searched_once_for_all_the_embedders_compared(people, pipeline, monkeypatch):
+    """`evaluate folder --embedder a --embedder b` costs one decode and one detection per photo, however many
+    embedders it compares, and each gets the rates it would get alone."""
+    from biometrics.evaluation import folder
+    from biometrics.pipeline import FacePipeline
+
+    teacher = FacePipeline("yunet-teacher", "sface-teacher", threads=2)
+    photos = PhotoFolder.read(people)
+    alone = folder.evaluate_folder([pipeline], photos, progress=False) | folder.evaluate_folder(
+        [teacher], photos, progress=False
+    )
+    reads, searches = [], []
+    load_image, detect = folder.load_image, FacePipeline._detect
+    monkeypatch.setattr(folder, "load_image", lambda path: reads.append(path) or load_image(path))
+    monkeypatch.setattr(FacePipeline, "_detect", lambda self, pixels: searches.append(self) or detect(self, pixels))
+    together = folder.evaluate_folder([pipeline, teacher], photos, progress=False)
+    assert len(reads) == 7 and len(searches) == 6  # the truncated photo fails to decode
+    assert list(together) == ["yunet-teacher + sface-student", "yunet-teacher + sface-teacher"]
+    for label, run in together.items():
+        assert run["left_out"] == alone[label]["left_out"] and run["at_threshold"] == alone[label]["at_threshold"]
+        np.testing.assert_allclose(run["scores"], alone[label]["scores"], atol=1e-5)
+
+
 def test_evaluate_folder_without_pairs_exits_2_with_the_reason(people, tmp_path):
     run = CliRunner().invoke(cli, ["evaluate", "folder", str(people / "obama"), "--out", str(tmp_path / "r")])
     assert run.exit_code == 2 and "at least two people" in run.stderr

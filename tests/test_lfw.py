@@ -183,6 +183,30 @@ def test_sample_crops_are_aligned_faces_spread_over_the_folds():
     assert 60 < crops.mean() < 200  # faces, not padding
 
 
+def test_embedders_compared_in_one_run_are_scored_on_the_same_faces_found_once(monkeypatch):
+    """`evaluate lfw --embedder a --embedder b`: each image is decoded and searched once for all the embedders,
+    and each embedder gets the embeddings it would get alone."""
+    from biometrics.evaluation.lfw import PipelineFaces, embed_images, locate_images
+    from biometrics.pipeline import FacePipeline
+
+    lfw = shared_file("data/lfw/pairs.txt").parent
+    keys = sorted({key for pair in read_pairs(lfw / "pairs.txt") if pair.fold == 6 for key in pair.images})[:12]
+    teacher, student = (
+        FacePipeline("yunet-teacher", name, threads=2, threshold=0.0) for name in ("sface-teacher", "sface-student")
+    )
+    alone = [embed_images(PipelineFaces(p), locate_images(lfw), keys, progress=False)[0] for p in (teacher, student)]
+    searched = []
+    detect = FacePipeline.detect
+    monkeypatch.setattr(FacePipeline, "detect", lambda self, image: searched.append(image) or detect(self, image))
+    together = embed_images(PipelineFaces(teacher, student), locate_images(lfw), keys, batch_size=5, progress=False)
+    assert len(searched) == len(keys)
+    for one, both in zip(alone, together, strict=True):
+        assert both.keys == keys and both.detection_failures == one.detection_failures
+        np.testing.assert_allclose(both.embeddings, one.embeddings, atol=1e-5)
+    with pytest.raises(ValueError, match="share one detector"):
+        PipelineFaces(teacher, FacePipeline("retinaface-teacher", "sface-student", threads=1, threshold=0.0))
+
+
 def test_table_report_records_the_command_beside_the_numbers(tmp_path):
     from biometrics.evaluation.report import write_table_report
 

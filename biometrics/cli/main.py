@@ -224,7 +224,7 @@ def verify(image_a, image_b, detector, embedder, threads, max_side, threshold, s
             + ", ".join(f"{s} {ms:.1f}" for s, ms in result.timings_ms.items())
             + f", total {sum(result.timings_ms.values()):.1f}"
         )
-        click.echo(f"models: {pipeline.detector.name} + {pipeline.embedder.name}")
+        click.echo(f"models: {pipeline.name}")
     sys.exit(0 if result.same_person else EXIT_DIFFERENT)
 
 
@@ -337,19 +337,22 @@ def evaluate_lfw_command(data, folds, detectors, embedders, baselines, threads, 
         raise DataError(f"folds '{folds}': k-fold accuracy needs at least 2 folds (thresholds come from the others)")
     runs, models, pipelines = {}, [], {}
     for detector in detectors or (DEFAULT_DETECTOR,):
-        for embedder in embedders or (DEFAULT_EMBEDDER,):
-            # The threshold is irrelevant here: every metric chooses its own on the right pairs.
-            pipeline = FacePipeline(detector, embedder, threads=threads, threshold=0.0)
-            label = f"{pipeline.detector.name} + {pipeline.embedder.name}"
-            pipelines[label] = pipeline
-            runs[label] = evaluate_lfw(PipelineFaces(pipeline), data, fold_list, progress=progress)
+        # The threshold is irrelevant here: every metric chooses its own on the right pairs.
+        group = [
+            FacePipeline(detector, embedder, threads=threads, threshold=0.0)
+            for embedder in embedders or (DEFAULT_EMBEDDER,)
+        ]
+        group_runs = evaluate_lfw(PipelineFaces(*group), data, fold_list, progress=progress)
+        for pipeline in group:
+            label = pipeline.name
+            pipelines[label], runs[label] = pipeline, group_runs[label]
             used = [pipeline.detector.model, pipeline.embedder.model]
             runs[label]["caveats"] = training_overlap([m.card for m in used], fold_list)
             models += [m for m in used if m not in models]
             _echo_accuracy(label, runs[label], folds)
     for name in baselines:
         baseline = BASELINES[name]()
-        runs[baseline.label] = evaluate_lfw(baseline, data, fold_list, progress=progress)
+        runs |= evaluate_lfw(baseline, data, fold_list, progress=progress)
         models += baseline.models
         _echo_accuracy(baseline.label, runs[baseline.label], folds)
     efficiency = None
@@ -401,14 +404,17 @@ def evaluate_folder_command(folder, detectors, embedders, threshold, select, thr
     click.echo(f"{folder}: {len(photos.images)} photos of {len(photos.people)} people")
     runs, models = {}, []
     for detector in detectors or (DEFAULT_DETECTOR,):
-        for embedder in embedders or (DEFAULT_EMBEDDER,):
-            pipeline = FacePipeline(detector, embedder, threads=threads, threshold=threshold)
-            label = f"{pipeline.detector.name} + {pipeline.embedder.name}"
-            run = runs[label] = evaluate_folder(pipeline, photos, select, progress)
+        group = [
+            FacePipeline(detector, embedder, threads=threads, threshold=threshold)
+            for embedder in embedders or (DEFAULT_EMBEDDER,)
+        ]
+        runs |= evaluate_folder(group, photos, select, progress)
+        for pipeline in group:
             models += [m for m in (pipeline.detector.model, pipeline.embedder.model) if m not in models]
+            run = runs[pipeline.name]
             point = run["at_threshold"]
             click.echo(
-                f"{label}: at threshold {point['threshold']:.4f} FMR {100 * point['fmr']:.3g}% "
+                f"{pipeline.name}: at threshold {point['threshold']:.4f} FMR {100 * point['fmr']:.3g}% "
                 f"({point['false_matches']:,} of {run['impostor_pairs']:,}), FNMR {100 * point['fnmr']:.3g}% "
                 f"({point['false_non_matches']:,} of {run['genuine_pairs']:,}); EER {100 * run['eer']:.2f}%; "
                 f"{len(run['left_out'])} of {run['photos']} photos left out (unreadable or no face)"

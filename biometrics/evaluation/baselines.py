@@ -55,6 +55,7 @@ class DlibFaceRecognition:
     chip_padding = 0.25
     upsample = 1  # face_recognition.face_locations' default: finds faces down to ~40 px
     fallback = "landmarks sought in the central 50% of the image"
+    labels = (label,)  # one model: an LFW run has one result (``evaluation.lfw.LabelledFaces``)
 
     def __init__(self) -> None:
         try:
@@ -100,8 +101,12 @@ class DlibFaceRecognition:
             box = self._dlib.rectangle(left, top, left + side, top + side)
         return self.face_chip(rgb, box), bool(boxes)
 
-    def embed(self, chips: np.ndarray) -> np.ndarray:
-        """Unit-length 128-d descriptors of RGB face chips (N x 150 x 150 x 3)."""
+    def labelled_crops(self, image: np.ndarray) -> tuple[list[np.ndarray], bool]:
+        chip, found = self.labelled_crop(image)
+        return [chip], found
+
+    def embed(self, model: int, chips: np.ndarray) -> np.ndarray:
+        """Unit-length 128-d descriptors of RGB face chips (N x 150 x 150 x 3); ``model`` is 0, the only one."""
         descriptors = self._descriptor.compute_face_descriptor([np.ascontiguousarray(c) for c in chips])
         return unit_length(np.array(descriptors, dtype=np.float32))
 

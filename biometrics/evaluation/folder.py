@@ -12,6 +12,7 @@ are named: that is where mislabelled photos show up.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from tqdm import tqdm
 from biometrics.errors import DataError, ImageError, NoFaceError
 from biometrics.evaluation import metrics
 from biometrics.evaluation.report import _md_table, without_scores, write_score_plots
-from biometrics.pipeline.facade import FacePipeline, Selection
+from biometrics.imaging import load_image
+from biometrics.pipeline.facade import FacePipeline, Selection, sharing_one_detector
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 REPORTED_FMRS = {"1e-2": 1e-2, "1e-3": 1e-3, "1e-4": 1e-4, "1e-5": 1e-5}
@@ -78,13 +80,16 @@ class FolderEmbeddings:
 
 
 def embed_folder(
-    pipeline: FacePipeline, photos: PhotoFolder, select: Selection = "largest", progress: bool = True
-) -> FolderEmbeddings:
-    """One embedding per photo: its selected face, as ``verify`` would compare it."""
-    kept, vectors, left_out, several = [], [], {}, 0
+    pipelines: Sequence[FacePipeline], photos: PhotoFolder, select: Selection = "largest", progress: bool = True
+) -> list[FolderEmbeddings]:
+    """One embedding per photo and pipeline: its selected face, as ``verify`` would compare it. Each photo is
+    decoded and searched once, by the detector the pipelines share, and that face is embedded by each."""
+    pipelines = sharing_one_detector(pipelines)
+    kept, vectors, left_out, several = [], [[] for _ in pipelines], {}, 0
     for i, name in enumerate(tqdm(photos.images, desc="photos", unit="img", disable=not progress)):
         try:
-            face, _, count = pipeline.embed_one(photos.root / name, select)
+            pixels = load_image(photos.root / name)
+            face, _, count = pipelines[0].embed_one(pixels, select)
         except ImageError as exc:
             left_out[name] = str(exc).removeprefix(f"{photos.root / name}: ")
             continue
@@ -92,10 +97,15 @@ def embed_folder(
             left_out[name] = str(exc)
             continue
         kept.append(i)
-        vectors.append(face.embedding)
         several += count > 1
-    embeddings = np.stack(vectors) if vectors else np.zeros((0, 0), np.float32)
-    return FolderEmbeddings(np.array(kept, dtype=np.int64), embeddings, left_out, several)
+        vectors[0].append(face.embedding)
+        for model, pipeline in enumerate(pipelines[1:], start=1):
+            vectors[model].append(pipeline.embed(pixels, [face])[0].embedding)
+    kept = np.array(kept, dtype=np.int64)
+    return [
+        FolderEmbeddings(kept, np.stack(rows) if rows else np.zeros((0, 0), np.float32), left_out, several)
+        for rows in vectors
+    ]
 
 
 def operating_point(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> dict:
@@ -123,11 +133,18 @@ def least_like_their_person(genuine: np.ndarray, genuine_rows: np.ndarray, faces
 
 
 def evaluate_folder(
-    pipeline: FacePipeline, photos: PhotoFolder, select: Selection = "largest", progress: bool = True
-) -> dict:
-    """Rates for one pipeline on ``photos``: at its threshold, at each FMR of ``REPORTED_FMRS`` these impostor
-    pairs resolve (one false match allowed at least), EER and AUC. JSON-ready apart from ``scores``/``labels``."""
-    embedded = embed_folder(pipeline, photos, select, progress)
+    pipelines: Sequence[FacePipeline], photos: PhotoFolder, select: Selection = "largest", progress: bool = True
+) -> dict[str, dict]:
+    """Rates for each pipeline on ``photos`` (by ``pipeline.name``; the pipelines share a detector, so each is
+    scored on the same faces): at its threshold, at each FMR of ``REPORTED_FMRS`` these impostor pairs resolve (one
+    false match allowed at least), EER and AUC. JSON-ready apart from ``scores``/``labels``."""
+    return {
+        pipeline.name: _rates(pipeline.threshold, photos, embedded)
+        for pipeline, embedded in zip(pipelines, embed_folder(pipelines, photos, select, progress), strict=True)
+    }
+
+
+def _rates(threshold: float, photos: PhotoFolder, embedded: FolderEmbeddings) -> dict:
     identities = photos.identities[embedded.kept]
     genuine, genuine_rows, impostor, impostor_rows = metrics.pair_scores(embedded.embeddings, identities)
     if genuine.size == 0 or impostor.size == 0:
@@ -152,7 +169,7 @@ def evaluate_folder(
         "several_faces": embedded.several_faces,
         "genuine_pairs": int(genuine.size),
         "impostor_pairs": int(impostor.size),
-        "at_threshold": operating_point(genuine, impostor, pipeline.threshold),
+        "at_threshold": operating_point(genuine, impostor, threshold),
         "at_fmr": {
             key: operating_point(genuine, impostor, metrics.threshold_at_fmr(impostor, fmr))
             for key, fmr in REPORTED_FMRS.items()

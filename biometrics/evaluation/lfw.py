@@ -15,7 +15,7 @@ from biometrics.errors import DataError, ImageError
 from biometrics.evaluation import metrics
 from biometrics.evaluation.datasets import unpack_once
 from biometrics.imaging import load_image
-from biometrics.pipeline import FacePipeline, select_face
+from biometrics.pipeline import FacePipeline, select_face, sharing_one_detector
 
 LFW_ARCHIVE = "lfw-deepfunneled.tgz"
 LFW_ARCHIVE_SHA256 = "5f5d530085c6776351134b91336c66d54e26ae3111aeaaf601b3ba2473955868"
@@ -126,38 +126,43 @@ class EmbeddedImages:
     embeddings: np.ndarray
     detection_failures: list[str]
 
-    def index(self) -> dict[str, int]:
-        return {key: i for i, key in enumerate(self.keys)}
-
 
 class LabelledFaces(Protocol):
-    """What an LFW run needs from a face pipeline: the crop of an image's labelled face (and whether a face was
-    detected), and the unit-length embeddings of a batch of such crops."""
+    """What an LFW run needs from face pipelines: each image's labelled face (the one nearest the centre) found
+    once, cropped for each embedding model, and each model's unit-length embeddings of a batch of its crops."""
 
     fallback: str  # what is embedded when no face is detected
+    labels: tuple[str, ...]  # one per embedding model: its run's name in the report
 
-    def labelled_crop(self, image: np.ndarray) -> tuple[np.ndarray, bool]: ...
+    def labelled_crops(self, image: np.ndarray) -> tuple[list[np.ndarray], bool]: ...
 
-    def embed(self, crops: np.ndarray) -> np.ndarray: ...
+    def embed(self, model: int, crops: np.ndarray) -> np.ndarray: ...
 
 
-@dataclass(frozen=True)
 class PipelineFaces:
-    """Our pipeline as LFW sees it: the detected face nearest the centre, aligned to the embedder's input."""
+    """Our pipelines as LFW sees them: the detected face nearest the centre, found once by the detector they share
+    and aligned to each embedder's input, so every embedder is scored on the very same faces (and the photo is
+    decoded and searched once, not once per embedder)."""
 
-    pipeline: FacePipeline
-    fallback: str = "centre crop (central 50% of the image)"
+    fallback = "centre crop (central 50% of the image)"
 
-    def labelled_crop(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
-        """The aligned crop, or the conventional centre crop when no face is detected."""
-        size = self.pipeline.embedder.size[0]
-        faces = self.pipeline.detect(image)
-        if not faces:
-            return centre_crop(image, size=size), False
-        return align_face(image, select_face(faces, "center", image.shape).landmarks, size), True
+    def __init__(self, *pipelines: FacePipeline):
+        self.pipelines = sharing_one_detector(pipelines)
+        self.labels = tuple(pipeline.name for pipeline in pipelines)
 
-    def embed(self, crops: np.ndarray) -> np.ndarray:
-        return self.pipeline.embedder.embed(crops)
+    def labelled_crops(self, image: np.ndarray) -> tuple[list[np.ndarray], bool]:
+        """Each embedder's aligned crop, or the conventional centre crop when no face is detected."""
+        sizes = {pipeline.embedder.size[0] for pipeline in self.pipelines}
+        faces = self.pipelines[0].detect(image)
+        if faces:
+            landmarks = select_face(faces, "center", image.shape).landmarks
+            crops = {size: align_face(image, landmarks, size) for size in sizes}
+        else:
+            crops = {size: centre_crop(image, size=size) for size in sizes}
+        return [crops[pipeline.embedder.size[0]] for pipeline in self.pipelines], bool(faces)
+
+    def embed(self, model: int, crops: np.ndarray) -> np.ndarray:
+        return self.pipelines[model].embedder.embed(crops)
 
 
 def _lfw_image(path: Path) -> np.ndarray:
@@ -180,29 +185,37 @@ def sample_crops(pipeline: FacePipeline, data_dir: Path, folds: list[int], count
     """Aligned crops of ``sample_images``: real input for timing embedders, whose speed can depend on the
     values (``efficiency.benchmark_model``)."""
     faces = PipelineFaces(pipeline)
-    return np.stack([faces.labelled_crop(image)[0] for image in sample_images(data_dir, folds, count)])
+    return np.stack([faces.labelled_crops(image)[0][0] for image in sample_images(data_dir, folds, count)])
 
 
 def embed_images(
     faces: LabelledFaces, root: Path, keys: Iterable[str], batch_size: int = 64, progress: bool = True
-) -> EmbeddedImages:
-    """Find, crop and embed each image's labelled face (the one nearest the centre).
+) -> list[EmbeddedImages]:
+    """Find each image's labelled face (the one nearest the centre) and embed it with each of ``faces``' models
+    (one result per model, in ``faces.labels`` order).
 
     Images with no detection fall back to a centre crop, as is conventional; they are counted, not dropped.
     """
     keys = list(keys)
-    crops, failures, chunks = [], [], []
+    models = range(len(faces.labels))
+    pending, chunks, failures = [[] for _ in models], [[] for _ in models], []
+
+    def embed_pending() -> None:
+        for model in models:
+            chunks[model].append(faces.embed(model, np.stack(pending[model])))
+            pending[model].clear()
+
     for key in tqdm(keys, desc="LFW images", unit="img", disable=not progress):
-        crop, detected = faces.labelled_crop(_lfw_image(root / key))
-        crops.append(crop)
+        crops, detected = faces.labelled_crops(_lfw_image(root / key))
         if not detected:
             failures.append(key)
-        if len(crops) == batch_size:
-            chunks.append(faces.embed(np.stack(crops)))
-            crops = []
-    if crops:
-        chunks.append(faces.embed(np.stack(crops)))
-    return EmbeddedImages(keys, np.concatenate(chunks), failures)
+        for model, crop in enumerate(crops):
+            pending[model].append(crop)
+        if len(pending[0]) == batch_size:
+            embed_pending()
+    if pending[0]:
+        embed_pending()
+    return [EmbeddedImages(keys, np.concatenate(chunks[model]), failures) for model in models]
 
 
 def impostor_calibration(embedded: EmbeddedImages, fmrs: Iterable[float] = CALIBRATION_FMRS) -> dict:
@@ -218,10 +231,11 @@ def impostor_calibration(embedded: EmbeddedImages, fmrs: Iterable[float] = CALIB
     }
 
 
-def evaluate_lfw(faces: LabelledFaces, data_dir: Path, folds: list[int], progress: bool = True) -> dict:
-    """Scores, metrics and calibration for the pairs of ``folds``; JSON-ready apart from the arrays.
+def evaluate_lfw(faces: LabelledFaces, data_dir: Path, folds: list[int], progress: bool = True) -> dict[str, dict]:
+    """Scores, metrics and calibration for the pairs of ``folds``, one run per model of ``faces`` (by label);
+    JSON-ready apart from the arrays.
 
-    ``faces``: ``PipelineFaces(FacePipeline(...))`` for ours, or a baseline (``evaluation.baselines``).
+    ``faces``: ``PipelineFaces(FacePipeline(...), ...)`` for ours, or a baseline (``evaluation.baselines``).
     """
     pairs_path = data_dir / "pairs.txt"
     pairs = [pair for pair in read_pairs(pairs_path) if pair.fold in folds]
@@ -230,23 +244,25 @@ def evaluate_lfw(faces: LabelledFaces, data_dir: Path, folds: list[int], progres
     missing = [key for key in keys if not (root / key).is_file()]
     if missing:
         raise DataError(f"{len(missing)} LFW images named in pairs.txt are missing, e.g. {missing[0]}")
-    embedded = embed_images(faces, root, keys, progress=progress)
-    index = embedded.index()
+    index = {key: i for i, key in enumerate(keys)}
     a = np.array([index[pair.images[0]] for pair in pairs])
     b = np.array([index[pair.images[1]] for pair in pairs])
-    scores = np.einsum("ij,ij->i", embedded.embeddings[a], embedded.embeddings[b])
     labels = np.array([pair.same for pair in pairs], dtype=np.int64)
     fold_ids = np.array([pair.fold for pair in pairs])
-    return {
-        "folds": folds,
-        "images": len(keys),
-        "detection_failures": {
-            "count": len(embedded.detection_failures),
-            "images": embedded.detection_failures,
-            "fallback": faces.fallback,
-        },
-        "summary": metrics.verification_summary(scores, labels, fold_ids),
-        "calibration": impostor_calibration(embedded),
-        "scores": scores,
-        "labels": labels,
-    }
+    runs = {}
+    for label, embedded in zip(faces.labels, embed_images(faces, root, keys, progress=progress), strict=True):
+        scores = np.einsum("ij,ij->i", embedded.embeddings[a], embedded.embeddings[b])
+        runs[label] = {
+            "folds": folds,
+            "images": len(keys),
+            "detection_failures": {
+                "count": len(embedded.detection_failures),
+                "images": embedded.detection_failures,
+                "fallback": faces.fallback,
+            },
+            "summary": metrics.verification_summary(scores, labels, fold_ids),
+            "calibration": impostor_calibration(embedded),
+            "scores": scores,
+            "labels": labels,
+        }
+    return runs

@@ -8,6 +8,7 @@ from biometrics.pipeline.facade import (
     cosine_similarity,
     landmark_detector,
     select_face,
+    sharing_one_detector,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "cosine_similarity",
     "landmark_detector",
     "select_face",
+    "sharing_one_detector",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -78,6 +78,15 @@ def select_face(faces: list[Face], how: Selection = "largest", image_shape: tupl
     raise ValueError(f"unknown face selection '{how}' (choose from {', '.join(SELECTIONS)} or an index)")
 
 
+def sharing_one_detector(pipelines: Sequence[FacePipeline]) -> Sequence[FacePipeline]:
+    """``pipelines``, checked to have one detector between them: an evaluation that finds each face once and embeds
+    it with every pipeline's embedder (``evaluate lfw``, ``evaluate folder``) must find the faces all would."""
+    detectors = sorted({pipeline.detector.name for pipeline in pipelines})
+    if len(detectors) != 1:
+        raise ValueError(f"expected pipelines that share one detector, got {detectors or 'none'}")
+    return pipelines
+
+
 @dataclass
 class VerificationResult:
     """The answer to "are these the same person?", with what it was based on."""
@@ -118,6 +127,11 @@ class FacePipeline:
                 "(--threshold on the command line)"
             )
         self.timings_ms: dict[str, float] = {}
+
+    @property
+    def name(self) -> str:
+        """Which models run, as reports label a pipeline: "yunet-teacher + sface-student"."""
+        return f"{self.detector.name} + {self.embedder.name}"
 
     @contextmanager
     def _timed(self, stage: str) -> Iterator[None]:
