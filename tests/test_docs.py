@@ -1,0 +1,184 @@
+"""The documentation works as written: every `biometrics` command in the READMEs' bash blocks is one the CLI
+accepts (commands, options, choices, recipe files), every script they run exists, and the Python example runs."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import textwrap
+from collections.abc import Iterator
+from itertools import pairwise
+from pathlib import Path
+
+import click
+import pytest
+
+from biometrics.cli.main import cli
+from tests.conftest import ROOT
+
+DOCS = [ROOT / "README.md", ROOT / "pipelines" / "README.md"]
+OPERATORS = {";", "&&", "||", "|", "&"}
+VARIABLE = re.compile(r"\$\{?(\w+)\}?")
+
+
+def code_blocks(path: Path, language: str) -> list[str]:
+    pattern = rf"^([ \t]*)```{language}\n(.*?)^\1```"
+    return [textwrap.dedent(body) for _, body in re.findall(pattern, path.read_text(), flags=re.M | re.S)]
+
+
+def simple_commands(block: str) -> list[list[str]]:
+    """The block's simple commands as words, split at ; && || | & and line ends (comments dropped)."""
+    commands, words = [], []
+    for line in block.replace("\\\n", " ").splitlines():
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+        lexer.whitespace_split = True
+        for word in [*lexer, ";"]:
+            if word in OPERATORS:
+                commands += [words] if words else []
+                words = []
+            else:
+                words.append(word)
+    return commands
+
+
+def expanded_commands(block: str) -> Iterator[list[str]]:
+    """What the shell would run: variables the block assigns expanded (unquoted ones word-split), ``for`` loops
+    unrolled; a command's own prefix assignments (``BIOMETRICS_MODELS=... biometrics ...``) are dropped."""
+    variables: dict[str, str] = {}
+
+    def expand(word: str) -> str:
+        return VARIABLE.sub(lambda match: variables.get(match[1], match[0]), word)
+
+    def resolve(words: list[str]) -> Iterator[list[str]]:
+        if len(words) == 1 and re.fullmatch(r"\w+=.*", words[0]):
+            name, value = words[0].split("=", 1)
+            variables[name] = expand(value)
+            return
+        while words and re.fullmatch(r"\w+=.*", words[0]):
+            words = words[1:]
+        out = []
+        for word in words:
+            out += shlex.split(expand(word)) if VARIABLE.fullmatch(word) else [expand(word)]
+        yield out
+
+    commands = simple_commands(block)
+    while commands:
+        words = commands.pop(0)
+        if words[0] != "for":
+            yield from resolve(words)
+            continue
+        name, values, body = words[1], words[3:], []
+        while (words := commands.pop(0)) != ["done"]:
+            words = words[1:] if words[0] == "do" else words  # `do` may end a line
+            body += [words] if words else []
+        for value in values:
+            variables[name] = value
+            for words in body:
+                yield from resolve(words)
+
+
+def documented_commands() -> list:
+    """One test case per bash block of the docs: (where, its commands)."""
+    cases = []
+    for path in DOCS:
+        for i, block in enumerate(code_blocks(path, "bash"), start=1):
+            where = f"{path.relative_to(ROOT)}, bash block {i}"
+            cases.append(pytest.param(where, list(expanded_commands(block)), id=where))
+    return cases
+
+
+def parse(args: list[str]) -> click.Context:
+    """Parse a command line as ``biometrics`` would (commands, options, types, required values) without running it."""
+    command, context, args = cli, None, list(args)
+    while isinstance(command, click.Group):
+        context = click.Context(command, info_name=command.name, parent=context)
+        name = args.pop(0)
+        command = command.get_command(context, name)
+        if command is None:
+            raise click.UsageError(f"no such command '{name}'")
+    return command.make_context(command.name, args, parent=context)
+
+
+def test_the_shell_reading_of_a_block_follows_bash():
+    block = 'T="--embedder a --embedder b"\nfor s in x y; do biometrics distill r-$s.yaml \\\n    --out o; done\n'
+    block += 'M=/tmp/m biometrics evaluate lfw $T --out r  # a comment | not a pipe\nS="$S --detector d"'
+    assert list(expanded_commands(block)) == [
+        ["biometrics", "distill", "r-x.yaml", "--out", "o"],
+        ["biometrics", "distill", "r-y.yaml", "--out", "o"],
+        ["biometrics", "evaluate", "lfw", "--embedder", "a", "--embedder", "b", "--out", "r"],
+    ]
+
+
+@pytest.mark.parametrize(("where", "commands"), documented_commands())
+def test_every_documented_command_is_one_the_cli_accepts(where, commands, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the docs' commands run from the repository root
+    written = set()  # files an earlier command of the block writes (--pack-faces, --out), not there yet
+    for words in commands:
+        line = " ".join(words)
+        if words[0] in ("python", "python3") and words[1].endswith(".py"):
+            assert Path(words[1]).is_file(), f"{where}: `{line}`: no such script"
+        if Path(words[0]).name != "biometrics" or any(word.startswith("[") for word in words):
+            continue  # not ours, or a synopsis ([--option]...) rather than a command
+        try:
+            parse(words[1:])
+        except click.BadParameter as exc:
+            if not any(path in str(exc) for path in written):
+                pytest.fail(f"{where}: `{line}`: {exc.format_message()}")
+        except click.ClickException as exc:
+            pytest.fail(f"{where}: `{line}`: {exc.format_message()}")
+        written |= {value for option, value in pairwise(words) if option in ("--pack-faces", "--out")}
+
+
+def options_of(command: click.Command) -> set[str]:
+    """Every option name a command (or, for a group, any of its commands) takes."""
+    if isinstance(command, click.Group):
+        return set().union(*(options_of(sub) for sub in command.commands.values()))
+    return {name for param in command.params for name in (*param.opts, *param.secondary_opts)}
+
+
+def test_every_option_in_the_docs_synopses_exists():
+    """The synopses (`biometrics verify A.jpg B.jpg [--json] ...`) name only options their command has."""
+    checked = 0
+    for path in DOCS:
+        for block in code_blocks(path, "bash"):
+            for line in block.replace("\\\n", " ").splitlines():
+                text = line.split("#")[0]
+                words = text.split()
+                if not words or words[0] != "biometrics" or "[" not in text:
+                    continue
+                group = cli  # alternatives after " | " are other commands of the same group (`gallery list | remove`)
+                for i, alternative in enumerate(text.split(" | ")):
+                    command = cli if i == 0 else group
+                    for word in alternative.split()[1 if i == 0 else 0 :]:
+                        if not (isinstance(command, click.Group) and word in command.commands):
+                            break
+                        group, command = command, command.commands[word]
+                    unknown = set(re.findall(r"--[\w-]+", alternative)) - options_of(command)
+                    assert not unknown, f"{path.relative_to(ROOT)}: `{line.strip()}`: no option {sorted(unknown)}"
+                    checked += 1
+    assert checked >= 10
+
+
+def test_a_wrong_option_in_the_docs_would_be_caught():
+    with pytest.raises(click.NoSuchOption):
+        parse(["evaluate", "lfw", "--fold", "6-10", "--out", "r"])
+    with pytest.raises(click.BadParameter):
+        parse(["distill", "pipelines/no-such-recipe.yaml"])
+    with pytest.raises(click.UsageError):
+        parse(["evaluate", "lwf", "--out", "r"])
+
+
+def test_the_python_example_runs_as_written(tmp_path, monkeypatch, sample):
+    """README's Python block, with its file names pointing at sample photos and a small people folder."""
+    (example,) = code_blocks(ROOT / "README.md", "python")
+    for name, photo in {"a.jpg": "obama.jpg", "b.jpg": "obama2.jpg", "group.jpg": "multiface.jpg"}.items():
+        (tmp_path / name).symlink_to(sample(photo))
+    for person, photos in {"obama": ["obama.jpg", "obama2.jpg"], "biden": ["biden.jpg", "biden2.jpg"]}.items():
+        (tmp_path / "people" / person).mkdir(parents=True)
+        for photo in photos:
+            (tmp_path / "people" / person / photo).symlink_to(sample(photo))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(example, "README.md (python)", "exec"), namespace)
+    assert namespace["result"].faces_found[1] == 6 and len(namespace["faces"]) == 6
+    assert namespace["rates"]["genuine_pairs"] == 2 and namespace["rates"]["impostor_pairs"] == 4
