@@ -203,8 +203,12 @@ def test_embedders_compared_in_one_run_are_scored_on_the_same_faces_found_once(m
     for one, both in zip(alone, together, strict=True):
         assert both.keys == keys and both.detection_failures == one.detection_failures
         np.testing.assert_allclose(both.embeddings, one.embeddings, atol=1e-5)
-    with pytest.raises(ValueError, match="share one detector"):
-        PipelineFaces(teacher, FacePipeline("retinaface-teacher", "sface-student", threads=1, threshold=0.0))
+    for other in (
+        FacePipeline("retinaface-teacher", "sface-student", threads=1, threshold=0.0),
+        FacePipeline("yunet-teacher", "sface-student", threads=1, threshold=0.0, max_side=640),
+    ):
+        with pytest.raises(ValueError, match="share one detector and its settings"):
+            PipelineFaces(teacher, other)
 
 
 def test_table_report_records_the_command_beside_the_numbers(tmp_path):

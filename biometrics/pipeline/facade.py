@@ -81,9 +81,10 @@ def select_face(faces: list[Face], how: Selection = "largest", image_shape: tupl
 def sharing_one_detector(pipelines: Sequence[FacePipeline]) -> Sequence[FacePipeline]:
     """``pipelines``, checked to have one detector between them: an evaluation that finds each face once and embeds
     it with every pipeline's embedder (``evaluate lfw``, ``evaluate folder``) must find the faces all would."""
-    detectors = sorted({pipeline.detector.name for pipeline in pipelines})
+    detectors = {(p.detector.name, p.detector.max_side, p.detector.score_threshold) for p in pipelines}
     if len(detectors) != 1:
-        raise ValueError(f"expected pipelines that share one detector, got {detectors or 'none'}")
+        settings = ", ".join(f"{name} (max side {side}, score >= {score})" for name, side, score in sorted(detectors))
+        raise ValueError(f"expected pipelines that share one detector and its settings, got {settings or 'none'}")
     return pipelines
 
 
