@@ -1,10 +1,14 @@
 """The documentation works as written: every `biometrics` command in the READMEs' bash blocks is one the CLI
-accepts (commands, options, choices, recipe files), every script they run exists, and the Python example runs."""
+accepts (commands, options, choices, recipe files), every `python scripts/...` one its script's parser accepts, and
+the Python example runs."""
 
 from __future__ import annotations
 
+import argparse
 import re
+import runpy
 import shlex
+import sys
 import textwrap
 from collections.abc import Iterator
 from itertools import pairwise
@@ -99,6 +103,34 @@ def parse(args: list[str]) -> click.Context:
     return command.make_context(command.name, args, parent=context)
 
 
+class ArgumentsParsed(Exception):
+    """Raised where a script would start its work: its arguments parsed, nothing run."""
+
+
+def script_parse_error(script: Path, args: list[str], monkeypatch, capsys) -> str | None:
+    """Why ``python SCRIPT ARGS`` would be refused by the script's own argparse parser, or None if accepted. The
+    script runs up to its ``parse_args`` and stops there."""
+    if not script.is_file():
+        return "no such script"
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(parser, argv=None, namespace=None):
+        parse_args(parser, argv, namespace)
+        raise ArgumentsParsed
+
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+        patch.setattr(sys, "argv", [str(script), *args])
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+        except ArgumentsParsed:
+            return None
+        except SystemExit:
+            return capsys.readouterr().err.strip().splitlines()[-1]
+    return "the script never parsed its arguments"
+
+
 def test_the_shell_reading_of_a_block_follows_bash():
     block = 'T="--embedder a --embedder b"\nfor s in x y; do biometrics distill r-$s.yaml \\\n    --out o; done\n'
     block += 'M=/tmp/m biometrics evaluate lfw $T --out r  # a comment | not a pipe\nS="$S --detector d"'
@@ -110,13 +142,14 @@ def test_the_shell_reading_of_a_block_follows_bash():
 
 
 @pytest.mark.parametrize(("where", "commands"), documented_commands())
-def test_every_documented_command_is_one_the_cli_accepts(where, commands, monkeypatch):
+def test_every_documented_command_is_one_the_cli_accepts(where, commands, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)  # the docs' commands run from the repository root
     written = set()  # files an earlier command of the block writes (--pack-faces, --out), not there yet
     for words in commands:
         line = " ".join(words)
         if words[0] in ("python", "python3") and words[1].endswith(".py"):
-            assert Path(words[1]).is_file(), f"{where}: `{line}`: no such script"
+            error = script_parse_error(Path(words[1]), words[2:], monkeypatch, capsys)
+            assert error is None, f"{where}: `{line}`: {error}"
         if Path(words[0]).name != "biometrics" or any(word.startswith("[") for word in words):
             continue  # not ours, or a synopsis ([--option]...) rather than a command
         try:
@@ -166,6 +199,17 @@ def test_a_wrong_option_in_the_docs_would_be_caught():
         parse(["distill", "pipelines/no-such-recipe.yaml"])
     with pytest.raises(click.UsageError):
         parse(["evaluate", "lwf", "--out", "r"])
+
+
+def test_a_wrong_script_option_in_the_docs_would_be_caught(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    script = Path("scripts/cross_distillation_report.py")
+    assert script_parse_error(script, ["a.json:x", "b.json:y", "--out", "r"], monkeypatch, capsys) is None
+    error = script_parse_error(script, ["a.json:x", "b.json:y", "--output", "r"], monkeypatch, capsys)
+    assert error.endswith("error: the following arguments are required: --out")
+    error = script_parse_error(script, ["a.json:x", "b.json:y", "--out", "r", "--folds", "6-10"], monkeypatch, capsys)
+    assert error.endswith("error: unrecognized arguments: --folds 6-10")
+    assert script_parse_error(Path("scripts/no_such.py"), [], monkeypatch, capsys) == "no such script"
 
 
 def test_the_python_example_runs_as_written(tmp_path, monkeypatch, sample):
