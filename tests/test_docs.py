@@ -162,16 +162,17 @@ def test_every_documented_command_is_one_the_cli_accepts(where, commands, monkey
         written |= {value for option, value in pairwise(words) if option in ("--pack-faces", "--out")}
 
 
-def options_of(command: click.Command) -> set[str]:
-    """Every option name a command (or, for a group, any of its commands) takes."""
+def options_of(command: click.Command) -> dict[str, click.Parameter]:
+    """Every option a command (or, for a group, any of its commands) takes, by name."""
     if isinstance(command, click.Group):
-        return set().union(*(options_of(sub) for sub in command.commands.values()))
-    return {name for param in command.params for name in (*param.opts, *param.secondary_opts)}
+        return {name: param for sub in command.commands.values() for name, param in options_of(sub).items()}
+    return {name: param for param in command.params for name in (*param.opts, *param.secondary_opts)}
 
 
 def test_every_option_in_the_docs_synopses_exists():
-    """The synopses (`biometrics verify A.jpg B.jpg [--json] ...`) name only options their command has."""
-    checked = 0
+    """The synopses (`biometrics verify A.jpg B.jpg [--json] [--select largest|center|score] ...`) name only
+    options their command has, and only choices those options offer."""
+    checked = choices = 0
     for path in DOCS:
         for block in code_blocks(path, "bash"):
             for line in block.replace("\\\n", " ").splitlines():
@@ -186,10 +187,16 @@ def test_every_option_in_the_docs_synopses_exists():
                         if not (isinstance(command, click.Group) and word in command.commands):
                             break
                         group, command = command, command.commands[word]
-                    unknown = set(re.findall(r"--[\w-]+", alternative)) - options_of(command)
-                    assert not unknown, f"{path.relative_to(ROOT)}: `{line.strip()}`: no option {sorted(unknown)}"
+                    options, where = options_of(command), f"{path.relative_to(ROOT)}: `{line.strip()}`"
+                    unknown = set(re.findall(r"--[\w-]+", alternative)) - set(options)
+                    assert not unknown, f"{where}: no option {sorted(unknown)}"
+                    for option, values in re.findall(r"(--[\w-]+) ([\w.-]+(?:\|[\w.-]+)+)", alternative):
+                        if isinstance(options[option].type, click.Choice):
+                            wrong = set(values.split("|")) - set(options[option].type.choices)
+                            assert not wrong, f"{where}: {option} has no choice {sorted(wrong)}"
+                            choices += 1
                     checked += 1
-    assert checked >= 10
+    assert checked >= 10 and choices >= 2
 
 
 def test_a_wrong_option_in_the_docs_would_be_caught():
