@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import signal
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,9 @@ def no_face_photo(tmp_path, sample) -> Path:
     path = tmp_path / "no_face.jpg"
     cv2.imwrite(str(path), image[560:])
     return path
+
+
+def code_blocks(path: Path, language: str) -> list[str]:
+    """The ``language`` code blocks of a Markdown file (indented ones too, dedented): the docs' examples."""
+    pattern = rf"^([ \t]*)```{language}\n(.*?)^\1```"
+    return [textwrap.dedent(body) for _, body in re.findall(pattern, path.read_text(), flags=re.M | re.S)]

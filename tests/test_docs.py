@@ -9,7 +9,6 @@ import re
 import runpy
 import shlex
 import sys
-import textwrap
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -18,16 +17,11 @@ import click
 import pytest
 
 from biometrics.cli.main import cli
-from tests.conftest import ROOT
+from tests.conftest import ROOT, code_blocks
 
 DOCS = [ROOT / "README.md", ROOT / "pipelines" / "README.md"]
 OPERATORS = {";", "&&", "||", "|", "&"}
 VARIABLE = re.compile(r"\$\{?(\w+)\}?")
-
-
-def code_blocks(path: Path, language: str) -> list[str]:
-    pattern = rf"^([ \t]*)```{language}\n(.*?)^\1```"
-    return [textwrap.dedent(body) for _, body in re.findall(pattern, path.read_text(), flags=re.M | re.S)]
 
 
 def simple_commands(block: str) -> list[list[str]]:

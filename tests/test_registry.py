@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 
 from biometrics.errors import ModelError
 from biometrics.registry import ModelRegistry, sha256_file
+from tests.conftest import ROOT, code_blocks
 
 
 def _tiny_embedder(path):
@@ -294,3 +295,56 @@ def test_a_registered_card_without_a_checksum_is_refused(tmp_path):
     (folder / "card.json").write_text(json.dumps(card))
     with pytest.raises(ModelError, match="has no source.sha256"):
         registry.resolve("tiny-embedder")
+
+
+def _expecting_normalised_input(source, path):
+    """The student's graph behind a prelude that undoes (x - 127.5) / 128: a model that, like most published
+    ArcFace-style embedders, wants its input normalised outside the graph."""
+    model = onnx.load(source)
+    prelude = [
+        helper.make_node("Mul", ["normalised", "std"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "mean"], ["data"]),
+    ]
+    model.graph.initializer.extend(
+        [
+            helper.make_tensor("std", TensorProto.FLOAT, [], [128.0]),
+            helper.make_tensor("mean", TensorProto.FLOAT, [], [127.5]),
+        ]
+    )
+    (graph_input,) = model.graph.input
+    graph_input.name = "normalised"
+    nodes = prelude + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, path)
+    return path
+
+
+def test_your_own_embedder_is_fed_as_the_card_beside_it_says(tmp_path, sample):
+    """A researcher's .onnx with the README's small card (name, task, architecture, input: channel order, mean,
+    std; a threshold) runs in every command, fed as the card says."""
+    from click.testing import CliRunner
+
+    from biometrics.cli.main import cli
+    from biometrics.embedding import Embedder
+    from biometrics.pipeline import FacePipeline
+
+    registry = ModelRegistry()
+    mine = _expecting_normalised_input(registry.resolve("sface-student-fp32").source_path, tmp_path / "mine.onnx")
+    (card_text,) = code_blocks(ROOT / "README.md", "json")  # the README's example card
+    card = json.loads(card_text)
+    (tmp_path / "mine.json").write_text(json.dumps(card))
+    reference = FacePipeline(embedder="sface-student-fp32", threads=2)
+    expected = reference.verify(sample("obama.jpg"), sample("biden.jpg")).similarity
+    ours = FacePipeline(embedder=mine, threads=2)
+    assert ours.name == "yunet-teacher + mine" and ours.threshold == 0.3968
+    assert ours.verify(sample("obama.jpg"), sample("biden.jpg")).similarity == pytest.approx(expected, abs=1e-5)
+    result = CliRunner().invoke(
+        cli, ["verify", str(sample("obama.jpg")), str(sample("obama2.jpg")), "--embedder", str(mine)]
+    )
+    assert result.exit_code == 0 and "models: yunet-teacher + mine" in result.stdout, result.output
+    # Without the card's mean and std the same file is fed raw pixels: other embeddings.
+    (tmp_path / "mine.json").write_text(json.dumps(card | {"input": {"size": [112, 112], "channel_order": "RGB"}}))
+    raw = Embedder(ModelRegistry().resolve(mine, task="embedding"))
+    crop = np.random.default_rng(0).integers(0, 256, (1, 112, 112, 3), dtype=np.uint8)
+    assert (raw.embed(crop) @ ours.embedder.embed(crop).T).item() < 0.99
