@@ -181,7 +181,7 @@ def test_every_embedder_recipe_builds_a_student_within_the_parameter_bar(recipe_
     assert count_parameters(FaceEmbedderNet(config)) <= 1_000_000
 
 
-def test_embedding_only_distillation_uses_cached_targets_and_can_start_from_another_run(tmp_path):
+def test_embedding_only_distillation_uses_cached_targets_and_can_start_from_another_run(tmp_path, capsys):
     """Without feature hints the teacher's cached embeddings (face and mirror) are the targets."""
     from biometrics.training.distill import distill
 
@@ -201,11 +201,19 @@ def test_embedding_only_distillation_uses_cached_targets_and_can_start_from_anot
         "finished": False,
     }
 
-    # A recipe may train on from where another run stopped: fresh schedule and log, that run's weights.
+    # A recipe may train on from where another run stopped: fresh schedule and log, that run's weights; an
+    # unfinished run is said so, on stderr and in the log.
     path.write_text(yaml.safe_dump(dict(raw, name="on", start_from_run="run")))
+    capsys.readouterr()
     distill(Recipe.load(path), tmp_path / "on", tmp_path / "models", max_steps=1, progress=False)
     first = json.loads((tmp_path / "on" / "train_log.jsonl").read_text().splitlines()[0])
-    assert first == {"step": 0, "started_from": str(tmp_path / "run" / "checkpoint.pt"), "its_step": 2}
+    assert first == {
+        "step": 0,
+        "started_from": str(tmp_path / "run" / "checkpoint.pt"),
+        "its_step": 2,
+        "its_total_steps": 3,
+    }
+    assert "note: run 'run' stopped at step 2 of 3; on starts from those unfinished weights" in capsys.readouterr().err
     path.write_text(yaml.safe_dump(dict(raw, name="on", start_from_run="never-ran")))
     with pytest.raises(RecipeError, match="no checkpoint"):
         distill(Recipe.load(path), tmp_path / "elsewhere", tmp_path / "models", max_steps=1, progress=False)

@@ -213,7 +213,17 @@ class TrainingRun:
             raise RecipeError(f"recipe {self.recipe.name} starts from run '{earlier}': no checkpoint at {path}")
         state = load_checkpoint(path)
         self.net.load_state_dict(state["model"])
-        self.log({"step": 0, "started_from": str(path), "its_step": state["step"]})
+        origin = {"started_from": str(path), "its_step": state["step"]}
+        if "total_steps" in state:  # checkpoints before it was recorded cannot tell
+            origin["its_total_steps"] = state["total_steps"]
+            if state["step"] < state["total_steps"]:  # allowed (to try a change mid-way), never silently
+                print(
+                    f"note: run '{earlier}' stopped at step {state['step']} of {state['total_steps']}; "
+                    f"{self.recipe.name} starts from those unfinished weights (finish it first: run its recipe again)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        self.log({"step": 0, **origin})
 
     def log_stretch(self, device: torch.device, limit: int) -> None:
         """Record where the steps about to run (up to ``limit``) run: a resumed run may change machines."""
@@ -273,6 +283,7 @@ class TrainingRun:
             "model": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
+            "total_steps": self.total_steps,
             "seconds": record["seconds"],
             "log_bytes": self.log_path.stat().st_size,
             "recipe_fingerprint": self.fingerprint,
