@@ -11,11 +11,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from biometrics.errors import MeasurementError
+from biometrics.evaluation.complexity import count_macs, count_parameters
 from biometrics.evaluation.efficiency import (
     LatencyStats,
     benchmark_model,
-    count_macs,
-    count_parameters,
     latency_by_turns,
     measure_latency,
     retime_by_turns,

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from biometrics.embedding import Embedder
-from biometrics.evaluation.efficiency import count_macs, count_parameters
+from biometrics.evaluation.complexity import count_macs, count_parameters
 from biometrics.imaging import load_image
 from biometrics.pipeline import FacePipeline
 from biometrics.registry import ModelRegistry

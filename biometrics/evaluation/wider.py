@@ -30,8 +30,9 @@ from tqdm import tqdm
 from biometrics.detection import ARCHITECTURES, Detector
 from biometrics.errors import DataError, ImageError
 from biometrics.evaluation import plots
+from biometrics.evaluation.complexity import count_macs, count_parameters
 from biometrics.evaluation.datasets import unpack_once
-from biometrics.evaluation.efficiency import _fmt_millions, count_macs, count_parameters
+from biometrics.evaluation.efficiency import _fmt_millions
 from biometrics.evaluation.report import _md_table
 from biometrics.imaging import load_image
 from biometrics.registry import ResolvedModel

@@ -26,7 +26,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from biometrics.evaluation.efficiency import count_macs, count_parameters
+from biometrics.evaluation.complexity import count_macs, count_parameters
 from biometrics.files import replacing
 from biometrics.registry import sha256_file
 
