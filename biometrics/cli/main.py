@@ -308,6 +308,18 @@ def _echo_accuracy(label: str, run: dict, folds: str) -> None:
         click.echo(f"  not held out: {caveat}")
 
 
+def _pipelines_by_detector(detectors, embedders, threads, threshold):
+    """For each detector (default ours), its pipelines with each embedder: an evaluation scores them together, on the
+    faces that detector finds."""
+    from biometrics.pipeline import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, FacePipeline
+
+    for detector in detectors or (DEFAULT_DETECTOR,):
+        yield [
+            FacePipeline(detector, embedder, threads=threads, threshold=threshold)
+            for embedder in embedders or (DEFAULT_EMBEDDER,)
+        ]
+
+
 @evaluate.command("lfw")
 @lfw_data_option
 @click.option("--folds", default="1-10", show_default=True, help="View 2 folds to report on, e.g. 6-10.")
@@ -330,18 +342,13 @@ def evaluate_lfw_command(data, folds, detectors, embedders, baselines, threads, 
     from biometrics.evaluation.baselines import BASELINES
     from biometrics.evaluation.lfw import PipelineFaces, evaluate_lfw, parse_folds, training_overlap
     from biometrics.evaluation.report import run_metadata, write_verification_report
-    from biometrics.pipeline import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, FacePipeline
 
     fold_list = parse_folds(folds)
     if len(fold_list) < 2:
         raise DataError(f"folds '{folds}': k-fold accuracy needs at least 2 folds (thresholds come from the others)")
     runs, models, pipelines = {}, [], {}
-    for detector in detectors or (DEFAULT_DETECTOR,):
-        # The threshold is irrelevant here: every metric chooses its own on the right pairs.
-        group = [
-            FacePipeline(detector, embedder, threads=threads, threshold=0.0)
-            for embedder in embedders or (DEFAULT_EMBEDDER,)
-        ]
+    # The threshold is irrelevant here: every metric chooses its own on the right pairs.
+    for group in _pipelines_by_detector(detectors, embedders, threads, threshold=0.0):
         group_runs = evaluate_lfw(PipelineFaces(*group), data, fold_list, progress=progress)
         for pipeline in group:
             label = pipeline.name
@@ -398,16 +405,11 @@ def evaluate_folder_command(folder, detectors, embedders, threshold, select, thr
     is scored; reports FMR and FNMR at the threshold, thresholds at target FMRs, EER, the hardest pairs."""
     from biometrics.evaluation.folder import PhotoFolder, evaluate_folder, training_data, write_folder_report
     from biometrics.evaluation.report import run_metadata
-    from biometrics.pipeline import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, FacePipeline
 
     photos = PhotoFolder.read(folder)
     click.echo(f"{folder}: {len(photos.images)} photos of {len(photos.people)} people")
     runs, models = {}, []
-    for detector in detectors or (DEFAULT_DETECTOR,):
-        group = [
-            FacePipeline(detector, embedder, threads=threads, threshold=threshold)
-            for embedder in embedders or (DEFAULT_EMBEDDER,)
-        ]
+    for group in _pipelines_by_detector(detectors, embedders, threads, threshold):
         runs |= evaluate_folder(group, photos, select, progress)
         for pipeline in group:
             models += [m for m in (pipeline.detector.model, pipeline.embedder.model) if m not in models]
