@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from biometrics.cli.main import shared_data
-from biometrics.evaluation.lfw import locate_images, parse_folds, people_in_folds, read_pairs
+from biometrics.evaluation.lfw import images_in_folds, locate_images, parse_folds, people_in_folds, read_pairs
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     folds = parse_folds(args.folds)
     pairs = read_pairs(data / "pairs.txt")
     people = sorted(people_in_folds(pairs, folds))
-    named = {key for pair in pairs if pair.fold in folds for key in pair.images}
+    named = set(images_in_folds(pairs, folds))
     images = locate_images(data)
     args.out.mkdir(parents=True)
     count = 0

@@ -11,8 +11,10 @@ from biometrics.errors import DataError
 from biometrics.evaluation.datasets import unpack_once
 from biometrics.evaluation.lfw import (
     EmbeddedImages,
+    images_in_folds,
     impostor_calibration,
     parse_folds,
+    people_in_folds,
     read_pairs,
 )
 from biometrics.evaluation.report import run_metadata, write_verification_report
@@ -31,6 +33,15 @@ def test_official_pairs_file_has_ten_identity_disjoint_folds():
         assert all(not people[fold] & people[other] for other in range(fold + 1, 11))
     assert [pair.same for pair in pairs[:600]] == [True] * 300 + [False] * 300
     assert pairs[0].images[0].endswith("_0001.jpg") or pairs[0].images[0].count("_0") == 1
+
+
+def test_images_of_report_folds_are_each_named_once_and_show_only_their_people():
+    pairs = read_pairs(shared_file("data/lfw/pairs.txt"))
+    keys = images_in_folds(pairs, [6, 7, 8, 9, 10])
+    assert keys == sorted(set(keys))
+    assert {key for pair in pairs if pair.fold >= 6 for key in pair.images} == set(keys)
+    assert {key.split("/")[0] for key in keys} == people_in_folds(pairs, [6, 7, 8, 9, 10])
+    assert not set(keys) & set(images_in_folds(pairs, [1, 2, 3, 4, 5]))
 
 
 def test_parse_folds():

@@ -71,6 +71,11 @@ def people_in_folds(pairs: list[Pair], folds: list[int]) -> set[str]:
     return {name for pair in pairs if pair.fold in folds for name in (pair.name_a, pair.name_b)}
 
 
+def images_in_folds(pairs: list[Pair], folds: list[int]) -> list[str]:
+    """The image keys named in a pair of ``folds``, sorted: each image once, however many pairs use it."""
+    return sorted({key for pair in pairs if pair.fold in folds for key in pair.images})
+
+
 def parse_folds(text: str) -> list[int]:
     """'6-10' or '1,3,5' or '1-3,7' -> sorted fold numbers in 1..10."""
     folds: set[int] = set()
@@ -174,8 +179,7 @@ def _lfw_image(path: Path) -> np.ndarray:
 
 def sample_images(data_dir: Path, folds: list[int], count: int = 32) -> list[np.ndarray]:
     """``count`` images of ``folds``, evenly spread over them: real input for timing."""
-    pairs = [pair for pair in read_pairs(data_dir / "pairs.txt") if pair.fold in folds]
-    keys = sorted({key for pair in pairs for key in pair.images})
+    keys = images_in_folds(read_pairs(data_dir / "pairs.txt"), folds)
     chosen = [keys[i] for i in np.linspace(0, len(keys) - 1, min(count, len(keys))).astype(int)]
     root = locate_images(data_dir)
     return [_lfw_image(root / key) for key in chosen]
@@ -240,7 +244,7 @@ def evaluate_lfw(faces: LabelledFaces, data_dir: Path, folds: list[int], progres
     pairs_path = data_dir / "pairs.txt"
     pairs = [pair for pair in read_pairs(pairs_path) if pair.fold in folds]
     root = locate_images(data_dir)
-    keys = sorted({key for pair in pairs for key in pair.images})
+    keys = images_in_folds(pairs, folds)
     missing = [key for key in keys if not (root / key).is_file()]
     if missing:
         raise DataError(f"{len(missing)} LFW images named in pairs.txt are missing, e.g. {missing[0]}")
