@@ -155,6 +155,20 @@ class ResolvedModel:
             raise ModelError(f"model '{self.name}': ONNX Runtime cannot load {self.source_path} ({reason})") from None
 
 
+def _card_beside(path: Path) -> ModelCard | None:
+    """The card of a user's ``.onnx`` file: ``<stem>.json`` beside it, or the ``card.json`` of a model folder
+    (``models/<name>/``, as `biometrics distill` writes them) whose source is this file."""
+    named = path.with_suffix(".json")
+    if named.is_file():
+        return ModelCard.from_json(named)
+    folder_card = path.parent / "card.json"
+    if folder_card.is_file():
+        card = ModelCard.from_json(folder_card)
+        if card.source.get("file") == path.name:
+            return card
+    return None
+
+
 class ModelRegistry:
     """Looks models up by name in a list of folders; constructed explicitly, no global state."""
 
@@ -192,15 +206,17 @@ class ModelRegistry:
     def _card_for_user_file(self, path: Path, task: str | None) -> ModelCard:
         if not path.is_file():
             raise ModelError(f"model file {path} does not exist")
-        card_path = path.with_suffix(".json")
-        if card_path.is_file():
-            card = ModelCard.from_json(card_path)
+        card = _card_beside(path)
+        if card is not None:
+            if task and card.task != task:
+                raise ModelError(f"{path}: its card says it is for {card.task}, not {task}")
             data = dict(card.data, source=dict(card.source, path=str(path.resolve()), package=None))
             return ModelCard(card.name, card.task, card.architecture, data, path.parent)
+        wanted = f"a card {path.with_suffix('.json').name} beside it"
         if task == "detection":
-            raise ModelError(f"{path}: a detector needs a card {card_path.name} beside it naming its architecture")
+            raise ModelError(f"{path}: a detector needs {wanted} naming its architecture")
         if task is None:
-            raise ModelError(f"{path}: needs a card {card_path.name} beside it naming its task and architecture")
+            raise ModelError(f"{path}: needs {wanted} naming its task and architecture")
         # Our embedder convention: Nx3x112x112 RGB in 0..255, normalisation inside the graph.
         data = {
             "name": path.stem,

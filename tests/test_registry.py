@@ -102,6 +102,19 @@ def test_user_onnx_path_and_non_onnx_file(tmp_path):
         registry.resolve(tmp_path / "mine.onnx", task="detection")
 
 
+def test_a_model_folder_file_given_by_path_uses_its_folder_card_and_keeps_its_task():
+    """`--embedder models/sface-student/model.onnx` is the registered model (its threshold, its checksum), and a
+    detector's file given as the embedder is refused by its card rather than run as one."""
+    registry = ModelRegistry()
+    by_name = registry.resolve("sface-student", task="embedding")
+    by_path = registry.resolve(by_name.source_path, task="embedding")
+    assert by_path.name == "sface-student" and by_path.source_sha256 == by_name.source_sha256
+    assert by_path.card.data["threshold"] == by_name.card.data["threshold"]
+    detector_file = registry.resolve("yunet-student-v4", task="detection").source_path
+    with pytest.raises(ModelError, match="its card says it is for detection, not embedding"):
+        registry.resolve(detector_file, task="embedding")
+
+
 def test_teachers_are_prepared_once_and_cached(tmp_path):
     registry = ModelRegistry(cache=tmp_path / "cache")
     first = registry.resolve("yunet-teacher")
