@@ -7,8 +7,9 @@ import os
 import stat
 import warnings
 
+import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from biometrics.errors import ImageError
 
@@ -45,8 +46,11 @@ def _read_file(path: str | os.PathLike, label: str) -> bytes:
 
 
 def _upright(image: Image.Image) -> Image.Image:
-    """``image`` turned as its EXIF orientation says, or as it is when its EXIF block is too corrupt to use."""
+    """``image`` turned as its EXIF orientation says, or as it is when its EXIF block is too corrupt to use. An
+    upright photo (most) is returned as it is, not copied: a 12 MP copy costs ~40 ms."""
     try:
+        if image.getexif().get(ExifTags.Base.Orientation, 1) == 1:
+            return image
         return ImageOps.exif_transpose(image)
     except Exception:  # Pillow's EXIF code fails in many ways on a crafted block: struct.error, TypeError, ...
         return image
@@ -82,7 +86,8 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_
             raise ImageError(f"{label}: image has no pixels")
         try:
             image.load()
-            rgb = np.asarray(_upright(image).convert("RGB"))
+            image = _upright(image)
+            rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"{label}: corrupt or truncated image ({exc})") from None
-    return np.ascontiguousarray(rgb[:, :, ::-1])
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)  # one pass; NumPy's reversed-axis copy takes ten times as long

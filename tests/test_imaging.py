@@ -6,6 +6,7 @@ import struct
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -27,6 +28,18 @@ def test_supported_formats_decode_to_bgr(fmt):
     image = load_image(_encode(Image.fromarray(rgb), fmt, **({"quality": 95} if fmt != "BMP" else {})))
     assert image.shape == (40, 60, 3) and image.dtype == np.uint8
     assert image[20, 30, 2] > 180 and image[20, 30, 0] < 30  # red lands in the last (R of BGR) channel
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA", "LA"])
+def test_every_colour_mode_decodes_to_the_pixels_opencv_reads(mode):
+    """Grey, palette and alpha photos come out as the same writable BGR array OpenCV decodes (drawing on it
+    in place, as `detect --out` does, must work)."""
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    data = _encode(Image.fromarray(rgb).convert(mode), "PNG")
+    image = load_image(data)
+    expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (40, 60, 3) and image.flags.writeable and image.flags.c_contiguous
+    np.testing.assert_array_equal(image, expected)
 
 
 def test_exif_orientation_is_applied():
