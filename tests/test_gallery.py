@@ -176,6 +176,8 @@ def test_a_first_enrolment_waits_for_another_switching_the_file_to_wal(tmp_path)
     finally:
         done.join()
         other.close()
+    with Gallery(path) as gallery:
+        assert [(person.name, person.templates) for person in gallery.people()] == [("x", 1)]
 
 
 def test_gallery_files_are_private_while_in_use(tmp_path):
