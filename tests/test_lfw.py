@@ -142,6 +142,15 @@ def test_report_files(tmp_path):
     assert "| a + b | 1-2 | 600 |" in files["md"].read_text()
     assert all(files[key].stat().st_size > 1000 for key in ("roc", "det", "scores_0"))
 
+    # Rerun into the same folder with fewer models and no --bench: nothing of the first run is left beside it, and
+    # a file that is not a report's stays.
+    (tmp_path / "efficiency.md").write_text("cards of the first run")
+    (tmp_path / "notes.txt").write_text("mine")
+    write_verification_report(tmp_path, "two", {"a + b": run, "c + d": run}, run_metadata([]))
+    write_verification_report(tmp_path, "one", {"a + b": run}, run_metadata([]))
+    left = sorted(path.name for path in tmp_path.iterdir())
+    assert left == ["det.png", "notes.txt", "report.json", "report.md", "roc.png", "scores_0.png"]
+
 
 @pytest.mark.slow
 def test_evaluate_lfw_command_end_to_end(tmp_path):

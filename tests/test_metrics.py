@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from biometrics.evaluation import metrics as M
-from biometrics.evaluation.plots import plot_det, plot_roc, plot_score_histograms
+from biometrics.evaluation.plots import pareto_front, plot_det, plot_pareto, plot_roc, plot_score_histograms
 
 # Hand-worked set: genuine 9, 8, 6, 3; impostor 7, 4, 2, 1 (integers so every value below is exact).
 #   threshold: inf  9    8    7    6    4    3    2    1
@@ -343,6 +343,18 @@ def test_plots_write_png(tmp_path):
     _assert_png(out)
     out = plot_score_histograms(s1, l1, str(tmp_path / "hist_nothr.png"))
     _assert_png(out)
+
+
+def test_pareto_front_keeps_the_models_nothing_beats_on_both_speed_and_accuracy(tmp_path):
+    points = {  # label: (latency ms, accuracy, file bytes)
+        "teacher": (29.3, 0.9947, 10_667_852),
+        "student": (2.47, 0.9897, 1_415_333),
+        "student-fp32": (3.04, 0.9887, 3_687_605),  # slower and less accurate than the student
+        "mid": (10.0, 0.9930, 5_000_000),
+        "same speed, worse": (10.0, 0.9900, 5_000_000),
+    }
+    assert pareto_front(points) == ["student", "mid", "teacher"]
+    _assert_png(plot_pareto(points, tmp_path / "pareto.png"))
 
 
 def test_plots_reject_empty_input(tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -146,8 +147,19 @@ def plot_score_histograms(
     )
 
 
+def pareto_front(points: dict[str, tuple[float, float, float]]) -> list[str]:
+    """The labels no other model beats on both latency and accuracy, fastest first."""
+    front, best = [], -np.inf
+    for label, (_, accuracy, _) in sorted(points.items(), key=lambda item: (item[1][0], -item[1][1])):
+        if accuracy > best:
+            front.append(label)
+            best = accuracy
+    return front
+
+
 def plot_pareto(points: dict[str, tuple[float, float, float]], path: str | os.PathLike[str], title: str = "") -> Path:
-    """Accuracy against latency, one marker per model, marker area proportional to file size.
+    """Accuracy against latency, one marker per model, marker area proportional to file size, the Pareto front
+    dashed.
 
     ``points`` maps a label to (latency_ms, accuracy, file_size_bytes). Up and to the left is better.
     """
@@ -156,16 +168,36 @@ def plot_pareto(points: dict[str, tuple[float, float, float]], path: str | os.Pa
     fig = _new_figure()
     ax = fig.add_subplot()
     largest = max(size for _, _, size in points.values())
+    front = pareto_front(points)
+    ax.plot(
+        [points[label][0] for label in front],
+        [100 * points[label][1] for label in front],
+        "--",
+        color="0.5",
+        linewidth=1,
+        drawstyle="steps-post",
+        label="Pareto front",
+    )
+    latencies = np.log([latency for latency, _, _ in points.values()])
+    middle = (latencies.min() + latencies.max()) / 2
     for label, (latency, accuracy, size) in points.items():
-        ax.scatter([latency], [100 * accuracy], s=40 + 960 * size / largest, alpha=0.6, label=label)
+        area = 40 + 960 * size / largest  # points squared
+        ax.scatter([latency], [100 * accuracy], s=area, alpha=0.6)
+        right_half = np.log(latency) > middle  # its label goes to the left, inside the axes
+        clear = 0.75 * np.sqrt(area / np.pi) + 2  # off the marker's edge, diagonally
         ax.annotate(
             f"{label}\n{size / 1e6:.2f} MB",
             (latency, 100 * accuracy),
             fontsize=7,
-            xytext=(6, 6),
+            xytext=(-clear if right_half else clear, clear),
             textcoords="offset points",
+            ha="right" if right_half else "left",
         )
     ax.set_xscale("log")
+    ax.margins(x=0.25, y=0.15)
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     return _finish(
         fig,
         ax,
@@ -173,7 +205,7 @@ def plot_pareto(points: dict[str, tuple[float, float, float]], path: str | os.Pa
         xlabel="Embedding latency, batch 1, 1 thread (ms, log scale)",
         ylabel="LFW accuracy (%)",
         title=title or "Accuracy vs latency (marker area = file size)",
-        legend=None,
+        legend="lower right",
     )
 
 

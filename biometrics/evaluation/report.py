@@ -62,10 +62,22 @@ def _pct(value: float) -> str:
     return f"{100 * value:.2f}%"
 
 
+def remove_stale_outputs(out_dir: Path, names: list[str]) -> None:
+    """Remove ``names`` (glob patterns of files a report writes) from ``out_dir`` if it already holds a report:
+    a rerun with fewer models, or without ``--bench``, would otherwise leave the last run's histograms, Pareto plot
+    or efficiency cards beside the new report as if they were its own. A folder without a report is left alone."""
+    if not (out_dir / "report.json").is_file():
+        return
+    for pattern in names:
+        for path in out_dir.glob(pattern):
+            path.unlink()
+
+
 def write_score_plots(out_dir: Path, runs: dict[str, dict], thresholds: dict[str, float]) -> dict[str, Path]:
     """roc.png and det.png of every run's ``scores`` and ``labels``, and one score histogram per run with its
     threshold marked (``scores_<i>.png``, in the order of ``runs``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_outputs(out_dir, ["scores_*.png"])
     curves = {label: metrics.roc(run["scores"], run["labels"]) for label, run in runs.items()}
     files = {"roc": plots.plot_roc(curves, out_dir / "roc.png"), "det": plots.plot_det(curves, out_dir / "det.png")}
     for i, (label, run) in enumerate(runs.items()):
@@ -89,6 +101,8 @@ def write_verification_report(
     ``efficiency`` (label -> the embedder's efficiency card, measured in the same run) the report also gets an
     accuracy-vs-cost table and a Pareto plot.
     """
+    if not efficiency:  # the cards of an earlier run with --bench (written before this, when there are new ones)
+        remove_stale_outputs(out_dir, ["pareto.png", "efficiency.json", "efficiency.md"])
     files = write_score_plots(
         out_dir,
         runs,
