@@ -357,6 +357,17 @@ def test_pareto_front_keeps_the_models_nothing_beats_on_both_speed_and_accuracy(
     _assert_png(plot_pareto(points, tmp_path / "pareto.png"))
 
 
+def test_log_rate_axes_start_below_the_smallest_rate_the_pairs_can_measure():
+    from biometrics.evaluation.plots import _rate_floor
+
+    six_hundred_impostors = np.array([0.0, 1 / 600, 0.5, 1.0])
+    assert _rate_floor([six_hundred_impostors]) == pytest.approx(1e-3)
+    assert _rate_floor([six_hundred_impostors], show=5e-4) == pytest.approx(1e-4)  # FMR 1e-3 marked: in view
+    assert _rate_floor([np.array([0.0, 1e-3, 1.0])]) == pytest.approx(1e-4)  # strictly below a rate of 1e-3
+    assert _rate_floor([np.array([0.0, 1e-9, 1.0])]) == 1e-5  # never below MIN_RATE
+    assert _rate_floor([np.zeros(3)], show=5e-4) == pytest.approx(1e-4)  # no non-zero rate at all
+
+
 def test_plots_reject_empty_input(tmp_path):
     with pytest.raises(ValueError):
         plot_roc({}, tmp_path / "x.png")

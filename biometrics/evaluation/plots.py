@@ -55,6 +55,15 @@ def _finish(fig: Figure, ax, path, *, xlabel: str, ylabel: str, title: str, lege
     return _save(fig, path)
 
 
+def _rate_floor(rates: list[np.ndarray], show: float = 1.0) -> float:
+    """Where a log rate axis starts: the decade below the smallest non-zero rate (1 / pairs counted), or below
+    ``show`` if that is lower, and never below MIN_RATE. Left of the smallest rate every curve is flat, so the
+    axis does not spend decades on nothing."""
+    positive = [r[r > 0].min() for r in rates if (r > 0).any()]
+    smallest = min([*positive, show])
+    return max(MIN_RATE, 10.0 ** np.floor(np.log10(smallest) - 1e-9))
+
+
 def _tmr_at(curve: RocCurve, fmr: float) -> float:
     """Step-function TMR at a given FMR: the best TMR with FMR <= fmr (what tar_at_far reports)."""
     ok = curve.fmr <= fmr
@@ -62,9 +71,12 @@ def _tmr_at(curve: RocCurve, fmr: float) -> float:
 
 
 def plot_roc(curves: dict[str, RocCurve], path: str | os.PathLike[str], title: str = "") -> Path:
-    """TMR vs FMR with a log FMR axis (clipped at 1e-5), marking each curve at FMR 1e-3 and 1e-2."""
+    """TMR vs FMR with a log FMR axis from the smallest FMR the pairs can measure, marking each curve at FMR 1e-3
+    and 1e-2; the TMR axis starts just below the lowest curve (a 0-1 axis flattens curves above 0.95 into one)."""
     if not curves:
         raise ValueError("plot_roc needs at least one curve")
+    floor = _rate_floor([c.fmr for c in curves.values()], show=min(MARKED_FMRS) / 2)
+    lowest = min(_tmr_at(c, floor) for c in curves.values())
     fig = _new_figure()
     ax = fig.add_subplot()
     for fmr_mark in MARKED_FMRS:
@@ -74,8 +86,8 @@ def plot_roc(curves: dict[str, RocCurve], path: str | os.PathLike[str], title: s
         marks = np.array(MARKED_FMRS)
         ax.plot(marks, [_tmr_at(c, m) for m in marks], "o", color=line.get_color(), markersize=4)
     ax.set_xscale("log")
-    ax.set_xlim(MIN_RATE, 1.0)
-    ax.set_ylim(0.0, 1.01)
+    ax.set_xlim(floor, 1.0)
+    ax.set_ylim(max(0.0, np.floor(lowest * 20 - 0.2) / 20), 1.0 + 0.002)
     return _finish(
         fig,
         ax,
@@ -88,17 +100,20 @@ def plot_roc(curves: dict[str, RocCurve], path: str | os.PathLike[str], title: s
 
 
 def plot_det(curves: dict[str, RocCurve], path: str | os.PathLike[str], title: str = "") -> Path:
-    """FNMR vs FMR, both axes log-scale (rates clipped at 1e-5): lower-left is better."""
+    """FNMR vs FMR, both axes log-scale from the decade below the smallest rate the pairs can measure (a zero rate
+    is drawn on the axis): lower-left is better."""
     if not curves:
         raise ValueError("plot_det needs at least one curve")
+    fmr_floor = _rate_floor([c.fmr for c in curves.values()], show=min(MARKED_FMRS) / 2)
+    fnmr_floor = _rate_floor([c.fnmr for c in curves.values()])
     fig = _new_figure()
     ax = fig.add_subplot()
     for label, c in curves.items():
-        ax.step(np.clip(c.fmr, MIN_RATE, 1.0), np.clip(c.fnmr, MIN_RATE, 1.0), where="post", label=label)
+        ax.step(np.clip(c.fmr, fmr_floor, 1.0), np.clip(c.fnmr, fnmr_floor, 1.0), where="post", label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlim(MIN_RATE, 1.0)
-    ax.set_ylim(MIN_RATE, 1.0)
+    ax.set_xlim(fmr_floor, 1.0)
+    ax.set_ylim(fnmr_floor, 1.0)
     return _finish(
         fig,
         ax,
