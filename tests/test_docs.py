@@ -1,6 +1,6 @@
 """The documentation works as written: every `biometrics` command in the READMEs' bash blocks is one the CLI
 accepts (commands, options, choices, recipe files), every `python scripts/...` one its script's parser accepts, and
-the Python example runs."""
+the Python example runs, and every report they cite is there."""
 
 from __future__ import annotations
 
@@ -227,3 +227,25 @@ def test_the_python_example_runs_as_written(tmp_path, monkeypatch, sample):
     exec(compile(example, "README.md (python)", "exec"), namespace)
     assert namespace["result"].faces_found[1] == 6 and len(namespace["faces"]) == 6
     assert namespace["rates"]["genuine_pairs"] == 2 and namespace["rates"]["impostor_pairs"] == 4
+
+
+def test_every_report_the_docs_cite_is_in_the_repository():
+    """The numbers in the READMEs and model cards point at reports (`reports/lfw-students-patient-folds6-10`); each
+    must be there, unless a documented command is what writes it (its `--out`)."""
+    written = {
+        value
+        for path in DOCS
+        for block in code_blocks(path, "bash")
+        for words in expanded_commands(block)
+        for option, value in pairwise(words)
+        if option == "--out"
+    }
+    citing = [*DOCS, *sorted((ROOT / "models").glob("*/card.json"))]
+    missing, cited_count = [], 0
+    for path in citing:
+        for cited in set(re.findall(r"reports/[\w.-]+(?:/[\w.-]+)*", path.read_text())):
+            cited = cited.rstrip(".")
+            cited_count += 1
+            if not (ROOT / cited).exists() and not any(cited == out or cited.startswith(f"{out}/") for out in written):
+                missing.append(f"{path.relative_to(ROOT)}: {cited}")
+    assert cited_count > 50 and not missing, missing
