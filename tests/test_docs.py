@@ -1,6 +1,6 @@
 """The documentation works as written: every `biometrics` command in the READMEs' bash blocks is one the CLI
-accepts (commands, options, choices, recipe files), every `python scripts/...` one its script's parser accepts, and
-the Python example runs, and every report they cite is there."""
+accepts (commands, options, choices, recipe files), every `python scripts/...` one its script's parser accepts, the
+Python example runs, and every report they cite is there."""
 
 from __future__ import annotations
 
