@@ -249,3 +249,41 @@ def test_every_report_the_docs_cite_is_in_the_repository():
             if not (ROOT / cited).exists() and not any(cited == out or cited.startswith(f"{out}/") for out in written):
                 missing.append(f"{path.relative_to(ROOT)}: {cited}")
     assert cited_count > 50 and not missing, missing
+
+
+def _matches_printed(printed: str, value: float) -> bool:
+    """Whether ``printed`` ("2.47", "149", "0.12") is ``value`` rounded to the digits it shows."""
+    decimals = len(printed.split(".")[1]) if "." in printed else 0
+    return abs(float(printed) - value) <= 0.5 * 10**-decimals + 1e-9
+
+
+def test_the_readme_headline_table_quotes_the_model_cards():
+    """ "What you get today": each model's latency, parameters, MACs, file size and LFW accuracy are its card's
+    (which test_models checks against the reports), as printed."""
+    from biometrics.registry import ModelRegistry
+
+    registry = ModelRegistry([ROOT / "models"])
+    section = (ROOT / "README.md").read_text().split("## What you get today")[1].split("\n#")[0]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| `")]
+    checked = 0
+    for model_cell, _, accuracy, latency, params, macs, size in rows:
+        names = re.findall(r"`([\w.-]+)`", model_cell.split("(")[0])
+        measured = registry.card(names[-1]).data["measured"]
+        if accuracy.strip():
+            lfw = measured["lfw"]
+            assert lfw["pipeline"] == " + ".join(names) or lfw["pipeline"].startswith(f"{names[-1]} + ")
+            quoted = f"{100 * lfw['accuracy_mean']:.2f}% ± {100 * lfw['accuracy_std']:.2f}"
+            assert quoted in accuracy, f"{model_cell}: the card says {quoted}"
+            checked += 1
+        if latency.strip():
+            efficiency = measured["efficiency"]
+            printed = [re.search(r"[\d.]+", cell)[0] for cell in (latency, params, macs, size)]
+            actual = [
+                efficiency["latency_ms_batch1_1thread"]["p50_ms"],
+                efficiency["parameters"] / 1e6,
+                efficiency["macs"] / 1e6,
+                efficiency["file_size_bytes"] / 1e6,
+            ]
+            assert all(map(_matches_printed, printed, actual)), f"{model_cell}: {printed}, the card says {actual}"
+            checked += 1
+    assert checked >= 8

@@ -49,6 +49,45 @@ def test_student_cards_state_size_and_split_truthfully(name):
     assert log[-1]["holdout"] == card.data["training"]["final_holdout"]
 
 
+MEASURED_LFW = [
+    (name, REGISTRY.card(name).data["measured"]["lfw"])
+    for name in REGISTRY.names()
+    if "lfw" in REGISTRY.card(name).data.get("measured", {})
+]
+MEASURED_EFFICIENCY = [
+    (name, REGISTRY.card(name).data["measured"]["efficiency"])
+    for name in REGISTRY.names()
+    if "efficiency" in REGISTRY.card(name).data.get("measured", {})
+]
+
+
+@pytest.mark.parametrize(("name", "measured"), MEASURED_LFW, ids=[name for name, _ in MEASURED_LFW])
+def test_a_cards_lfw_numbers_are_its_reports(name, measured):
+    """A card's accuracy is the report it names (rounded), for the pipeline and folds it names."""
+    result = json.loads((ROOT / measured["report"]).read_text())["results"][measured["pipeline"]]
+    summary = result["summary"]
+    assert name in measured["pipeline"].split(" + ")
+    assert f"--out {measured['report'].removesuffix('/report.json')}" in measured["command"]
+    assert measured["pairs"] == summary["pairs"]
+    assert measured["accuracy_mean"] == pytest.approx(summary["accuracy_mean"], abs=5e-5)
+    assert measured["accuracy_std"] == pytest.approx(summary["accuracy_std"], abs=5e-5)
+    assert measured["auc"] == pytest.approx(summary["auc"], abs=5e-6)
+    assert measured["eer"] == pytest.approx(summary["eer"], abs=5e-5)
+    assert measured["tar_at_far_1e-3"] == pytest.approx(summary["tar_at_far"]["1e-3"]["tar"], abs=5e-5)
+    assert measured["detection_failures"] == result["detection_failures"]["count"]
+
+
+@pytest.mark.parametrize(("name", "measured"), MEASURED_EFFICIENCY, ids=[name for name, _ in MEASURED_EFFICIENCY])
+def test_a_cards_efficiency_numbers_are_its_reports(name, measured):
+    """A card's size and latency are its bench report's, and the size is the shipped file's."""
+    (bench,) = [card for card in json.loads((ROOT / measured["report"]).read_text()) if card["name"] == name]
+    one_thread = next(run for run in bench["runs"] if run["threads"] == 1)["latency_batch1"]
+    assert measured["latency_ms_batch1_1thread"]["p50_ms"] == pytest.approx(one_thread["p50_ms"], abs=5e-5)
+    assert measured["latency_ms_batch1_1thread"]["p95_ms"] == pytest.approx(one_thread["p95_ms"], abs=5e-5)
+    assert (measured["parameters"], measured["macs"]) == (bench["parameters"], bench["macs"])
+    assert measured["file_size_bytes"] == bench["file_size_bytes"] == REGISTRY.resolve(name).source_size
+
+
 def test_int8_student_is_small(request):
     if "sface-student" not in STUDENTS:
         pytest.skip("no sface-student in models/")
