@@ -129,6 +129,10 @@ def test_only_enrolment_makes_a_file_a_gallery(run, sample, tmp_path):
         gallery.enroll("x", OTHER_EMBEDDER, [NewTemplate(np.ones(128, np.float32), "x.jpg", (0, 0, 1, 1))])
         files = [empty, empty.with_name("empty.db-wal"), empty.with_name("empty.db-shm")]
         assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
+    prepared = tmp_path / "prepared.db"  # made beforehand, as `install -m 600 /dev/null gallery.db` does
+    prepared.touch(mode=0o644)
+    assert run("enroll", "obama", sample("obama.jpg"), "--gallery", prepared).exit_code == 0
+    assert _mode(prepared) == 0o600 and run("identify", sample("obama3.jpg"), "--gallery", prepared).exit_code == 0
 
 
 def test_reads_go_on_while_another_process_writes(run, sample, tmp_path, monkeypatch):
@@ -219,6 +223,24 @@ def test_reembed_uses_kept_images_only(run, sample, tmp_path, pipeline):
     assert [p["name"] for p in json.loads(run("gallery", "list", "--json").stdout)["people"]] == ["obama"]
     identified = run("identify", sample("obama3.jpg"), "--json")
     assert identified.exit_code == 0 and json.loads(identified.stdout)["faces"][0]["identity"] == "obama"
+
+
+def test_a_gallery_is_used_with_the_model_that_made_it_unless_told_otherwise(run, sample):
+    """After `gallery reembed --embedder sface-teacher` (or an upgrade that changes the default embedder), enrol,
+    identify and live run the gallery's model without --embedder; another model given explicitly is refused."""
+    assert run("enroll", "obama", sample("obama.jpg"), "--keep-images").exit_code == 0
+    assert run("gallery", "reembed", "--embedder", "sface-teacher").exit_code == 0
+    assert run("enroll", "biden", sample("biden.jpg")).exit_code == 0
+    identified = run("identify", sample("obama3.jpg"), "--json")
+    assert identified.exit_code == 0, identified.output
+    report = json.loads(identified.stdout)
+    assert report["embedder"] == "sface-teacher" and report["faces"][0]["identity"] == "obama"
+    assert report["threshold"] == 0.3594  # the teacher's card threshold, not the student's
+    listing = json.loads(run("gallery", "list", "--json").stdout)
+    assert [e["name"] for e in listing["embedders"]] == ["sface-teacher"]
+    _one_line_error(run("identify", sample("obama3.jpg"), "--embedder", "sface-student"), "cannot be compared")
+    live = run("live", "--source", sample("obama3.jpg"), "--headless")
+    assert live.exit_code == 0 and "1 face embedded" in live.stdout, live.output
 
 
 def test_a_kept_image_is_the_enrolled_face_and_its_surroundings_only(run, sample, tmp_path, pipeline):

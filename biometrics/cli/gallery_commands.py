@@ -71,6 +71,27 @@ def open_gallery(gallery_path: Path | None, key_file: Path | None, create: bool 
     return Gallery(gallery_path or default_gallery_path(), key=load_key(key_file), create=create)
 
 
+def gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold=None) -> FacePipeline:
+    """The pipeline to use with a gallery. Without ``--embedder`` it runs the model that made the gallery's templates
+    (if that is one registered model), so a gallery keeps working when the default embedder changes or after
+    `gallery reembed --embedder X`, without naming X every time. A wrong key, or an embedder whose templates could
+    not be compared with the stored ones, fails here, before any photo is read. No gallery yet (or an empty file):
+    the given or default embedder."""
+    from biometrics.gallery import EmbedderId, default_gallery_path
+    from biometrics.registry import ModelRegistry
+
+    path = gallery_path or default_gallery_path()
+    if not path.is_file() or path.stat().st_size == 0:  # enrolment makes it a gallery
+        return _pipeline(detector, embedder, threads, max_side, threshold)
+    with open_gallery(gallery_path, key_file) as gallery:
+        made_by = gallery.embedders()
+        if embedder is None and len(made_by) == 1 and made_by[0].name in ModelRegistry().names("embedding"):
+            embedder = made_by[0].name
+        pipeline = _pipeline(detector, embedder, threads, max_side, threshold)
+        gallery.require_embedder(EmbedderId.of(pipeline.embedder))
+    return pipeline
+
+
 def _box(face) -> str:
     return "(" + ", ".join(f"{v:.0f}" for v in face.box) + ")"
 
@@ -92,14 +113,11 @@ def enroll(
     """Add NAME to the gallery with one template per image (all images or none)."""
 
     from biometrics.errors import NoFaceError
-    from biometrics.gallery import EmbedderId, NewTemplate, check_name, default_gallery_path
+    from biometrics.gallery import EmbedderId, NewTemplate, check_name
     from biometrics.imaging import load_image
 
-    pipeline = _pipeline(detector, embedder, threads, max_side)
     name = check_name(name)
-    if (gallery_path or default_gallery_path()).exists():  # a wrong key or model fails now, not after embedding
-        with open_gallery(gallery_path, key_file) as gallery:
-            gallery.require_embedder(EmbedderId.of(pipeline.embedder))
+    pipeline = gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side)
     templates = []
     for path in images:
         pixels = load_image(path)
@@ -153,7 +171,7 @@ def identify(
 
     if every_face and face_index is not None:
         raise click.UsageError("--all identifies every face, --face N one of them: give one")
-    pipeline = _pipeline(detector, embedder, threads, max_side, threshold)
+    pipeline = gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold)
     with open_gallery(gallery_path, key_file) as gallery:
         index = TemplateIndex(gallery.templates(EmbedderId.of(pipeline.embedder)))
     pixels = load_image(image)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from biometrics.cli.gallery_commands import gallery_options
-from biometrics.cli.main import _pipeline, pipeline_options, sigterm_as_interrupt, threshold_option
+from biometrics.cli.gallery_commands import gallery_options, gallery_pipeline
+from biometrics.cli.main import pipeline_options, sigterm_as_interrupt, threshold_option
 
 
 @click.command()
@@ -80,7 +80,7 @@ def live(
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-    pipeline = _pipeline(detector, embedder, threads, max_side, threshold)
+    pipeline = gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold)
     link = GalleryLink(
         gallery_path or default_gallery_path(), load_key(key_file), EmbedderId.of(pipeline.embedder), keep_images
     )
