@@ -198,7 +198,10 @@ def identify(
         }
         click.echo(json.dumps(report))
     else:
-        click.echo(f"{image}: {found} face(s){chosen}, threshold {pipeline.threshold:.4f}, {len(index)} templates")
+        click.echo(
+            f"{image}: {found} face(s){chosen}, {len(index)} templates of {pipeline.embedder.name}, "
+            f"threshold {pipeline.threshold:.4f}"
+        )
         for i, result in zip(numbers, results, strict=True):
             ranked = ", ".join(f"{m.name} {m.score:.4f}" for m in result.matches) or "empty gallery"
             click.echo(f"  [{i}] {result.identity or UNKNOWN} at {_box(result.face)}: {ranked}")
