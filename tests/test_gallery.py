@@ -243,6 +243,19 @@ def test_a_gallery_is_used_with_the_model_that_made_it_unless_told_otherwise(run
     assert live.exit_code == 0 and "1 face embedded" in live.stdout, live.output
 
 
+def test_an_uncalibrated_embedder_enrols_and_identifies_with_a_threshold_given(run, sample, tmp_path):
+    """An .onnx without a card has no threshold: enrolment needs none; identify asks for one before any work."""
+    from biometrics.registry import ModelRegistry
+
+    mine = tmp_path / "mine.onnx"
+    mine.write_bytes(ModelRegistry().resolve("sface-student").source_path.read_bytes())
+    assert run("enroll", "obama", sample("obama.jpg"), "--embedder", mine).exit_code == 0
+    _one_line_error(run("identify", sample("obama3.jpg"), "--embedder", mine), "no calibrated threshold")
+    _one_line_error(run("verify", sample("obama.jpg"), tmp_path / "missing.jpg", "--embedder", mine), "threshold")
+    identified = run("identify", sample("obama3.jpg"), "--embedder", mine, "--threshold", "0.4", "--json")
+    assert identified.exit_code == 0 and json.loads(identified.stdout)["faces"][0]["identity"] == "obama"
+
+
 def test_a_kept_image_is_the_enrolled_face_and_its_surroundings_only(run, sample, tmp_path, pipeline):
     """--keep-images keeps what reembed needs (the face with a margin), not the rest of a group photo."""
     assert run("enroll", "biden", sample("two_people.jpg"), "--face", 1, "--keep-images").exit_code == 0

@@ -172,6 +172,7 @@ def identify(
     if every_face and face_index is not None:
         raise click.UsageError("--all identifies every face, --face N one of them: give one")
     pipeline = gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold)
+    threshold = pipeline.threshold  # an uncalibrated embedder fails before the photo is read
     with open_gallery(gallery_path, key_file) as gallery:
         index = TemplateIndex(gallery.templates(EmbedderId.of(pipeline.embedder)))
     pixels = load_image(image)
@@ -186,11 +187,11 @@ def identify(
     chosen = ""
     if not every_face and face_index is None and found > 1:
         chosen = f", identifying face {numbers[0]}, {SELECTED[select]} (--all: every face; --face N: another)"
-    results = index.identify(faces, pipeline.threshold, top_k)
+    results = index.identify(faces, threshold, top_k)
     if as_json:
         report = {
             "image": str(image),
-            "threshold": pipeline.threshold,
+            "threshold": threshold,
             "embedder": pipeline.embedder.name,
             "gallery_templates": len(index),
             "faces_found": found,
@@ -200,7 +201,7 @@ def identify(
     else:
         click.echo(
             f"{image}: {found} face(s){chosen}, {len(index)} templates of {pipeline.embedder.name}, "
-            f"threshold {pipeline.threshold:.4f}"
+            f"threshold {threshold:.4f}"
         )
         for i, result in zip(numbers, results, strict=True):
             ranked = ", ".join(f"{m.name} {m.score:.4f}" for m in result.matches) or "empty gallery"

@@ -138,9 +138,12 @@ def evaluate_folder(
     """Rates for each pipeline on ``photos`` (by ``pipeline.name``; the pipelines share a detector, so each is
     scored on the same faces): at its threshold, at each FMR of ``REPORTED_FMRS`` these impostor pairs resolve (one
     false match allowed at least), EER and AUC. JSON-ready apart from ``scores``/``labels``."""
+    thresholds = [pipeline.threshold for pipeline in pipelines]  # an uncalibrated embedder fails before any work
     return {
-        pipeline.name: _rates(pipeline.threshold, photos, embedded)
-        for pipeline, embedded in zip(pipelines, embed_folder(pipelines, photos, select, progress), strict=True)
+        pipeline.name: _rates(threshold, photos, embedded)
+        for pipeline, threshold, embedded in zip(
+            pipelines, thresholds, embed_folder(pipelines, photos, select, progress), strict=True
+        )
     }
 
 

@@ -121,13 +121,19 @@ class FacePipeline:
         )
         embedder_model = registry.resolve(embedder, task="embedding")
         self.embedder = embedding.ARCHITECTURES[embedder_model.card.architecture](embedder_model, threads=threads)
-        self.threshold = threshold if threshold is not None else self.embedder.threshold
-        if self.threshold is None:
+        self._threshold = threshold if threshold is not None else self.embedder.threshold
+        self.timings_ms: dict[str, float] = {}
+
+    @property
+    def threshold(self) -> float:
+        """The cosine similarity from which two faces are the same person: the one given, else the embedder card's
+        calibrated one. Only decisions need it: an uncalibrated embedder still detects, embeds and enrols."""
+        if self._threshold is None:
             raise ModelError(
                 f"embedder '{self.embedder.name}' has no calibrated threshold in its card; pass a threshold "
                 "(--threshold on the command line)"
             )
-        self.timings_ms: dict[str, float] = {}
+        return self._threshold
 
     @property
     def name(self) -> str:
@@ -205,6 +211,7 @@ class FacePipeline:
     ) -> VerificationResult:
         """Compare the selected face of two photos (paths or BGR uint8 arrays); ``select`` applies to both, or is
         a pair, one per photo."""
+        threshold = self.threshold  # an uncalibrated embedder fails before any photo is read
         self.timings_ms = {}
         embedded, indexes, counts = [], [], []
         for source, how in zip((a, b), (select, select) if isinstance(select, str | int) else select, strict=True):
@@ -217,9 +224,9 @@ class FacePipeline:
             counts.append(count)
         similarity = cosine_similarity(*embedded)
         return VerificationResult(
-            similarity >= self.threshold,
+            similarity >= threshold,
             similarity,
-            self.threshold,
+            threshold,
             tuple(embedded),
             tuple(counts),
             tuple(indexes),
