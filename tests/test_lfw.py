@@ -86,6 +86,11 @@ def test_malformed_pairs_file(tmp_path):
     path.write_text("10 300\nAaron 1 2\n")
     with pytest.raises(DataError, match="expected 6000 pairs"):
         read_pairs(path)
+    path.unlink()
+    with pytest.raises(DataError, match="no pairs.txt in the LFW data folder.*--data"):
+        read_pairs(path)
+    with pytest.raises(DataError, match="LFW data folder not found"):
+        read_pairs(tmp_path / "missing" / "pairs.txt")
 
 
 def test_archive_is_unpacked_once_and_checked(tmp_path):

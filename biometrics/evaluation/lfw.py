@@ -46,6 +46,12 @@ def image_key(name: str, index: int) -> str:
 
 def read_pairs(path: Path) -> list[Pair]:
     """Parse the official ``pairs.txt`` (header ``10 300``, then per fold 300 genuine, 300 impostor)."""
+    if not path.is_file():
+        where = "LFW data folder not found" if not path.parent.is_dir() else f"no {path.name} in the LFW data folder"
+        raise DataError(
+            f"{path.parent}: {where} (expected {path.name} and {LFW_ARCHIVE} in it; give it with --data, or set "
+            "BIOMETRICS_SHARED)"
+        )
     try:
         lines = path.read_text().split("\n")
         folds, per_fold = (int(v) for v in lines[0].split())
