@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import tarfile
 
 import numpy as np
@@ -79,6 +80,18 @@ def test_one_fold_is_refused_before_any_work(tmp_path):
     result = CliRunner().invoke(cli, ["evaluate", "lfw", "--folds", "10", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "needs at least 2 folds" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_a_baseline_whose_package_is_missing_is_refused_before_any_work(tmp_path, monkeypatch):
+    """`--baseline dlib` without dlib installed fails at once, not after our pipelines have run for minutes."""
+    from click.testing import CliRunner
+
+    from biometrics.cli.main import cli
+
+    monkeypatch.setitem(sys.modules, "dlib", None)  # `import dlib` raises ImportError
+    args = ["evaluate", "lfw", "--folds", "9-10", "--baseline", "dlib", "--data", str(tmp_path / "no-lfw")]
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "the dlib baseline needs dlib" in result.stderr  # not "LFW ... not found"
 
 
 def test_malformed_pairs_file(tmp_path):

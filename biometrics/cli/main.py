@@ -346,9 +346,10 @@ def evaluate_lfw_command(data, folds, detectors, embedders, baselines, threads, 
     fold_list = parse_folds(folds)
     if len(fold_list) < 2:
         raise DataError(f"folds '{folds}': k-fold accuracy needs at least 2 folds (thresholds come from the others)")
+    library_baselines = [BASELINES[name]() for name in baselines]  # a missing package fails before any work
     runs, models, pipelines = {}, [], {}
-    # The threshold is irrelevant here: every metric chooses its own on the right pairs.
-    for group in _pipelines_by_detector(detectors, embedders, threads, threshold=0.0):
+    # No decision threshold: every metric chooses its own on the right pairs.
+    for group in _pipelines_by_detector(detectors, embedders, threads, threshold=None):
         group_runs = evaluate_lfw(PipelineFaces(*group), data, fold_list, progress=progress)
         for pipeline in group:
             label = pipeline.name
@@ -357,8 +358,7 @@ def evaluate_lfw_command(data, folds, detectors, embedders, baselines, threads, 
             runs[label]["caveats"] = training_overlap([m.card for m in used], fold_list)
             models += [m for m in used if m not in models]
             _echo_accuracy(label, runs[label], folds)
-    for name in baselines:
-        baseline = BASELINES[name]()
+    for baseline in library_baselines:
         runs |= evaluate_lfw(baseline, data, fold_list, progress=progress)
         models += baseline.models
         _echo_accuracy(baseline.label, runs[baseline.label], folds)
