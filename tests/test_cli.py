@@ -156,6 +156,23 @@ def test_bench_writes_an_efficiency_card(run, tmp_path):
     assert "| yunet-teacher |" in (tmp_path / "efficiency.md").read_text()
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["evaluate", "lfw", "--folds", "9-10"], ["evaluate", "wider"], ["bench", "sface-student"]],
+    ids=["evaluate-lfw", "evaluate-wider", "bench"],
+)
+def test_a_report_folder_that_cannot_be_written_is_refused_before_any_work(run, tmp_path, command):
+    """Not after minutes of evaluation, and not as an 'unexpected' error: a file in the way, or a place where
+    nothing can be created; a folder that can be made is not made yet."""
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("")
+    for out, reason in [(in_the_way / "report", "Not a directory"), (Path("/proc/report"), "cannot write")]:
+        result = run(*command, "--out", out)
+        assert result.exit_code == 2 and "Invalid value for '--out'" in result.output and reason in result.output
+    assert run("evaluate", "lfw", "--folds", "10", "--out", tmp_path / "new").exit_code == 2  # refused for its folds
+    assert not (tmp_path / "new").exists()
+
+
 def test_bench_on_photos_times_detectors_on_the_photos_and_embedders_on_their_faces(run, sample, tmp_path):
     """Timing on real input (kernels like PRelu run at a different speed on faces than on random numbers)."""
     photos = [sample("obama.jpg"), sample("two_people.jpg")]

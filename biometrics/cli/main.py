@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -284,6 +285,27 @@ def shared_data(name: str) -> Path:
     return shared_path("data", name) or shared_dirs()[0] / "data" / name
 
 
+def _writable_report_folder(ctx: click.Context, param: click.Parameter, out: Path) -> Path:
+    """``--out`` of a report, refused at once if nothing can be written there (a file in the way, a read-only or
+    missing place) rather than after minutes of work. Nothing is created yet: a command refused later leaves no
+    folder behind."""
+    existing = next(path for path in (out, *out.parents) if path.exists())
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write a report folder there: {existing} ({exc.strerror or exc})") from None
+    return out
+
+
+report_folder_option = click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    callback=_writable_report_folder,
+    help="Report folder.",
+)
+
 lfw_data_option = click.option(
     "--data",
     type=click.Path(file_okay=False, path_type=Path),
@@ -334,7 +356,7 @@ def _pipelines_by_detector(detectors, embedders, threads, threshold):
     "(needs the `baselines` extra).",
 )
 @click.option("--threads", type=click.IntRange(1), default=None)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
+@report_folder_option
 @click.option("--progress/--no-progress", default=True)
 @click.option("--bench", is_flag=True, help="Also measure each embedder's efficiency and plot accuracy vs latency.")
 def evaluate_lfw_command(data, folds, detectors, embedders, baselines, threads, out, progress, bench):
@@ -398,7 +420,7 @@ def evaluate_lfw_command(data, folds, detectors, embedders, baselines, threads, 
 @threshold_option
 @select_option
 @click.option("--threads", type=click.IntRange(1), default=None)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
+@report_folder_option
 @click.option("--progress/--no-progress", default=True)
 def evaluate_folder_command(folder, detectors, embedders, threshold, select, threads, out, progress):
     """Verification on your own photos: FOLDER holds one sub-folder of photos per person. Every pair of photos
@@ -438,7 +460,7 @@ def evaluate_folder_command(folder, detectors, embedders, threshold, select, thr
 )
 @click.option("--detector", "detectors", multiple=True, help="Detector(s) to compare (repeatable).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="Threads for the accuracy run (latency: 1).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
+@report_folder_option
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evenly spaced sample of N images (quick check).")
 @click.option(
     "--max-side",
@@ -482,7 +504,7 @@ def evaluate_wider_command(data, detectors, threads, out, limit, max_side, progr
 )
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evenly spaced sample of N images.")
 @click.option("--threads", type=click.IntRange(1), default=None)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
+@report_folder_option
 @click.option("--progress/--no-progress", default=True)
 def evaluate_landmarks_command(data, folds, detectors, references, limit, threads, out, progress):
     """Landmark NME against a reference ensemble on held-out LFW faces (people of --folds)."""
@@ -592,7 +614,7 @@ def _inputs_from_photos(models, paths: list[Path]) -> dict:
 
 @cli.command()
 @click.argument("models", nargs=-1, required=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
+@report_folder_option
 @click.option(
     "--threads",
     "thread_counts",
