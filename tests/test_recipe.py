@@ -156,3 +156,16 @@ def test_cli_refuses_a_broken_recipe_in_one_line_before_writing_anything(tmp_pat
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "optimizer.lr: expected a positive number, got -0.002" in lines[0]
     assert not work_dir.exists() and not (tmp_path / "models").exists()
+
+
+def test_a_recipe_that_is_not_yaml_is_one_line_naming_where(tmp_path):
+    from click.testing import CliRunner
+
+    from biometrics.cli.main import cli
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: x\ntask: [embedding,\n")
+    result = CliRunner().invoke(cli, ["distill", str(path), "--work-dir", str(tmp_path / "wd")])
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: {path}: not valid YAML at line 3, column 1 (")

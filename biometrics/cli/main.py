@@ -54,7 +54,9 @@ class ReportingGroup(click.Group):
 
 def _report(ctx: click.Context, exc: Exception, message: str) -> None:
     """The one-line reason on stderr; with ``--json``, also the object a script parses instead of the result
-    (``{"error": {"kind": "no_face", "message": ...}}``, its kind named after the error's class)."""
+    (``{"error": {"kind": "no_face", "message": ...}}``, its kind named after the error's class). A reason that
+    spans lines (a parser's, quoted) is put on one, which is what scripts reading stderr rely on."""
+    message = " ".join(message.split())
     click.echo(f"error: {message}", err=True)
     if ctx.meta.get(JSON_OUTPUT):
         click.echo(json.dumps({"error": {"kind": error_kind(exc), "message": message}}))

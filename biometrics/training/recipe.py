@@ -343,8 +343,12 @@ class Recipe:
     def load(cls, path: Path) -> Recipe:
         try:
             raw = yaml.load(Path(path).read_text(), Loader=RecipeLoader)
-        except (OSError, yaml.YAMLError) as exc:
-            raise RecipeError(f"{path}: cannot read recipe ({exc})") from None
+        except OSError as exc:
+            raise RecipeError(f"{path}: cannot read recipe ({exc.strerror or exc})") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise RecipeError(f"{path}: not valid YAML{where} ({getattr(exc, 'problem', None) or exc})") from None
         if not isinstance(raw, dict):
             raise RecipeError(f"{path}: a recipe is a YAML mapping")
         required = [
