@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import io
 import json
 import sys
@@ -12,6 +13,7 @@ from biometrics.errors import DataError
 from biometrics.evaluation.datasets import unpack_once
 from biometrics.evaluation.lfw import (
     EmbeddedImages,
+    Pair,
     images_in_folds,
     impostor_calibration,
     parse_folds,
@@ -133,6 +135,11 @@ def test_calibration_uses_only_cross_identity_pairs():
 def test_report_files(tmp_path):
     rng = np.random.default_rng(0)
     labels = np.repeat([1, 0], 300)
+    folds = np.tile(np.repeat([1, 2], 150), 2)
+    pairs = [
+        Pair(int(fold), "A", i + 1, "A" if same else "B", i + 2)
+        for i, (fold, same) in enumerate(zip(folds, labels, strict=True))
+    ]
     run = {
         "folds": [1, 2],
         "images": 10,
@@ -140,10 +147,11 @@ def test_report_files(tmp_path):
         "calibration": {"impostor_pairs": 9, "thresholds": {"0.001": 0.5, "0.0001": 0.6}},
         "scores": np.where(labels == 1, rng.normal(0.7, 0.1, 600), rng.normal(0.1, 0.1, 600)),
         "labels": labels,
+        "pairs": pairs,
     }
     from biometrics.evaluation.metrics import verification_summary
 
-    run["summary"] = verification_summary(run["scores"], labels, np.tile(np.repeat([1, 2], 150), 2))
+    run["summary"] = verification_summary(run["scores"], labels, folds)
     card = {
         "runs": [{"threads": 1, "latency_batch1": {"p50_ms": 2.5}}],
         "file_size_bytes": 1_100_000,
@@ -159,6 +167,16 @@ def test_report_files(tmp_path):
     assert "scores" not in report["results"]["a + b"]
     assert "| a + b | 1-2 | 600 |" in files["md"].read_text()
     assert all(files[key].stat().st_size > 1000 for key in ("roc", "det", "scores_0"))
+    rows = list(csv.DictReader(files["scores_csv"].open()))  # every pair, in a form a spreadsheet or pandas reads
+    assert len(rows) == 600 and rows[0] == {
+        "fold": "1",
+        "image_a": "A/A_0001.jpg",
+        "image_b": "A/A_0002.jpg",
+        "same_person": "1",
+        "a + b": f"{run['scores'][0]:.6f}",
+    }
+    assert [int(row["same_person"]) for row in rows] == labels.tolist() and "embedding" not in rows[0]
+    assert "[scores.csv](scores.csv)" in files["md"].read_text()
 
     # Rerun into the same folder with fewer models and no --bench: nothing of the first run is left beside it, and
     # a file that is not a report's stays.
@@ -167,7 +185,7 @@ def test_report_files(tmp_path):
     write_verification_report(tmp_path, "two", {"a + b": run, "c + d": run}, run_metadata([]))
     write_verification_report(tmp_path, "one", {"a + b": run}, run_metadata([]))
     left = sorted(path.name for path in tmp_path.iterdir())
-    assert left == ["det.png", "notes.txt", "report.json", "report.md", "roc.png", "scores_0.png"]
+    assert left == ["det.png", "notes.txt", "report.json", "report.md", "roc.png", "scores.csv", "scores_0.png"]
 
 
 @pytest.mark.slow

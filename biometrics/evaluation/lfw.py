@@ -274,5 +274,6 @@ def evaluate_lfw(faces: LabelledFaces, data_dir: Path, folds: list[int], progres
             "calibration": impostor_calibration(embedded),
             "scores": scores,
             "labels": labels,
+            "pairs": pairs,
         }
     return runs

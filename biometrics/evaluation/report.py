@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import datetime
 import json
 import os
@@ -87,15 +88,34 @@ def write_score_plots(out_dir: Path, runs: dict[str, dict], thresholds: dict[str
     return files
 
 
+PER_PAIR = ("scores", "labels", "pairs")
+"""What a run holds per pair: written to scores.csv (LFW) or plotted, never into report.json."""
+
+
 def without_scores(runs: dict[str, dict]) -> dict[str, dict]:
-    """The runs as report.json keeps them: everything but the per-pair ``scores`` and ``labels`` arrays."""
-    return {label: {k: v for k, v in run.items() if k not in ("scores", "labels")} for label, run in runs.items()}
+    """The runs as report.json keeps them: everything but the per-pair arrays (``PER_PAIR``)."""
+    return {label: {k: v for k, v in run.items() if k not in PER_PAIR} for label, run in runs.items()}
+
+
+def write_pair_scores(path: Path, runs: dict[str, dict]) -> Path:
+    """Every pair's score under every pipeline, a row per pair (its fold, its two images, same person or not), for
+    paired comparisons of models (McNemar, bootstrap) and plots of one's own. Scores only, no embeddings."""
+    pairs = next(iter(runs.values()))["pairs"]
+    if any(run["pairs"] != pairs for run in runs.values()):
+        raise ValueError("the runs scored different pairs; scores.csv lines them up pair by pair")
+    columns = [run["scores"] for run in runs.values()]
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["fold", "image_a", "image_b", "same_person", *runs])
+        for i, pair in enumerate(pairs):
+            writer.writerow([pair.fold, *pair.images, int(pair.same), *(f"{column[i]:.6f}" for column in columns)])
+    return path
 
 
 def write_verification_report(
     out_dir: Path, title: str, runs: dict[str, dict], meta: dict, efficiency: dict[str, dict] | None = None
 ) -> dict[str, Path]:
-    """Write report.json, report.md, roc.png, det.png and one score histogram per run.
+    """Write report.json, report.md, scores.csv, roc.png, det.png and one score histogram per run.
 
     ``runs`` maps a label (e.g. "yunet-teacher + sface-teacher") to an ``evaluate_lfw`` result. With
     ``efficiency`` (label -> the embedder's efficiency card, measured in the same run) the report also gets an
@@ -116,6 +136,7 @@ def write_verification_report(
             },
             out_dir / "pareto.png",
         )
+    files["scores_csv"] = write_pair_scores(out_dir / "scores.csv", runs)
     public = without_scores(runs)
     for label, card in (efficiency or {}).items():
         public[label]["efficiency"] = card
@@ -220,6 +241,7 @@ def _markdown(title: str, results: dict[str, dict], meta: dict, files: dict[str,
             ],
         )
         lines += ["", "Full efficiency cards: [efficiency.md](efficiency.md)."]
+    lines += ["", "Every pair's score under each pipeline: [scores.csv](scores.csv)."]
     lines += ["", "## Models", ""] + [f"- `{m['name']}` sha256 `{m['sha256']}`" for m in meta["models"]]
     lines += ["", "## Plots", ""] + [f"![{key}]({path.name})" for key, path in files.items() if path.suffix == ".png"]
     return "\n".join(lines) + "\n"
