@@ -223,3 +223,10 @@ def test_models_list_marks_the_defaults_and_points_to_licence_notes(run):
     rows = {line.split()[0]: line for line in lines[1:-1]}
     assert rows["sface-student"].split()[1] == "*" and rows["yunet-teacher"].split()[1] == "*"
     assert "(see card)" in rows["sface-student"] and "(see card)" not in rows["sface-teacher"]
+    listed = {model["name"]: model for model in json.loads(run("models", "list", "--json").stdout)["models"]}
+    assert list(listed) == [line.split()[0] for line in lines[1:-1]]  # the same models, for scripts
+    assert {name for name, model in listed.items() if model["default"]} == {"sface-student", "yunet-teacher"}
+    assert listed["sface-student"]["available"] and listed["sface-student"]["task"] == "embedding"
+    assert (
+        "non-commercial" in listed["sface-student"]["licence_note"] and listed["sface-teacher"]["licence_note"] is None
+    )

@@ -772,19 +772,40 @@ def models():
 
 
 @models.command("list")
-def models_list():
+@json_option
+def models_list(as_json):
     """Registered models: task, whether the file is here (`missing`: see `models show NAME`), licence; the
     pipeline's defaults are marked *."""
     from biometrics.pipeline import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
     from biometrics.registry import ModelRegistry
 
     registry = ModelRegistry()
+    listed = [
+        {
+            "name": card.name,
+            "task": card.task,
+            "available": registry.available(card.name),
+            "default": card.name in (DEFAULT_DETECTOR, DEFAULT_EMBEDDER),
+            "licence": card.data.get("licence", "?"),
+            "licence_note": card.data.get("licence_note"),
+            "description": card.data.get("description", ""),
+        }
+        for card in (registry.card(name) for name in registry.names())
+    ]
+    if as_json:
+        click.echo(json.dumps({"models": listed}))
+        return
     rows = [("name", "task", "file", "licence", "description")]
-    for card in (registry.card(name) for name in registry.names()):
-        default = " *" if card.name in (DEFAULT_DETECTOR, DEFAULT_EMBEDDER) else ""
-        status = "ok" if registry.available(card.name) else "missing"
-        licence = card.data.get("licence", "?") + (" (see card)" if "licence_note" in card.data else "")
-        rows.append((card.name + default, card.task, status, licence, card.data.get("description", "")))
+    for model in listed:
+        rows.append(
+            (
+                model["name"] + (" *" if model["default"] else ""),
+                model["task"],
+                "ok" if model["available"] else "missing",
+                model["licence"] + (" (see card)" if model["licence_note"] else ""),
+                model["description"],
+            )
+        )
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
     for row in rows:
         click.echo(
