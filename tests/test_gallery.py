@@ -95,6 +95,29 @@ def test_enrol_refuses_a_photo_without_a_face_and_names_the_face_it_picks(run, s
     _one_line_error(run("gallery", "remove", "nobody"), "no one named 'nobody'")
 
 
+def test_enrolment_refuses_photos_of_two_people_and_warns_of_a_look_alike(run, sample, tmp_path):
+    """A photo that matches none of a person's other photos is refused unless asked; a face already enrolled
+    under another name is a warning (identification would hesitate between the two)."""
+    mixed = run("enroll", "obama", sample("obama.jpg"), sample("biden.jpg"))
+    _one_line_error(mixed, "not one person? obama.jpg, biden.jpg match none of obama's other photos")
+    assert "nothing enrolled (--allow-mismatch" in mixed.stderr and not (tmp_path / "private").exists()
+
+    same = run("enroll", "obama", sample("obama.jpg"), sample("obama2.jpg"))
+    assert same.exit_code == 0 and same.stderr == ""
+    stray = run("enroll", "obama", sample("biden2.jpg"))  # checked against the templates enrolled before
+    _one_line_error(stray, "biden2.jpg matches none of obama's other photos (best similarity 0.")
+    people = json.loads(run("gallery", "list", "--json").stdout)["people"]
+    assert [(p["name"], p["templates"]) for p in people] == [("obama", 2)]
+    assert run("enroll", "obama", sample("obama3.jpg")).stderr == ""  # a new photo that matches is no stray
+
+    twice = run("enroll", "barack", sample("obama3.jpg"))  # the very photo enrolled as obama
+    assert twice.exit_code == 0
+    assert twice.stderr.startswith("warning: obama3.jpg also matches 'obama', already enrolled (similarity 1.0000")
+    forced = run("enroll", "biden", sample("biden.jpg"), sample("obama.jpg"), "--allow-mismatch")
+    assert forced.exit_code == 0 and "enrolled biden: 2 template(s)" in forced.stdout
+    assert "obama.jpg also matches 'obama'" in forced.stderr  # the best other person: its own photo, not barack's
+
+
 def test_enrol_and_identify_the_face_given_by_its_index(run, sample):
     """two_people.jpg: face 0 (the largest, and nearest the centre) is Obama, face 1 Biden."""
     assert run("enroll", "obama", sample("obama.jpg")).exit_code == 0
@@ -249,7 +272,8 @@ def test_an_uncalibrated_embedder_enrols_and_identifies_with_a_threshold_given(r
 
     mine = tmp_path / "mine.onnx"
     mine.write_bytes(ModelRegistry().resolve("sface-student").source_path.read_bytes())
-    assert run("enroll", "obama", sample("obama.jpg"), "--embedder", mine).exit_code == 0
+    enrolled = run("enroll", "obama", sample("obama.jpg"), "--embedder", mine)
+    assert enrolled.exit_code == 0 and enrolled.stderr.startswith("note: photos not compared with each other")
     _one_line_error(run("identify", sample("obama3.jpg"), "--embedder", mine), "no calibrated threshold")
     _one_line_error(run("verify", sample("obama.jpg"), tmp_path / "missing.jpg", "--embedder", mine), "threshold")
     identified = run("identify", sample("obama3.jpg"), "--embedder", mine, "--threshold", "0.4", "--json")

@@ -27,9 +27,10 @@ from biometrics.cli.main import cli
 from biometrics.errors import SourceError
 from biometrics.face import Face
 from biometrics.gallery import EmbedderId, Gallery, NewTemplate
-from biometrics.live.capture import FrameSource
+from biometrics.imaging import load_image
+from biometrics.live.capture import Frame, FrameSource
 from biometrics.live.recognizer import FrameResult, LiveRecognizer, TrackReport
-from biometrics.live.session import KNOWN_COLOUR, LiveControls, annotate, run_live
+from biometrics.live.session import KNOWN_COLOUR, GalleryLink, LiveControls, annotate, run_live
 from biometrics.live.tracker import IoUTracker
 from biometrics.live.web import BrowserView
 
@@ -394,6 +395,23 @@ def test_browser_threshold_accepts_only_cosine_similarities(pipeline):
             assert json.loads(response.read(), parse_constant=pytest.fail)["threshold"] == -0.25  # strict JSON
     finally:
         view.close()
+
+
+def test_a_browser_enrolment_warns_when_the_face_matches_none_of_the_persons_or_someone_elses(
+    performer_gallery, pipeline, sample
+):
+    """At the camera the face is enrolled anyway (a view not yet recognised is what re-enrolment is for), with
+    the reason to look twice in the message the page shows."""
+    capture = cv2.VideoCapture(str(sample("hamilton_clip.mp4")))
+    capture.set(cv2.CAP_PROP_POS_FRAMES, 100)
+    frame = Frame(100, 4.0, capture.read()[1])
+    capture.release()
+    link = GalleryLink(performer_gallery, None, EmbedderId.of(pipeline.embedder))
+    assert link.enroll(pipeline, "performer", frame, None, pipeline.threshold) == "enrolled performer (2 template(s))"
+    twice = link.enroll(pipeline, "someone", frame, None, pipeline.threshold)
+    assert twice.startswith("enrolled someone (1 template(s)); live frame 100 also matches 'performer', already")
+    stranger = link.enroll(pipeline, "someone", Frame(0, 0.0, load_image(sample("biden.jpg"))), None, 0.4)
+    assert stranger.startswith("enrolled someone (2 template(s)); live frame 0 matches none of someone's other photos")
 
 
 def test_browser_page_in_headless_chromium(tmp_path, sample):

@@ -18,6 +18,7 @@ from biometrics.cli.main import _pipeline, json_option, pipeline_options, select
 if TYPE_CHECKING:
     import numpy as np
 
+    from biometrics.gallery import EmbedderId, Templates
     from biometrics.pipeline import FacePipeline
 
 EXIT_UNKNOWN = 1
@@ -101,23 +102,43 @@ def _box(face) -> str:
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @gallery_options
 @pipeline_options
+@threshold_option
 @face_options
 @click.option(
     "--keep-images",
     is_flag=True,
     help="Also store each face with a margin around it, as PNG (what `gallery reembed` needs).",
 )
+@click.option(
+    "--allow-mismatch",
+    is_flag=True,
+    help="Enrol even a photo whose face matches none of NAME's other photos (a harder view of the same person).",
+)
 def enroll(
-    name, images, gallery_path, key_file, detector, embedder, threads, max_side, select, face_index, keep_images
+    name,
+    images,
+    gallery_path,
+    key_file,
+    detector,
+    embedder,
+    threads,
+    max_side,
+    threshold,
+    select,
+    face_index,
+    keep_images,
+    allow_mismatch,
 ):
-    """Add NAME to the gallery with one template per image (all images or none)."""
+    """Add NAME to the gallery with one template per image (all images or none). Refused if a photo's face
+    matches none of NAME's other photos; a warning if it matches someone enrolled under another name."""
 
-    from biometrics.errors import NoFaceError
-    from biometrics.gallery import EmbedderId, NewTemplate, check_name
+    from biometrics.errors import GalleryError, NoFaceError
+    from biometrics.gallery import EmbedderId, NewTemplate, TemplateIndex, check_enrolment, check_name
     from biometrics.imaging import load_image
 
     name = check_name(name)
-    pipeline = gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side)
+    pipeline = gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold)
+    embedder_id = EmbedderId.of(pipeline.embedder)
     templates = []
     for path in images:
         pixels = load_image(path)
@@ -132,12 +153,34 @@ def enroll(
                 err=True,
             )
         templates.append(NewTemplate.of_face(face, pixels, path.name, keep_images))
+    if pipeline.calibrated:
+        enrolled = TemplateIndex(_enrolled_templates(gallery_path, key_file, embedder_id))
+        check = check_enrolment(enrolled, name, templates, pipeline.threshold)
+        if check.strays and not allow_mismatch:
+            raise GalleryError(
+                f"not one person? {check.describe_strays()}: nothing enrolled (--allow-mismatch enrols anyway)"
+            )
+        for warning in check.describe_look_alikes():
+            click.echo(f"warning: {warning}", err=True)
+    else:
+        click.echo("note: photos not compared with each other or the gallery (no threshold: --threshold T)", err=True)
     with open_gallery(gallery_path, key_file, create=True) as gallery:
-        person = gallery.enroll(name, EmbedderId.of(pipeline.embedder), templates)
+        person = gallery.enroll(name, embedder_id, templates)
         click.echo(
             f"enrolled {person.name}: {len(templates)} template(s) added, {person.templates} in total "
             f"({gallery.path}{', images kept' if keep_images else ''})"
         )
+
+
+def _enrolled_templates(gallery_path: Path | None, key_file: Path | None, embedder: EmbedderId) -> Templates:
+    """The gallery's templates, none before the first enrolment (nothing is created to read them)."""
+    from biometrics.gallery import Templates, default_gallery_path
+
+    path = gallery_path or default_gallery_path()
+    if not path.is_file() or path.stat().st_size == 0:
+        return Templates.empty(embedder.dim)
+    with open_gallery(gallery_path, key_file) as gallery:
+        return gallery.templates(embedder)
 
 
 @click.command()

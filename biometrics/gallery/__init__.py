@@ -1,7 +1,14 @@
 """Enrol faces once, recognise them later: a persistent gallery (SQLite) and 1:N search over it."""
 
 from biometrics.gallery.cipher import KEY_ENV, load_key
-from biometrics.gallery.search import Identification, Match, TemplateIndex, faiss_available
+from biometrics.gallery.search import (
+    EnrolmentCheck,
+    Identification,
+    Match,
+    TemplateIndex,
+    check_enrolment,
+    faiss_available,
+)
 from biometrics.gallery.store import (
     GALLERY_ENV,
     UNKNOWN,
@@ -20,6 +27,7 @@ __all__ = [
     "KEY_ENV",
     "UNKNOWN",
     "EmbedderId",
+    "EnrolmentCheck",
     "Gallery",
     "Identification",
     "KeptImage",
@@ -28,6 +36,7 @@ __all__ = [
     "Person",
     "TemplateIndex",
     "Templates",
+    "check_enrolment",
     "check_name",
     "default_gallery_path",
     "faiss_available",

@@ -9,12 +9,13 @@ approximate index (HNSW, IVF) would be faster still, but it costs minutes to bui
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from biometrics.face import Face
-from biometrics.gallery.store import Templates
+from biometrics.gallery.store import NewTemplate, Templates
 
 FAISS_MIN_TEMPLATES = 50_000
 
@@ -82,6 +83,12 @@ class TemplateIndex:
     def __len__(self) -> int:
         return len(self.vectors)
 
+    def vectors_of(self, name: str) -> np.ndarray:
+        """The templates of one person (none if not enrolled)."""
+        if name not in self.names:
+            return self.vectors[:0]
+        return self.vectors[self.owners == self.names.index(name)]
+
     def search(self, queries: np.ndarray, k: int) -> list[tuple[Match, ...]]:
         """The ``k`` best people for each query embedding (rows of ``queries``), best first."""
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
@@ -115,3 +122,54 @@ class TemplateIndex:
             return []
         matches = self.search(np.stack([face.embedding for face in faces]), k)
         return [Identification(face, found, threshold) for face, found in zip(faces, matches, strict=True)]
+
+
+@dataclass(frozen=True)
+class EnrolmentCheck:
+    """What new templates for ``name`` would do to the gallery's answers at ``threshold``.
+
+    ``strays``: new templates that match none of the person's other templates, new or enrolled (a photo of someone
+    else, or a face too unlike the rest to be recognised by). ``look_alikes``: new templates that match a person
+    already enrolled under another name, who would then compete with ``name`` in every identification."""
+
+    name: str
+    threshold: float
+    strays: tuple[tuple[str, float], ...]  # (source, best similarity to the person's other templates)
+    look_alikes: tuple[tuple[str, Match], ...]  # (source, the best other person, at or above the threshold)
+
+    def describe_strays(self) -> str:
+        sources = ", ".join(source for source, _ in self.strays)
+        scores = ", ".join(f"{best:.4f}" for _, best in self.strays)
+        verb = "matches" if len(self.strays) == 1 else "match"
+        return (
+            f"{sources} {verb} none of {self.name}'s other photos (best similarity {scores} < threshold "
+            f"{self.threshold:.4f})"
+        )
+
+    def describe_look_alikes(self) -> list[str]:
+        return [
+            f"{source} also matches '{match.name}', already enrolled (similarity {match.score:.4f} >= threshold "
+            f"{self.threshold:.4f}): identify would answer whichever of the two scores higher"
+            for source, match in self.look_alikes
+        ]
+
+
+def check_enrolment(
+    index: TemplateIndex, name: str, templates: Sequence[NewTemplate], threshold: float
+) -> EnrolmentCheck:
+    """Check new templates for ``name`` against each other and the gallery (``index``) before they are enrolled.
+    A single photo of a new person has nothing of theirs to be compared with, so it cannot be a stray."""
+    new = np.stack([np.asarray(t.embedding, dtype=np.float32) for t in templates])
+    own = index.vectors_of(name)
+    scores = new @ np.concatenate([own, new]).T
+    scores[np.arange(len(new)), len(own) + np.arange(len(new))] = -np.inf  # not against itself
+    strays = ()
+    if scores.shape[1] > 1:
+        best = scores.max(axis=1)
+        strays = tuple((t.source, float(b)) for t, b in zip(templates, best, strict=True) if b < threshold)
+    look_alikes = []
+    for template, matches in zip(templates, index.search(new, 2), strict=True):
+        other = next((m for m in matches if m.name != name), None)
+        if other is not None and other.score >= threshold:
+            look_alikes.append((template.source, other))
+    return EnrolmentCheck(name, threshold, strays, tuple(look_alikes))

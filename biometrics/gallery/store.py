@@ -134,6 +134,10 @@ class Templates:
     owners: np.ndarray  # int64, non-decreasing
     vectors: np.ndarray  # float32, N x dim, unit length
 
+    @classmethod
+    def empty(cls, dim: int) -> Templates:
+        return cls((), np.empty(0, dtype=np.int64), np.empty((0, dim), dtype=np.float32))
+
 
 @dataclass(frozen=True)
 class KeptImage:

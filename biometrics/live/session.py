@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from biometrics.errors import BiometricsError, NoFaceError
-from biometrics.gallery import EmbedderId, Gallery, NewTemplate, TemplateIndex
+from biometrics.gallery import EmbedderId, Gallery, NewTemplate, TemplateIndex, check_enrolment
 from biometrics.live.capture import Frame, FrameSource
 from biometrics.live.recognizer import FrameResult, LiveRecognizer
 from biometrics.live.tracker import box_iou
@@ -51,8 +51,10 @@ class GalleryLink:
         with Gallery(self.path, key=self.key) as gallery:
             return TemplateIndex(gallery.templates(self.embedder))
 
-    def enroll(self, pipeline, name: str, frame: Frame, near_box: np.ndarray | None) -> str:
-        """Enrol the face of ``frame`` that overlaps ``near_box`` most (the largest without one)."""
+    def enroll(self, pipeline, name: str, frame: Frame, near_box: np.ndarray | None, threshold: float) -> str:
+        """Enrol the face of ``frame`` that overlaps ``near_box`` most (the largest without one). Unlike `enroll`,
+        a face that matches none of the person's templates is enrolled with a warning: whoever stands at the camera
+        is being looked at, and a view the gallery does not yet recognise is what a second enrolment is for."""
         faces = pipeline.detect(frame.image)
         if not faces:
             raise NoFaceError(f"no face in frame {frame.index}")
@@ -63,8 +65,10 @@ class GalleryLink:
         embedded = pipeline.embed(frame.image, [face])[0]
         template = NewTemplate.of_face(embedded, frame.image, f"live frame {frame.index}", self.keep_images)
         with Gallery(self.path, key=self.key, create=True) as gallery:
+            check = check_enrolment(TemplateIndex(gallery.templates(self.embedder)), name, [template], threshold)
             person = gallery.enroll(name, self.embedder, [template])
-        return f"enrolled {person.name} ({person.templates} template(s))"
+        warnings = ([check.describe_strays()] if check.strays else []) + check.describe_look_alikes()
+        return "; ".join([f"enrolled {person.name} ({person.templates} template(s))", *warnings])
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ class LiveControls:
                 if request.track_id is not None and not tracks:
                     raise BiometricsError(f"no track #{request.track_id} in the current frame")
                 near = max(tracks, key=lambda t: t.face.area).face.box if tracks else None
-                message = link.enroll(self.recognizer.pipeline, request.name, frame, near)
+                message = link.enroll(self.recognizer.pipeline, request.name, frame, near, self.recognizer.threshold)
                 self.recognizer.use_index(link.load_index())
                 request.done.set_result(message)
             except BiometricsError as exc:

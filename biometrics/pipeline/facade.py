@@ -136,6 +136,11 @@ class FacePipeline:
         return self._threshold
 
     @property
+    def calibrated(self) -> bool:
+        """Whether ``threshold`` has a value (given, or from the embedder's card)."""
+        return self._threshold is not None
+
+    @property
     def name(self) -> str:
         """Which models run, as reports label a pipeline: "yunet-teacher + sface-student"."""
         return f"{self.detector.name} + {self.embedder.name}"
