@@ -5,6 +5,7 @@ Python example runs, and every report they cite is there."""
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import runpy
 import shlex
@@ -287,3 +288,24 @@ def test_the_readme_headline_table_quotes_the_model_cards():
             assert all(map(_matches_printed, printed, actual)), f"{model_cell}: {printed}, the card says {actual}"
             checked += 1
     assert checked >= 8
+
+
+def test_the_readme_identification_table_quotes_its_report():
+    """The 1:N table under "Your own photos": rank-1, FPIR and FNIR at the card threshold, FPIR by gallery size and
+    the FPIR-1% threshold with its FNIR, as reports/folder-lfw-folds6-10 measured them."""
+    results = json.loads((ROOT / "reports/folder-lfw-folds6-10/report.json").read_text())["results"]
+    section = (ROOT / "README.md").read_text().split("Searched 1:N in the same report")[1].split("\n\n")[1]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| yunet")]
+    assert len(rows) == 2
+    for pipeline, rank_1, at_threshold, by_size, at_one_percent in rows:
+        run = results[pipeline.split(" (")[0].strip()]["identification"]
+        point, strict = run["at_threshold"], run["at_fpir"]["1e-2"]
+        assert f"({point['threshold']})" in pipeline
+        quoted = [
+            (rank_1, f"{100 * run['rank_1']:.2f}%"),
+            (at_threshold, f"{100 * point['fpir']:.3g}% / {100 * point['fnir']:.3g}%"),
+            (by_size, " / ".join(f"{100 * row['fpir_at_threshold']:.3g}%" for row in run["by_gallery_size"])),
+            (at_one_percent, f"{strict['threshold']:.4f}: {100 * strict['fnir']:.3g}%"),
+        ]
+        assert all(cell.strip() == expected for cell, expected in quoted), (pipeline, quoted)
+        assert [row["people"] for row in run["by_gallery_size"]] == [1, 10, 100, 854]  # the column heading

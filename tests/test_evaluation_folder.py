@@ -13,6 +13,8 @@ from biometrics.cli.main import cli
 from biometrics.errors import DataError
 from biometrics.evaluation import metrics
 from biometrics.evaluation.folder import PhotoFolder, operating_point
+from biometrics.evaluation.identification import by_gallery_size, identification_rates, search_outcomes
+from biometrics.gallery import TemplateIndex, Templates
 
 
 @pytest.fixture
@@ -92,6 +94,66 @@ def test_a_threshold_set_at_a_target_fmr_never_exceeds_it():
         assert point["false_matches"] == int(np.floor(fmr * impostor.size))  # no ties among random scores
 
 
+def _clustered(rng: np.random.Generator, people: int, dim: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings of 1 to 5 photos per person around a centre each: some people too few to enrol."""
+    identities = np.repeat(np.arange(people), rng.integers(1, 6, people))
+    embeddings = rng.normal(size=(people, dim))[identities] + 0.9 * rng.normal(size=(identities.size, dim))
+    return (embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)).astype(np.float32), identities
+
+
+@pytest.mark.parametrize("enrolled_photos", [1, 2])
+def test_identification_searches_are_what_the_gallery_answers(enrolled_photos):
+    """Each search, scored by the gallery's own search (TemplateIndex) over the people enrolled with their first
+    photos: a mated search finds its mate's score and rank; a non-mated one searches the gallery without its person."""
+    rng = np.random.default_rng(2)
+    embeddings, identities = _clustered(rng, 40)
+    counts = np.bincount(identities)
+    enrolled = [p for p in range(40) if counts[p] > enrolled_photos]
+    templates = {p: np.flatnonzero(identities == p)[:enrolled_photos] for p in enrolled}
+
+    def index(people: list[int]) -> TemplateIndex:
+        rows = np.concatenate([templates[p] for p in people])
+        owners = np.repeat(np.arange(len(people)), enrolled_photos)
+        return TemplateIndex(Templates(tuple(str(p) for p in people), owners, embeddings[rows]), backend="numpy")
+
+    everyone = index(enrolled)
+    mate_scores, mate_ranks, non_mated = [], [], []
+    for photo, person in enumerate(identities):
+        others = [p for p in enrolled if p != person]
+        non_mated.append(index(others).search(embeddings[photo], 1)[0][0].score)
+        if person in templates and photo not in templates[person]:
+            ranked = everyone.search(embeddings[photo], len(enrolled))[0]
+            mate = next(i for i, match in enumerate(ranked) if match.name == str(person))
+            mate_scores.append(ranked[mate].score)
+            mate_ranks.append(
+                1 + sum(match.score >= ranked[mate].score for match in ranked if match.name != str(person))
+            )
+    outcomes = search_outcomes(embeddings, identities, enrolled_photos)
+    assert outcomes.gallery_people == len(enrolled) and outcomes.templates == len(enrolled) * enrolled_photos
+    np.testing.assert_allclose(outcomes.mate_scores, mate_scores, atol=1e-6)
+    assert outcomes.mate_ranks.tolist() == mate_ranks
+    np.testing.assert_allclose(np.sort(outcomes.non_mated), np.sort(non_mated), atol=1e-6)
+
+
+def test_identification_rates_hold_their_targets_and_grow_with_the_gallery():
+    rng = np.random.default_rng(3)
+    embeddings, identities = _clustered(rng, 300)
+    rates = identification_rates(embeddings, identities, threshold=0.5)
+    for key, point in rates["at_fpir"].items():
+        assert point["fpir"] <= float(key) and point["false_positives"] == int(float(key) * rates["non_mated_searches"])
+    at = rates["at_threshold"]
+    assert at["misidentifications"] <= at["misses"]  # a mated search answered wrongly is also a miss
+    sizes = rates["by_gallery_size"]
+    assert [row["people"] for row in sizes] == [1, 10, 100, rates["gallery_people"]]
+    assert sizes[-1]["fpir_at_threshold"] == at["fpir"] and sizes[-1]["searches"] == rates["non_mated_searches"]
+    fpir = [row["fpir_at_threshold"] for row in sizes]
+    assert fpir == sorted(fpir) and fpir[0] < fpir[-1] / 10  # a stranger meets more look-alikes in a larger gallery
+    assert by_gallery_size(embeddings, identities, 0.5) == sizes  # drawn from a fixed seed: a rerun reports the same
+    curve = rates["curve"]
+    assert curve.fmr[0] == 0 and curve.fmr[-1] == 1 and np.all(np.diff(curve.fmr) >= 0)
+    assert 1 - curve.tmr[-1] == pytest.approx(1 - rates["rank_1"])  # at the lowest threshold only wrong firsts miss
+
+
 def test_evaluate_folder_scores_every_pair_as_verify_would(people, tmp_path, pipeline):
     out = tmp_path / "report"
     result = CliRunner().invoke(cli, ["evaluate", "folder", str(people), "--threads", "2", "--out", str(out)])
@@ -130,8 +192,14 @@ def test_evaluate_folder_scores_every_pair_as_verify_would(people, tmp_path, pip
     ]
     markdown = (out / "report.md").read_text()
     assert "`obama/truncated.jpg`" in markdown and "(1 other files ignored)" in markdown
-    assert all((out / name).is_file() for name in ("roc.png", "det.png", "scores_0.png"))
+    assert all((out / name).is_file() for name in ("roc.png", "det.png", "scores_0.png", "identification.png"))
     assert "embedding" not in json.dumps(report)
+    # 1:N: each person enrolled with their first usable photo (biden.jpg, 2009/obama3.jpg), the other three searched.
+    searches = run["identification"]
+    assert (searches["gallery_people"], searches["mated_searches"], searches["non_mated_searches"]) == (2, 3, 5)
+    assert searches["rank_1"] == 1.0 and searches["at_threshold"]["misidentifications"] == 0
+    assert [row["people"] for row in searches["by_gallery_size"]] == [1, 2]
+    assert "## 1:N identification (open set)" in markdown and "enrolled: rank-1 100.00%" in result.stdout
 
 
 def test_each_photo_is_read_and_searched_once_for_all_the_embedders_compared(people, pipeline, monkeypatch):

@@ -422,11 +422,19 @@ def evaluate_lfw_command(data, folds, detectors, embedders, baselines, threads, 
 @threshold_option
 @select_option
 @click.option("--threads", type=click.IntRange(1), default=None)
+@click.option(
+    "--gallery-photos",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="1:N part: photos enrolled per person (their first, by file name); people with more are enrolled.",
+)
 @report_folder_option
 @click.option("--progress/--no-progress", default=True)
-def evaluate_folder_command(folder, detectors, embedders, threshold, select, threads, out, progress):
-    """Verification on your own photos: FOLDER holds one sub-folder of photos per person. Every pair of photos
-    is scored; reports FMR and FNMR at the threshold, thresholds at target FMRs, EER, the hardest pairs."""
+def evaluate_folder_command(folder, detectors, embedders, threshold, select, threads, gallery_photos, out, progress):
+    """Verification and identification on your own photos: FOLDER holds one sub-folder of photos per person.
+    Every pair of photos is scored (FMR and FNMR at the threshold, thresholds at target FMRs, EER, the hardest
+    pairs), and every photo is searched in a gallery of the people (rank-1, FPIR and FNIR, by gallery size)."""
     from biometrics.evaluation.folder import PhotoFolder, evaluate_folder, training_data, write_folder_report
     from biometrics.evaluation.report import run_metadata
 
@@ -434,7 +442,7 @@ def evaluate_folder_command(folder, detectors, embedders, threshold, select, thr
     click.echo(f"{folder}: {len(photos.images)} photos of {len(photos.people)} people")
     runs, models = {}, []
     for group in _pipelines_by_detector(detectors, embedders, threads, threshold):
-        runs |= evaluate_folder(group, photos, select, progress)
+        runs |= evaluate_folder(group, photos, select, progress, gallery_photos)
         for pipeline in group:
             models += [m for m in (pipeline.detector.model, pipeline.embedder.model) if m not in models]
             run = runs[pipeline.name]
@@ -444,6 +452,15 @@ def evaluate_folder_command(folder, detectors, embedders, threshold, select, thr
                 f"({point['false_matches']:,} of {run['impostor_pairs']:,}), FNMR {100 * point['fnmr']:.3g}% "
                 f"({point['false_non_matches']:,} of {run['genuine_pairs']:,}); EER {100 * run['eer']:.2f}%; "
                 f"{len(run['left_out'])} of {run['photos']} photos left out (unreadable or no face)"
+            )
+            searches = run["identification"]
+            point = searches["at_threshold"]
+            click.echo(
+                f"  1:N, {searches['gallery_people']:,} people enrolled: rank-1 {100 * searches['rank_1']:.2f}%; at "
+                f"the threshold FPIR {100 * point['fpir']:.3g}% ({point['false_positives']:,} of "
+                f"{searches['non_mated_searches']:,} non-mated searches), FNIR {100 * point['fnir']:.3g}% "
+                f"({point['misses']:,} of {searches['mated_searches']:,}), {point['misidentifications']:,} "
+                "misidentified"
             )
     meta = run_metadata(models, threads) | {"select": select}
     for entry, model in zip(meta["models"], models, strict=True):

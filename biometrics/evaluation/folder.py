@@ -20,7 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from biometrics.errors import DataError, ImageError, NoFaceError
-from biometrics.evaluation import metrics
+from biometrics.evaluation import metrics, plots
+from biometrics.evaluation.identification import identification_rates
 from biometrics.evaluation.report import _md_table, without_scores, write_score_plots
 from biometrics.imaging import load_image
 from biometrics.pipeline.facade import FacePipeline, Selection, sharing_one_detector
@@ -133,21 +134,27 @@ def least_like_their_person(genuine: np.ndarray, genuine_rows: np.ndarray, faces
 
 
 def evaluate_folder(
-    pipelines: Sequence[FacePipeline], photos: PhotoFolder, select: Selection = "largest", progress: bool = True
+    pipelines: Sequence[FacePipeline],
+    photos: PhotoFolder,
+    select: Selection = "largest",
+    progress: bool = True,
+    gallery_photos: int = 1,
 ) -> dict[str, dict]:
     """Rates for each pipeline on ``photos`` (by ``pipeline.name``; the pipelines share a detector, so each is
     scored on the same faces): at its threshold, at each FMR of ``REPORTED_FMRS`` these impostor pairs resolve (one
-    false match allowed at least), EER and AUC. JSON-ready apart from ``scores``/``labels``."""
+    false match allowed at least), EER and AUC; and, under ``identification``, the open-set 1:N rates of a gallery
+    enrolled with each person's first ``gallery_photos`` photos (``biometrics.evaluation.identification``).
+    JSON-ready apart from ``PER_PAIR``'s entries."""
     thresholds = [pipeline.threshold for pipeline in pipelines]  # an uncalibrated embedder fails before any work
     return {
-        pipeline.name: _rates(threshold, photos, embedded)
+        pipeline.name: _rates(threshold, photos, embedded, gallery_photos)
         for pipeline, threshold, embedded in zip(
             pipelines, thresholds, embed_folder(pipelines, photos, select, progress), strict=True
         )
     }
 
 
-def _rates(threshold: float, photos: PhotoFolder, embedded: FolderEmbeddings) -> dict:
+def _rates(threshold: float, photos: PhotoFolder, embedded: FolderEmbeddings, gallery_photos: int) -> dict:
     identities = photos.identities[embedded.kept]
     genuine, genuine_rows, impostor, impostor_rows = metrics.pair_scores(embedded.embeddings, identities)
     if genuine.size == 0 or impostor.size == 0:
@@ -164,6 +171,11 @@ def _rates(threshold: float, photos: PhotoFolder, embedded: FolderEmbeddings) ->
         return [{"a": names[rows[i, 0]], "b": names[rows[i, 1]], "similarity": float(similarities[i])} for i in order]
 
     odd_rows, odd_means, odd_partners = least_like_their_person(genuine, genuine_rows, len(names))
+    try:
+        identification = identification_rates(embedded.embeddings, identities, threshold, gallery_photos)
+        identification_curve = identification.pop("curve")
+    except ValueError as exc:
+        raise DataError(f"{photos.root}: 1:N identification with --gallery-photos {gallery_photos}: {exc}") from None
     return {
         "people": len(np.unique(identities)),
         "photos": len(photos.images),
@@ -189,6 +201,8 @@ def _rates(threshold: float, photos: PhotoFolder, embedded: FolderEmbeddings) ->
                 odd_rows[:LISTED_PAIRS], odd_means[:LISTED_PAIRS], odd_partners[:LISTED_PAIRS], strict=True
             )
         ],
+        "identification": identification,
+        "identification_curve": identification_curve,
         "scores": scores,
         "labels": labels,
     }
@@ -249,7 +263,8 @@ def _markdown(photos: PhotoFolder, results: dict[str, dict], meta: dict, files: 
         "below one false match in all the impostor pairs is not listed.",
         "",
     ]
-    lines += _md_table(
+    lines += _md_table_or(
+        "No FMR of 1e-2 or below: too few impostor pairs to resolve one.",
         ["pipeline", "FMR", "threshold", "FMR reached (false matches)", "FNMR (false non-matches)"],
         [
             [
@@ -263,6 +278,7 @@ def _markdown(photos: PhotoFolder, results: dict[str, dict], meta: dict, files: 
             for key, point in run["at_fmr"].items()
         ],
     )
+    lines += _identification_markdown(results)
     for label, run in results.items():
         lines += ["", f"## {label}", ""]
         if run["left_out"]:
@@ -306,9 +322,108 @@ def _markdown(photos: PhotoFolder, results: dict[str, dict], meta: dict, files: 
     return "\n".join(lines) + "\n"
 
 
+def _md_table_or(nothing: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """The table, or the sentence ``nothing`` when it has no rows."""
+    return _md_table(header, rows) if rows else [nothing]
+
+
+def _identification_point(point: dict) -> list[str]:
+    """Threshold, FPIR, FNIR and misidentification rate of one 1:N operating point, as table cells."""
+    return [
+        f"{point['threshold']:.4f}",
+        _rate(point["fpir"], point["false_positives"]),
+        _rate(point["fnir"], point["misses"]),
+        _rate(point["misidentification_rate"], point["misidentifications"]),
+    ]
+
+
+def _identification_markdown(results: dict[str, dict]) -> list[str]:
+    first = next(iter(results.values()))["identification"]
+    photos = first["enrolled_photos"]
+    each = "their first photo" if photos == 1 else f"their first {photos} photos"
+    lines = [
+        "",
+        "## 1:N identification (open set)",
+        "",
+        f"What `biometrics identify` would answer: each person with more than {photos} photo(s) is enrolled with "
+        f"{each} (file-name order) and scored by their best template; their other photos are mated searches, answered "
+        "right when their person comes first at or above the threshold (else a miss: FNIR). Every photo is also a "
+        "non-mated search, against the gallery without its own person: naming anyone at or above the threshold is "
+        "a false positive (FPIR). A misidentification is a mated search answered with someone else's name. Rank-1 "
+        "and rank-5: the person first, or among the first five, at any score.",
+        "",
+    ]
+    searches = {label: run["identification"] for label, run in results.items()}
+    lines += _md_table(
+        ["pipeline", "gallery: people (templates)", "mated / non-mated searches", "rank-1", "rank-5", "threshold"]
+        + ["FPIR (false positives)", "FNIR (misses)", "misidentifications"],
+        [
+            [
+                label,
+                f"{run['gallery_people']:,} ({run['templates']:,})",
+                f"{run['mated_searches']:,} / {run['non_mated_searches']:,}",
+                f"{100 * run['rank_1']:.2f}%",
+                f"{100 * run['rank_5']:.2f}%",
+                *_identification_point(run["at_threshold"]),
+            ]
+            for label, run in searches.items()
+        ],
+    )
+    lines += [
+        "",
+        "Thresholds set on these non-mated searches for a target FPIR (they describe these photos):",
+        "",
+    ]
+    lines += _md_table_or(
+        "No FPIR of 1e-1 or below: too few non-mated searches to resolve one.",
+        ["pipeline", "FPIR", "threshold", "FPIR reached (false positives)", "FNIR (misses)", "misidentifications"],
+        [
+            [label, key, *_identification_point(point)]
+            for label, run in searches.items()
+            for key, point in run["at_fpir"].items()
+        ],
+    )
+    lines += [
+        "",
+        "The larger the gallery, the more strangers reach the threshold: FPIR by gallery size, for galleries drawn "
+        "at random from the enrolled people (pooled over the draws), and the thresholds that would hold FPIR at "
+        "1e-2 and 1e-3 there (- where the searches cannot resolve it):",
+        "",
+    ]
+
+    def threshold(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    lines += _md_table(
+        ["pipeline", "people in the gallery", "galleries drawn", "non-mated searches", "FPIR at the threshold"]
+        + ["threshold for FPIR 1e-2", "for FPIR 1e-3"],
+        [
+            [
+                label,
+                f"{row['people']:,}",
+                str(row["galleries"]),
+                f"{row['searches']:,}",
+                f"{100 * row['fpir_at_threshold']:.3g}%",
+                threshold(row["threshold_at_fpir_1e-2"]),
+                threshold(row["threshold_at_fpir_1e-3"]),
+            ]
+            for label, run in searches.items()
+            for row in run["by_gallery_size"]
+        ],
+    )
+    return lines
+
+
 def write_folder_report(out: Path, photos: PhotoFolder, runs: dict[str, dict], meta: dict) -> dict[str, Path]:
-    """report.json, report.md, roc.png, det.png and one score histogram per pipeline (its threshold marked)."""
+    """report.json, report.md, roc.png, det.png, identification.png (1:N DET) and one score histogram per pipeline
+    (its threshold marked)."""
     files = write_score_plots(out, runs, {label: run["at_threshold"]["threshold"] for label, run in runs.items()})
+    files["identification"] = plots.plot_det(
+        {label: run["identification_curve"] for label, run in runs.items()},
+        out / "identification.png",
+        title="1:N identification (open set)",
+        rates=("False positive identification rate (FPIR)", "False negative identification rate (FNIR)"),
+    )
     public = without_scores(runs)
     files["json"] = out / "report.json"
     files["json"].write_text(

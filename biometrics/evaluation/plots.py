@@ -99,9 +99,14 @@ def plot_roc(curves: dict[str, RocCurve], path: str | os.PathLike[str], title: s
     )
 
 
-def plot_det(curves: dict[str, RocCurve], path: str | os.PathLike[str], title: str = "") -> Path:
+def plot_det(
+    curves: dict[str, RocCurve],
+    path: str | os.PathLike[str],
+    title: str = "",
+    rates: tuple[str, str] = ("False match rate (FMR)", "False non-match rate (FNMR)"),
+) -> Path:
     """FNMR vs FMR, both axes log-scale from the decade below the smallest rate the pairs can measure (a zero rate
-    is drawn on the axis): lower-left is better."""
+    is drawn on the axis): lower-left is better. ``rates`` names the axes (x, y): a 1:N curve plots FNIR vs FPIR."""
     if not curves:
         raise ValueError("plot_det needs at least one curve")
     fmr_floor = _rate_floor([c.fmr for c in curves.values()], show=min(MARKED_FMRS) / 2)
@@ -118,8 +123,8 @@ def plot_det(curves: dict[str, RocCurve], path: str | os.PathLike[str], title: s
         fig,
         ax,
         path,
-        xlabel="False match rate (FMR)",
-        ylabel="False non-match rate (FNMR)",
+        xlabel=rates[0],
+        ylabel=rates[1],
         title=title or "DET",
         legend="upper right",
     )

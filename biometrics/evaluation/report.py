@@ -88,8 +88,8 @@ def write_score_plots(out_dir: Path, runs: dict[str, dict], thresholds: dict[str
     return files
 
 
-PER_PAIR = ("scores", "labels", "pairs")
-"""What a run holds per pair: written to scores.csv (LFW) or plotted, never into report.json."""
+PER_PAIR = ("scores", "labels", "pairs", "identification_curve")
+"""What a run holds per pair (or per search): written to scores.csv (LFW) or plotted, never into report.json."""
 
 
 def without_scores(runs: dict[str, dict]) -> dict[str, dict]:
