@@ -90,6 +90,11 @@ def test_enrol_refuses_a_photo_without_a_face_and_names_the_face_it_picks(run, s
     several = run("enroll", "someone", sample("multiface.jpg"))
     assert several.exit_code == 0 and several.stderr.startswith("warning: multiface.jpg: 6 faces, enrolling face 5,")
     assert "the largest, at (862, 443, 950, 558)" in several.stderr and "--face N" in several.stderr
+    as_json = run("enroll", "group", sample("multiface.jpg"), "--json")  # for scripts: warnings in the object
+    summary = json.loads(as_json.stdout)
+    assert as_json.stderr == "" and summary["warnings"][0].startswith("multiface.jpg: 6 faces, enrolling face 5,")
+    assert [summary[k] for k in ("name", "added", "templates", "embedder")] == ["group", 1, 1, "sface-student"]
+    assert [(f["faces_found"], f["index"]) for f in summary["faces"]] == [(6, 5)] and "embedding" not in as_json.stdout
     _one_line_error(run("enroll", "unknown", sample("obama.jpg")), "'unknown' is reserved")
     _one_line_error(run("identify", sample("obama.jpg"), "--gallery", tmp_path / "none.db"), "no gallery here")
     _one_line_error(run("gallery", "remove", "nobody"), "no one named 'nobody'")
@@ -113,6 +118,8 @@ def test_enrolment_refuses_photos_of_two_people_and_warns_of_a_look_alike(run, s
     twice = run("enroll", "barack", sample("obama3.jpg"))  # the very photo enrolled as obama
     assert twice.exit_code == 0
     assert twice.stderr.startswith("warning: obama3.jpg also matches 'obama', already enrolled (similarity 1.0000")
+    as_json = run("enroll", "obama", sample("biden.jpg"), "--json")  # for scripts: one object, the error's kind
+    assert as_json.exit_code == 2 and json.loads(as_json.stdout)["error"]["kind"] == "gallery"
     forced = run("enroll", "biden", sample("biden.jpg"), sample("obama.jpg"), "--allow-mismatch")
     assert forced.exit_code == 0 and "enrolled biden: 2 template(s)" in forced.stdout
     assert "obama.jpg also matches 'obama'" in forced.stderr  # the best other person: its own photo, not barack's
@@ -273,7 +280,7 @@ def test_an_uncalibrated_embedder_enrols_and_identifies_with_a_threshold_given(r
     mine = tmp_path / "mine.onnx"
     mine.write_bytes(ModelRegistry().resolve("sface-student").source_path.read_bytes())
     enrolled = run("enroll", "obama", sample("obama.jpg"), "--embedder", mine)
-    assert enrolled.exit_code == 0 and enrolled.stderr.startswith("note: photos not compared with each other")
+    assert enrolled.exit_code == 0 and enrolled.stderr.startswith("warning: photos not compared with each other")
     _one_line_error(run("identify", sample("obama3.jpg"), "--embedder", mine), "no calibrated threshold")
     _one_line_error(run("verify", sample("obama.jpg"), tmp_path / "missing.jpg", "--embedder", mine), "threshold")
     identified = run("identify", sample("obama3.jpg"), "--embedder", mine, "--threshold", "0.4", "--json")

@@ -114,6 +114,7 @@ def _box(face) -> str:
     is_flag=True,
     help="Enrol even a photo whose face matches none of NAME's other photos (a harder view of the same person).",
 )
+@json_option
 def enroll(
     name,
     images,
@@ -128,6 +129,7 @@ def enroll(
     face_index,
     keep_images,
     allow_mismatch,
+    as_json,
 ):
     """Add NAME to the gallery with one template per image (all images or none). Refused if a photo's face
     matches none of NAME's other photos; a warning if it matches someone enrolled under another name."""
@@ -136,10 +138,18 @@ def enroll(
     from biometrics.gallery import EmbedderId, NewTemplate, TemplateIndex, check_enrolment, check_name
     from biometrics.imaging import load_image
 
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        """On stderr at once, or in the JSON object at the end."""
+        warnings.append(message)
+        if not as_json:
+            click.echo(f"warning: {message}", err=True)
+
     name = check_name(name)
     pipeline = gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold)
     embedder_id = EmbedderId.of(pipeline.embedder)
-    templates = []
+    templates, faces = [], []
     for path in images:
         pixels = load_image(path)
         try:
@@ -147,12 +157,12 @@ def enroll(
         except NoFaceError as exc:
             raise NoFaceError(f"{exc}; nothing enrolled") from None
         if count > 1 and face_index is None:
-            click.echo(
-                f"warning: {path.name}: {count} faces, enrolling face {index}, {SELECTED[select]}, at {_box(face)}; "
-                "choose another with --face N (N as `biometrics detect` lists them)",
-                err=True,
+            warn(
+                f"{path.name}: {count} faces, enrolling face {index}, {SELECTED[select]}, at {_box(face)}; "
+                "choose another with --face N (N as `biometrics detect` lists them)"
             )
         templates.append(NewTemplate.of_face(face, pixels, path.name, keep_images))
+        faces.append({"image": str(path), "faces_found": count, "index": index, "face": face.to_dict()})
     if pipeline.calibrated:
         enrolled = TemplateIndex(_enrolled_templates(gallery_path, key_file, embedder_id))
         check = check_enrolment(enrolled, name, templates, pipeline.threshold)
@@ -161,14 +171,20 @@ def enroll(
                 f"not one person? {check.describe_strays()}: nothing enrolled (--allow-mismatch enrols anyway)"
             )
         for warning in check.describe_look_alikes():
-            click.echo(f"warning: {warning}", err=True)
+            warn(warning)
     else:
-        click.echo("note: photos not compared with each other or the gallery (no threshold: --threshold T)", err=True)
+        warn("photos not compared with each other or the gallery (no threshold: --threshold T)")
     with open_gallery(gallery_path, key_file, create=True) as gallery:
         person = gallery.enroll(name, embedder_id, templates)
+        where = gallery.path
+    if as_json:
+        summary = {"name": person.name, "added": len(templates), "templates": person.templates, "gallery": str(where)}
+        summary |= {"embedder": pipeline.embedder.name, "images_kept": keep_images, "faces": faces}
+        click.echo(json.dumps(summary | {"warnings": warnings}))
+    else:
         click.echo(
             f"enrolled {person.name}: {len(templates)} template(s) added, {person.templates} in total "
-            f"({gallery.path}{', images kept' if keep_images else ''})"
+            f"({where}{', images kept' if keep_images else ''})"
         )
 
 
