@@ -22,7 +22,16 @@ from click.testing import CliRunner
 
 from biometrics.cli.main import cli
 from biometrics.errors import GalleryError
-from biometrics.gallery import EmbedderId, Gallery, NewTemplate, TemplateIndex, Templates, faiss_available, store
+from biometrics.gallery import (
+    EmbedderId,
+    Gallery,
+    NewTemplate,
+    TemplateIndex,
+    Templates,
+    faiss_available,
+    store,
+    strangers_named,
+)
 from biometrics.imaging import load_image
 
 OTHER_EMBEDDER = EmbedderId("some-other-embedder", "f" * 64, 128)
@@ -123,6 +132,38 @@ def test_enrolment_refuses_photos_of_two_people_and_warns_of_a_look_alike(run, s
     forced = run("enroll", "biden", sample("biden.jpg"), sample("obama.jpg"), "--allow-mismatch")
     assert forced.exit_code == 0 and "enrolled biden: 2 template(s)" in forced.stdout
     assert "obama.jpg also matches 'obama'" in forced.stderr  # the best other person: its own photo, not barack's
+
+
+def test_a_large_gallery_is_warned_that_the_cards_threshold_is_for_one_comparison(run, sample, tmp_path, pipeline):
+    """Searched among 60 people at the 1:1 threshold (FMR 1e-3), a stranger is named ~6% of the time: identify and
+    live say so, unless --threshold was chosen."""
+    rng = np.random.default_rng(0)
+    with Gallery(tmp_path / "private" / "gallery.db", create=True) as gallery:
+        for person in range(60):
+            vector = rng.normal(size=128).astype(np.float32)
+            template = NewTemplate(vector / np.linalg.norm(vector), "x.jpg", (0, 0, 1, 1))
+            gallery.enroll(f"person {person}", EmbedderId.of(pipeline.embedder), [template])
+    warned = run("identify", sample("obama.jpg"))
+    assert warned.exit_code == 1 and warned.stderr.startswith(
+        "warning: the threshold 0.3974 is set for one comparison (FMR 0.001); among 60 enrolled people a stranger "
+        "would be given a name about 6% of the time: pass --threshold"
+    )
+    assert json.loads(run("identify", sample("obama.jpg"), "--json").stdout)["warnings"][0].startswith("the threshold")
+    assert run("identify", sample("obama.jpg"), "--threshold", "0.5").stderr == ""
+    live = run("live", "--source", sample("obama.jpg"), "--headless")
+    assert live.exit_code == 0 and "among 60 enrolled people" in live.stderr
+    assert "warning" not in run("enroll", "obama", sample("obama.jpg")).stderr  # nobody is searched for
+
+
+def test_the_warnings_estimate_of_strangers_named_is_what_lfw_measured():
+    """1 - (1 - FMR)^N against the FPIR measured at the card thresholds on LFW folds 6-10 people, by gallery size."""
+    report = Path(__file__).parents[1] / "reports" / "folder-lfw-folds6-10" / "report.json"
+    checked = 0
+    for run in json.loads(report.read_text())["results"].values():
+        for row in run["identification"]["by_gallery_size"][1:]:  # one person: too few false positives to compare
+            assert 0.75 < strangers_named(1e-3, row["people"]) / row["fpir_at_threshold"] < 1.33, row
+            checked += 1
+    assert checked == 6
 
 
 def test_enrol_and_identify_the_face_given_by_its_index(run, sample):

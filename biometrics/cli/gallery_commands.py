@@ -93,6 +93,28 @@ def gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_si
     return pipeline
 
 
+STRANGERS_NAMED_WARNING = 0.05
+"""Warn when a 1:1 threshold would name more than this share of strangers in the gallery searched."""
+
+
+def one_to_one_threshold_warning(pipeline: FacePipeline, threshold_given: float | None, people: int) -> str | None:
+    """Why the card's threshold may not suit this gallery: it was set for one comparison, and a stranger searched
+    among N people meets N of them (``strangers_named``). None when --threshold was given or the gallery is small."""
+    fmr = pipeline.embedder.model.card.data.get("threshold", {}).get("fmr")
+    if threshold_given is not None or fmr is None:
+        return None
+    from biometrics.gallery import strangers_named
+
+    share = strangers_named(fmr, people)
+    if share < STRANGERS_NAMED_WARNING:
+        return None
+    return (
+        f"the threshold {pipeline.threshold:.4f} is set for one comparison (FMR {fmr:g}); among {people:,} enrolled "
+        f"people a stranger would be given a name about {100 * share:.0f}% of the time: pass --threshold for a "
+        "gallery this size (`biometrics evaluate folder` measures it)"
+    )
+
+
 def _box(face) -> str:
     return "(" + ", ".join(f"{v:.0f}" for v in face.box) + ")"
 
@@ -231,9 +253,12 @@ def identify(
     if every_face and face_index is not None:
         raise click.UsageError("--all identifies every face, --face N one of them: give one")
     pipeline = gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold)
-    threshold = pipeline.threshold  # an uncalibrated embedder fails before the photo is read
     with open_gallery(gallery_path, key_file) as gallery:
         index = TemplateIndex(gallery.templates(EmbedderId.of(pipeline.embedder)))
+    warning = one_to_one_threshold_warning(pipeline, threshold, len(index.names))
+    threshold = pipeline.threshold  # an uncalibrated embedder fails before the photo is read
+    if warning and not as_json:
+        click.echo(f"warning: {warning}", err=True)
     pixels = load_image(image)
     if every_face:
         faces = pipeline.analyze(pixels)
@@ -255,6 +280,7 @@ def identify(
             "gallery_templates": len(index),
             "faces_found": found,
             "faces": [{"index": i, **result.to_dict()} for i, result in zip(numbers, results, strict=True)],
+            "warnings": [warning] if warning else [],
         }
         click.echo(json.dumps(report))
     else:

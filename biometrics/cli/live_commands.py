@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from biometrics.cli.gallery_commands import gallery_options, gallery_pipeline
+from biometrics.cli.gallery_commands import gallery_options, gallery_pipeline, one_to_one_threshold_warning
 from biometrics.cli.main import pipeline_options, sigterm_as_interrupt, threshold_option
 
 
@@ -87,6 +87,8 @@ def live(
     index = link.load_index()
     if index is None:
         notify(f"no gallery at {link.path} yet: every face is unknown until someone is enrolled")
+    elif warning := one_to_one_threshold_warning(pipeline, threshold, len(index.names)):
+        notify(f"warning: {warning}")
     recognizer = LiveRecognizer(pipeline, index, detect_every=detect_every)
     frames = FrameSource(source, pace=not headless, notify=notify)
     views = [HeadlessRecorder(out, events, frames.fps)] if out or events else []

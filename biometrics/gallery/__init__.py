@@ -8,6 +8,7 @@ from biometrics.gallery.search import (
     TemplateIndex,
     check_enrolment,
     faiss_available,
+    strangers_named,
 )
 from biometrics.gallery.store import (
     GALLERY_ENV,
@@ -41,4 +42,5 @@ __all__ = [
     "default_gallery_path",
     "faiss_available",
     "load_key",
+    "strangers_named",
 ]
