@@ -326,6 +326,15 @@ def test_write_efficiency_report(tiny_card, tmp_path):
     cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
     assert cells[1:3] == ["0.000224", "0.0553"]  # params, MACs in millions: 224 and 55,296
     assert "onnxruntime" in text and "Machine:" in text
+    header = next(line for line in text.splitlines() if line.startswith("| model"))
+    assert header.count("|") == rows[0].count("|")
+    assert header.count("p50 ms @") == 2  # at 1 thread and at 2
+    one_thread = tiny_card | {"threads": [1], "runs": tiny_card["runs"][:1]}
+    _, md_path = write_efficiency_report([one_thread], tmp_path / "one")
+    lines = md_path.read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| model"))
+    row = next(line for line in lines if line.startswith("| tiny"))
+    assert header.count("p50 ms @") == 1 and header.count("|") == row.count("|")  # no column said twice
 
 
 def test_several_models_are_timed_by_turns_and_the_report_says_so(tiny_card, tmp_path):

@@ -583,7 +583,8 @@ def write_efficiency_report(cards: list[dict[str, Any]], out_dir: Path) -> tuple
     low = min((min(c["threads"]) for c in cards), default=1)
     highs = {max(c["threads"]) for c in cards}
     high = highs.pop() if len(highs) == 1 else None
-    high_label = f"{high} threads" if high is not None else "max threads"
+    high_label = f"{high} thread{'s' * (high != 1)}" if high is not None else "max threads"
+    one_thread_count = high == low  # one latency column says it all
     batches = {c["batch"] for c in cards}
     batch_label = f"batch {next(iter(batches))}" if len(batches) == 1 else "batch"
     header = [
@@ -593,7 +594,7 @@ def write_efficiency_report(cards: list[dict[str, Any]], out_dir: Path) -> tuple
         "size (MB)",
         f"p50 ms @{low}t",
         f"p95 ms @{low}t",
-        f"p50 ms @{high_label}",
+        *([] if one_thread_count else [f"p50 ms @{high_label}"]),
         f"img/s @{high_label} ({batch_label})",
         "peak RSS MiB (+model)",
         "p50 vs first",
@@ -627,7 +628,7 @@ def write_efficiency_report(cards: list[dict[str, Any]], out_dir: Path) -> tuple
                     _fmt_millions(card["file_size_bytes"]),
                     _fmt(p50, 2),
                     _fmt(first["latency_batch1"]["p95_ms"], 2),
-                    _fmt(top["latency_batch1"]["p50_ms"], 2) + top_note,
+                    *([] if one_thread_count else [_fmt(top["latency_batch1"]["p50_ms"], 2) + top_note]),
                     _fmt(tput, 1) + mark + top_note + batch_note,
                     rss_cell,
                     f"{p50 / reference:.2f}×" if reference else "–",
