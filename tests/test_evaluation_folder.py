@@ -236,3 +236,7 @@ def test_evaluate_folder_without_pairs_exits_2_with_the_reason(people, tmp_path)
     run = CliRunner().invoke(cli, ["evaluate", "folder", str(faceless), "--out", str(tmp_path / "r")])
     assert run.exit_code == 2 and "a face was found in 0 of 4 photos" in run.stderr, run.output
     assert not (tmp_path / "r").exists()
+    run = CliRunner().invoke(
+        cli, ["evaluate", "folder", str(people), "--gallery-photos", "3", "--out", str(tmp_path / "r")]
+    )
+    assert run.exit_code == 2 and "no person has more than 3 photo(s): nobody to enrol" in run.stderr, run.output
