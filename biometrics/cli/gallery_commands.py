@@ -72,17 +72,24 @@ def open_gallery(gallery_path: Path | None, key_file: Path | None, create: bool 
     return Gallery(gallery_path or default_gallery_path(), key=load_key(key_file), create=create)
 
 
+def _not_a_gallery_yet(gallery_path: Path | None) -> bool:
+    """No file there, or an empty one (prepared 0600 beforehand): the first enrolment makes it a gallery."""
+    from biometrics.gallery import default_gallery_path
+
+    path = gallery_path or default_gallery_path()
+    return not path.is_file() or path.stat().st_size == 0
+
+
 def gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold=None) -> FacePipeline:
     """The pipeline to use with a gallery. Without ``--embedder`` it runs the model that made the gallery's templates
     (if that is one registered model), so a gallery keeps working when the default embedder changes or after
     `gallery reembed --embedder X`, without naming X every time. A wrong key, or an embedder whose templates could
     not be compared with the stored ones, fails here, before any photo is read. No gallery yet (or an empty file):
     the given or default embedder."""
-    from biometrics.gallery import EmbedderId, default_gallery_path
+    from biometrics.gallery import EmbedderId
     from biometrics.registry import ModelRegistry
 
-    path = gallery_path or default_gallery_path()
-    if not path.is_file() or path.stat().st_size == 0:  # enrolment makes it a gallery
+    if _not_a_gallery_yet(gallery_path):
         return _pipeline(detector, embedder, threads, max_side, threshold)
     with open_gallery(gallery_path, key_file) as gallery:
         made_by = gallery.embedders()
@@ -212,10 +219,9 @@ def enroll(
 
 def _enrolled_templates(gallery_path: Path | None, key_file: Path | None, embedder: EmbedderId) -> Templates:
     """The gallery's templates, none before the first enrolment (nothing is created to read them)."""
-    from biometrics.gallery import Templates, default_gallery_path
+    from biometrics.gallery import Templates
 
-    path = gallery_path or default_gallery_path()
-    if not path.is_file() or path.stat().st_size == 0:
+    if _not_a_gallery_yet(gallery_path):
         return Templates.empty(embedder.dim)
     with open_gallery(gallery_path, key_file) as gallery:
         return gallery.templates(embedder)
