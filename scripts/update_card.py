@@ -37,6 +37,11 @@ def threshold_block(report_path: Path, name: str, fmr: str) -> dict:
         "fmr": float(fmr),
         "meaning": f"cosine similarity at which FMR = {float(fmr):g} over all {calibration['impostor_pairs']:,} "
         f"cross-identity pairs of the LFW View 2 folds {folds} images ({label})",
+        "by_fmr": {
+            rate: round(value, 4) for rate, value in calibration["thresholds"].items() if float(rate) < float(fmr)
+        },
+        "by_fmr_use": "stricter thresholds from the same pairs: identify and live read off the one for the gallery's "
+        "size (biometrics.gallery.gallery_threshold)",
         "calibrated_on": f"LFW View 2 folds {folds}",
         "report": str(report_path),
         "command": report["meta"]["command"],

@@ -309,3 +309,22 @@ def test_the_readme_identification_table_quotes_its_report():
         ]
         assert all(cell.strip() == expected for cell, expected in quoted), (pipeline, quoted)
         assert [row["people"] for row in run["by_gallery_size"]] == [1, 10, 100, 854]  # the column heading
+
+
+def test_the_readme_table_of_identifys_thresholds_quotes_its_report():
+    """The table of `identify`'s default thresholds (set for each gallery size from the card): threshold and FPIR
+    with 10, 100 and 854 people, and FNIR with 854, as reports/folder-lfw-folds6-10 measured them."""
+    results = json.loads((ROOT / "reports/folder-lfw-folds6-10/report.json").read_text())["results"]
+    section = (ROOT / "README.md").read_text().split("whom neither the calibration nor the student saw:")[1]
+    rows = [line.split("|")[1:-1] for line in section.split("\n\n")[1].splitlines() if line.startswith("| yunet")]
+    assert len(rows) == 2
+    for pipeline, thresholds, fpirs, fnir in rows:
+        run = results[pipeline.strip()]["identification"]
+        sizes = run["by_gallery_size"][1:]
+        assert [row["people"] for row in sizes] == [10, 100, 854]  # the column heading
+        quoted = [
+            (thresholds, " / ".join(f"{row['size_threshold']:.4f}" for row in sizes)),
+            (fpirs, " / ".join(f"{100 * row['fpir_at_size_threshold']:.3g}%" for row in sizes)),
+            (fnir, f"{100 * run['at_size_threshold']['fnir']:.3g}%"),
+        ]
+        assert all(cell.strip() == expected for cell, expected in quoted), (pipeline, quoted)

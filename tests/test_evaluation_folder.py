@@ -149,6 +149,15 @@ def test_identification_rates_hold_their_targets_and_grow_with_the_gallery():
     fpir = [row["fpir_at_threshold"] for row in sizes]
     assert fpir == sorted(fpir) and fpir[0] < fpir[-1] / 10  # a stranger meets more look-alikes in a larger gallery
     assert by_gallery_size(embeddings, identities, 0.5) == sizes  # drawn from a fixed seed: a rerun reports the same
+    assert rates["at_size_threshold"] is None and "size_threshold" not in sizes[0]
+    same = identification_rates(embeddings, identities, 0.5, threshold_for_size=lambda people: 0.5)
+    assert same["at_size_threshold"] == at
+    assert all(row["fpir_at_size_threshold"] == row["fpir_at_threshold"] for row in same["by_gallery_size"])
+    stricter = identification_rates(embeddings, identities, 0.5, threshold_for_size=lambda people: 0.5 + people / 1e3)
+    assert stricter["at_size_threshold"]["threshold"] == 0.5 + rates["gallery_people"] / 1e3
+    for row, plain in zip(stricter["by_gallery_size"], sizes, strict=True):
+        assert row["size_threshold"] == 0.5 + row["people"] / 1e3
+        assert row["fpir_at_size_threshold"] <= plain["fpir_at_threshold"]
     curve = rates["curve"]
     assert curve.fmr[0] == 0 and curve.fmr[-1] == 1 and np.all(np.diff(curve.fmr) >= 0)
     assert 1 - curve.tmr[-1] == pytest.approx(1 - rates["rank_1"])  # at the lowest threshold only wrong firsts miss
@@ -200,6 +209,10 @@ def test_evaluate_folder_scores_every_pair_as_verify_would(people, tmp_path, pip
     assert searches["rank_1"] == 1.0 and searches["at_threshold"]["misidentifications"] == 0
     assert [row["people"] for row in searches["by_gallery_size"]] == [1, 2]
     assert "## 1:N identification (open set)" in markdown and "enrolled: rank-1 100.00%" in result.stdout
+    # What identify answers by default: for two people, the card's 1:1 threshold (FPIR 1% allows looser).
+    assert searches["at_size_threshold"] == searches["at_threshold"]
+    assert [row["size_threshold"] for row in searches["by_gallery_size"]] == [pipeline.threshold] * 2
+    assert "What `identify` answers by default" in markdown and "at identify's threshold for 2 people" in result.stdout
 
 
 def test_each_photo_is_read_and_searched_once_for_all_the_embedders_compared(people, pipeline, monkeypatch):

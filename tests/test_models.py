@@ -77,6 +77,27 @@ def test_a_cards_lfw_numbers_are_its_reports(name, measured):
     assert measured["detection_failures"] == result["detection_failures"]["count"]
 
 
+CALIBRATED = [name for name in REGISTRY.names("embedding") if "threshold" in REGISTRY.card(name).data]
+
+
+@pytest.mark.parametrize("name", CALIBRATED)
+def test_a_cards_thresholds_are_its_calibration_on_people_it_is_not_reported_on(name):
+    """The 1:1 threshold and the stricter ones a gallery's size calls for (down to FMR 1e-6) are the report's
+    (rounded); a student's are set on the people of its training folds, never on those it is reported on."""
+    block = REGISTRY.card(name).data["threshold"]
+    report = json.loads((ROOT / block["report"]).read_text())
+    (result,) = [run for label, run in report["results"].items() if name in label.split(" + ")]
+    thresholds = result["calibration"]["thresholds"]
+    assert block["value"] == pytest.approx(thresholds[f"{block['fmr']:g}"], abs=5e-5)
+    stricter = {rate: value for rate, value in thresholds.items() if float(rate) < block["fmr"]}
+    assert block["by_fmr"] == pytest.approx(stricter, abs=5e-5) and "1e-06" in block["by_fmr"]
+    if split := REGISTRY.card(name).data.get("data_split"):  # ours: calibrated on its training folds' people
+        first, last = (int(fold) for fold in split["report_folds"].split("-"))
+        assert not set(result["folds"]) & set(range(first, last + 1))
+    calibration = Embedder(REGISTRY.resolve(name), threads=1).false_match_thresholds
+    assert calibration[block["fmr"]] == block["value"] and min(calibration) == 1e-6
+
+
 @pytest.mark.parametrize(("name", "measured"), MEASURED_EFFICIENCY, ids=[name for name, _ in MEASURED_EFFICIENCY])
 def test_a_cards_efficiency_numbers_are_its_reports(name, measured):
     """A card's size and latency are its bench report's, and the size is the shipped file's."""

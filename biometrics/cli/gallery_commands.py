@@ -13,12 +13,19 @@ from typing import TYPE_CHECKING
 
 import click
 
-from biometrics.cli.main import _pipeline, json_option, pipeline_options, select_option, threshold_option
+from biometrics.cli.main import (
+    CosineThreshold,
+    _pipeline,
+    json_option,
+    pipeline_options,
+    select_option,
+    threshold_option,
+)
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from biometrics.gallery import EmbedderId, Templates
+    from biometrics.gallery import EmbedderId, GalleryThreshold, Templates
     from biometrics.pipeline import FacePipeline
 
 EXIT_UNKNOWN = 1
@@ -100,26 +107,41 @@ def gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_si
     return pipeline
 
 
-STRANGERS_NAMED_WARNING = 0.05
-"""Warn when a 1:1 threshold would name more than this share of strangers in the gallery searched."""
+def search_threshold_options(command):
+    """The threshold a gallery search uses: set for the gallery's size (``--fpir``), or fixed (``--threshold``)."""
+    command = click.option(
+        "--fpir",
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        default=None,
+        help="Share of strangers (people not enrolled) a search may name; the threshold is set for the gallery's "
+        "size from the embedder card's calibration [default: 0.01].",
+    )(command)
+    return click.option(
+        "--threshold",
+        type=CosineThreshold(),
+        default=None,
+        help="Cosine-similarity threshold, instead of the one --fpir sets.",
+    )(command)
 
 
-def one_to_one_threshold_warning(pipeline: FacePipeline, threshold_given: float | None, people: int) -> str | None:
-    """Why the card's threshold may not suit this gallery: it was set for one comparison, and a stranger searched
-    among N people meets N of them (``strangers_named``). None when --threshold was given or the gallery is small."""
-    fmr = pipeline.embedder.model.card.data.get("threshold", {}).get("fmr")
-    if threshold_given is not None or fmr is None:
-        return None
-    from biometrics.gallery import strangers_named
+def search_threshold(
+    pipeline: FacePipeline, threshold: float | None, fpir: float | None, people: int
+) -> tuple[float, GalleryThreshold | None]:
+    """The threshold a gallery search uses: ``--threshold`` if given, else the one that names ``fpir`` of strangers
+    among ``people`` (``gallery_threshold``): the card's 1:1 threshold would name about N times its FMR of them.
+    The second value says how it was set (None: given). An uncalibrated embedder fails here, before any photo is
+    read."""
+    from biometrics.gallery import DEFAULT_FPIR, gallery_threshold
 
-    share = strangers_named(fmr, people)
-    if share < STRANGERS_NAMED_WARNING:
-        return None
-    return (
-        f"the threshold {pipeline.threshold:.4f} is set for one comparison (FMR {fmr:g}); among {people:,} enrolled "
-        f"people a stranger would be given a name about {100 * share:.0f}% of the time: pass --threshold for a "
-        "gallery this size (`biometrics evaluate folder` measures it)"
-    )
+    if threshold is not None:
+        if fpir is not None:
+            raise click.UsageError("--threshold fixes the threshold, --fpir sets it for the gallery's size: give one")
+        return threshold, None
+    calibration = pipeline.embedder.false_match_thresholds
+    if not calibration:
+        return pipeline.threshold, None  # a card threshold without its FMR is used as it is; none at all fails
+    chosen = gallery_threshold(calibration, people, DEFAULT_FPIR if fpir is None else fpir)
+    return chosen.value, chosen
 
 
 def _box(face) -> str:
@@ -231,7 +253,7 @@ def _enrolled_templates(gallery_path: Path | None, key_file: Path | None, embedd
 @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
 @gallery_options
 @pipeline_options
-@threshold_option
+@search_threshold_options
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True, help="People listed per face.")
 @click.option("--all", "every_face", is_flag=True, help="Identify every face, not only one.")
 @face_options
@@ -245,6 +267,7 @@ def identify(
     threads,
     max_side,
     threshold,
+    fpir,
     top_k,
     every_face,
     select,
@@ -261,8 +284,8 @@ def identify(
     pipeline = gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold)
     with open_gallery(gallery_path, key_file) as gallery:
         index = TemplateIndex(gallery.templates(EmbedderId.of(pipeline.embedder)))
-    warning = one_to_one_threshold_warning(pipeline, threshold, len(index.names))
-    threshold = pipeline.threshold  # an uncalibrated embedder fails before the photo is read
+    threshold, set_for = search_threshold(pipeline, threshold, fpir, len(index.names))
+    warning = set_for.warning() if set_for else None
     if warning and not as_json:
         click.echo(f"warning: {warning}", err=True)
     pixels = load_image(image)
@@ -282,6 +305,7 @@ def identify(
         report = {
             "image": str(image),
             "threshold": threshold,
+            "threshold_set_for": set_for.to_dict() if set_for else None,
             "embedder": pipeline.embedder.name,
             "gallery_templates": len(index),
             "faces_found": found,
@@ -292,7 +316,7 @@ def identify(
     else:
         click.echo(
             f"{image}: {found} face(s){chosen}, {len(index)} templates of {pipeline.embedder.name}, "
-            f"threshold {threshold:.4f}"
+            f"threshold {threshold:.4f}" + (f" {set_for.describe()}" if set_for else "")
         )
         for i, result in zip(numbers, results, strict=True):
             ranked = ", ".join(f"{m.name} {m.score:.4f}" for m in result.matches) or "empty gallery"

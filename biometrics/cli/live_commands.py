@@ -10,8 +10,13 @@ from pathlib import Path
 
 import click
 
-from biometrics.cli.gallery_commands import gallery_options, gallery_pipeline, one_to_one_threshold_warning
-from biometrics.cli.main import pipeline_options, sigterm_as_interrupt, threshold_option
+from biometrics.cli.gallery_commands import (
+    gallery_options,
+    gallery_pipeline,
+    search_threshold,
+    search_threshold_options,
+)
+from biometrics.cli.main import pipeline_options, sigterm_as_interrupt
 
 
 @click.command()
@@ -23,7 +28,7 @@ from biometrics.cli.main import pipeline_options, sigterm_as_interrupt, threshol
 )
 @gallery_options
 @pipeline_options
-@threshold_option
+@search_threshold_options
 @click.option("--headless", is_flag=True, help="No view: process as fast as possible (servers, tests, benchmarks).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the annotated video.")
 @click.option(
@@ -55,6 +60,7 @@ def live(
     threads,
     max_side,
     threshold,
+    fpir,
     headless,
     out,
     events,
@@ -87,9 +93,12 @@ def live(
     index = link.load_index()
     if index is None:
         notify(f"no gallery at {link.path} yet: every face is unknown until someone is enrolled")
-    elif warning := one_to_one_threshold_warning(pipeline, threshold, len(index.names)):
-        notify(f"warning: {warning}")
-    recognizer = LiveRecognizer(pipeline, index, detect_every=detect_every)
+    threshold, set_for = search_threshold(pipeline, threshold, fpir, 0 if index is None else len(index.names))
+    if set_for and index is not None:
+        notify(f"threshold {threshold:.4f} {set_for.describe()}")
+        if warning := set_for.warning():
+            notify(f"warning: {warning}")
+    recognizer = LiveRecognizer(pipeline, index, threshold=threshold, detect_every=detect_every)
     frames = FrameSource(source, pace=not headless, notify=notify)
     views = [HeadlessRecorder(out, events, frames.fps)] if out or events else []
     controls = None

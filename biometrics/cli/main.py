@@ -462,6 +462,11 @@ def evaluate_folder_command(folder, detectors, embedders, threshold, select, thr
                 f"({point['misses']:,} of {searches['mated_searches']:,}), {point['misidentifications']:,} "
                 "misidentified"
             )
+            if point := searches["at_size_threshold"]:
+                click.echo(
+                    f"  at identify's threshold for {searches['gallery_people']:,} people ({point['threshold']:.4f}): "
+                    f"FPIR {100 * point['fpir']:.3g}%, FNIR {100 * point['fnir']:.3g}%"
+                )
     meta = run_metadata(models, threads) | {"select": select}
     for entry, model in zip(meta["models"], models, strict=True):
         entry["trained_on"] = training_data(model.card.data)

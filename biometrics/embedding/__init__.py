@@ -50,6 +50,20 @@ class Embedder:
         except (KeyError, TypeError, ValueError):
             raise ModelError(f"model '{self.name}': its card's threshold block has no numeric 'value'") from None
 
+    @property
+    def false_match_thresholds(self) -> dict[float, float]:
+        """One comparison's false-match rate -> the threshold that reaches it, as the card calibrated them: its
+        ``value`` at ``fmr`` and the stricter ones of ``by_fmr``, which set the threshold for a gallery's size
+        (``biometrics.gallery.gallery_threshold``). Empty without a calibrated FMR."""
+        block = self.model.card.data.get("threshold") or {}
+        if "fmr" not in block:
+            return {}
+        try:
+            calibrated = {float(rate): float(value) for rate, value in block.get("by_fmr", {}).items()}
+            return calibrated | {float(block["fmr"]): float(block["value"])}
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise ModelError(f"model '{self.name}': its card's threshold block is not rates and thresholds") from None
+
     def inputs(self, crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """The network input (N x 3 x H x W float32) for N aligned BGR uint8 crops."""
         batch = np.asarray(crops)

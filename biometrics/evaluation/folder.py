@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from biometrics.errors import DataError, ImageError, NoFaceError
 from biometrics.evaluation import metrics, plots
-from biometrics.evaluation.identification import identification_rates
+from biometrics.evaluation.identification import SizeThreshold, identification_rates
 from biometrics.evaluation.report import _md_table, without_scores, write_score_plots
+from biometrics.gallery.search import DEFAULT_FPIR, gallery_threshold
 from biometrics.imaging import load_image
 from biometrics.pipeline.facade import FacePipeline, Selection, sharing_one_detector
 
@@ -147,14 +148,29 @@ def evaluate_folder(
     JSON-ready apart from ``PER_PAIR``'s entries."""
     thresholds = [pipeline.threshold for pipeline in pipelines]  # an uncalibrated embedder fails before any work
     return {
-        pipeline.name: _rates(threshold, photos, embedded, gallery_photos)
+        pipeline.name: _rates(threshold, _identify_threshold(pipeline), photos, embedded, gallery_photos)
         for pipeline, threshold, embedded in zip(
             pipelines, thresholds, embed_folder(pipelines, photos, select, progress), strict=True
         )
     }
 
 
-def _rates(threshold: float, photos: PhotoFolder, embedded: FolderEmbeddings, gallery_photos: int) -> dict:
+def _identify_threshold(pipeline: FacePipeline) -> SizeThreshold | None:
+    """The threshold `identify` searches a gallery of N people at by default (FPIR ``DEFAULT_FPIR``, from the
+    embedder card's calibration), or None for an embedder without one."""
+    calibration = pipeline.embedder.false_match_thresholds
+    if not calibration:
+        return None
+    return lambda people: gallery_threshold(calibration, people, DEFAULT_FPIR).value
+
+
+def _rates(
+    threshold: float,
+    threshold_for_size: SizeThreshold | None,
+    photos: PhotoFolder,
+    embedded: FolderEmbeddings,
+    gallery_photos: int,
+) -> dict:
     identities = photos.identities[embedded.kept]
     genuine, genuine_rows, impostor, impostor_rows = metrics.pair_scores(embedded.embeddings, identities)
     if genuine.size == 0 or impostor.size == 0:
@@ -172,7 +188,9 @@ def _rates(threshold: float, photos: PhotoFolder, embedded: FolderEmbeddings, ga
 
     odd_rows, odd_means, odd_partners = least_like_their_person(genuine, genuine_rows, len(names))
     try:
-        identification = identification_rates(embedded.embeddings, identities, threshold, gallery_photos)
+        identification = identification_rates(
+            embedded.embeddings, identities, threshold, gallery_photos, threshold_for_size
+        )
         identification_curve = identification.pop("curve")
     except ValueError as exc:
         raise DataError(f"{photos.root}: 1:N identification with --gallery-photos {gallery_photos}: {exc}") from None
@@ -369,6 +387,19 @@ def _identification_markdown(results: dict[str, dict]) -> list[str]:
             for label, run in searches.items()
         ],
     )
+    at_size = {label: run["at_size_threshold"] for label, run in searches.items() if run["at_size_threshold"]}
+    if at_size:
+        lines += [
+            "",
+            "What `identify` answers by default: the threshold set for a gallery of this size to name "
+            f"{DEFAULT_FPIR:g} of strangers (FPIR), from the embedder card's calibration on other people (`--fpir`):",
+            "",
+        ]
+        lines += _md_table(
+            ["pipeline", "FPIR asked", "threshold", "FPIR reached (false positives)", "FNIR (misses)"]
+            + ["misidentifications"],
+            [[label, f"{DEFAULT_FPIR:g}", *_identification_point(point)] for label, point in at_size.items()],
+        )
     lines += [
         "",
         "Thresholds set on these non-mated searches for a target FPIR (they describe these photos):",
@@ -387,16 +418,22 @@ def _identification_markdown(results: dict[str, dict]) -> list[str]:
         "",
         "The larger the gallery, the more strangers reach the threshold: FPIR by gallery size, for galleries drawn "
         "at random from the enrolled people (pooled over the draws), and the thresholds that would hold FPIR at "
-        "1e-2 and 1e-3 there (- where the searches cannot resolve it):",
+        "1e-2 and 1e-3 there (- where the searches cannot resolve it); `identify`'s default threshold, set for "
+        "each size from the card, should hold FPIR near the target:",
         "",
     ]
 
     def threshold(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f}"
 
+    def at_size_threshold(row: dict) -> str:
+        if "size_threshold" not in row:
+            return "-"
+        return f"{row['size_threshold']:.4f} ({100 * row['fpir_at_size_threshold']:.3g}%)"
+
     lines += _md_table(
         ["pipeline", "people in the gallery", "galleries drawn", "non-mated searches", "FPIR at the threshold"]
-        + ["threshold for FPIR 1e-2", "for FPIR 1e-3"],
+        + [f"identify's threshold (FPIR; target {DEFAULT_FPIR:g})", "threshold for FPIR 1e-2", "for FPIR 1e-3"],
         [
             [
                 label,
@@ -404,6 +441,7 @@ def _identification_markdown(results: dict[str, dict]) -> list[str]:
                 str(row["galleries"]),
                 f"{row['searches']:,}",
                 f"{100 * row['fpir_at_threshold']:.3g}%",
+                at_size_threshold(row),
                 threshold(row["threshold_at_fpir_1e-2"]),
                 threshold(row["threshold_at_fpir_1e-3"]),
             ]

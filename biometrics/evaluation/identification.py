@@ -16,7 +16,7 @@ of non-mated searches whose best candidate scores at least T.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +26,8 @@ from biometrics.evaluation import metrics
 REPORTED_FPIRS = {"1e-1": 1e-1, "1e-2": 1e-2, "1e-3": 1e-3}
 GALLERY_SIZES = (1, 10, 100, 1_000, 10_000, 100_000)
 SIZE_DRAWS = 20  # random galleries drawn per size below the full one, fewer from 100 people (see by_gallery_size)
+SizeThreshold = Callable[[int], float]
+"""A gallery's size (people) -> the threshold searched at (``biometrics.gallery.gallery_threshold``)."""
 BLOCK = 2048  # searches scored at once: bounds memory to BLOCK x gallery templates
 
 
@@ -139,12 +141,18 @@ def curve(outcomes: SearchOutcomes) -> metrics.RocCurve:
 
 
 def by_gallery_size(
-    embeddings: np.ndarray, identities: np.ndarray, threshold: float, enrolled_photos: int = 1, seed: int = 0
+    embeddings: np.ndarray,
+    identities: np.ndarray,
+    threshold: float,
+    enrolled_photos: int = 1,
+    threshold_for_size: SizeThreshold | None = None,
+    seed: int = 0,
 ) -> list[dict]:
-    """FPIR at ``threshold`` and the thresholds that hold FPIR at 1e-2 and 1e-3, for galleries of 1, 10, 100, ...
-    people drawn at random from the enrolled ones (``SIZE_DRAWS`` galleries a size up to 100 people, fewer above;
-    the non-mated searches of all pooled), and for the full gallery. A searched person's own template is left out,
-    so their gallery holds one person fewer when they are among those drawn."""
+    """FPIR at ``threshold``, at ``threshold_for_size(people)`` if given, and the thresholds that hold FPIR at 1e-2
+    and 1e-3, for galleries of 1, 10, 100, ... people drawn at random from the enrolled ones (``SIZE_DRAWS``
+    galleries a size up to 100 people, fewer above; the non-mated searches of all pooled), and for the full
+    gallery. A searched person's own template is left out, so their gallery holds one person fewer when they are
+    among those drawn."""
     enrolment = Enrolment.of(identities, enrolled_photos)
     people = enrolment.people
     rng = np.random.default_rng(seed)
@@ -165,6 +173,9 @@ def by_gallery_size(
         best = np.concatenate(pooled[n])
         row = {"people": n, "galleries": len(draws[n]), "searches": int(best.size)}
         row["fpir_at_threshold"] = float(np.mean(best >= threshold))
+        if threshold_for_size is not None:
+            row["size_threshold"] = threshold_for_size(n)
+            row["fpir_at_size_threshold"] = float(np.mean(best >= row["size_threshold"]))
         for key, fpir in (("1e-2", 1e-2), ("1e-3", 1e-3)):
             row[f"threshold_at_fpir_{key}"] = metrics.threshold_at_fmr(best, fpir) if fpir * best.size >= 1 else None
         rows.append(row)
@@ -172,11 +183,17 @@ def by_gallery_size(
 
 
 def identification_rates(
-    embeddings: np.ndarray, identities: np.ndarray, threshold: float, enrolled_photos: int = 1
+    embeddings: np.ndarray,
+    identities: np.ndarray,
+    threshold: float,
+    enrolled_photos: int = 1,
+    threshold_for_size: SizeThreshold | None = None,
 ) -> dict:
     """The 1:N report of one pipeline: gallery and search counts, rank-1 and rank-5 identification rates (the mate
-    first, or among the first five, at any score), the rates at ``threshold``, FNIR at each FPIR of
-    ``REPORTED_FPIRS`` the non-mated searches resolve, and FPIR by gallery size. JSON-ready apart from ``curve``."""
+    first, or among the first five, at any score), the rates at ``threshold`` and at ``threshold_for_size`` of
+    this gallery's size (the one `identify` sets from the embedder's card, which this checks on other people: None
+    without), FNIR at each FPIR of ``REPORTED_FPIRS`` the non-mated searches resolve, and FPIR by gallery size.
+    JSON-ready apart from ``curve``."""
     outcomes = search_outcomes(embeddings, identities, enrolled_photos)
     if outcomes.non_mated.size == 0:
         raise ValueError("no non-mated search: every photo's person is the only one enrolled")
@@ -189,11 +206,14 @@ def identification_rates(
         "rank_1": float(np.mean(outcomes.mate_ranks == 1)),
         "rank_5": float(np.mean(outcomes.mate_ranks <= 5)),
         "at_threshold": operating_point(outcomes, threshold),
+        "at_size_threshold": None
+        if threshold_for_size is None
+        else operating_point(outcomes, threshold_for_size(outcomes.gallery_people)),
         "at_fpir": {
             key: operating_point(outcomes, metrics.threshold_at_fmr(outcomes.non_mated, fpir))
             for key, fpir in REPORTED_FPIRS.items()
             if fpir * outcomes.non_mated.size >= 1
         },
-        "by_gallery_size": by_gallery_size(embeddings, identities, threshold, enrolled_photos),
+        "by_gallery_size": by_gallery_size(embeddings, identities, threshold, enrolled_photos, threshold_for_size),
         "curve": curve(outcomes),
     }

@@ -205,14 +205,14 @@ def _markdown(title: str, results: dict[str, dict], meta: dict, files: dict[str,
         "## Calibration (all cross-identity image pairs)",
         "",
     ]
+    rates = list(next(iter(results.values()))["calibration"]["thresholds"])  # the same images: the same rates
     lines += _md_table(
-        ["pipeline", "impostor pairs", "threshold @ FMR 1e-3", "threshold @ FMR 1e-4"],
+        ["pipeline", "impostor pairs", *(f"threshold @ FMR {float(rate):.0e}" for rate in rates)],
         [
             [
                 label,
                 f"{run['calibration']['impostor_pairs']:,}",
-                f"{run['calibration']['thresholds']['0.001']:.4f}",
-                f"{run['calibration']['thresholds']['0.0001']:.4f}",
+                *(f"{run['calibration']['thresholds'][rate]:.4f}" for rate in rates),
             ]
             for label, run in results.items()
         ],

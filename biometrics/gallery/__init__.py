@@ -2,12 +2,15 @@
 
 from biometrics.gallery.cipher import KEY_ENV, load_key
 from biometrics.gallery.search import (
+    DEFAULT_FPIR,
     EnrolmentCheck,
+    GalleryThreshold,
     Identification,
     Match,
     TemplateIndex,
     check_enrolment,
     faiss_available,
+    gallery_threshold,
     strangers_named,
 )
 from biometrics.gallery.store import (
@@ -24,12 +27,14 @@ from biometrics.gallery.store import (
 )
 
 __all__ = [
+    "DEFAULT_FPIR",
     "GALLERY_ENV",
     "KEY_ENV",
     "UNKNOWN",
     "EmbedderId",
     "EnrolmentCheck",
     "Gallery",
+    "GalleryThreshold",
     "Identification",
     "KeptImage",
     "Match",
@@ -41,6 +46,7 @@ __all__ = [
     "check_name",
     "default_gallery_path",
     "faiss_available",
+    "gallery_threshold",
     "load_key",
     "strangers_named",
 ]
