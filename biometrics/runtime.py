@@ -37,8 +37,10 @@ def processor_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def create_session(model: str | bytes | os.PathLike, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU session with ``threads`` intra-op threads.
+def create_session(
+    model: str | bytes | os.PathLike, threads: int | None = None, config: dict[str, str] | None = None
+) -> ort.InferenceSession:
+    """A CPU session with ``threads`` intra-op threads (and ONNX Runtime session ``config`` entries, if any).
 
     Spinning is switched off: with two sessions in one process (detector + embedder) idle threads that spin
     fight over the cores and halve throughput on small machines.
@@ -50,5 +52,7 @@ def create_session(model: str | bytes | os.PathLike, threads: int | None = None)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     source = model if isinstance(model, bytes) else os.fspath(model)
     return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])

@@ -228,6 +228,7 @@ def test_the_python_example_runs_as_written(tmp_path, monkeypatch, sample):
     exec(compile(example, "README.md (python)", "exec"), namespace)
     assert namespace["result"].faces_found[1] == 6 and len(namespace["faces"]) == 6
     assert namespace["rates"]["genuine_pairs"] == 2 and namespace["rates"]["impostor_pairs"] == 4
+    assert [found.identity for found in namespace["found"]] == ["obama"]
 
 
 def test_every_report_the_docs_cite_is_in_the_repository():

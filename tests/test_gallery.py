@@ -40,6 +40,7 @@ from biometrics.imaging import load_image
 OTHER_EMBEDDER = EmbedderId("some-other-embedder", "f" * 64, 128)
 HELPER = Path(__file__).with_name("enrol_until_killed.py")
 FOLDS_6_10_PEOPLE = Path(__file__).parents[1] / "reports" / "folder-lfw-folds6-10" / "report.json"
+FOLDS_6_10_PAIR_IMAGES = Path(__file__).parents[1] / "reports" / "folder-lfw-pairs-folds6-10" / "report.json"
 
 
 @pytest.fixture
@@ -202,18 +203,21 @@ def test_strangers_named_estimates_what_lfw_measured():
 
 def test_identifys_threshold_holds_strangers_near_the_target_on_people_never_calibrated_on():
     """The thresholds identify sets by gallery size from the shipped cards (calibrated on LFW folds 1-5 people),
-    searched on folds 6-10 people: FPIR near the 1% asked (within a factor 2.5: these photos' impostor tail is
-    heavier), where the card's 1:1 threshold names 10-53% of strangers."""
+    searched on folds 6-10 people: FPIR near the 1% asked (within a factor 1.5 on the images of their pairs, like
+    the calibration's; 2.5 on all their photos, whose impostor tail is heavier), where the card's 1:1 threshold
+    names more than 40% of strangers."""
     from biometrics.registry import ModelRegistry
 
     registry = ModelRegistry([Path(__file__).parents[1] / "models"])
-    for label, run in json.loads(FOLDS_6_10_PEOPLE.read_text())["results"].items():
+    runs = json.loads(FOLDS_6_10_PEOPLE.read_text())["results"].items()
+    pairs_only = json.loads(FOLDS_6_10_PAIR_IMAGES.read_text())["results"].items()  # images like the calibration's
+    for (label, run), factor in [(run, 2.5) for run in runs] + [(run, 1.5) for run in pairs_only]:
         embedder = label.split(" + ")[1]
         calibration = Embedder(registry.resolve(embedder), threads=1).false_match_thresholds
         for row in run["identification"]["by_gallery_size"][1:]:
             assert row["size_threshold"] == gallery_threshold(calibration, row["people"], DEFAULT_FPIR).value
-            assert 0.5 * DEFAULT_FPIR < row["fpir_at_size_threshold"] < 2.5 * DEFAULT_FPIR, (label, row)
-        assert run["identification"]["by_gallery_size"][-1]["fpir_at_threshold"] > 0.5
+            assert DEFAULT_FPIR / factor < row["fpir_at_size_threshold"] < DEFAULT_FPIR * factor, (label, row)
+        assert run["identification"]["by_gallery_size"][-1]["fpir_at_threshold"] > 0.4
 
 
 def test_enrol_and_identify_the_face_given_by_its_index(run, sample):

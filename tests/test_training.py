@@ -445,7 +445,7 @@ def test_percentile_calibration_clips_a_rare_extreme_activation(tmp_path):
 def test_int8_schemes_the_variants_script_compares(tmp_path):
     """``scripts/int8_variants.py`` times ORT's other INT8 schemes against the recipes' one; each option must
     build what it names: excluded nodes stay FP32, int8 or symmetric activations change the zero points, the
-    operator format writes QLinearConv instead of QDQ pairs."""
+    operator format writes QLinearConv instead of QDQ pairs, reduce_range 7-bit weights."""
     import onnxruntime as ort
     from onnx import numpy_helper
 
@@ -478,6 +478,10 @@ def test_int8_schemes_the_variants_script_compares(tmp_path):
     assert activation_zeros and all(int(z) == 128 for z in activation_zeros if z.dtype == np.uint8)
     operators = {n.op_type for n in build("operators", operator_format=True)[0].graph.node}
     assert "QLinearConv" in operators and "Conv" not in operators
+    weights = [numpy_helper.to_array(i) for i in build("seven_bit", reduce_range=True)[0].graph.initializer]
+    quantized = [w for w in weights if w.dtype == np.int8 and w.ndim == 4]
+    # |w| <= 64: two products of a uint8 activation fit a 16-bit sum (2 x 255 x 64 < 32768), AVX2 or not
+    assert quantized and all(np.abs(w.astype(int)).max() == 64 for w in quantized)
 
 
 def test_calibration_holds_one_chunk_of_inputs_at_a_time():

@@ -208,6 +208,7 @@ def quantize_int8(
     signed_activations: bool = False,
     symmetric_activations: bool = False,
     operator_format: bool = False,
+    reduce_range: bool = False,
 ) -> Path:
     """Static INT8 with ONNX Runtime; by default QDQ format, per-channel int8 weights, uint8 activations.
 
@@ -217,7 +218,9 @@ def quantize_int8(
     calibration values instead of their min and max, so a few extreme activations do not coarsen the step for
     all the others. ``exclude_nodes`` (node names) stay FP32 too. The last three switch to ORT's other INT8
     schemes (int8 activations, activations symmetric about zero, QLinear operators instead of QDQ pairs), which
-    the recipes do not use: ``scripts/int8_variants.py`` times them against ours. Reads the newest export of
+    the recipes do not use: ``scripts/int8_variants.py`` times them against ours. ``reduce_range``: 7-bit weights,
+    whose 8-bit products cannot saturate the 16-bit sums of AVX2 CPUs without VNNI (``scripts/int8_calibration.py``
+    measures what that costs and saves). Reads the newest export of
     ``fp32_path`` and, like ``export_onnx``, may leave ``int8_path`` in staging until ``write_card``.
     """
     fp32_path = current_model(fp32_path)
@@ -245,6 +248,7 @@ def quantize_int8(
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=fp32_nodes(fp32_model, keep_fp32 or []) + list(exclude_nodes or []),
                 calibrate_method=CalibrationMethod.MinMax if percentile is None else CalibrationMethod.Percentile,
+                reduce_range=reduce_range,
                 extra_options=extra_options,
             )
     finally:
