@@ -314,7 +314,8 @@ def test_the_readme_identification_table_quotes_its_report():
 
 def test_the_readme_table_of_identifys_thresholds_quotes_its_report():
     """The table of `identify`'s default thresholds (set for each gallery size from the card): threshold and FPIR
-    with 10, 100 and 854 people, and FNIR with 854, as reports/folder-lfw-folds6-10 measured them."""
+    with 10, 100 and 854 people, and FNIR with 854, as reports/folder-lfw-folds6-10 measured them; and the sentence
+    on a gallery of three photos each (reports/folder-lfw-folds6-10-3photos)."""
     results = json.loads((ROOT / "reports/folder-lfw-folds6-10/report.json").read_text())["results"]
     section = (ROOT / "README.md").read_text().split("whom neither the calibration nor the student saw:")[1]
     rows = [line.split("|")[1:-1] for line in section.split("\n\n")[1].splitlines() if line.startswith("| yunet")]
@@ -329,3 +330,13 @@ def test_the_readme_table_of_identifys_thresholds_quotes_its_report():
             (fnir, f"{100 * run['at_size_threshold']['fnir']:.3g}%"),
         ]
         assert all(cell.strip() == expected for cell, expected in quoted), (pipeline, quoted)
+    three = json.loads((ROOT / "reports/folder-lfw-folds6-10-3photos/report.json").read_text())["results"]
+    ours, sface = (three[f"yunet-teacher + {name}"]["identification"] for name in ("sface-student", "sface-teacher"))
+    assert (ours["gallery_people"], ours["templates"]) == (319, 957)
+    ours, sface = ours["at_size_threshold"], sface["at_size_threshold"]
+    quoted = (
+        f"searched at {ours['threshold']:.4f} and names {100 * ours['fpir']:.2f}% of strangers (SFace at "
+        f"{sface['threshold']:.4f}: {100 * sface['fpir']:.2f}%), and the\n"
+        f"misses fall to {100 * ours['fnir']:.1f}% (SFace {100 * sface['fnir']:.2f}%)"
+    )
+    assert quoted in (ROOT / "README.md").read_text()

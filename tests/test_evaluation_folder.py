@@ -212,7 +212,9 @@ def test_evaluate_folder_scores_every_pair_as_verify_would(people, tmp_path, pip
     # What identify answers by default: for two people, the card's 1:1 threshold (FPIR 1% allows looser).
     assert searches["at_size_threshold"] == searches["at_threshold"]
     assert [row["size_threshold"] for row in searches["by_gallery_size"]] == [pipeline.threshold] * 2
-    assert "What `identify` answers by default" in markdown and "at identify's threshold for 2 people" in result.stdout
+    assert (
+        "What `identify` answers by default" in markdown and "at identify's threshold for 2 templates" in result.stdout
+    )
 
 
 def test_each_photo_is_read_and_searched_once_for_all_the_embedders_compared(people, pipeline, monkeypatch):

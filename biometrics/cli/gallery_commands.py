@@ -125,10 +125,11 @@ def search_threshold_options(command):
 
 
 def search_threshold(
-    pipeline: FacePipeline, threshold: float | None, fpir: float | None, people: int
+    pipeline: FacePipeline, threshold: float | None, fpir: float | None, templates: int
 ) -> tuple[float, GalleryThreshold | None]:
     """The threshold a gallery search uses: ``--threshold`` if given, else the one that names ``fpir`` of strangers
-    among ``people`` (``gallery_threshold``): the card's 1:1 threshold would name about N times its FMR of them.
+    searched among ``templates`` (``gallery_threshold``): the card's 1:1 threshold would name about N times its FMR
+    of them.
     The second value says how it was set (None: given). An uncalibrated embedder fails here, before any photo is
     read."""
     from biometrics.gallery import DEFAULT_FPIR, gallery_threshold
@@ -140,7 +141,7 @@ def search_threshold(
     calibration = pipeline.embedder.false_match_thresholds
     if not calibration:
         return pipeline.threshold, None  # a card threshold without its FMR is used as it is; none at all fails
-    chosen = gallery_threshold(calibration, people, DEFAULT_FPIR if fpir is None else fpir)
+    chosen = gallery_threshold(calibration, templates, DEFAULT_FPIR if fpir is None else fpir)
     return chosen.value, chosen
 
 
@@ -284,7 +285,7 @@ def identify(
     pipeline = gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold)
     with open_gallery(gallery_path, key_file) as gallery:
         index = TemplateIndex(gallery.templates(EmbedderId.of(pipeline.embedder)))
-    threshold, set_for = search_threshold(pipeline, threshold, fpir, len(index.names))
+    threshold, set_for = search_threshold(pipeline, threshold, fpir, len(index))
     warning = set_for.warning() if set_for else None
     if warning and not as_json:
         click.echo(f"warning: {warning}", err=True)

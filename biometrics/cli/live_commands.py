@@ -93,7 +93,7 @@ def live(
     index = link.load_index()
     if index is None:
         notify(f"no gallery at {link.path} yet: every face is unknown until someone is enrolled")
-    threshold, set_for = search_threshold(pipeline, threshold, fpir, 0 if index is None else len(index.names))
+    threshold, set_for = search_threshold(pipeline, threshold, fpir, 0 if index is None else len(index))
     if set_for and index is not None:
         notify(f"threshold {threshold:.4f} {set_for.describe()}")
         if warning := set_for.warning():

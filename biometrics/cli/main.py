@@ -464,7 +464,7 @@ def evaluate_folder_command(folder, detectors, embedders, threshold, select, thr
             )
             if point := searches["at_size_threshold"]:
                 click.echo(
-                    f"  at identify's threshold for {searches['gallery_people']:,} people ({point['threshold']:.4f}): "
+                    f"  at identify's threshold for {searches['templates']:,} templates ({point['threshold']:.4f}): "
                     f"FPIR {100 * point['fpir']:.3g}%, FNIR {100 * point['fnir']:.3g}%"
                 )
     meta = run_metadata(models, threads) | {"select": select}

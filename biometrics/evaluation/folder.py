@@ -156,12 +156,12 @@ def evaluate_folder(
 
 
 def _identify_threshold(pipeline: FacePipeline) -> SizeThreshold | None:
-    """The threshold `identify` searches a gallery of N people at by default (FPIR ``DEFAULT_FPIR``, from the
+    """The threshold `identify` searches a gallery of N templates at by default (FPIR ``DEFAULT_FPIR``, from the
     embedder card's calibration), or None for an embedder without one."""
     calibration = pipeline.embedder.false_match_thresholds
     if not calibration:
         return None
-    return lambda people: gallery_threshold(calibration, people, DEFAULT_FPIR).value
+    return lambda templates: gallery_threshold(calibration, templates, DEFAULT_FPIR).value
 
 
 def _rates(

@@ -27,7 +27,7 @@ REPORTED_FPIRS = {"1e-1": 1e-1, "1e-2": 1e-2, "1e-3": 1e-3}
 GALLERY_SIZES = (1, 10, 100, 1_000, 10_000, 100_000)
 SIZE_DRAWS = 20  # random galleries drawn per size below the full one, fewer from 100 people (see by_gallery_size)
 SizeThreshold = Callable[[int], float]
-"""A gallery's size (people) -> the threshold searched at (``biometrics.gallery.gallery_threshold``)."""
+"""A gallery's size (templates) -> the threshold searched at (``biometrics.gallery.gallery_threshold``)."""
 BLOCK = 2048  # searches scored at once: bounds memory to BLOCK x gallery templates
 
 
@@ -148,7 +148,7 @@ def by_gallery_size(
     threshold_for_size: SizeThreshold | None = None,
     seed: int = 0,
 ) -> list[dict]:
-    """FPIR at ``threshold``, at ``threshold_for_size(people)`` if given, and the thresholds that hold FPIR at 1e-2
+    """FPIR at ``threshold``, at ``threshold_for_size(templates)`` if given, and the thresholds that hold FPIR at 1e-2
     and 1e-3, for galleries of 1, 10, 100, ... people drawn at random from the enrolled ones (``SIZE_DRAWS``
     galleries a size up to 100 people, fewer above; the non-mated searches of all pooled), and for the full
     gallery. A searched person's own template is left out, so their gallery holds one person fewer when they are
@@ -174,7 +174,7 @@ def by_gallery_size(
         row = {"people": n, "galleries": len(draws[n]), "searches": int(best.size)}
         row["fpir_at_threshold"] = float(np.mean(best >= threshold))
         if threshold_for_size is not None:
-            row["size_threshold"] = threshold_for_size(n)
+            row["size_threshold"] = threshold_for_size(n * enrolled_photos)
             row["fpir_at_size_threshold"] = float(np.mean(best >= row["size_threshold"]))
         for key, fpir in (("1e-2", 1e-2), ("1e-3", 1e-3)):
             row[f"threshold_at_fpir_{key}"] = metrics.threshold_at_fmr(best, fpir) if fpir * best.size >= 1 else None
@@ -208,7 +208,7 @@ def identification_rates(
         "at_threshold": operating_point(outcomes, threshold),
         "at_size_threshold": None
         if threshold_for_size is None
-        else operating_point(outcomes, threshold_for_size(outcomes.gallery_people)),
+        else operating_point(outcomes, threshold_for_size(outcomes.templates)),
         "at_fpir": {
             key: operating_point(outcomes, metrics.threshold_at_fmr(outcomes.non_mated, fpir))
             for key, fpir in REPORTED_FPIRS.items()

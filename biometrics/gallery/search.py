@@ -176,12 +176,13 @@ def check_enrolment(
     return EnrolmentCheck(name, threshold, strays, tuple(look_alikes))
 
 
-def strangers_named(fmr: float, people: int) -> float:
+def strangers_named(fmr: float, comparisons: int) -> float:
     """The share of strangers a gallery search names (FPIR) at a threshold set for one comparison at false-match
-    rate ``fmr``, in a gallery of ``people``: 1 - (1 - fmr)^people, as if each comparison erred on its own. On LFW
-    it matches what was measured (reports/folder-lfw-folds6-10): 1.0%, 9.5% and 57% for 10, 100 and 854 people at
-    FMR 1e-3, against 1.0-1.2%, 10-12% and 53-55% for both embedders."""
-    return -math.expm1(people * math.log1p(-fmr))
+    rate ``fmr``, when a search makes ``comparisons`` (one per template): 1 - (1 - fmr)^comparisons, as if each
+    comparison erred on its own. On LFW it matches what was measured (reports/folder-lfw-folds6-10, one template
+    each): 1.0%, 9.5% and 57% for 10, 100 and 854 people at FMR 1e-3, against 1.0-1.2%, 10-12% and 53% for both
+    embedders."""
+    return -math.expm1(comparisons * math.log1p(-fmr))
 
 
 DEFAULT_FPIR = 0.01
@@ -190,12 +191,13 @@ DEFAULT_FPIR = 0.01
 
 @dataclass(frozen=True)
 class GalleryThreshold:
-    """The threshold for searching a gallery of ``people``: ``fmr`` is one comparison's false-match rate there (from
-    the embedder card's calibration), and ``expected_fpir`` the share of strangers it names (``strangers_named``).
-    ``short`` when the calibration does not reach the FMR the gallery needs, so more than ``fpir`` are named."""
+    """The threshold for searching a gallery of ``templates``: ``fmr`` is one comparison's false-match rate there
+    (from the embedder card's calibration), and ``expected_fpir`` the share of strangers it names
+    (``strangers_named``). ``short`` when the calibration does not reach the FMR the gallery needs, so more than
+    ``fpir`` are named."""
 
     value: float
-    people: int
+    templates: int
     fpir: float
     fmr: float
     expected_fpir: float
@@ -203,7 +205,7 @@ class GalleryThreshold:
 
     def to_dict(self) -> dict:
         return {
-            "gallery_people": self.people,
+            "templates": self.templates,
             "fpir": self.fpir,
             "fmr": self.fmr,
             "expected_fpir": self.expected_fpir,
@@ -211,37 +213,38 @@ class GalleryThreshold:
         }
 
     def describe(self) -> str:
-        return f"for FPIR {self.fpir:g} among {self.people:,} {'person' if self.people == 1 else 'people'}"
+        return f"for FPIR {self.fpir:g} over {self.templates:,} template{'' if self.templates == 1 else 's'}"
 
     def warning(self) -> str | None:
         """Why strangers may be named more often than asked, or None."""
         if not self.short:
             return None
         return (
-            f"a gallery of {self.people:,} people needs one comparison's FMR below {self.fmr:.2g}, the lowest the "
-            f"embedder's card is calibrated at: about {100 * self.expected_fpir:.2g}% of strangers would be named, "
-            f"not {100 * self.fpir:g}% (pass a higher --threshold, measured with `biometrics evaluate folder`)"
+            f"a gallery of {self.templates:,} templates needs one comparison's FMR below {self.fmr:.2g}, the lowest "
+            f"the embedder's card is calibrated at: about {100 * self.expected_fpir:.2g}% of strangers would be "
+            f"named, not {100 * self.fpir:g}% (pass a higher --threshold, measured with `biometrics evaluate folder`)"
         )
 
 
-def gallery_threshold(false_match_thresholds: Mapping[float, float], people: int, fpir: float) -> GalleryThreshold:
-    """The threshold at which a stranger searched among ``people`` is named with probability ``fpir``.
+def gallery_threshold(false_match_thresholds: Mapping[float, float], templates: int, fpir: float) -> GalleryThreshold:
+    """The threshold at which a stranger searched among ``templates`` is named with probability ``fpir``.
 
-    A stranger meets every enrolled person, so each comparison may err with probability f = 1 - (1 - fpir)^(1/N),
-    about fpir / N; the threshold for f is read off the card's calibration (``false_match_thresholds``: one
-    comparison's FMR -> threshold, measured on people the model is not reported on), linearly in log FMR between
-    calibrated rates. Never below the loosest calibrated threshold (the card's 1:1 one): a small gallery is
-    searched as strictly as `verify` compares. Beyond the strictest calibrated rate the strictest threshold is
-    used, and ``short`` says so.
+    A stranger is compared with every template (a person's several photos each count: their best one decides,
+    and the measurement agrees, reports/folder-lfw-folds6-10-3photos), so each comparison may err with
+    probability f = 1 - (1 - fpir)^(1/N), about fpir / N; the threshold for f is read off the card's calibration
+    (``false_match_thresholds``: one comparison's FMR -> threshold, measured on people the model is not reported
+    on), linearly in log FMR between calibrated rates. Never below the loosest calibrated threshold (the card's
+    1:1 one): a small gallery is searched as strictly as `verify` compares. Beyond the strictest calibrated rate
+    the strictest threshold is used, and ``short`` says so.
     """
     if not false_match_thresholds:
         raise ValueError("no calibrated thresholds")
     if not 0.0 < fpir < 1.0:
         raise ValueError(f"fpir must be between 0 and 1, not {fpir}")
-    people = max(people, 1)
+    templates = max(templates, 1)
     rates = np.array(sorted(false_match_thresholds))
     values = np.array([false_match_thresholds[rate] for rate in rates])
-    needed = -math.expm1(math.log1p(-fpir) / people)
+    needed = -math.expm1(math.log1p(-fpir) / templates)
     fmr = float(np.clip(needed, rates[0], rates[-1]))
     value = float(np.interp(math.log10(fmr), np.log10(rates), values))
-    return GalleryThreshold(value, people, fpir, fmr, strangers_named(fmr, people), bool(needed < rates[0]))
+    return GalleryThreshold(value, templates, fpir, fmr, strangers_named(fmr, templates), bool(needed < rates[0]))
