@@ -340,3 +340,21 @@ def test_the_readme_table_of_identifys_thresholds_quotes_its_report():
         f"misses fall to {100 * ours['fnir']:.1f}% (SFace {100 * sface['fnir']:.2f}%)"
     )
     assert quoted in (ROOT / "README.md").read_text()
+
+
+def test_the_readme_cross_distillation_table_quotes_its_reports():
+    """Each row: all 6,000 pairs (students and teacher, mean ± std) and the folds 6-10 half, as the cross-distillation
+    report it names combined them."""
+    section = (ROOT / "README.md").read_text().split("| recipe (students combined) |")[1].split("\n\n")[0]
+    rows = [line.split("|")[1:-1] for line in section.splitlines()[2:]]
+    assert len(rows) >= 4
+    for _, students, folds_6_10, teacher, report in rows:
+        combined = json.loads((ROOT / report.strip().strip("`") / "report.json").read_text())
+        quoted = [
+            (students, combined["student"]),
+            (teacher, combined["teacher"]),
+        ]
+        for cell, result in quoted:
+            assert cell.strip() == f"{100 * result['accuracy_mean']:.2f}% ± {100 * result['accuracy_std']:.2f}", report
+        second_half = [fold["accuracy"] for fold in combined["student"]["per_fold"] if fold["fold"] > 5]
+        assert folds_6_10.strip() == f"{100 * sum(second_half) / 5:.2f}%", report
