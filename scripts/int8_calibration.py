@@ -15,13 +15,13 @@ round differently, say 16-bit intermediate sums saturating on AVX2 without VNNI,
         --percentile 99.99 --percentile 99.999 --keep-fp32 first_conv,head --keep-fp32 first_conv,head,depthwise \
         --out reports/int8-calibration-patient
     python scripts/int8_calibration.py pipelines/sface-student-patient-more.yaml models/sface-student-fp32/model.onnx \
-        --percentile 99.99 --keep-fp32 first_conv,head,depthwise --reduce-range --out reports/int8-reduce-range
+        --percentile 99.99 --keep-fp32 first_conv,head,depthwise --keep-fp32 first_conv,head --reduce-range \
+        --out reports/int8-reduce-range
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import numpy as np
 import onnxruntime as ort
 
 from biometrics.evaluation.report import write_table_report
-from biometrics.runtime import create_session
+from biometrics.runtime import create_session, processor_name
 from biometrics.training.distill import calibration_faces, training_faces
 from biometrics.training.export import crops_to_inputs, quantize_int8
 from biometrics.training.faces import teacher_targets
@@ -115,7 +115,7 @@ def main() -> None:
         "fp32_model": str(args.fp32_model),
         "heldout_faces": len(holdout_idx),
         "calibration_faces": len(calibration),
-        "machine": {"processor": platform.processor(), "onnxruntime": ort.__version__},
+        "machine": {"processor": processor_name(), "onnxruntime": ort.__version__},
         "rows": rows,
     }
     write_table_report(

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -494,3 +495,23 @@ def test_ctrl_c_or_sigterm_stops_cleanly_with_complete_outputs_and_a_summary(tmp
     assert lines and [line["frame"] for line in lines] == list(range(len(lines)))
     assert f": {len(lines)} frame" in stdout and " fps (detector on " in stdout  # the summary of a normal end
     assert _frame_count(video) == len(lines)  # a playable video: the mp4 was finalised
+
+
+def test_a_browser_enrolment_moves_the_threshold_with_the_gallery_until_it_is_set_by_hand(
+    performer_gallery, pipeline, sample
+):
+    """live sets its threshold for the gallery's size; each enrolment from the page adds a template, and the
+    threshold follows (the page's message says where to), unless the slider chose one."""
+    link = GalleryLink(performer_gallery, None, EmbedderId.of(pipeline.embedder))
+    controls = LiveControls(LiveRecognizer(pipeline, link.load_index()), lambda templates: 0.3 + templates / 100)
+    frame, nobody_tracked = Frame(0, 0.0, load_image(sample("biden.jpg"))), SimpleNamespace(tracks=[])
+
+    def enrol(name: str) -> str:
+        done = controls.request_enrolment(name, None)
+        controls.serve_requests(link, frame, nobody_tracked)
+        return done.result(timeout=0)
+
+    assert enrol("biden").endswith("; threshold 0.3200 for 2 templates")
+    assert controls.threshold == pytest.approx(0.32)
+    controls.threshold = 0.45  # the slider
+    assert not enrol("biden").endswith("for 3 templates") and controls.threshold == 0.45

@@ -72,7 +72,7 @@ def live(
     """Live recognition: capture, detect, track, identify, and draw boxes, names, scores and FPS."""
     import cv2
 
-    from biometrics.gallery import EmbedderId, default_gallery_path, load_key
+    from biometrics.gallery import EmbedderId, default_gallery_path, gallery_threshold, load_key
     from biometrics.live.capture import FrameSource
     from biometrics.live.recognizer import LiveRecognizer
     from biometrics.live.session import GalleryLink, LiveControls, run_live
@@ -113,7 +113,13 @@ def live(
         else:
             from biometrics.live.web import BrowserView
 
-            controls = LiveControls(recognizer)
+            follow = None
+            if set_for is not None:  # set for the gallery's size (not --threshold): it follows enrolments
+
+                def follow(templates: int) -> float:
+                    return gallery_threshold(pipeline.embedder.false_match_thresholds, templates, set_for.fpir).value
+
+            controls = LiveControls(recognizer, follow)
             browser = BrowserView(controls, port=port)
             views.append(browser)
             notify(f"live view at {browser.url} (Ctrl-C to stop)")

@@ -6,7 +6,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -80,10 +80,12 @@ class EnrolRequest:
 
 class LiveControls:
     """What the browser page may change. Requests are queued and carried out by the live loop between frames,
-    so the models and the gallery are only ever used from one thread."""
+    so the models and the gallery are only ever used from one thread. ``threshold_for`` (templates -> threshold):
+    the threshold follows the gallery's size as enrolments add templates, until it is set by hand."""
 
-    def __init__(self, recognizer: LiveRecognizer):
+    def __init__(self, recognizer: LiveRecognizer, threshold_for: Callable[[int], float] | None = None):
         self.recognizer = recognizer
+        self.threshold_for = threshold_for
         self._requests: queue.Queue[EnrolRequest] = queue.Queue()
 
     @property
@@ -95,6 +97,7 @@ class LiveControls:
         if not -1.0 <= value <= 1.0:  # also refuses NaN
             raise BiometricsError(f"{value} is not a cosine similarity (a number from -1 to 1)")
         self.recognizer.threshold = value
+        self.threshold_for = None  # chosen by hand: it stays
 
     def request_enrolment(self, name: str, track_id: int | None) -> Future:
         done: Future = Future()
@@ -112,7 +115,11 @@ class LiveControls:
                     raise BiometricsError(f"no track #{request.track_id} in the current frame")
                 near = max(tracks, key=lambda t: t.face.area).face.box if tracks else None
                 message = link.enroll(self.recognizer.pipeline, request.name, frame, near, self.recognizer.threshold)
-                self.recognizer.use_index(link.load_index())
+                index = link.load_index()
+                self.recognizer.use_index(index)
+                if self.threshold_for is not None and index is not None:
+                    self.recognizer.threshold = self.threshold_for(len(index))
+                    message += f"; threshold {self.recognizer.threshold:.4f} for {len(index):,} templates"
                 request.done.set_result(message)
             except BiometricsError as exc:
                 request.done.set_exception(exc)
