@@ -169,7 +169,8 @@ def test_evaluate_folder_scores_every_pair_as_verify_would(people, tmp_path, pip
     assert result.exit_code == 0, result.output
     assert "7 photos of 2 people" in result.stdout and "2 of 7 photos left out (unreadable or no face)" in result.stdout
     report = json.loads((out / "report.json").read_text())
-    run = report["results"]["yunet-teacher + sface-student"]
+    run_label = "yunet-teacher + sface-student"
+    run = report["results"][run_label]
     assert (run["photos"], run["faces"], run["genuine_pairs"], run["impostor_pairs"]) == (7, 5, 4, 6)
     assert run["left_out"] == {
         "biden/back.JPG": "no face found",
@@ -212,9 +213,14 @@ def test_evaluate_folder_scores_every_pair_as_verify_would(people, tmp_path, pip
     # What identify answers by default: for two people, the card's 1:1 threshold (FPIR 1% allows looser).
     assert searches["at_size_threshold"] == searches["at_threshold"]
     assert [row["size_threshold"] for row in searches["by_gallery_size"]] == [pipeline.threshold] * 2
-    assert (
-        "What `identify` answers by default" in markdown and "at identify's threshold for 2 templates" in result.stdout
+    assert "What `identify` answers: the threshold set for a gallery of this size to name 0.01 of" in markdown
+    assert "at identify's threshold for 2 templates" in result.stdout
+    strict = CliRunner().invoke(
+        cli, ["evaluate", "folder", str(people), "--threads", "2", "--fpir", "1e-4", "--out", str(tmp_path / "strict")]
     )
+    searches = json.loads((tmp_path / "strict" / "report.json").read_text())["results"][run_label]["identification"]
+    assert searches["at_size_threshold"]["threshold"] > pipeline.threshold  # 1e-4 over 2 templates: stricter
+    assert "to name 0.0001 of strangers" in (tmp_path / "strict" / "report.md").read_text() and strict.exit_code == 0
 
 
 def test_each_photo_is_read_and_searched_once_for_all_the_embedders_compared(people, pipeline, monkeypatch):

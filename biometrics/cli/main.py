@@ -429,9 +429,18 @@ def evaluate_lfw_command(data, folds, detectors, embedders, baselines, threads, 
     show_default=True,
     help="1:N part: photos enrolled per person (their first, by file name); people with more are enrolled.",
 )
+@click.option(
+    "--fpir",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.01,
+    show_default=True,
+    help="1:N part: the share of strangers identify's threshold is set for, as `identify --fpir`.",
+)
 @report_folder_option
 @click.option("--progress/--no-progress", default=True)
-def evaluate_folder_command(folder, detectors, embedders, threshold, select, threads, gallery_photos, out, progress):
+def evaluate_folder_command(
+    folder, detectors, embedders, threshold, select, threads, gallery_photos, fpir, out, progress
+):
     """Verification and identification on your own photos: FOLDER holds one sub-folder of photos per person.
     Every pair of photos is scored (FMR and FNMR at the threshold, thresholds at target FMRs, EER, the hardest
     pairs), and every photo is searched in a gallery of the people (rank-1, FPIR and FNIR, by gallery size)."""
@@ -442,7 +451,7 @@ def evaluate_folder_command(folder, detectors, embedders, threshold, select, thr
     click.echo(f"{folder}: {len(photos.images)} photos of {len(photos.people)} people")
     runs, models = {}, []
     for group in _pipelines_by_detector(detectors, embedders, threads, threshold):
-        runs |= evaluate_folder(group, photos, select, progress, gallery_photos)
+        runs |= evaluate_folder(group, photos, select, progress, gallery_photos, fpir)
         for pipeline in group:
             models += [m for m in (pipeline.detector.model, pipeline.embedder.model) if m not in models]
             run = runs[pipeline.name]
@@ -467,7 +476,7 @@ def evaluate_folder_command(folder, detectors, embedders, threshold, select, thr
                     f"  at identify's threshold for {searches['templates']:,} templates ({point['threshold']:.4f}): "
                     f"FPIR {100 * point['fpir']:.3g}%, FNIR {100 * point['fnir']:.3g}%"
                 )
-    meta = run_metadata(models, threads) | {"select": select}
+    meta = run_metadata(models, threads) | {"select": select, "fpir": fpir}
     for entry, model in zip(meta["models"], models, strict=True):
         entry["trained_on"] = training_data(model.card.data)
     files = write_folder_report(out, photos, runs, meta)

@@ -140,28 +140,29 @@ def evaluate_folder(
     select: Selection = "largest",
     progress: bool = True,
     gallery_photos: int = 1,
+    fpir: float = DEFAULT_FPIR,
 ) -> dict[str, dict]:
     """Rates for each pipeline on ``photos`` (by ``pipeline.name``; the pipelines share a detector, so each is
     scored on the same faces): at its threshold, at each FMR of ``REPORTED_FMRS`` these impostor pairs resolve (one
     false match allowed at least), EER and AUC; and, under ``identification``, the open-set 1:N rates of a gallery
-    enrolled with each person's first ``gallery_photos`` photos (``biometrics.evaluation.identification``).
-    JSON-ready apart from ``PER_PAIR``'s entries."""
+    enrolled with each person's first ``gallery_photos`` photos (``biometrics.evaluation.identification``), there
+    also at the threshold `identify --fpir` sets for its size. JSON-ready apart from ``PER_PAIR``'s entries."""
     thresholds = [pipeline.threshold for pipeline in pipelines]  # an uncalibrated embedder fails before any work
     return {
-        pipeline.name: _rates(threshold, _identify_threshold(pipeline), photos, embedded, gallery_photos)
+        pipeline.name: _rates(threshold, _identify_threshold(pipeline, fpir), photos, embedded, gallery_photos)
         for pipeline, threshold, embedded in zip(
             pipelines, thresholds, embed_folder(pipelines, photos, select, progress), strict=True
         )
     }
 
 
-def _identify_threshold(pipeline: FacePipeline) -> SizeThreshold | None:
-    """The threshold `identify` searches a gallery of N templates at by default (FPIR ``DEFAULT_FPIR``, from the
-    embedder card's calibration), or None for an embedder without one."""
+def _identify_threshold(pipeline: FacePipeline, fpir: float) -> SizeThreshold | None:
+    """The threshold `identify --fpir` searches a gallery of N templates at (from the embedder card's
+    calibration), or None for an embedder without one."""
     calibration = pipeline.embedder.false_match_thresholds
     if not calibration:
         return None
-    return lambda templates: gallery_threshold(calibration, templates, DEFAULT_FPIR).value
+    return lambda templates: gallery_threshold(calibration, templates, fpir).value
 
 
 def _rates(
@@ -296,7 +297,7 @@ def _markdown(photos: PhotoFolder, results: dict[str, dict], meta: dict, files: 
             for key, point in run["at_fmr"].items()
         ],
     )
-    lines += _identification_markdown(results)
+    lines += _identification_markdown(results, meta.get("fpir", DEFAULT_FPIR))
     for label, run in results.items():
         lines += ["", f"## {label}", ""]
         if run["left_out"]:
@@ -355,7 +356,7 @@ def _identification_point(point: dict) -> list[str]:
     ]
 
 
-def _identification_markdown(results: dict[str, dict]) -> list[str]:
+def _identification_markdown(results: dict[str, dict], fpir: float) -> list[str]:
     first = next(iter(results.values()))["identification"]
     photos = first["enrolled_photos"]
     each = "their first photo" if photos == 1 else f"their first {photos} photos"
@@ -391,14 +392,14 @@ def _identification_markdown(results: dict[str, dict]) -> list[str]:
     if at_size:
         lines += [
             "",
-            "What `identify` answers by default: the threshold set for a gallery of this size to name "
-            f"{DEFAULT_FPIR:g} of strangers (FPIR), from the embedder card's calibration on other people (`--fpir`):",
+            "What `identify` answers: the threshold set for a gallery of this size to name "
+            f"{fpir:g} of strangers (`--fpir`), from the embedder card's calibration on other people:",
             "",
         ]
         lines += _md_table(
             ["pipeline", "FPIR asked", "threshold", "FPIR reached (false positives)", "FNIR (misses)"]
             + ["misidentifications"],
-            [[label, f"{DEFAULT_FPIR:g}", *_identification_point(point)] for label, point in at_size.items()],
+            [[label, f"{fpir:g}", *_identification_point(point)] for label, point in at_size.items()],
         )
     lines += [
         "",
@@ -433,7 +434,7 @@ def _identification_markdown(results: dict[str, dict]) -> list[str]:
 
     lines += _md_table(
         ["pipeline", "people in the gallery", "galleries drawn", "non-mated searches", "FPIR at the threshold"]
-        + [f"identify's threshold (FPIR; target {DEFAULT_FPIR:g})", "threshold for FPIR 1e-2", "for FPIR 1e-3"],
+        + [f"identify's threshold (FPIR; target {fpir:g})", "threshold for FPIR 1e-2", "for FPIR 1e-3"],
         [
             [
                 label,
