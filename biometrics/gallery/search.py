@@ -241,10 +241,9 @@ def gallery_threshold(false_match_thresholds: Mapping[float, float], templates: 
         raise ValueError("no calibrated thresholds")
     if not 0.0 < fpir < 1.0:
         raise ValueError(f"fpir must be between 0 and 1, not {fpir}")
-    templates = max(templates, 1)
     rates = np.array(sorted(false_match_thresholds))
     values = np.array([false_match_thresholds[rate] for rate in rates])
-    needed = -math.expm1(math.log1p(-fpir) / templates)
+    needed = -math.expm1(math.log1p(-fpir) / max(templates, 1))  # an empty gallery names no one: as for one
     fmr = float(np.clip(needed, rates[0], rates[-1]))
     value = float(np.interp(math.log10(fmr), np.log10(rates), values))
     return GalleryThreshold(value, templates, fpir, fmr, strangers_named(fmr, templates), bool(needed < rates[0]))
