@@ -337,7 +337,7 @@ def test_the_readme_table_of_identifys_thresholds_quotes_its_report():
     quoted = (
         f"searched at {ours['threshold']:.4f} and names {100 * ours['fpir']:.2f}% of strangers (SFace at "
         f"{sface['threshold']:.4f}: {100 * sface['fpir']:.2f}%), and the\n"
-        f"misses fall to {100 * ours['fnir']:.1f}% (SFace {100 * sface['fnir']:.2f}%)"
+        f"misses are {100 * ours['fnir']:.1f}% (SFace {100 * sface['fnir']:.2f}%)"
     )
     assert quoted in (ROOT / "README.md").read_text()
 
