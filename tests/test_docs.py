@@ -340,6 +340,16 @@ def test_the_readme_table_of_identifys_thresholds_quotes_its_report():
         f"misses are {100 * ours['fnir']:.1f}% (SFace {100 * sface['fnir']:.2f}%)"
     )
     assert quoted in (ROOT / "README.md").read_text()
+    same_people = []
+    for photos in ("1photo", "3photos"):
+        report = ROOT / f"reports/folder-lfw-folds6-10-many-{photos}/report.json"
+        for run in json.loads(report.read_text())["results"].values():
+            point = run["identification"]["at_size_threshold"]
+            same_people.append(f"{100 * point['fpir']:.3g}% and {100 * point['fnir']:.3g}%")
+    ours_1, sface_1, ours_3, sface_3 = same_people
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"the student names {ours_1.replace(' and ', ' of strangers and misses ')}" in readme
+    assert f"at 0.5114, {ours_3} (SFace: {sface_1}, then {sface_3};" in readme
 
 
 def test_the_readme_cross_distillation_table_quotes_its_reports():

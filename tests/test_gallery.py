@@ -42,6 +42,7 @@ HELPER = Path(__file__).with_name("enrol_until_killed.py")
 FOLDS_6_10_PEOPLE = Path(__file__).parents[1] / "reports" / "folder-lfw-folds6-10" / "report.json"
 FOLDS_6_10_PAIR_IMAGES = Path(__file__).parents[1] / "reports" / "folder-lfw-pairs-folds6-10" / "report.json"
 FOLDS_6_10_THREE_PHOTOS = Path(__file__).parents[1] / "reports" / "folder-lfw-folds6-10-3photos" / "report.json"
+KEPT = ("1photo", "3photos")  # the people with more than three photos, enrolled with one or three
 
 
 @pytest.fixture
@@ -207,12 +208,14 @@ def test_identifys_threshold_holds_strangers_near_the_target_on_people_never_cal
     """The thresholds identify sets by gallery size from the shipped cards (calibrated on LFW folds 1-5 people),
     searched on folds 6-10 people, one photo or three enrolled each: FPIR near the 1% asked (within a factor 1.5
     on the images of their pairs, like the calibration's; 2.5 on all their photos, whose impostor tail is
-    heavier), where the card's 1:1 threshold names more than 40% of strangers."""
+    heavier), where the card's 1:1 threshold names more than a quarter of strangers."""
     from biometrics.registry import ModelRegistry
 
     registry = ModelRegistry([Path(__file__).parents[1] / "models"])
     checked = []
-    for report, factor in [(FOLDS_6_10_PEOPLE, 2.5), (FOLDS_6_10_PAIR_IMAGES, 1.5), (FOLDS_6_10_THREE_PHOTOS, 2.5)]:
+    reports = [(FOLDS_6_10_PEOPLE, 2.5), (FOLDS_6_10_PAIR_IMAGES, 1.5), (FOLDS_6_10_THREE_PHOTOS, 2.5)]
+    reports += [(FOLDS_6_10_PEOPLE.parents[1] / f"folder-lfw-folds6-10-many-{k}" / "report.json", 2.5) for k in KEPT]
+    for report, factor in reports:
         for label, run in json.loads(report.read_text())["results"].items():
             calibration = Embedder(registry.resolve(label.split(" + ")[1]), threads=1).false_match_thresholds
             searches = run["identification"]
@@ -220,9 +223,9 @@ def test_identifys_threshold_holds_strangers_near_the_target_on_people_never_cal
                 templates = row["people"] * searches["enrolled_photos"]  # every template is a comparison
                 assert row["size_threshold"] == gallery_threshold(calibration, templates, DEFAULT_FPIR).value
                 assert DEFAULT_FPIR / factor < row["fpir_at_size_threshold"] < DEFAULT_FPIR * factor, (label, row)
-            assert searches["by_gallery_size"][-1]["fpir_at_threshold"] > 0.4
+            assert searches["by_gallery_size"][-1]["fpir_at_threshold"] > 0.25
             checked.append(searches["enrolled_photos"])
-    assert checked == [1, 1, 1, 3, 3]
+    assert checked == [1, 1, 1, 3, 3, 1, 1, 3, 3]
 
 
 def test_enrol_and_identify_the_face_given_by_its_index(run, sample):
