@@ -72,7 +72,7 @@ def live(
     """Live recognition: capture, detect, track, identify, and draw boxes, names, scores and FPS."""
     import cv2
 
-    from biometrics.gallery import EmbedderId, default_gallery_path, gallery_threshold, load_key
+    from biometrics.gallery import EmbedderId, default_gallery_path, load_key, threshold_by_size
     from biometrics.live.capture import FrameSource
     from biometrics.live.recognizer import LiveRecognizer
     from biometrics.live.session import GalleryLink, LiveControls, run_live
@@ -113,12 +113,8 @@ def live(
         else:
             from biometrics.live.web import BrowserView
 
-            follow = None
-            if set_for is not None:  # set for the gallery's size (not --threshold): it follows enrolments
-
-                def follow(templates: int) -> float:
-                    return gallery_threshold(pipeline.embedder.false_match_thresholds, templates, set_for.fpir).value
-
+            # set for the gallery's size (not --threshold): the threshold follows enrolments
+            follow = threshold_by_size(pipeline.embedder.false_match_thresholds, set_for.fpir) if set_for else None
             controls = LiveControls(recognizer, follow)
             browser = BrowserView(controls, port=port)
             views.append(browser)

@@ -23,7 +23,7 @@ from biometrics.errors import DataError, ImageError, NoFaceError
 from biometrics.evaluation import metrics, plots
 from biometrics.evaluation.identification import SizeThreshold, identification_rates
 from biometrics.evaluation.report import _md_table, without_scores, write_score_plots
-from biometrics.gallery.search import DEFAULT_FPIR, gallery_threshold
+from biometrics.gallery.search import DEFAULT_FPIR, threshold_by_size
 from biometrics.imaging import load_image
 from biometrics.pipeline.facade import FacePipeline, Selection, sharing_one_detector
 
@@ -149,20 +149,17 @@ def evaluate_folder(
     also at the threshold `identify --fpir` sets for its size. JSON-ready apart from ``PER_PAIR``'s entries."""
     thresholds = [pipeline.threshold for pipeline in pipelines]  # an uncalibrated embedder fails before any work
     return {
-        pipeline.name: _rates(threshold, _identify_threshold(pipeline, fpir), photos, embedded, gallery_photos)
+        pipeline.name: _rates(
+            threshold,
+            threshold_by_size(pipeline.embedder.false_match_thresholds, fpir),
+            photos,
+            embedded,
+            gallery_photos,
+        )
         for pipeline, threshold, embedded in zip(
             pipelines, thresholds, embed_folder(pipelines, photos, select, progress), strict=True
         )
     }
-
-
-def _identify_threshold(pipeline: FacePipeline, fpir: float) -> SizeThreshold | None:
-    """The threshold `identify --fpir` searches a gallery of N templates at (from the embedder card's
-    calibration), or None for an embedder without one."""
-    calibration = pipeline.embedder.false_match_thresholds
-    if not calibration:
-        return None
-    return lambda templates: gallery_threshold(calibration, templates, fpir).value
 
 
 def _rates(

@@ -12,6 +12,7 @@ from biometrics.gallery.search import (
     faiss_available,
     gallery_threshold,
     strangers_named,
+    threshold_by_size,
 )
 from biometrics.gallery.store import (
     GALLERY_ENV,
@@ -49,4 +50,5 @@ __all__ = [
     "gallery_threshold",
     "load_key",
     "strangers_named",
+    "threshold_by_size",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -247,3 +247,11 @@ def gallery_threshold(false_match_thresholds: Mapping[float, float], templates: 
     fmr = float(np.clip(needed, rates[0], rates[-1]))
     value = float(np.interp(math.log10(fmr), np.log10(rates), values))
     return GalleryThreshold(value, templates, fpir, fmr, strangers_named(fmr, templates), bool(needed < rates[0]))
+
+
+def threshold_by_size(false_match_thresholds: Mapping[float, float], fpir: float) -> Callable[[int], float] | None:
+    """A gallery's size (templates) -> the threshold ``gallery_threshold`` sets there for ``fpir``, as `identify`
+    searches; None without a calibration."""
+    if not false_match_thresholds:
+        return None
+    return lambda templates: gallery_threshold(false_match_thresholds, templates, fpir).value
