@@ -185,6 +185,9 @@ def test_identify_and_live_set_the_threshold_for_the_gallerys_size(run, sample, 
     assert pipeline.threshold < looser["threshold"] < chosen.value
     given = json.loads(run("identify", sample("obama.jpg"), "--threshold", "0.5", "--json").stdout)
     assert (given["threshold"], given["threshold_set_for"]) == (0.5, None)
+    for command in (cli.commands["identify"], cli.commands["live"], cli.commands["evaluate"].commands["folder"]):
+        (option,) = [param for param in command.params if param.name == "fpir"]
+        assert f"[default: {DEFAULT_FPIR:g}, biometrics.gallery.DEFAULT_FPIR]" in option.help  # one option, one default
     both = run("identify", sample("obama.jpg"), "--threshold", "0.5", "--fpir", "0.03")
     assert both.exit_code == 2 and "give one" in both.stderr
     short = run("identify", sample("obama.jpg"), "--fpir", "1e-5")  # needs FMR 1.7e-7: the card stops at 1e-6

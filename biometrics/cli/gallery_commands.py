@@ -16,6 +16,7 @@ import click
 from biometrics.cli.main import (
     CosineThreshold,
     _pipeline,
+    fpir_option,
     json_option,
     pipeline_options,
     select_option,
@@ -109,19 +110,12 @@ def gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_si
 
 def search_threshold_options(command):
     """The threshold a gallery search uses: set for the gallery's size (``--fpir``), or fixed (``--threshold``)."""
-    command = click.option(
-        "--fpir",
-        type=click.FloatRange(0, 1, min_open=True, max_open=True),
-        default=None,
-        help="Share of strangers (people not enrolled) a search may name; the threshold is set for the gallery's "
-        "size from the embedder card's calibration [default: 0.01].",
-    )(command)
     return click.option(
         "--threshold",
         type=CosineThreshold(),
         default=None,
         help="Cosine-similarity threshold, instead of the one --fpir sets.",
-    )(command)
+    )(fpir_option(command))
 
 
 def search_threshold(

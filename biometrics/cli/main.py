@@ -148,6 +148,13 @@ class CosineThreshold(click.ParamType):
 threshold_option = click.option(
     "--threshold", type=CosineThreshold(), default=None, help="Cosine-similarity threshold (default: the card's)."
 )
+fpir_option = click.option(
+    "--fpir",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Share of strangers (people not enrolled) a gallery search may name: the threshold is set for the "
+    "gallery's size from the embedder card's calibration [default: 0.01, biometrics.gallery.DEFAULT_FPIR].",
+)
 
 select_option = click.option(
     "--select",
@@ -429,13 +436,7 @@ def evaluate_lfw_command(data, folds, detectors, embedders, baselines, threads, 
     show_default=True,
     help="1:N part: photos enrolled per person (their first, by file name); people with more are enrolled.",
 )
-@click.option(
-    "--fpir",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.01,
-    show_default=True,
-    help="1:N part: the share of strangers identify's threshold is set for, as `identify --fpir`.",
-)
+@fpir_option
 @report_folder_option
 @click.option("--progress/--no-progress", default=True)
 def evaluate_folder_command(
@@ -446,7 +447,9 @@ def evaluate_folder_command(
     pairs), and every photo is searched in a gallery of the people (rank-1, FPIR and FNIR, by gallery size)."""
     from biometrics.evaluation.folder import PhotoFolder, evaluate_folder, training_data, write_folder_report
     from biometrics.evaluation.report import run_metadata
+    from biometrics.gallery import DEFAULT_FPIR
 
+    fpir = DEFAULT_FPIR if fpir is None else fpir  # identify's threshold, in the 1:N part
     photos = PhotoFolder.read(folder)
     click.echo(f"{folder}: {len(photos.images)} photos of {len(photos.people)} people")
     runs, models = {}, []
