@@ -6,6 +6,7 @@ import io
 import os
 import stat
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,6 +15,8 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from biometrics.errors import ImageError
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+"""How a photo is told from other files in a folder (by name: nothing is opened to list a folder)."""
 DEFAULT_MAX_PIXELS = 50_000_000
 """About 7000x7000: larger photos are refused before decoding, so a crafted file cannot exhaust memory."""
 MAX_FILE_BYTES = 256 * 2**20
@@ -43,6 +46,20 @@ def _read_file(path: str | os.PathLike, label: str) -> bytes:
         raise ImageError(f"{label}: no such file") from None
     except OSError as exc:
         raise ImageError(f"{label}: cannot read file ({exc.strerror or exc})") from None
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every file under ``folder`` (in sub-folders too), sorted, skipping hidden files and folders (a name that
+    starts with "."): a photo manager's thumbnails and a sync tool's state are not photos."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+
+
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def _upright(image: Image.Image) -> Image.Image:

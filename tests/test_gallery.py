@@ -247,6 +247,43 @@ def test_enrol_and_identify_the_face_given_by_its_index(run, sample):
     assert run("identify", sample("two_people.jpg"), "--face", 1, "--all").exit_code == 2
 
 
+def test_identify_searches_every_photo_of_a_folder_and_goes_on_past_a_bad_one(run, sample, tmp_path, no_face_photo):
+    """Many photos in one call (the models and gallery loaded once): files and folders (sub-folders too, hidden
+    ones and non-images skipped); a photo that cannot be searched is reported and the rest are still searched."""
+    assert run("enroll", "obama", sample("obama.jpg"), sample("obama2.jpg")).exit_code == 0
+    assert run("enroll", "biden", sample("biden.jpg")).exit_code == 0
+    photos = tmp_path / "photos"
+    (photos / "2024").mkdir(parents=True)
+    (photos / ".thumbnails").mkdir()
+    for source, name in [("obama3.jpg", "a.jpg"), ("selfie.jpg", "b.JPG"), ("biden2.jpg", "2024/c.jpg")]:
+        (photos / name).write_bytes(sample(source).read_bytes())
+    (photos / ".thumbnails" / "a.jpg").write_bytes(b"not searched")
+    (photos / "notes.txt").write_text("not a photo")
+    (photos / "d.png").write_bytes(sample("obama.jpg").read_bytes()[:5000])  # truncated
+    no_face = photos / "e.jpg"
+    no_face.write_bytes(no_face_photo.read_bytes())
+
+    batch = run("identify", photos, sample("two_people.jpg"), "--json")
+    assert batch.exit_code == 2  # two photos failed, after all were searched
+    lines = [json.loads(line) for line in batch.stdout.splitlines()]
+    names = [Path(line["image"]).relative_to(photos).as_posix() for line in lines[:-1]]
+    assert names == ["2024/c.jpg", "a.jpg", "b.JPG", "d.png", "e.jpg"] and lines[-1]["image"].endswith("two_people.jpg")
+    found = {Path(line["image"]).name: [f["identity"] for f in line["faces"]] for line in lines if "faces" in line}
+    assert found == {"c.jpg": ["biden"], "a.jpg": ["obama"], "b.JPG": [None], "two_people.jpg": ["obama"]}
+    errors = {Path(line["image"]).name: line["error"]["kind"] for line in lines if "error" in line}
+    assert errors == {"d.png": "image", "e.jpg": "no_face"}
+    assert [line.split(":")[0] for line in batch.stderr.splitlines()] == ["error", "error", "6 images"]
+    assert batch.stderr.endswith("6 images: 3 with someone identified, 1 unknown, 2 failed\n")
+
+    text = run("identify", photos / "a.jpg", photos / "b.JPG")
+    assert text.exit_code == 0 and text.stderr == "2 images: 1 with someone identified, 1 unknown, 0 failed\n"
+    assert [line.split()[1] for line in text.stdout.splitlines() if line.startswith("  [")] == ["obama", "unknown"]
+    assert run("identify", photos / "b.JPG", photos / "b.JPG").exit_code == 1  # no one identified
+    (tmp_path / "empty" / ".thumbnails").mkdir(parents=True)
+    (tmp_path / "empty" / ".thumbnails" / "a.jpg").write_bytes(sample("obama.jpg").read_bytes())
+    no_photos = run("identify", photos / "2024", tmp_path / "empty")  # a mistyped folder is no "nobody there"
+    _one_line_error(no_photos, f"{tmp_path / 'empty'}: no photos in this folder")
+
 def test_only_enrolment_makes_a_file_a_gallery(run, sample, tmp_path):
     """Reading commands leave an empty or foreign file alone; enrolment makes an empty one private, like a new one."""
     empty, foreign = tmp_path / "empty.db", tmp_path / "foreign.db"

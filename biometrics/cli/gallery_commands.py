@@ -1,24 +1,29 @@
 """Gallery commands: ``enroll``, ``identify`` and ``gallery list|remove|export|reembed``.
 
 Registered on the ``biometrics`` group by ``biometrics.cli.main`` (import that module, not this one).
-``identify`` exits 0 when a face is identified, 1 when every face is unknown, 2 on error.
+``identify`` exits 0 when a face is identified, 1 when every face is unknown, 2 on error (with several images:
+when any of them could not be searched, after the others were).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from biometrics.cli.main import (
+    EXIT_ERROR,
     CosineThreshold,
     _pipeline,
     fpir_option,
+    json_lines_option,
     json_option,
     pipeline_options,
+    report_error,
     select_option,
     threshold_option,
 )
@@ -26,7 +31,7 @@ from biometrics.cli.main import (
 if TYPE_CHECKING:
     import numpy as np
 
-    from biometrics.gallery import EmbedderId, GalleryThreshold, Templates
+    from biometrics.gallery import EmbedderId, GalleryThreshold, TemplateIndex, Templates
     from biometrics.pipeline import FacePipeline
 
 EXIT_UNKNOWN = 1
@@ -139,8 +144,8 @@ def search_threshold(
     return chosen.value, chosen
 
 
-def _box(face) -> str:
-    return "(" + ", ".join(f"{v:.0f}" for v in face.box) + ")"
+def _box(box) -> str:
+    return "(" + ", ".join(f"{v:.0f}" for v in box) + ")"
 
 
 @click.command()
@@ -204,7 +209,7 @@ def enroll(
             raise NoFaceError(f"{exc}; nothing enrolled") from None
         if count > 1 and face_index is None:
             warn(
-                f"{path.name}: {count} faces, enrolling face {index}, {SELECTED[select]}, at {_box(face)}; "
+                f"{path.name}: {count} faces, enrolling face {index}, {SELECTED[select]}, at {_box(face.box)}; "
                 "choose another with --face N (N as `biometrics detect` lists them)"
             )
         templates.append(NewTemplate.of_face(face, pixels, path.name, keep_images))
@@ -244,17 +249,38 @@ def _enrolled_templates(gallery_path: Path | None, key_file: Path | None, embedd
         return gallery.templates(embedder)
 
 
+def photo_paths(arguments: tuple[Path, ...]) -> list[Path]:
+    """The photos named on the command line: a file as given (read, or reported unreadable, later), a folder as
+    its image files (in sub-folders too, by suffix, hidden ones skipped). A folder without one is an error: a
+    mistyped path must not pass for "nobody there"."""
+    from biometrics.errors import DataError
+    from biometrics.imaging import IMAGE_SUFFIXES, files_under, is_image_name
+
+    paths = []
+    for argument in arguments:
+        if not argument.is_dir():
+            paths.append(argument)
+            continue
+        photos = [path for path in files_under(argument) if is_image_name(path)]
+        if not photos:
+            raise DataError(f"{argument}: no photos in this folder (files ending {', '.join(IMAGE_SUFFIXES)})")
+        paths += photos
+    return paths
+
+
 @click.command()
-@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @gallery_options
 @pipeline_options
 @search_threshold_options
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True, help="People listed per face.")
 @click.option("--all", "every_face", is_flag=True, help="Identify every face, not only one.")
 @face_options
-@json_option
+@json_lines_option
+@click.pass_context
 def identify(
-    image,
+    ctx,
+    images,
     gallery_path,
     key_file,
     detector,
@@ -269,13 +295,15 @@ def identify(
     face_index,
     as_json,
 ):
-    """Who is in IMAGE? Ranked people with scores; exit 0 identified, 1 unknown, 2 error."""
-    from biometrics.errors import NoFaceError
-    from biometrics.gallery import UNKNOWN, EmbedderId, TemplateIndex
-    from biometrics.imaging import load_image
+    """Who is in each image (a photo, or a folder of them)? Ranked people with scores; exit 0 someone identified,
+    1 everyone unknown, 2 error. An image that cannot be searched (unreadable, no face) is reported and the others
+    are still searched; the exit code is then 2."""
+    from biometrics.errors import ImageError, NoFaceError
+    from biometrics.gallery import EmbedderId, TemplateIndex
 
     if every_face and face_index is not None:
         raise click.UsageError("--all identifies every face, --face N one of them: give one")
+    paths = photo_paths(images)
     pipeline = gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold)
     with open_gallery(gallery_path, key_file) as gallery:
         index = TemplateIndex(gallery.templates(EmbedderId.of(pipeline.embedder)))
@@ -283,40 +311,84 @@ def identify(
     warning = set_for.warning() if set_for else None
     if warning and not as_json:
         click.echo(f"warning: {warning}", err=True)
-    pixels = load_image(image)
-    if every_face:
-        faces = pipeline.analyze(pixels)
-        if not faces:
-            raise NoFaceError(f"{image}: no face found")
-        numbers, found = range(len(faces)), len(faces)
-    else:
-        face, number, found = _choose_face(pipeline, pixels, select, face_index, image)
-        faces, numbers = [face], [number]
-    chosen = ""
-    if not every_face and face_index is None and found > 1:
-        chosen = f", identifying face {numbers[0]}, {SELECTED[select]} (--all: every face; --face N: another)"
-    results = index.identify(faces, threshold, top_k)
-    if as_json:
-        report = {
-            "image": str(image),
-            "threshold": threshold,
-            "threshold_set_for": set_for.to_dict() if set_for else None,
-            "embedder": pipeline.embedder.name,
-            "gallery_templates": len(index),
+    search = PhotoSearch(pipeline, index, threshold, set_for, top_k, every_face, select, face_index)
+    identified = unknown = failed = 0
+    for path in paths:
+        try:
+            report = search(path)
+        except (ImageError, NoFaceError) as exc:  # this photo's fault: the others are still searched
+            failed += 1
+            report_error(ctx, exc, str(exc), image=str(path))
+            continue
+        named = any(face["identity"] for face in report["faces"])
+        identified, unknown = identified + named, unknown + (not named)
+        if as_json:
+            click.echo(json.dumps(report | {"warnings": [warning] if warning else []}))
+        else:
+            click.echo("\n".join(search.describe(report)))
+    if len(paths) > 1:  # on stderr, as the errors: stdout stays one result per photo
+        summary = f"{identified} with someone identified, {unknown} unknown, {failed} failed"
+        click.echo(f"{len(paths)} images: {summary}", err=True)
+    sys.exit(EXIT_ERROR if failed else 0 if identified else EXIT_UNKNOWN)
+
+
+@dataclass(frozen=True)
+class PhotoSearch:
+    """One photo's faces searched in the gallery, as ``identify``'s options say; the same for every photo."""
+
+    pipeline: FacePipeline
+    index: TemplateIndex
+    threshold: float
+    set_for: GalleryThreshold | None
+    top_k: int
+    every_face: bool
+    select: str
+    face_index: int | None
+
+    def __call__(self, path: Path) -> dict:
+        """The photo's report (what ``--json`` prints); ``ImageError`` or ``NoFaceError`` if it has none."""
+        from biometrics.errors import NoFaceError
+        from biometrics.imaging import load_image
+
+        pixels = load_image(path)
+        if self.every_face:
+            faces = self.pipeline.analyze(pixels)
+            if not faces:
+                raise NoFaceError(f"{path}: no face found")
+            numbers, found = range(len(faces)), len(faces)
+        else:
+            face, number, found = _choose_face(self.pipeline, pixels, self.select, self.face_index, path)
+            faces, numbers = [face], [number]
+        results = self.index.identify(faces, self.threshold, self.top_k)
+        return {
+            "image": str(path),
+            "threshold": self.threshold,
+            "threshold_set_for": self.set_for.to_dict() if self.set_for else None,
+            "embedder": self.pipeline.embedder.name,
+            "gallery_templates": len(self.index),
             "faces_found": found,
             "faces": [{"index": i, **result.to_dict()} for i, result in zip(numbers, results, strict=True)],
-            "warnings": [warning] if warning else [],
         }
-        click.echo(json.dumps(report))
-    else:
-        click.echo(
-            f"{image}: {found} face(s){chosen}, {len(index)} templates of {pipeline.embedder.name}, "
-            f"threshold {threshold:.4f}" + (f" {set_for.describe()}" if set_for else "")
-        )
-        for i, result in zip(numbers, results, strict=True):
-            ranked = ", ".join(f"{m.name} {m.score:.4f}" for m in result.matches) or "empty gallery"
-            click.echo(f"  [{i}] {result.identity or UNKNOWN} at {_box(result.face)}: {ranked}")
-    sys.exit(0 if any(result.identity for result in results) else EXIT_UNKNOWN)
+
+    def describe(self, report: dict) -> list[str]:
+        """The report as text: a line on the photo and the search, then one per face with its ranked people."""
+        from biometrics.gallery import UNKNOWN
+
+        chosen = ""
+        if not self.every_face and self.face_index is None and report["faces_found"] > 1:
+            chosen = (
+                f", identifying face {report['faces'][0]['index']}, {SELECTED[self.select]} "
+                "(--all: every face; --face N: another)"
+            )
+        set_for = f" {self.set_for.describe()}" if self.set_for else ""
+        lines = [
+            f"{report['image']}: {report['faces_found']} face(s){chosen}, {len(self.index)} templates of "
+            f"{report['embedder']}, threshold {self.threshold:.4f}{set_for}"
+        ]
+        for face in report["faces"]:
+            ranked = ", ".join(f"{m['name']} {m['score']:.4f}" for m in face["matches"]) or "empty gallery"
+            lines.append(f"  [{face['index']}] {face['identity'] or UNKNOWN} at {_box(face['face']['box'])}: {ranked}")
+        return lines
 
 
 @click.group("gallery")

@@ -36,7 +36,7 @@ class ReportingGroup(click.Group):
         try:
             return super().invoke(ctx)
         except BiometricsError as exc:
-            _report(ctx, exc, str(exc))
+            report_error(ctx, exc, str(exc))
             sys.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
@@ -48,18 +48,19 @@ class ReportingGroup(click.Group):
             sys.exit(EXIT_BROKEN_PIPE)
         except Exception as exc:  # a bug or an unforeseen failure: still one line and the error code
             reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-            _report(ctx, exc, f"unexpected {type(exc).__name__}: {reason} (please report this)")
+            report_error(ctx, exc, f"unexpected {type(exc).__name__}: {reason} (please report this)")
             sys.exit(EXIT_ERROR)
 
 
-def _report(ctx: click.Context, exc: Exception, message: str) -> None:
+def report_error(ctx: click.Context, exc: Exception, message: str, **where) -> None:
     """The one-line reason on stderr; with ``--json``, also the object a script parses instead of the result
-    (``{"error": {"kind": "no_face", "message": ...}}``, its kind named after the error's class). A reason that
-    spans lines (a parser's, quoted) is put on one, which is what scripts reading stderr rely on."""
+    (``{"error": {"kind": "no_face", "message": ...}}``, its kind named after the error's class, after ``where``:
+    which input of several failed). A reason that spans lines (a parser's, quoted) is put on one, which is what
+    scripts reading stderr rely on."""
     message = " ".join(message.split())
     click.echo(f"error: {message}", err=True)
     if ctx.meta.get(JSON_OUTPUT):
-        click.echo(json.dumps({"error": {"kind": error_kind(exc), "message": message}}))
+        click.echo(json.dumps(where | {"error": {"kind": error_kind(exc), "message": message}}))
 
 
 def error_kind(exc: Exception) -> str:
@@ -78,12 +79,16 @@ def _remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     return value
 
 
-json_option = click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    callback=_remember_json,
-    help='Print one JSON object instead of text (on failure: {"error": {"kind": ..., "message": ...}}).',
+def _json_flag(help: str):
+    return click.option("--json", "as_json", is_flag=True, callback=_remember_json, help=help)
+
+
+json_option = _json_flag(
+    'Print one JSON object instead of text (on failure: {"error": {"kind": ..., "message": ...}}).'
+)
+json_lines_option = _json_flag(
+    "Print one JSON object per image, a line each, instead of text (an image that failed: "
+    '{"image": ..., "error": {"kind": ..., "message": ...}}).'
 )
 
 

@@ -24,10 +24,9 @@ from biometrics.evaluation import metrics, plots
 from biometrics.evaluation.identification import SizeThreshold, identification_rates
 from biometrics.evaluation.report import _md_table, without_scores, write_score_plots
 from biometrics.gallery.search import DEFAULT_FPIR, threshold_by_size
-from biometrics.imaging import load_image
+from biometrics.imaging import files_under, is_image_name, load_image
 from biometrics.pipeline.facade import FacePipeline, Selection, sharing_one_detector
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 REPORTED_FMRS = {"1e-2": 1e-2, "1e-3": 1e-3, "1e-4": 1e-4, "1e-5": 1e-5}
 LISTED_PAIRS = 10  # hardest genuine and impostor pairs named in the report
 
@@ -51,12 +50,8 @@ class PhotoFolder:
             raise DataError(f"{root}: not a folder (expected one sub-folder of photos per person)")
         people, images, identities, other_files = [], [], [], 0
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            files = sorted(
-                p
-                for p in folder.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-            )
-            photos = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+            files = files_under(folder)
+            photos = [p for p in files if is_image_name(p)]
             other_files += len(files) - len(photos)
             if photos:
                 identities += [len(people)] * len(photos)
