@@ -284,6 +284,45 @@ def test_identify_searches_every_photo_of_a_folder_and_goes_on_past_a_bad_one(ru
     no_photos = run("identify", photos / "2024", tmp_path / "empty")  # a mistyped folder is no "nobody there"
     _one_line_error(no_photos, f"{tmp_path / 'empty'}: no photos in this folder")
 
+
+def test_enrol_a_folder_of_people_each_all_or_nothing_and_rerun_to_finish(run, sample, tmp_path):
+    """One sub-folder per person: each enrolled as `enroll` would (one transaction, strays refused); a person who
+    fails is reported and nothing of theirs stored while the others are enrolled; a rerun skips those enrolled."""
+    people = tmp_path / "people"
+    photos = {"obama": ["obama.jpg", "obama2.jpg"], "biden": ["biden.jpg"], "mixed": ["obama3.jpg", "biden2.jpg"]}
+    for name, files in photos.items():
+        (people / name / "2024").mkdir(parents=True)
+        for i, file in enumerate(files):
+            (people / name / ("2024" if i else "") / file).write_bytes(sample(file).read_bytes())
+    (people / "nobody").mkdir()
+    (people / "nobody" / "notes.txt").write_text("no photo here")
+    (people / ".trash" / "x").mkdir(parents=True)
+    (people / ".trash" / "x" / "a.jpg").write_bytes(sample("selfie.jpg").read_bytes())
+
+    first = run("enroll-folder", people, "--json")
+    assert first.exit_code == 2  # mixed failed, after the others were enrolled
+    lines = {line["name"]: line for line in map(json.loads, first.stdout.splitlines())}
+    assert sorted(lines) == ["biden", "mixed", "nobody", "obama"]  # hidden folders skipped
+    assert (lines["obama"]["added"], lines["biden"]["added"], lines["nobody"]["skipped"]) == (2, 1, "without photos")
+    assert lines["mixed"]["error"]["kind"] == "gallery" and "not one person?" in lines["mixed"]["error"]["message"]
+    assert first.stderr.splitlines()[-1] == "4 folders: 2 enrolled, 1 without photos, 1 failed"
+    assert "embedding" not in first.stdout
+    listing = json.loads(run("gallery", "list", "--json").stdout)["people"]
+    assert [(p["name"], p["templates"]) for p in listing] == [("biden", 1), ("obama", 2)]
+
+    (people / "mixed" / "2024" / "biden2.jpg").unlink()  # the stray photo fixed: a rerun enrols only mixed
+    rerun = run("enroll-folder", people)
+    assert rerun.exit_code == 0, rerun.output
+    assert "enrolled mixed: 1 template(s) added" in rerun.stdout and "skipped obama: already enrolled" in rerun.stdout
+    assert "warning: mixed: obama3.jpg also matches 'obama'" in rerun.stderr  # enroll's checks, per person
+    assert rerun.stderr.splitlines()[-1] == "4 folders: 1 enrolled, 2 already enrolled, 1 without photos"
+    listing = json.loads(run("gallery", "list", "--json").stdout)["people"]
+    assert [(p["name"], p["templates"]) for p in listing] == [("biden", 1), ("mixed", 1), ("obama", 2)]
+    one_person = run("enroll-folder", people / "obama")  # not a folder of people: its 2024 is no one's name
+    _one_line_error(one_person, "photos in the folder itself (obama.jpg); expected one sub-folder of photos per")
+    _one_line_error(run("enroll-folder", people / "nobody"), "no sub-folder with photos")
+
+
 def test_only_enrolment_makes_a_file_a_gallery(run, sample, tmp_path):
     """Reading commands leave an empty or foreign file alone; enrolment makes an empty one private, like a new one."""
     empty, foreign = tmp_path / "empty.db", tmp_path / "foreign.db"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +32,7 @@ from biometrics.cli.main import (
 if TYPE_CHECKING:
     import numpy as np
 
-    from biometrics.gallery import EmbedderId, GalleryThreshold, TemplateIndex, Templates
+    from biometrics.gallery import EmbedderId, GalleryThreshold, Person, TemplateIndex, Templates
     from biometrics.pipeline import FacePipeline
 
 EXIT_UNKNOWN = 1
@@ -144,6 +145,20 @@ def search_threshold(
     return chosen.value, chosen
 
 
+def enrolment_options(command):
+    """What ``enroll`` and ``enroll-folder`` store, and whether a face unlike the person's others is refused."""
+    command = click.option(
+        "--allow-mismatch",
+        is_flag=True,
+        help="Enrol even a photo whose face matches none of the person's other photos (a harder view of them).",
+    )(command)
+    return click.option(
+        "--keep-images",
+        is_flag=True,
+        help="Also store each face with a margin around it, as PNG (what `gallery reembed` needs).",
+    )(command)
+
+
 def _box(box) -> str:
     return "(" + ", ".join(f"{v:.0f}" for v in box) + ")"
 
@@ -155,16 +170,7 @@ def _box(box) -> str:
 @pipeline_options
 @threshold_option
 @face_options
-@click.option(
-    "--keep-images",
-    is_flag=True,
-    help="Also store each face with a margin around it, as PNG (what `gallery reembed` needs).",
-)
-@click.option(
-    "--allow-mismatch",
-    is_flag=True,
-    help="Enrol even a photo whose face matches none of NAME's other photos (a harder view of the same person).",
-)
+@enrolment_options
 @json_option
 def enroll(
     name,
@@ -184,59 +190,176 @@ def enroll(
 ):
     """Add NAME to the gallery with one template per image (all images or none). Refused if a photo's face
     matches none of NAME's other photos; a warning if it matches someone enrolled under another name."""
-
-    from biometrics.errors import GalleryError, NoFaceError
-    from biometrics.gallery import EmbedderId, NewTemplate, TemplateIndex, check_enrolment, check_name
-    from biometrics.imaging import load_image
-
-    warnings: list[str] = []
-
-    def warn(message: str) -> None:
-        """On stderr at once, or in the JSON object at the end."""
-        warnings.append(message)
-        if not as_json:
-            click.echo(f"warning: {message}", err=True)
+    from biometrics.gallery import check_name
 
     name = check_name(name)
     pipeline = gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold)
-    embedder_id = EmbedderId.of(pipeline.embedder)
-    templates, faces = [], []
-    for path in images:
-        pixels = load_image(path)
-        try:
-            face, index, count = _choose_face(pipeline, pixels, select, face_index, path)
-        except NoFaceError as exc:
-            raise NoFaceError(f"{exc}; nothing enrolled") from None
-        if count > 1 and face_index is None:
-            warn(
-                f"{path.name}: {count} faces, enrolling face {index}, {SELECTED[select]}, at {_box(face.box)}; "
-                "choose another with --face N (N as `biometrics detect` lists them)"
-            )
-        templates.append(NewTemplate.of_face(face, pixels, path.name, keep_images))
-        faces.append({"image": str(path), "faces_found": count, "index": index, "face": face.to_dict()})
-    if pipeline.calibrated:
-        enrolled = TemplateIndex(_enrolled_templates(gallery_path, key_file, embedder_id))
-        check = check_enrolment(enrolled, name, templates, pipeline.threshold)
-        if check.strays and not allow_mismatch:
-            raise GalleryError(
-                f"not one person? {check.describe_strays()}: nothing enrolled (--allow-mismatch enrols anyway)"
-            )
-        for warning in check.describe_look_alikes():
-            warn(warning)
-    else:
-        warn("photos not compared with each other or the gallery (no threshold: --threshold T)")
-    with open_gallery(gallery_path, key_file, create=True) as gallery:
-        person = gallery.enroll(name, embedder_id, templates)
-        where = gallery.path
-    if as_json:
-        summary = {"name": person.name, "added": len(templates), "templates": person.templates, "gallery": str(where)}
-        summary |= {"embedder": pipeline.embedder.name, "images_kept": keep_images, "faces": faces}
-        click.echo(json.dumps(summary | {"warnings": warnings}))
-    else:
-        click.echo(
-            f"enrolled {person.name}: {len(templates)} template(s) added, {person.templates} in total "
-            f"({where}{', images kept' if keep_images else ''})"
+    enrolment = Enrolment(pipeline, gallery_path, key_file, select, face_index, keep_images, allow_mismatch)
+    warnings = Warnings(as_json)
+    click.echo(enrolment.summary(enrolment(name, images, warnings), as_json, warnings))
+
+
+class Warnings(list):
+    """A command's warnings about one result: on stderr at once with text output, kept for its JSON object with
+    ``--json`` (stdout stays one object per result). Called with each message."""
+
+    def __init__(self, as_json: bool, about: str = ""):
+        super().__init__()
+        self.as_json, self.about = as_json, about
+
+    def __call__(self, message: str) -> None:
+        self.append(message)
+        if not self.as_json:
+            click.echo(f"warning: {self.about}{message}", err=True)
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """One person's photos into the gallery, as ``enroll``'s options say: every photo's face, checked against the
+    person's other photos and everyone else's, stored in one transaction (all photos or none)."""
+
+    pipeline: FacePipeline
+    gallery_path: Path | None
+    key_file: Path | None
+    select: str
+    face_index: int | None
+    keep_images: bool
+    allow_mismatch: bool
+
+    def __call__(self, name: str, images: Sequence[Path], warn: Callable[[str], None]) -> EnrolledPerson:
+        """Enrol ``images`` as ``name``; ``ImageError``, ``NoFaceError`` or ``GalleryError`` (not one person) and
+        nothing stored if one photo cannot be."""
+        from biometrics.errors import GalleryError, NoFaceError
+        from biometrics.gallery import EmbedderId, NewTemplate, TemplateIndex, check_enrolment
+        from biometrics.imaging import load_image
+
+        embedder_id = EmbedderId.of(self.pipeline.embedder)
+        templates, faces = [], []
+        for path in images:
+            pixels = load_image(path)
+            try:
+                face, index, count = _choose_face(self.pipeline, pixels, self.select, self.face_index, path)
+            except NoFaceError as exc:
+                raise NoFaceError(f"{exc}; nothing enrolled") from None
+            if count > 1 and self.face_index is None:
+                warn(
+                    f"{path.name}: {count} faces, enrolling face {index}, {SELECTED[self.select]}, at "
+                    f"{_box(face.box)}; choose another with --face N (N as `biometrics detect` lists them)"
+                )
+            templates.append(NewTemplate.of_face(face, pixels, path.name, self.keep_images))
+            faces.append({"image": str(path), "faces_found": count, "index": index, "face": face.to_dict()})
+        if self.pipeline.calibrated:
+            enrolled = TemplateIndex(_enrolled_templates(self.gallery_path, self.key_file, embedder_id))
+            check = check_enrolment(enrolled, name, templates, self.pipeline.threshold)
+            if check.strays and not self.allow_mismatch:
+                raise GalleryError(
+                    f"not one person? {check.describe_strays()}: nothing enrolled (--allow-mismatch enrols anyway)"
+                )
+            for warning in check.describe_look_alikes():
+                warn(warning)
+        else:
+            warn("photos not compared with each other or the gallery (no threshold: --threshold T)")
+        with open_gallery(self.gallery_path, self.key_file, create=True) as gallery:
+            person = gallery.enroll(name, embedder_id, templates)
+            where = gallery.path
+        return EnrolledPerson(person, len(templates), where, faces)
+
+    def summary(self, enrolled: EnrolledPerson, as_json: bool, warnings: list[str]) -> str:
+        """What ``enroll`` prints: a sentence, or the JSON object (the faces, never their embeddings)."""
+        person = enrolled.person
+        if as_json:
+            summary = {"name": person.name, "added": enrolled.added, "templates": person.templates}
+            summary |= {"gallery": str(enrolled.gallery), "embedder": self.pipeline.embedder.name}
+            summary |= {"images_kept": self.keep_images, "faces": enrolled.faces}
+            return json.dumps(summary | {"warnings": warnings})
+        return (
+            f"enrolled {person.name}: {enrolled.added} template(s) added, {person.templates} in total "
+            f"({enrolled.gallery}{', images kept' if self.keep_images else ''})"
         )
+
+
+@dataclass(frozen=True)
+class EnrolledPerson:
+    person: Person
+    added: int
+    gallery: Path
+    faces: list[dict]  # per photo: the image, faces found, the index enrolled and the face (no embedding)
+
+
+@click.command("enroll-folder")
+@click.argument("people", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@gallery_options
+@pipeline_options
+@threshold_option
+@select_option
+@enrolment_options
+@json_lines_option
+@click.pass_context
+def enroll_folder(
+    ctx,
+    people,
+    gallery_path,
+    key_file,
+    detector,
+    embedder,
+    threads,
+    max_side,
+    threshold,
+    select,
+    keep_images,
+    allow_mismatch,
+    as_json,
+):
+    """Enrol each sub-folder of PEOPLE as one person, named after the folder, with one template per photo in it
+    (as `enroll NAME PHOTOS...`). People already in the gallery are skipped, so a rerun after fixing a photo
+    enrols only those missing. A person whose photos cannot all be enrolled is reported, nothing of theirs stored,
+    and the others are still enrolled; the exit code is then 2."""
+    from biometrics.errors import DataError, GalleryError, ImageError, NoFaceError
+    from biometrics.gallery import check_name
+    from biometrics.imaging import IMAGE_SUFFIXES, files_under, is_image_name
+
+    entries = [path for path in sorted(people.iterdir()) if not path.name.startswith(".")]
+    loose = [path.name for path in entries if path.is_file() and is_image_name(path)]
+    if loose:  # most likely one person's folder (with, say, a sub-folder per year), not a folder of people
+        raise DataError(
+            f"{people}: photos in the folder itself ({', '.join(loose[:3])}{', ...' if len(loose) > 3 else ''}); "
+            "expected one sub-folder of photos per person (one person: `biometrics enroll NAME PHOTOS...`)"
+        )
+    photos = {d: [path for path in files_under(d) if is_image_name(path)] for d in entries if d.is_dir()}
+    if not any(photos.values()):
+        raise DataError(f"{people}: no sub-folder with photos (expected one sub-folder of photos per person)")
+    pipeline = gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold)
+    enrolment = Enrolment(pipeline, gallery_path, key_file, select, None, keep_images, allow_mismatch)
+    enrolled = set()
+    if not _not_a_gallery_yet(gallery_path):
+        with open_gallery(gallery_path, key_file) as gallery:
+            enrolled = {person.name for person in gallery.people()}
+    counts = dict.fromkeys(("enrolled", "already enrolled", "without photos", "failed"), 0)
+
+    def skip(name: str, why: str, hint: str) -> None:
+        counts[why] += 1
+        click.echo(json.dumps({"name": name, "skipped": why}) if as_json else f"skipped {name}: {why}{hint}")
+
+    for folder, images in photos.items():
+        warnings = Warnings(as_json, about=f"{folder.name}: ")
+        try:
+            name = check_name(folder.name)
+            if name in enrolled:
+                skip(name, "already enrolled", f" (`biometrics enroll '{name}' PHOTOS...` adds photos)")
+                continue
+            if not images:
+                skip(name, "without photos", f" ({folder}: no {', '.join(IMAGE_SUFFIXES)} files)")
+                continue
+            line = enrolment.summary(enrolment(name, images, warnings), as_json, warnings)
+        except (ImageError, NoFaceError, GalleryError) as exc:  # this person's: the others are still enrolled
+            counts["failed"] += 1
+            report_error(ctx, exc, f"{folder.name}: {exc}", name=folder.name)
+            continue
+        enrolled.add(name)
+        counts["enrolled"] += 1
+        click.echo(line)
+    click.echo(f"{len(photos)} folders: " + ", ".join(f"{n} {why}" for why, n in counts.items() if n), err=True)
+    sys.exit(EXIT_ERROR if counts["failed"] else 0)
 
 
 def _enrolled_templates(gallery_path: Path | None, key_file: Path | None, embedder: EmbedderId) -> Templates:
@@ -480,4 +603,4 @@ def gallery_reembed(gallery_path, key_file, detector, embedder, threads, max_sid
     )
 
 
-COMMANDS = (enroll, identify, gallery_group)
+COMMANDS = (enroll, enroll_folder, identify, gallery_group)
