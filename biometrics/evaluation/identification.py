@@ -28,6 +28,7 @@ GALLERY_SIZES = (1, 10, 100, 1_000, 10_000, 100_000)
 SIZE_DRAWS = 20  # random galleries drawn per size below the full one, fewer from 100 people (see by_gallery_size)
 SizeThreshold = Callable[[int], float]
 """A gallery's size (templates) -> the threshold searched at (``biometrics.gallery.gallery_threshold``)."""
+LISTED_STRANGERS = 10  # searched people named most often, in the report
 BLOCK = 2048  # searches scored at once: bounds memory to BLOCK x gallery templates
 
 
@@ -43,6 +44,8 @@ class SearchOutcomes:
     mate_ranks: np.ndarray
     best_non_mate: np.ndarray
     non_mated: np.ndarray
+    non_mated_people: np.ndarray  # per non-mated search: the searched photo's person (an identity)
+    non_mated_named: np.ndarray  # and the enrolled person who scored best (an identity)
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Enrolment:
     photos_each: int
     template_rows: np.ndarray
     column: np.ndarray
+    enrolled: np.ndarray  # the identity in each column
 
     @classmethod
     def of(cls, identities: np.ndarray, photos_each: int) -> Enrolment:
@@ -64,11 +68,11 @@ class Enrolment:
         column = np.full(counts.size, -1, dtype=np.int64)
         column[enrolled] = np.arange(enrolled.size)
         rows = np.concatenate([np.flatnonzero(identities == p)[:photos_each] for p in enrolled])
-        return cls(photos_each, rows.astype(np.int64), column[identities])
+        return cls(photos_each, rows.astype(np.int64), column[identities], enrolled)
 
     @property
     def people(self) -> int:
-        return self.template_rows.size // self.photos_each
+        return self.enrolled.size
 
     def search_blocks(self, embeddings: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Every photo searched, ``BLOCK`` at a time: (first photo; each photo's score for each enrolled person,
@@ -92,18 +96,19 @@ def search_outcomes(embeddings: np.ndarray, identities: np.ndarray, enrolled_pho
     enrolment = Enrolment.of(identities, enrolled_photos)
     is_mated_search = enrolment.column >= 0
     is_mated_search[enrolment.template_rows] = False
-    mate_scores, mate_ranks, best_non_mate, non_mated = [], [], [], []
+    parts = {name: [] for name in ("mate_scores", "mate_ranks", "best_non_mate", "non_mated", "people", "named")}
     for begin, others, own_score in enrolment.search_blocks(embeddings):
         best_other = others.max(axis=1)
         mated = is_mated_search[begin : begin + len(others)]
-        mate_scores.append(own_score[mated])
-        mate_ranks.append(1 + np.count_nonzero(others[mated] >= own_score[mated, None], axis=1))
-        best_non_mate.append(best_other[mated])
-        non_mated.append(best_other[np.isfinite(best_other)])  # a gallery of only their own person: no search
+        parts["mate_scores"].append(own_score[mated])
+        parts["mate_ranks"].append(1 + np.count_nonzero(others[mated] >= own_score[mated, None], axis=1))
+        parts["best_non_mate"].append(best_other[mated])
+        searched = np.isfinite(best_other)  # a gallery of only their own person: no search
+        parts["non_mated"].append(best_other[searched])
+        parts["people"].append(identities[begin : begin + len(others)][searched])
+        parts["named"].append(enrolment.enrolled[others[searched].argmax(axis=1)])
     return SearchOutcomes(
-        enrolment.people,
-        int(enrolment.template_rows.size),
-        *(np.concatenate(parts) for parts in (mate_scores, mate_ranks, best_non_mate, non_mated)),
+        enrolment.people, int(enrolment.template_rows.size), *(np.concatenate(part) for part in parts.values())
     )
 
 
@@ -114,20 +119,52 @@ def _hits(outcomes: SearchOutcomes) -> np.ndarray:
 
 def operating_point(outcomes: SearchOutcomes, threshold: float) -> dict:
     """FNIR, FPIR and misidentifications (a mated search answered with another enrolled person's name) at
-    ``threshold``, with their counts."""
+    ``threshold``, with their counts; and FPIR per person, each searched person's share of photos given a name,
+    averaged over people, which a few much-photographed people cannot dominate as they can FPIR per search."""
     misses = int(np.count_nonzero(_hits(outcomes) < threshold))
-    false_positives = int(np.count_nonzero(outcomes.non_mated >= threshold))
+    named = outcomes.non_mated >= threshold
+    false_positives = int(np.count_nonzero(named))
     wrong = int(np.count_nonzero((outcomes.mate_ranks > 1) & (outcomes.best_non_mate >= threshold)))
     mated, non_mated = outcomes.mate_scores.size, outcomes.non_mated.size
+    searches = np.bincount(outcomes.non_mated_people)
+    by_person = np.bincount(outcomes.non_mated_people, weights=named, minlength=searches.size)[searches > 0]
     return {
         "threshold": float(threshold),
         "fnir": misses / mated,
         "misses": misses,
         "fpir": false_positives / non_mated,
         "false_positives": false_positives,
+        "fpir_per_person": float(np.mean(by_person / searches[searches > 0])),
         "misidentification_rate": wrong / mated,
         "misidentifications": wrong,
     }
+
+
+def strangers_named(outcomes: SearchOutcomes, threshold: float, limit: int = LISTED_STRANGERS) -> list[dict]:
+    """The searched people given a name most often at ``threshold``, as non-mated searches (most first): how
+    many of their photos were searched and named, and the enrolled person who took most of those names. A
+    look-alike of someone enrolled, or a mislabelled photo, shows here; so does a stranger photographed far more
+    often than the others, who alone can lift FPIR per search."""
+    named = outcomes.non_mated >= threshold
+    people, searches = np.unique(outcomes.non_mated_people, return_counts=True)
+    times = np.bincount(outcomes.non_mated_people[named], minlength=people.max() + 1)[people]
+    listed = []
+    for i in np.argsort(-times, kind="stable")[:limit]:
+        if times[i] == 0:
+            break
+        as_whom, counts = np.unique(
+            outcomes.non_mated_named[named & (outcomes.non_mated_people == people[i])], return_counts=True
+        )
+        listed.append(
+            {
+                "person": int(people[i]),
+                "searches": int(searches[i]),
+                "named": int(times[i]),
+                "mostly_as": int(as_whom[counts.argmax()]),
+                "mostly_as_times": int(counts.max()),
+            }
+        )
+    return listed
 
 
 def curve(outcomes: SearchOutcomes) -> metrics.RocCurve:
@@ -192,11 +229,13 @@ def identification_rates(
     """The 1:N report of one pipeline: gallery and search counts, rank-1 and rank-5 identification rates (the mate
     first, or among the first five, at any score), the rates at ``threshold`` and at ``threshold_for_size`` of
     this gallery's size (the one `identify` sets from the embedder's card, which this checks on other people: None
-    without), FNIR at each FPIR of ``REPORTED_FPIRS`` the non-mated searches resolve, and FPIR by gallery size.
+    without), FNIR at each FPIR of ``REPORTED_FPIRS`` the non-mated searches resolve, FPIR by gallery size, and the
+    strangers named most often at the threshold `identify` would use (``strangers_named``; people as identities).
     JSON-ready apart from ``curve``."""
     outcomes = search_outcomes(embeddings, identities, enrolled_photos)
     if outcomes.non_mated.size == 0:
         raise ValueError("no non-mated search: every photo's person is the only one enrolled")
+    identify_threshold = threshold if threshold_for_size is None else threshold_for_size(outcomes.templates)
     return {
         "enrolled_photos": enrolled_photos,
         "gallery_people": outcomes.gallery_people,
@@ -206,14 +245,13 @@ def identification_rates(
         "rank_1": float(np.mean(outcomes.mate_ranks == 1)),
         "rank_5": float(np.mean(outcomes.mate_ranks <= 5)),
         "at_threshold": operating_point(outcomes, threshold),
-        "at_size_threshold": None
-        if threshold_for_size is None
-        else operating_point(outcomes, threshold_for_size(outcomes.templates)),
+        "at_size_threshold": None if threshold_for_size is None else operating_point(outcomes, identify_threshold),
         "at_fpir": {
             key: operating_point(outcomes, metrics.threshold_at_fmr(outcomes.non_mated, fpir))
             for key, fpir in REPORTED_FPIRS.items()
             if fpir * outcomes.non_mated.size >= 1
         },
         "by_gallery_size": by_gallery_size(embeddings, identities, threshold, enrolled_photos, threshold_for_size),
+        "strangers_named": {"threshold": identify_threshold, "people": strangers_named(outcomes, identify_threshold)},
         "curve": curve(outcomes),
     }

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from biometrics.evaluation import metrics, plots
-from biometrics.runtime import default_threads, processor_name
+from biometrics.runtime import default_threads, int8_instructions, processor_name
 
 
 def _version(package: str) -> str | None:
@@ -39,6 +39,7 @@ def run_metadata(models: list, threads: int | None = None) -> dict:
         "machine": {
             "platform": platform.platform(),
             "processor": processor_name(),
+            "int8_instructions": int8_instructions(),
             "cpu_count": os.cpu_count(),
         },
     }
