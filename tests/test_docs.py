@@ -352,6 +352,33 @@ def test_the_readme_table_of_identifys_thresholds_quotes_its_report():
     assert f"at 0.5114, {ours_3} (SFace: {sface_1}, then {sface_3};" in readme
 
 
+def test_the_readme_says_who_the_strangers_named_are_as_its_report_lists_them():
+    """The sentence on the false positives at identify's threshold with 854 people: FPIR per search and per
+    person, and the people named most, as reports/folder-lfw-folds6-10-vnni lists them."""
+    results = json.loads((ROOT / "reports/folder-lfw-folds6-10-vnni/report.json").read_text())["results"]
+    ours, sface = (results[f"yunet-teacher + {name}"]["identification"] for name in ("sface-student", "sface-teacher"))
+    bush, *_ = ours["strangers_named"]["people"]
+    sface_bush, roh, *_ = sface["strangers_named"]["people"]
+    at, sface_at = ours["at_size_threshold"], sface["at_size_threshold"]
+    assert ours["strangers_named"]["threshold"] == at["threshold"]  # listed where the rates are counted
+    quoted = (
+        f"FPIR {100 * at['fpir']:.3g}% with 854 people there), {bush['named']} of the student's "
+        f"{at['false_positives']} false positives are photos of George W. Bush, {bush['searches']} of the "
+        f"{ours['non_mated_searches']:,} searches, {bush['mostly_as_times']} of them taken for Kurt Russell, whose one "
+        f"enrolled photo resembles him; counted once per person searched, it names {100 * at['fpir_per_person']:.3g}% "
+        f"of strangers, SFace {100 * sface_at['fpir_per_person']:.3g}% (its {sface_at['false_positives']} false "
+        f"positives include {sface_bush['named']} of Bush's photos and {roh['named']} of Roh Moo-hyun's, taken for "
+        "Jia Qinglin)"
+    )
+    assert (bush["person"], bush["mostly_as"], sface_bush["person"]) == (
+        "George_W_Bush",
+        "Kurt_Russell",
+        bush["person"],
+    )
+    assert (roh["person"], roh["mostly_as"]) == ("Roh_Moo-hyun", "Jia_Qinglin")
+    assert quoted in " ".join((ROOT / "README.md").read_text().split())
+
+
 def test_the_readme_cross_distillation_table_quotes_its_reports():
     """Each row: all 6,000 pairs (students and teacher, mean ± std) and the folds 6-10 half, as the cross-distillation
     report it names combined them."""
