@@ -30,6 +30,7 @@ from biometrics.gallery import (
     NewTemplate,
     TemplateIndex,
     Templates,
+    check_enrolment,
     faiss_available,
     gallery_threshold,
     store,
@@ -139,6 +140,26 @@ def test_enrolment_refuses_photos_of_two_people_and_warns_of_a_look_alike(run, s
     forced = run("enroll", "biden", sample("biden.jpg"), sample("obama.jpg"), "--allow-mismatch")
     assert forced.exit_code == 0 and "enrolled biden: 2 template(s)" in forced.stdout
     assert "obama.jpg also matches 'obama'" in forced.stderr  # the best other person: its own photo, not barack's
+
+
+def test_enrolment_seeks_look_alikes_at_the_threshold_the_gallery_is_searched_at():
+    """A stray is judged 1:1 (against the person's own photos); a look-alike at the threshold identify searches
+    the gallery at: in a large gallery a 1:1 threshold would flag most new faces."""
+    a, b, c = np.eye(3, dtype=np.float32)
+    enrolled = TemplateIndex(Templates(("ann", "bob"), np.array([0, 1]), np.stack([a, b])), backend="numpy")
+    close_to_bob = (0.5 * c + 0.7 * b) / np.linalg.norm(0.5 * c + 0.7 * b)  # 0.81 to bob
+    new = [NewTemplate(c, "c1.jpg", (0, 0, 1, 1)), NewTemplate(close_to_bob, "c2.jpg", (0, 0, 1, 1))]
+    one_to_one = check_enrolment(enrolled, "cat", new, threshold=0.5)
+    assert [source for source, _ in one_to_one.look_alikes] == ["c2.jpg"] and one_to_one.search_threshold == 0.5
+    assert one_to_one.strays == ()  # c1 and c2 match each other (0.58)
+    searched = check_enrolment(enrolled, "cat", new, threshold=0.5, search_threshold=0.85)
+    assert searched.look_alikes == () and searched.strays == one_to_one.strays
+    strict = check_enrolment(enrolled, "cat", new, threshold=0.6, search_threshold=0.8)
+    assert [source for source, _ in strict.strays] == ["c1.jpg", "c2.jpg"]  # 0.58 to each other: below 1:1's 0.6
+    assert strict.describe_look_alikes() == [
+        "c2.jpg also matches 'bob', already enrolled (similarity 0.8137 >= threshold 0.8000): identify would answer "
+        "whichever of the two scores higher"
+    ]
 
 
 def test_a_gallerys_threshold_names_the_share_of_strangers_asked():

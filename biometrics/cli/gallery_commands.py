@@ -195,7 +195,7 @@ def enroll(
 
     name = check_name(name)
     pipeline = gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold)
-    enrolment = Enrolment(pipeline, gallery_path, key_file, select, face_index, keep_images, allow_mismatch)
+    enrolment = Enrolment(pipeline, threshold, gallery_path, key_file, select, face_index, keep_images, allow_mismatch)
     warnings = Warnings(as_json)
     click.echo(enrolment.summary(enrolment(name, images, warnings), as_json, warnings))
 
@@ -217,9 +217,11 @@ class Warnings(list):
 @dataclass(frozen=True)
 class Enrolment:
     """One person's photos into the gallery, as ``enroll``'s options say: every photo's face, checked against the
-    person's other photos and everyone else's, stored in one transaction (all photos or none)."""
+    person's other photos at the 1:1 threshold and against everyone else's at the one `identify` would search the
+    gallery at (``threshold``: ``--threshold``, fixing both), stored in one transaction (all photos or none)."""
 
     pipeline: FacePipeline
+    threshold: float | None
     gallery_path: Path | None
     key_file: Path | None
     select: str
@@ -251,7 +253,8 @@ class Enrolment:
             faces.append({"image": str(path), "faces_found": count, "index": index, "face": face.to_dict()})
         if self.pipeline.calibrated:
             enrolled = TemplateIndex(_enrolled_templates(self.gallery_path, self.key_file, embedder_id))
-            check = check_enrolment(enrolled, name, templates, self.pipeline.threshold)
+            searched_at, _ = search_threshold(self.pipeline, self.threshold, None, len(enrolled) + len(templates))
+            check = check_enrolment(enrolled, name, templates, self.pipeline.threshold, searched_at)
             if check.strays and not self.allow_mismatch:
                 raise GalleryError(
                     f"not one person? {check.describe_strays()}: nothing enrolled (--allow-mismatch enrols anyway)"
@@ -330,7 +333,7 @@ def enroll_folder(
     if not any(photos.values()):
         raise DataError(f"{people}: no sub-folder with photos (expected one sub-folder of photos per person)")
     pipeline = gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold)
-    enrolment = Enrolment(pipeline, gallery_path, key_file, select, None, keep_images, allow_mismatch)
+    enrolment = Enrolment(pipeline, threshold, gallery_path, key_file, select, None, keep_images, allow_mismatch)
     enrolled = set()
     if not _not_a_gallery_yet(gallery_path):
         with open_gallery(gallery_path, key_file) as gallery:

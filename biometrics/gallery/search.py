@@ -127,16 +127,18 @@ class TemplateIndex:
 
 @dataclass(frozen=True)
 class EnrolmentCheck:
-    """What new templates for ``name`` would do to the gallery's answers at ``threshold``.
+    """What new templates for ``name`` would do to the gallery's answers.
 
-    ``strays``: new templates that match none of the person's other templates, new or enrolled (a photo of someone
-    else, or a face too unlike the rest to be recognised by). ``look_alikes``: new templates that match a person
-    already enrolled under another name, who would then compete with ``name`` in every identification."""
+    ``strays``: new templates that match none of the person's other templates, new or enrolled, at the 1:1
+    ``threshold`` (a photo of someone else, or a face too unlike the rest to be recognised by). ``look_alikes``: new
+    templates that match a person already enrolled under another name at ``search_threshold``, the one the gallery
+    is searched at, so that person would compete with ``name`` in identifications."""
 
     name: str
     threshold: float
+    search_threshold: float
     strays: tuple[tuple[str, float], ...]  # (source, best similarity to the person's other templates)
-    look_alikes: tuple[tuple[str, Match], ...]  # (source, the best other person, at or above the threshold)
+    look_alikes: tuple[tuple[str, Match], ...]  # (source, the best other person, at or above search_threshold)
 
     def describe_strays(self) -> str:
         sources = ", ".join(source for source, _ in self.strays)
@@ -150,16 +152,23 @@ class EnrolmentCheck:
     def describe_look_alikes(self) -> list[str]:
         return [
             f"{source} also matches '{match.name}', already enrolled (similarity {match.score:.4f} >= threshold "
-            f"{self.threshold:.4f}): identify would answer whichever of the two scores higher"
+            f"{self.search_threshold:.4f}): identify would answer whichever of the two scores higher"
             for source, match in self.look_alikes
         ]
 
 
 def check_enrolment(
-    index: TemplateIndex, name: str, templates: Sequence[NewTemplate], threshold: float
+    index: TemplateIndex,
+    name: str,
+    templates: Sequence[NewTemplate],
+    threshold: float,
+    search_threshold: float | None = None,
 ) -> EnrolmentCheck:
     """Check new templates for ``name`` against each other and the gallery (``index``) before they are enrolled.
-    A single photo of a new person has nothing of theirs to be compared with, so it cannot be a stray."""
+    A single photo of a new person has nothing of theirs to be compared with, so it cannot be a stray. Look-alikes
+    are sought at ``search_threshold`` (default ``threshold``): at a 1:1 threshold, a face in a gallery of hundreds
+    "matches" someone as often as a stranger would be named there, and such warnings would be noise."""
+    search_threshold = threshold if search_threshold is None else search_threshold
     new = np.stack([np.asarray(t.embedding, dtype=np.float32) for t in templates])
     own = index.vectors_of(name)
     scores = new @ np.concatenate([own, new]).T
@@ -171,9 +180,9 @@ def check_enrolment(
     look_alikes = []
     for template, matches in zip(templates, index.search(new, 2), strict=True):
         other = next((m for m in matches if m.name != name), None)
-        if other is not None and other.score >= threshold:
+        if other is not None and other.score >= search_threshold:
             look_alikes.append((template.source, other))
-    return EnrolmentCheck(name, threshold, strays, tuple(look_alikes))
+    return EnrolmentCheck(name, threshold, search_threshold, strays, tuple(look_alikes))
 
 
 def strangers_named(fmr: float, comparisons: int) -> float:
