@@ -54,7 +54,8 @@ class GalleryLink:
     def enroll(self, pipeline, name: str, frame: Frame, near_box: np.ndarray | None, threshold: float) -> str:
         """Enrol the face of ``frame`` that overlaps ``near_box`` most (the largest without one). Unlike `enroll`,
         a face that matches none of the person's templates is enrolled with a warning: whoever stands at the camera
-        is being looked at, and a view the gallery does not yet recognise is what a second enrolment is for."""
+        is being looked at, and a view the gallery does not yet recognise is what a second enrolment is for.
+        Look-alikes are sought at ``threshold``, the one the live view searches at."""
         faces = pipeline.detect(frame.image)
         if not faces:
             raise NoFaceError(f"no face in frame {frame.index}")
@@ -64,8 +65,10 @@ class GalleryLink:
             face = faces[int(box_iou(near_box[None], np.array([f.box for f in faces]))[0].argmax())]
         embedded = pipeline.embed(frame.image, [face])[0]
         template = NewTemplate.of_face(embedded, frame.image, f"live frame {frame.index}", self.keep_images)
+        one_to_one = threshold if pipeline.threshold is None else pipeline.threshold  # strays: as `enroll` judges
         with Gallery(self.path, key=self.key, create=True) as gallery:
-            check = check_enrolment(TemplateIndex(gallery.templates(self.embedder)), name, [template], threshold)
+            enrolled = TemplateIndex(gallery.templates(self.embedder))
+            check = check_enrolment(enrolled, name, [template], one_to_one, search_threshold=threshold)
             person = gallery.enroll(name, self.embedder, [template])
         warnings = ([check.describe_strays()] if check.strays else []) + check.describe_look_alikes()
         return "; ".join([f"enrolled {person.name} ({person.templates} template(s))", *warnings])
