@@ -241,7 +241,8 @@ def test_evaluate_folder_scores_every_pair_as_verify_would(people, tmp_path, pip
     assert searches["at_size_threshold"] == searches["at_threshold"]
     assert [row["size_threshold"] for row in searches["by_gallery_size"]] == [pipeline.threshold] * 2
     assert "What `identify` answers: the threshold set for a gallery of this size to name 0.01 of" in markdown
-    assert "at identify's threshold for 2 templates" in result.stdout
+    assert "at identify's threshold for 2 templates" in result.stdout and "% per person)" in result.stdout
+    assert "strangers named most" not in result.stdout  # listed only when there are some
     assert searches["strangers_named"] == {"threshold": pipeline.threshold, "people": []}  # names, when there are
     assert "Who the false positives are" in markdown and "No stranger was given a name." in markdown
     strict = CliRunner().invoke(

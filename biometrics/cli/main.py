@@ -482,7 +482,13 @@ def evaluate_folder_command(
             if point := searches["at_size_threshold"]:
                 click.echo(
                     f"  at identify's threshold for {searches['templates']:,} templates ({point['threshold']:.4f}): "
-                    f"FPIR {100 * point['fpir']:.3g}%, FNIR {100 * point['fnir']:.3g}%"
+                    f"FPIR {100 * point['fpir']:.3g}% ({100 * point['fpir_per_person']:.3g}% per person), "
+                    f"FNIR {100 * point['fnir']:.3g}%"
+                )
+            if named := searches["strangers_named"]["people"][:3]:
+                click.echo(
+                    "  strangers named most: "
+                    + ", ".join(f"{s['person']} {s['named']} of {s['searches']} (as {s['mostly_as']})" for s in named)
                 )
     meta = run_metadata(models, threads) | {"select": select, "fpir": fpir}
     for entry, model in zip(meta["models"], models, strict=True):
