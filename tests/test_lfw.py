@@ -6,6 +6,7 @@ import json
 import sys
 import tarfile
 
+import cv2
 import numpy as np
 import pytest
 
@@ -21,6 +22,7 @@ from biometrics.evaluation.lfw import (
     read_pairs,
 )
 from biometrics.evaluation.report import run_metadata, write_verification_report
+from biometrics.imaging import load_image
 from biometrics.runtime import int8_instructions
 from tests.conftest import shared_file
 
@@ -82,6 +84,9 @@ def test_one_fold_is_refused_before_any_work(tmp_path):
 
     result = CliRunner().invoke(cli, ["evaluate", "lfw", "--folds", "10", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "needs at least 2 folds" in result.output
+    shrunk = ["evaluate", "lfw", "--folds", "9-10", "--image-side", "96", "--baseline", "dlib"]
+    result = CliRunner().invoke(cli, [*shrunk, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "--image-side shrinks the images for our pipelines only" in result.output
     assert not (tmp_path / "r").exists()
 
 
@@ -267,6 +272,28 @@ def test_embedders_compared_in_one_run_are_scored_on_the_same_faces_found_once(m
     ):
         with pytest.raises(ValueError, match="share one detector and its settings"):
             PipelineFaces(teacher, other)
+
+
+def test_image_side_scores_the_faces_of_shrunken_images():
+    """`evaluate lfw --image-side N`: the detector sees the image shrunk to N px (a face that many times smaller),
+    and the embedder the face aligned from those pixels; below what the detector can find, the centre crop."""
+    from biometrics.evaluation.lfw import PipelineFaces, locate_images
+    from biometrics.pipeline import FacePipeline
+
+    lfw = shared_file("data/lfw/pairs.txt").parent
+    key = next(key for pair in read_pairs(lfw / "pairs.txt") if pair.fold == 6 for key in pair.images)
+    image = load_image(locate_images(lfw) / key)
+    pipeline = FacePipeline(threads=1, threshold=0.0)
+    seen = []
+    detect = pipeline.detect
+    pipeline.detect = lambda pixels: seen.append(pixels.shape) or detect(pixels)
+    (native,), found = PipelineFaces(pipeline).labelled_crops(image)
+    (small,), found_small = PipelineFaces(pipeline, image_side=96).labelled_crops(image)
+    (tiny,), found_tiny = PipelineFaces(pipeline, image_side=24).labelled_crops(image)
+    assert seen == [(250, 250, 3), (96, 96, 3), (24, 24, 3)] and (found, found_small, found_tiny) == (True, True, False)
+    assert native.shape == small.shape == tiny.shape == (112, 112, 3)
+    sharpness = [cv2.Laplacian(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var() for crop in (native, small)]
+    assert sharpness[1] < sharpness[0] / 2  # the same face, from fewer pixels
 
 
 def test_table_report_records_the_command_beside_the_numbers(tmp_path):
