@@ -169,10 +169,8 @@ class PipelineFaces:
 
     def labelled_crops(self, image: np.ndarray) -> tuple[list[np.ndarray], bool]:
         """Each embedder's aligned crop, or the conventional centre crop when no face is detected."""
-        if self.image_side is not None and max(image.shape[:2]) > self.image_side:
-            scale = self.image_side / max(image.shape[:2])
-            size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        if self.image_side is not None:
+            image = shrunk(image, self.image_side)
         sizes = {pipeline.embedder.size[0] for pipeline in self.pipelines}
         faces = self.pipelines[0].detect(image)
         if faces:
@@ -184,6 +182,16 @@ class PipelineFaces:
 
     def embed(self, model: int, crops: np.ndarray) -> np.ndarray:
         return self.pipelines[model].embedder.embed(crops)
+
+
+def shrunk(image: np.ndarray, side: int) -> np.ndarray:
+    """``image`` with its longer side shrunk to ``side`` (area-averaged, as a sensor farther away would see it);
+    a smaller image as it is."""
+    scale = side / max(image.shape[:2])
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def _lfw_image(path: Path) -> np.ndarray:

@@ -3,6 +3,7 @@
 from biometrics.gallery.cipher import KEY_ENV, load_key
 from biometrics.gallery.search import (
     DEFAULT_FPIR,
+    SMALL_FACE_PX,
     EnrolmentCheck,
     GalleryThreshold,
     Identification,
@@ -11,6 +12,7 @@ from biometrics.gallery.search import (
     check_enrolment,
     faiss_available,
     gallery_threshold,
+    small_face_warnings,
     strangers_named,
     threshold_by_size,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "DEFAULT_FPIR",
     "GALLERY_ENV",
     "KEY_ENV",
+    "SMALL_FACE_PX",
     "UNKNOWN",
     "EmbedderId",
     "EnrolmentCheck",
@@ -49,6 +52,7 @@ __all__ = [
     "faiss_available",
     "gallery_threshold",
     "load_key",
+    "small_face_warnings",
     "strangers_named",
     "threshold_by_size",
 ]
