@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+SMALL_FACE_PX = 48
+"""Faces narrower than this (the detector's box, in the photo's pixels) are recognised less reliably: LFW accuracy
+holds down to faces about this wide and falls faster and faster below (reports/lfw-face-size, tested against it)."""
+
+
+def small_face_warnings(boxes: Iterable[tuple[str, Sequence[float]]], min_width: float = SMALL_FACE_PX) -> list[str]:
+    """A warning per (source, box) whose face is narrower than ``min_width``: its template matches its person less
+    reliably, whether compared now or enrolled, and a larger photo of them (or one taken closer) is the cure."""
+    return [
+        f"{source}: the face is {width:.0f} px wide; faces under {min_width:g} px are recognised less reliably "
+        "(a larger or closer photo of them is better)"
+        for source, box in boxes
+        if (width := float(box[2] - box[0])) < min_width
+    ]
 
 
 @dataclass(frozen=True, eq=False)

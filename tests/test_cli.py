@@ -41,6 +41,18 @@ def test_verify_different_people_exits_1_with_json(run, sample):
     assert "embedding" not in json.dumps(report)  # biometric templates are never printed
 
 
+def test_verify_warns_of_a_face_too_small_to_be_recognised_reliably(run, sample, tmp_path):
+    """A face under SMALL_FACE_PX (reports/lfw-face-size) still gets its answer, with a warning naming its size."""
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), cv2.resize(cv2.imread(str(sample("obama.jpg"))), None, fx=0.15, fy=0.15))  # ~39 px face
+    text = run("verify", sample("obama2.jpg"), small, "--threads", 2)
+    assert text.exit_code == 0 and text.stderr.startswith("warning: small.png: the face is ")
+    assert len(text.stderr.splitlines()) == 1  # obama2.jpg's face is large
+    report = json.loads(run("verify", sample("obama2.jpg"), small, "--json").stdout)
+    assert len(report["warnings"]) == 1 and "faces under 48 px are recognised less reliably" in report["warnings"][0]
+    assert run("verify", sample("obama.jpg"), sample("obama2.jpg")).stderr == ""
+
+
 def test_verify_bad_inputs_exit_2_with_one_line_reason(run, sample, tmp_path, no_face_photo):
     text = tmp_path / "notes.txt"
     text.write_text("not a photo\n")

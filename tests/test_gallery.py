@@ -23,9 +23,9 @@ from click.testing import CliRunner
 from biometrics.cli.main import cli
 from biometrics.embedding import Embedder
 from biometrics.errors import GalleryError
+from biometrics.face import SMALL_FACE_PX
 from biometrics.gallery import (
     DEFAULT_FPIR,
-    SMALL_FACE_PX,
     EmbedderId,
     Gallery,
     NewTemplate,
@@ -172,7 +172,7 @@ def test_enrolment_warns_of_a_face_too_small_for_a_good_template(run, sample, tm
     enrolled = run("enroll", "obama", sample("obama2.jpg"), small)
     assert enrolled.exit_code == 0, enrolled.output
     warning = enrolled.stderr.strip()
-    assert warning.startswith("warning: small.png: the face is ") and " px wide; faces under 48 px make" in warning
+    assert warning.startswith("warning: small.png: the face is ") and " px wide; faces under 48 px are" in warning
     assert 30 < int(warning.split("the face is ")[1].split(" px")[0]) < SMALL_FACE_PX
     assert run("enroll", "obama", sample("obama3.jpg")).stderr == ""  # a face of ordinary size: no warning
 

@@ -233,7 +233,8 @@ class Enrolment:
         """Enrol ``images`` as ``name``; ``ImageError``, ``NoFaceError`` or ``GalleryError`` (not one person) and
         nothing stored if one photo cannot be."""
         from biometrics.errors import GalleryError, NoFaceError
-        from biometrics.gallery import EmbedderId, NewTemplate, TemplateIndex, check_enrolment, small_face_warnings
+        from biometrics.face import small_face_warnings
+        from biometrics.gallery import EmbedderId, NewTemplate, TemplateIndex, check_enrolment
         from biometrics.imaging import load_image
 
         embedder_id = EmbedderId.of(self.pipeline.embedder)
@@ -251,7 +252,7 @@ class Enrolment:
                 )
             templates.append(NewTemplate.of_face(face, pixels, path.name, self.keep_images))
             faces.append({"image": str(path), "faces_found": count, "index": index, "face": face.to_dict()})
-        for warning in small_face_warnings(templates):
+        for warning in small_face_warnings((template.source, template.face_box) for template in templates):
             warn(warning)
         if self.pipeline.calibrated:
             enrolled = TemplateIndex(_enrolled_templates(self.gallery_path, self.key_file, embedder_id))

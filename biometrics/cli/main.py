@@ -200,12 +200,16 @@ def cli():
 @json_option
 def verify(image_a, image_b, detector, embedder, threads, max_side, threshold, select, face_a, face_b, as_json):
     """Are the faces in IMAGE_A and IMAGE_B the same person? Exit 0 yes, 1 no, 2 error."""
+    from biometrics.face import small_face_warnings
+
     pipeline = _pipeline(detector, embedder, threads, max_side, threshold)
     result = pipeline.verify(
         image_a, image_b, select=(select if face_a is None else face_a, select if face_b is None else face_b)
     )
     card_threshold = pipeline.embedder.model.card.data.get("threshold", {})
     meaning = card_threshold.get("meaning") if threshold is None else "given on the command line"
+    photos = zip((image_a, image_b), result.faces, strict=True)
+    warnings = small_face_warnings((path.name, face.box) for path, face in photos)
     if as_json:
         click.echo(
             json.dumps(
@@ -222,10 +226,13 @@ def verify(image_a, image_b, detector, embedder, threads, max_side, threshold, s
                     ],
                     "timings_ms": {stage: round(ms, 2) for stage, ms in result.timings_ms.items()},
                     "models": {"detector": pipeline.detector.name, "embedder": pipeline.embedder.name},
+                    "warnings": warnings,
                 }
             )
         )
     else:
+        for warning in warnings:
+            click.echo(f"warning: {warning}", err=True)
         verdict = "SAME person" if result.same_person else "DIFFERENT people"
         relation = ">=" if result.same_person else "<"
         click.echo(f"{verdict}: similarity {result.similarity:.4f} {relation} threshold {result.threshold:.4f}")

@@ -3,7 +3,6 @@
 from biometrics.gallery.cipher import KEY_ENV, load_key
 from biometrics.gallery.search import (
     DEFAULT_FPIR,
-    SMALL_FACE_PX,
     EnrolmentCheck,
     GalleryThreshold,
     Identification,
@@ -12,7 +11,6 @@ from biometrics.gallery.search import (
     check_enrolment,
     faiss_available,
     gallery_threshold,
-    small_face_warnings,
     strangers_named,
     threshold_by_size,
 )
@@ -33,7 +31,6 @@ __all__ = [
     "DEFAULT_FPIR",
     "GALLERY_ENV",
     "KEY_ENV",
-    "SMALL_FACE_PX",
     "UNKNOWN",
     "EmbedderId",
     "EnrolmentCheck",
@@ -52,7 +49,6 @@ __all__ = [
     "faiss_available",
     "gallery_threshold",
     "load_key",
-    "small_face_warnings",
     "strangers_named",
     "threshold_by_size",
 ]

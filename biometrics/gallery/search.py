@@ -157,22 +157,6 @@ class EnrolmentCheck:
         ]
 
 
-SMALL_FACE_PX = 48
-"""Faces narrower than this (the detector's box, in the photo's pixels) make weaker templates: LFW accuracy holds
-down to faces about this wide and falls faster and faster below (reports/lfw-face-size, tested against it)."""
-
-
-def small_face_warnings(templates: Sequence[NewTemplate], min_width: float = SMALL_FACE_PX) -> list[str]:
-    """A warning per template whose face is narrower than ``min_width``: enrolled, it would match its person less
-    reliably, and a larger photo of them (or one taken closer) is the cure."""
-    return [
-        f"{template.source}: the face is {width:.0f} px wide; faces under {min_width:g} px make weaker templates "
-        "(a larger or closer photo of them is better)"
-        for template in templates
-        if (width := template.face_box[2] - template.face_box[0]) < min_width
-    ]
-
-
 def check_enrolment(
     index: TemplateIndex,
     name: str,

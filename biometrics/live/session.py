@@ -15,14 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from biometrics.errors import BiometricsError, NoFaceError
-from biometrics.gallery import (
-    EmbedderId,
-    Gallery,
-    NewTemplate,
-    TemplateIndex,
-    check_enrolment,
-    small_face_warnings,
-)
+from biometrics.face import small_face_warnings
+from biometrics.gallery import EmbedderId, Gallery, NewTemplate, TemplateIndex, check_enrolment
 from biometrics.live.capture import Frame, FrameSource
 from biometrics.live.recognizer import FrameResult, LiveRecognizer
 from biometrics.live.tracker import box_iou
@@ -78,7 +72,7 @@ class GalleryLink:
             check = check_enrolment(enrolled, name, [template], one_to_one, search_threshold=threshold)
             person = gallery.enroll(name, self.embedder, [template])
         warnings = ([check.describe_strays()] if check.strays else []) + check.describe_look_alikes()
-        warnings += small_face_warnings([template])  # step closer
+        warnings += small_face_warnings([(template.source, template.face_box)])  # step closer
         return "; ".join([f"enrolled {person.name} ({person.templates} template(s))", *warnings])
 
 
