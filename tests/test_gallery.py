@@ -166,7 +166,8 @@ def test_enrolment_seeks_look_alikes_at_the_threshold_the_gallery_is_searched_at
 
 
 def test_enrolment_warns_of_a_face_too_small_for_a_good_template(run, sample, tmp_path):
-    """A face under SMALL_FACE_PX wide is enrolled with a warning saying its size (a better photo is the cure)."""
+    """A face under SMALL_FACE_PX wide is enrolled with a warning saying its size (a better photo is the cure), and
+    identify marks its answer as less reliable."""
     small = tmp_path / "small.png"
     cv2.imwrite(str(small), cv2.resize(load_image(sample("obama.jpg")), None, fx=0.15, fy=0.15))  # face ~39 px
     enrolled = run("enroll", "obama", sample("obama2.jpg"), small)
@@ -175,6 +176,10 @@ def test_enrolment_warns_of_a_face_too_small_for_a_good_template(run, sample, tm
     assert warning.startswith("warning: small.png: the face is ") and " px wide; faces under 48 px are" in warning
     assert 30 < int(warning.split("the face is ")[1].split(" px")[0]) < SMALL_FACE_PX
     assert run("enroll", "obama", sample("obama3.jpg")).stderr == ""  # a face of ordinary size: no warning
+    found = json.loads(run("identify", small, "--json").stdout)["faces"][0]
+    assert found["small_face"] is True and found["identity"] == "obama"  # identify marks it, and still answers
+    assert "(a small face: under 48 px wide, less reliable)" in run("identify", small).stdout
+    assert json.loads(run("identify", sample("obama3.jpg"), "--json").stdout)["faces"][0]["small_face"] is False
 
 
 def test_the_small_face_warning_starts_where_lfw_accuracy_starts_to_fall():

@@ -29,6 +29,7 @@ from biometrics.cli.main import (
     select_option,
     threshold_option,
 )
+from biometrics.face import SMALL_FACE_PX
 
 if TYPE_CHECKING:
     import numpy as np
@@ -464,7 +465,8 @@ def identify(
 
 @dataclass(frozen=True)
 class PhotoSearch:
-    """One photo's faces searched in the gallery, as ``identify``'s options say; the same for every photo."""
+    """One photo's faces searched in the gallery, as ``identify``'s options say; the same for every photo. A face
+    under ``SMALL_FACE_PX`` is marked (``small_face``): its answer is less reliable (reports/lfw-face-size)."""
 
     pipeline: FacePipeline
     index: TemplateIndex
@@ -497,7 +499,14 @@ class PhotoSearch:
             "embedder": self.pipeline.embedder.name,
             "gallery_templates": len(self.index),
             "faces_found": found,
-            "faces": [{"index": i, **result.to_dict()} for i, result in zip(numbers, results, strict=True)],
+            "faces": [
+                {
+                    "index": i,
+                    **result.to_dict(),
+                    "small_face": bool(result.face.box[2] - result.face.box[0] < SMALL_FACE_PX),
+                }
+                for i, result in zip(numbers, results, strict=True)
+            ],
         }
 
     def describe(self, report: dict) -> list[str]:
@@ -517,7 +526,10 @@ class PhotoSearch:
         ]
         for face in report["faces"]:
             ranked = ", ".join(f"{m['name']} {m['score']:.4f}" for m in face["matches"]) or "empty gallery"
-            lines.append(f"  [{face['index']}] {face['identity'] or UNKNOWN} at {_box(face['face']['box'])}: {ranked}")
+            small = f" (a small face: under {SMALL_FACE_PX} px wide, less reliable)" if face["small_face"] else ""
+            lines.append(
+                f"  [{face['index']}] {face['identity'] or UNKNOWN} at {_box(face['face']['box'])}: {ranked}{small}"
+            )
         return lines
 
 
