@@ -140,7 +140,7 @@ def operating_point(outcomes: SearchOutcomes, threshold: float) -> dict:
     }
 
 
-def strangers_named(outcomes: SearchOutcomes, threshold: float, limit: int = LISTED_STRANGERS) -> list[dict]:
+def most_named_strangers(outcomes: SearchOutcomes, threshold: float, limit: int = LISTED_STRANGERS) -> list[dict]:
     """The searched people given a name most often at ``threshold``, as non-mated searches (most first): how
     many of their photos were searched and named, and the enrolled person who took most of those names. A
     look-alike of someone enrolled, or a mislabelled photo, shows here; so does a stranger photographed far more
@@ -230,7 +230,7 @@ def identification_rates(
     first, or among the first five, at any score), the rates at ``threshold`` and at ``threshold_for_size`` of
     this gallery's size (the one `identify` sets from the embedder's card, which this checks on other people: None
     without), FNIR at each FPIR of ``REPORTED_FPIRS`` the non-mated searches resolve, FPIR by gallery size, and the
-    strangers named most often at the threshold `identify` would use (``strangers_named``; people as identities).
+    strangers named most often at the threshold `identify` would use (``most_named_strangers``; people as identities).
     JSON-ready apart from ``curve``."""
     outcomes = search_outcomes(embeddings, identities, enrolled_photos)
     if outcomes.non_mated.size == 0:
@@ -252,6 +252,9 @@ def identification_rates(
             if fpir * outcomes.non_mated.size >= 1
         },
         "by_gallery_size": by_gallery_size(embeddings, identities, threshold, enrolled_photos, threshold_for_size),
-        "strangers_named": {"threshold": identify_threshold, "people": strangers_named(outcomes, identify_threshold)},
+        "strangers_named": {
+            "threshold": identify_threshold,
+            "people": most_named_strangers(outcomes, identify_threshold),
+        },
         "curve": curve(outcomes),
     }
