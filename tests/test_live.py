@@ -31,7 +31,7 @@ from biometrics.gallery import EmbedderId, Gallery, NewTemplate
 from biometrics.imaging import load_image
 from biometrics.live.capture import Frame, FrameSource
 from biometrics.live.recognizer import FrameResult, LiveRecognizer, TrackReport
-from biometrics.live.session import KNOWN_COLOUR, GalleryLink, LiveControls, annotate, run_live
+from biometrics.live.session import KNOWN_COLOUR, GalleryLink, LiveControls, annotate, run_live, track_label
 from biometrics.live.tracker import IoUTracker
 from biometrics.live.web import BrowserView
 
@@ -340,6 +340,9 @@ def test_overlay_measures_fps_from_the_second_frame_and_labels_stay_inside(short
     canvas = annotate(np.zeros((360, 640, 3), np.uint8), result, 0.0)
     inside = canvas[6:40, 104:296]  # below the box's top line, off its sides
     assert (inside == KNOWN_COLOUR).all(axis=2).any()  # the label is drawn inside the box, not above the image
+    assert track_label(result.tracks[0]) == "#1 performer 0.73"
+    far = Face(np.array([10, 10, 40, 50], np.float32), None, 0.9)  # 30 px wide: someone far from the camera
+    assert track_label(TrackReport(2, far, None, 0.21)) == "#2 unknown 0.21 small"
 
 
 def test_ctrl_c_while_a_frame_is_being_recorded_lets_every_view_finish_it(short_clip, pipeline):
