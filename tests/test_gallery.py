@@ -382,6 +382,24 @@ def test_enrol_a_folder_of_people_each_all_or_nothing_and_rerun_to_finish(run, s
     _one_line_error(run("enroll-folder", people / "nobody"), "no sub-folder with photos")
 
 
+def test_a_folder_enrolment_checks_each_person_against_those_enrolled_before_them_in_the_same_run(
+    run, sample, tmp_path
+):
+    """The gallery is read once and kept up as people are enrolled: the second person sees the first."""
+    people = tmp_path / "people"
+    for name, files in {"barack": ["obama3.jpg"], "obama": ["obama.jpg", "obama2.jpg"]}.items():
+        (people / name).mkdir(parents=True)
+        for file in files:
+            (people / name / file).write_bytes(sample(file).read_bytes())
+    both = run("enroll-folder", people)
+    assert both.exit_code == 0, both.output
+    assert "warning: obama: obama.jpg also matches 'barack', already enrolled" in both.stderr
+    templates = Templates.empty(3).plus("a", np.eye(3, dtype=np.float32)[:2]).plus("b", np.eye(3, dtype=np.float32)[2:])
+    assert (
+        templates.names == ("a", "b") and templates.owners.tolist() == [0, 0, 1] and templates.vectors.shape == (3, 3)
+    )
+
+
 def test_only_enrolment_makes_a_file_a_gallery(run, sample, tmp_path):
     """Reading commands leave an empty or foreign file alone; enrolment makes an empty one private, like a new one."""
     empty, foreign = tmp_path / "empty.db", tmp_path / "foreign.db"

@@ -230,9 +230,13 @@ class Enrolment:
     keep_images: bool
     allow_mismatch: bool
 
-    def __call__(self, name: str, images: Sequence[Path], warn: Callable[[str], None]) -> EnrolledPerson:
+    def __call__(
+        self, name: str, images: Sequence[Path], warn: Callable[[str], None], enrolled: Templates | None = None
+    ) -> EnrolledPerson:
         """Enrol ``images`` as ``name``; ``ImageError``, ``NoFaceError`` or ``GalleryError`` (not one person) and
-        nothing stored if one photo cannot be."""
+        nothing stored if one photo cannot be. ``enrolled``: the gallery's templates, if known (else read)."""
+        import numpy as np
+
         from biometrics.errors import GalleryError, NoFaceError
         from biometrics.face import small_face_warnings
         from biometrics.gallery import EmbedderId, NewTemplate, TemplateIndex, check_enrolment
@@ -256,9 +260,11 @@ class Enrolment:
         for warning in small_face_warnings((template.source, template.face_box) for template in templates):
             warn(warning)
         if self.pipeline.calibrated:
-            enrolled = TemplateIndex(_enrolled_templates(self.gallery_path, self.key_file, embedder_id))
-            searched_at, _ = search_threshold(self.pipeline, self.threshold, None, len(enrolled) + len(templates))
-            check = check_enrolment(enrolled, name, templates, self.pipeline.threshold, searched_at)
+            if enrolled is None:
+                enrolled = _enrolled_templates(self.gallery_path, self.key_file, embedder_id)
+            index = TemplateIndex(enrolled)
+            searched_at, _ = search_threshold(self.pipeline, self.threshold, None, len(index) + len(templates))
+            check = check_enrolment(index, name, templates, self.pipeline.threshold, searched_at)
             if check.strays and not self.allow_mismatch:
                 raise GalleryError(
                     f"not one person? {check.describe_strays()}: nothing enrolled (--allow-mismatch enrols anyway)"
@@ -270,7 +276,7 @@ class Enrolment:
         with open_gallery(self.gallery_path, self.key_file, create=True) as gallery:
             person = gallery.enroll(name, embedder_id, templates)
             where = gallery.path
-        return EnrolledPerson(person, len(templates), where, faces)
+        return EnrolledPerson(person, len(templates), where, faces, np.stack([t.embedding for t in templates]))
 
     def summary(self, enrolled: EnrolledPerson, as_json: bool, warnings: list[str]) -> str:
         """What ``enroll`` prints: a sentence, or the JSON object (the faces, never their embeddings)."""
@@ -292,6 +298,7 @@ class EnrolledPerson:
     added: int
     gallery: Path
     faces: list[dict]  # per photo: the image, faces found, the index enrolled and the face (no embedding)
+    embeddings: np.ndarray  # the templates added (never printed)
 
 
 @click.command("enroll-folder")
@@ -323,7 +330,7 @@ def enroll_folder(
     enrols only those missing. A person whose photos cannot all be enrolled is reported, nothing of theirs stored,
     and the others are still enrolled; the exit code is then 2."""
     from biometrics.errors import DataError, GalleryError, ImageError, NoFaceError
-    from biometrics.gallery import check_name
+    from biometrics.gallery import EmbedderId, check_name
     from biometrics.imaging import IMAGE_SUFFIXES, files_under, is_image_name
 
     entries = [path for path in sorted(people.iterdir()) if not path.name.startswith(".")]
@@ -338,7 +345,8 @@ def enroll_folder(
         raise DataError(f"{people}: no sub-folder with photos (expected one sub-folder of photos per person)")
     pipeline = gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold)
     enrolment = Enrolment(pipeline, threshold, gallery_path, key_file, select, None, keep_images, allow_mismatch)
-    enrolled = set()
+    embedder_id = EmbedderId.of(pipeline.embedder)
+    enrolled, known = set(), _enrolled_templates(gallery_path, key_file, embedder_id)  # read once, then kept up
     if not _not_a_gallery_yet(gallery_path):
         with open_gallery(gallery_path, key_file) as gallery:
             enrolled = {person.name for person in gallery.people()}
@@ -358,11 +366,13 @@ def enroll_folder(
             if not images:
                 skip(name, "without photos", f" ({folder}: no {', '.join(IMAGE_SUFFIXES)} files)")
                 continue
-            line = enrolment.summary(enrolment(name, images, warnings), as_json, warnings)
+            person = enrolment(name, images, warnings, known)
         except (ImageError, NoFaceError, GalleryError) as exc:  # this person's: the others are still enrolled
             counts["failed"] += 1
             report_error(ctx, exc, f"{folder.name}: {exc}", name=folder.name)
             continue
+        line = enrolment.summary(person, as_json, warnings)
+        known = known.plus(name, person.embeddings)
         enrolled.add(name)
         counts["enrolled"] += 1
         click.echo(line)
