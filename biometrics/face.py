@@ -12,14 +12,23 @@ SMALL_FACE_PX = 48
 holds down to faces about this wide and falls faster and faster below (reports/lfw-face-size, tested against it)."""
 
 
-def small_face_warnings(boxes: Iterable[tuple[str, Sequence[float]]], min_width: float = SMALL_FACE_PX) -> list[str]:
-    """A warning per (source, box) whose face is narrower than ``min_width``: its template matches its person less
+def face_width(box: Sequence[float]) -> float:
+    """A face box's width in pixels: what ``SMALL_FACE_PX`` is measured in (``scripts/lfw_face_size.py``)."""
+    return float(box[2] - box[0])
+
+
+def is_small_face(box: Sequence[float]) -> bool:
+    return face_width(box) < SMALL_FACE_PX
+
+
+def small_face_warnings(boxes: Iterable[tuple[str, Sequence[float]]]) -> list[str]:
+    """A warning per (source, box) whose face is under ``SMALL_FACE_PX`` wide: its template matches its person less
     reliably, whether compared now or enrolled, and a larger photo of them (or one taken closer) is the cure."""
     return [
-        f"{source}: the face is {width:.0f} px wide; faces under {min_width:g} px are recognised less reliably "
-        "(a larger or closer photo of them is better)"
+        f"{source}: the face is {face_width(box):.0f} px wide; faces under {SMALL_FACE_PX} px are recognised less "
+        "reliably (a larger or closer photo of them is better)"
         for source, box in boxes
-        if (width := float(box[2] - box[0])) < min_width
+        if is_small_face(box)
     ]
 
 

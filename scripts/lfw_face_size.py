@@ -22,6 +22,7 @@ import numpy as np
 from biometrics.cli.main import shared_data
 from biometrics.evaluation.lfw import images_in_folds, locate_images, read_pairs, shrunk
 from biometrics.evaluation.report import write_table_report
+from biometrics.face import face_width
 from biometrics.imaging import load_image
 from biometrics.pipeline import FacePipeline, select_face
 
@@ -34,7 +35,7 @@ def face_sizes(pipeline: FacePipeline, images: list[Path], side: int) -> tuple[f
         faces = pipeline.detect(image)
         if faces:
             face = select_face(faces, "center", image.shape)
-            widths.append(face.box[2] - face.box[0])
+            widths.append(face_width(face.box))
             eyes.append(float(np.linalg.norm(face.landmarks[1] - face.landmarks[0])))
     return float(np.median(widths)), float(np.median(eyes))
 

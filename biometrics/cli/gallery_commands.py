@@ -29,7 +29,7 @@ from biometrics.cli.main import (
     select_option,
     threshold_option,
 )
-from biometrics.face import SMALL_FACE_PX
+from biometrics.face import SMALL_FACE_PX, is_small_face
 
 if TYPE_CHECKING:
     import numpy as np
@@ -513,7 +513,7 @@ class PhotoSearch:
                 {
                     "index": i,
                     **result.to_dict(),
-                    "small_face": bool(result.face.box[2] - result.face.box[0] < SMALL_FACE_PX),
+                    "small_face": is_small_face(result.face.box),
                 }
                 for i, result in zip(numbers, results, strict=True)
             ],

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from biometrics.errors import BiometricsError, NoFaceError
-from biometrics.face import SMALL_FACE_PX, small_face_warnings
+from biometrics.face import is_small_face, small_face_warnings
 from biometrics.gallery import EmbedderId, Gallery, NewTemplate, TemplateIndex, check_enrolment
 from biometrics.live.capture import Frame, FrameSource
 from biometrics.live.recognizer import FrameResult, LiveRecognizer, TrackReport
@@ -31,7 +31,7 @@ def track_label(track: TrackReport) -> str:
     """'#3 obama 0.61', '#4 unknown 0.12'; a face under ``SMALL_FACE_PX`` wide (someone far from the camera) is
     marked 'small': its answer is less reliable, and stepping closer is the cure."""
     label = f"#{track.id} {track.identity or 'unknown'}" + ("" if track.score is None else f" {track.score:.2f}")
-    return label + (" small" if track.face.box[2] - track.face.box[0] < SMALL_FACE_PX else "")
+    return label + (" small" if is_small_face(track.face.box) else "")
 
 
 def annotate(image: np.ndarray, result: FrameResult, fps: float) -> np.ndarray:
