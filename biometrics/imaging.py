@@ -62,6 +62,11 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def photos_under(folder: Path) -> list[Path]:
+    """The image files of ``files_under(folder)``, by suffix."""
+    return [path for path in files_under(folder) if is_image_name(path)]
+
+
 def _upright(image: Image.Image) -> Image.Image:
     """``image`` turned as its EXIF orientation says, or as it is when its EXIF block is too corrupt to use. An
     upright photo (most) is returned as it is, not copied: a 12 MP copy costs ~40 ms."""

@@ -330,8 +330,8 @@ def enroll_folder(
     enrols only those missing. A person whose photos cannot all be enrolled is reported, nothing of theirs stored,
     and the others are still enrolled; the exit code is then 2."""
     from biometrics.errors import DataError, GalleryError, ImageError, NoFaceError
-    from biometrics.gallery import EmbedderId, check_name
-    from biometrics.imaging import IMAGE_SUFFIXES, files_under, is_image_name
+    from biometrics.gallery import EmbedderId, Templates, check_name
+    from biometrics.imaging import IMAGE_SUFFIXES, is_image_name, photos_under
 
     entries = [path for path in sorted(people.iterdir()) if not path.name.startswith(".")]
     loose = [path.name for path in entries if path.is_file() and is_image_name(path)]
@@ -340,16 +340,16 @@ def enroll_folder(
             f"{people}: photos in the folder itself ({', '.join(loose[:3])}{', ...' if len(loose) > 3 else ''}); "
             "expected one sub-folder of photos per person (one person: `biometrics enroll NAME PHOTOS...`)"
         )
-    photos = {d: [path for path in files_under(d) if is_image_name(path)] for d in entries if d.is_dir()}
+    photos = {folder: photos_under(folder) for folder in entries if folder.is_dir()}
     if not any(photos.values()):
         raise DataError(f"{people}: no sub-folder with photos (expected one sub-folder of photos per person)")
     pipeline = gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold)
     enrolment = Enrolment(pipeline, threshold, gallery_path, key_file, select, None, keep_images, allow_mismatch)
     embedder_id = EmbedderId.of(pipeline.embedder)
-    enrolled, known = set(), _enrolled_templates(gallery_path, key_file, embedder_id)  # read once, then kept up
+    enrolled, known = set(), Templates.empty(embedder_id.dim)  # read once, then kept up as people are enrolled
     if not _not_a_gallery_yet(gallery_path):
         with open_gallery(gallery_path, key_file) as gallery:
-            enrolled = {person.name for person in gallery.people()}
+            enrolled, known = {person.name for person in gallery.people()}, gallery.templates(embedder_id)
     counts = dict.fromkeys(("enrolled", "already enrolled", "without photos", "failed"), 0)
 
     def skip(name: str, why: str, hint: str) -> None:
@@ -395,14 +395,14 @@ def photo_paths(arguments: tuple[Path, ...]) -> list[Path]:
     its image files (in sub-folders too, by suffix, hidden ones skipped). A folder without one is an error: a
     mistyped path must not pass for "nobody there"."""
     from biometrics.errors import DataError
-    from biometrics.imaging import IMAGE_SUFFIXES, files_under, is_image_name
+    from biometrics.imaging import IMAGE_SUFFIXES, photos_under
 
     paths = []
     for argument in arguments:
         if not argument.is_dir():
             paths.append(argument)
             continue
-        photos = [path for path in files_under(argument) if is_image_name(path)]
+        photos = photos_under(argument)
         if not photos:
             raise DataError(f"{argument}: no photos in this folder (files ending {', '.join(IMAGE_SUFFIXES)})")
         paths += photos
