@@ -229,6 +229,7 @@ def test_the_python_example_runs_as_written(tmp_path, monkeypatch, sample):
     assert namespace["result"].faces_found[1] == 6 and len(namespace["faces"]) == 6
     assert namespace["rates"]["genuine_pairs"] == 2 and namespace["rates"]["impostor_pairs"] == 4
     assert [found.identity for found in namespace["found"]] == ["obama"]
+    assert namespace["claim"].accepted and namespace["claim"].templates == 1
 
 
 def test_every_report_the_docs_cite_is_in_the_repository():
@@ -353,6 +354,29 @@ def test_the_readme_table_of_identifys_thresholds_quotes_its_report():
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert f"the student names {ours_1.replace(' and ', ' of strangers and misses ')}" in readme
     assert f"at 0.5114, {ours_3} (SFace: {sface_1}, then {sface_3};" in readme
+
+
+def test_the_readme_quotes_the_claims_verify_as_was_measured_on():
+    """The `verify --as` table and the one-template rates after it, as the many-people reports have them."""
+    readme = (ROOT / "README.md").read_text()
+    reports = {k: ROOT / f"reports/folder-lfw-folds6-10-many-{k}/report.json" for k in ("1photo", "3photos")}
+    one, three = (json.loads(path.read_text())["results"] for path in reports.values())
+    for label, run in three.items():
+        claims = run["identification"]["claims"]
+        cells = [
+            f"{point['threshold']:.4f}: {100 * point['fmr']:.3g}% / {100 * point['fnmr']:.3g}%"
+            for point in (claims["at_threshold"], claims["at_claim_threshold"])
+        ]
+        assert f"| {label} | {cells[0]} | {cells[1]} |" in readme
+    assert f"{claims['genuine_claims']:,} genuine and {claims['impostor_claims']:,} impostor claims" in readme
+    student, sface = (
+        one[f"yunet-teacher + {name}"]["identification"]["claims"] for name in ("sface-student", "sface-teacher")
+    )
+    fmr = [f"{100 * claims['at_threshold']['fmr']:.3g}%" for claims in (student, sface)]
+    assert f"{fmr[0]} for the student, {fmr[1]} for SFace" in " ".join(readme.split())
+    three_student = three["yunet-teacher + sface-student"]["identification"]["claims"]["at_claim_threshold"]
+    rejections = f"from {100 * student['at_threshold']['fnmr']:.3g}% (one photo) to {100 * three_student['fnmr']:.3g}%"
+    assert rejections in " ".join(readme.split())
 
 
 def test_the_readme_says_who_the_strangers_named_are_as_its_report_lists_them():

@@ -10,10 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from biometrics.cli.main import cli
-from biometrics.errors import DataError
+from biometrics.errors import DataError, GalleryError
 from biometrics.evaluation import metrics
 from biometrics.evaluation.folder import PhotoFolder, operating_point
-from biometrics.evaluation.identification import by_gallery_size, identification_rates, search_outcomes
+from biometrics.evaluation.identification import by_gallery_size, claim_rates, identification_rates, search_outcomes
+from biometrics.face import Face
 from biometrics.gallery import TemplateIndex, Templates
 
 
@@ -138,6 +139,40 @@ def test_identification_searches_are_what_the_gallery_answers(enrolled_photos):
     assert outcomes.non_mated_people.tolist() == identities.tolist() and outcomes.non_mated_named.tolist() == named
 
 
+@pytest.mark.parametrize("enrolled_photos", [1, 3])
+def test_claims_are_each_photo_checked_against_each_enrolled_person_as_verify_as_checks_them(enrolled_photos):
+    """Each photo claims to be each enrolled person, checked as `verify --as` checks it (TemplateIndex.verify: the
+    best of that person's templates); a person's own templates make no claim, their other photos genuine ones."""
+    rng = np.random.default_rng(4)
+    embeddings, identities = _clustered(rng, 30)
+    counts = np.bincount(identities)
+    enrolled = [p for p in range(30) if counts[p] > enrolled_photos]
+    templates = {p: np.flatnonzero(identities == p)[:enrolled_photos] for p in enrolled}
+    rows = np.concatenate([templates[p] for p in enrolled])
+    owners = np.repeat(np.arange(len(enrolled)), enrolled_photos)
+    index = TemplateIndex(Templates(tuple(map(str, enrolled)), owners, embeddings[rows]), backend="numpy")
+    genuine, impostor = [], []
+    for photo, (vector, person) in enumerate(zip(embeddings, identities, strict=True)):
+        face = Face(np.zeros(4), None, 1.0, vector)
+        for claimed in enrolled:
+            if claimed != person:
+                impostor.append(index.verify(face, str(claimed), 0.0).score)
+            elif photo not in templates[person]:
+                genuine.append(index.verify(face, str(claimed), 0.0).score)
+    genuine, impostor = np.array(genuine), np.array(impostor)
+    thresholds = {"low": 0.2, "mid": float(np.median(impostor)), "high": 0.9}
+    rates = claim_rates(embeddings, identities, enrolled_photos, thresholds)
+    assert (rates["genuine_claims"], rates["impostor_claims"]) == (genuine.size, impostor.size)
+    for key, threshold in thresholds.items():
+        point = rates[key]
+        assert point["threshold"] == threshold
+        assert point["false_matches"] == np.count_nonzero(impostor >= threshold)
+        assert point["false_non_matches"] == np.count_nonzero(genuine < threshold)
+        assert point["fmr"] == point["false_matches"] / impostor.size
+    with pytest.raises(GalleryError, match="no templates of 'nobody'"):
+        index.verify(Face(np.zeros(4), None, 1.0, embeddings[0]), "nobody", 0.5)
+
+
 def test_the_strangers_named_most_are_listed_and_count_once_per_person():
     """A much-photographed person who resembles someone enrolled: as a stranger (searched without their own
     template) most of the false positives per search, one person of four per person; listed first, with whom
@@ -245,6 +280,13 @@ def test_evaluate_folder_scores_every_pair_as_verify_would(people, tmp_path, pip
     assert "strangers named most" not in result.stdout  # listed only when there are some
     assert searches["strangers_named"] == {"threshold": pipeline.threshold, "people": []}  # names, when there are
     assert "Who the false positives are" in markdown and "No stranger was given a name." in markdown
+    # 1:1 claims against that gallery: obama2 and obama.jpg claim Obama, biden2 Biden; all five photos, less the
+    # two enrolled claiming themselves, claim the other person. One template each: verify --as's threshold is 1:1.
+    claims = searches["claims"]
+    assert (claims["genuine_claims"], claims["impostor_claims"]) == (3, 5)
+    assert claims["at_claim_threshold"] == claims["at_threshold"] and claims["at_threshold"]["false_matches"] == 0
+    assert "1:1 against an enrolled person (`verify PHOTO --as NAME`)" in markdown
+    assert "1:1 claims (verify --as) against 1 template(s) a person, at " in result.stdout
     strict = CliRunner().invoke(
         cli, ["evaluate", "folder", str(people), "--threads", "2", "--fpir", "1e-4", "--out", str(tmp_path / "strict")]
     )

@@ -32,6 +32,7 @@ from biometrics.gallery import (
     TemplateIndex,
     Templates,
     check_enrolment,
+    claim_threshold,
     faiss_available,
     gallery_threshold,
     store,
@@ -250,6 +251,66 @@ def test_identify_and_live_set_the_threshold_for_the_gallerys_size(run, sample, 
     live = run("live", "--source", sample("obama.jpg"), "--headless")
     assert live.exit_code == 0 and f"threshold {chosen.value:.4f} for FPIR 0.01 over 60 templates" in live.stderr
     assert "warning" not in run("enroll", "obama", sample("obama.jpg")).stderr  # nobody is searched for
+
+
+def test_verify_a_photo_against_the_person_it_claims_to_be(run, sample, pipeline):
+    """`verify PHOTO --as NAME`: the face against NAME's templates only, the best deciding, at the threshold that
+    holds the card's FMR per claim for that many templates (stricter than 1:1 with several); exit 0 it is them, 1
+    it is not, 2 no such person; --threshold fixes the threshold."""
+    assert run("enroll", "obama", sample("obama.jpg"), sample("obama2.jpg")).exit_code == 0
+    assert run("enroll", "biden", sample("biden.jpg")).exit_code == 0
+    calibration = pipeline.embedder.false_match_thresholds
+    two = claim_threshold(calibration, 2)
+    assert pipeline.threshold < two.value < claim_threshold(calibration, 3).value  # held per claim, not per template
+    assert claim_threshold(calibration, 1).value == pipeline.threshold and two.fpir == 1e-3
+
+    yes = run("verify", sample("obama3.jpg"), "--as", "obama")
+    assert yes.exit_code == 0, yes.output
+    assert yes.stdout.startswith("SAME person: obama3.jpg is obama: similarity ") and yes.stderr == ""
+    assert f"threshold {two.value:.4f}\nthreshold: FMR 0.001 per claim" in yes.stdout
+    assert "compared with 2 template(s) in " in yes.stdout
+    answer = json.loads(run("verify", sample("obama3.jpg"), "--as", " obama ", "--json").stdout)
+    assert answer["claimed"]["name"] == "obama" and answer["claimed"]["templates"] == 2
+    assert answer["threshold"] == two.value and answer["same_person"] is True and "embedding" not in json.dumps(answer)
+    pairwise = [pipeline.verify(sample("obama3.jpg"), sample(name)).similarity for name in ("obama.jpg", "obama2.jpg")]
+    assert answer["similarity"] == pytest.approx(max(pairwise), abs=1e-4)  # the best template, Biden's not compared
+
+    no = run("verify", sample("biden2.jpg"), "--as", "obama", "--json")
+    assert no.exit_code == 1 and json.loads(no.stdout)["same_person"] is False
+    assert run("verify", sample("biden2.jpg"), "--as", "biden").exit_code == 0
+    assert run("verify", sample("two_people.jpg"), "--as", "biden", "--face-a", 1).exit_code == 0  # face 1: Biden
+    assert run("verify", sample("two_people.jpg"), "--as", "biden").exit_code == 1  # the largest: Obama
+    assert run("verify", sample("biden2.jpg"), "--as", "obama", "--threshold", "-1").exit_code == 0
+    _one_line_error(run("verify", sample("obama3.jpg"), "--as", "michelle"), "no one named 'michelle'")
+    for misuse, reason in [
+        (["--as", "obama", sample("obama.jpg")], "no IMAGE_B or --face-b"),
+        (["--as", "obama", "--face-b", 0], "no IMAGE_B or --face-b"),
+        ([], "Missing argument 'IMAGE_B' (or --as NAME"),
+        ([sample("obama.jpg"), "--gallery", "g.db"], "--gallery and --key-file go with --as NAME"),
+    ]:
+        result = run("verify", sample("obama3.jpg"), *misuse)
+        assert result.exit_code == 2 and reason in result.stderr, (misuse, result.output)
+
+
+def test_verify_as_holds_the_cards_fmr_per_claim_on_people_never_calibrated_on():
+    """LFW folds 6-10 people with 4+ photos, three enrolled each: at the card's 1:1 threshold an impostor's claim
+    passes ~3 times as often as one comparison does (the best of three templates decides); at the threshold
+    `verify --as` sets, as often (within 1.5x of the card's 1e-3, as one template at the card's threshold is)."""
+    from biometrics.registry import ModelRegistry
+
+    registry = ModelRegistry([Path(__file__).parents[1] / "models"])
+    reports = {k: FOLDS_6_10_PEOPLE.parents[1] / f"folder-lfw-folds6-10-many-{k}" / "report.json" for k in KEPT}
+    one, three = (json.loads(reports[k].read_text())["results"] for k in KEPT)
+    for label, run in three.items():
+        calibration = Embedder(registry.resolve(label.split(" + ")[1]), threads=1).false_match_thresholds
+        claims, alone = run["identification"]["claims"], one[label]["identification"]["claims"]
+        assert run["identification"]["enrolled_photos"] == 3
+        assert claims["at_claim_threshold"]["threshold"] == claim_threshold(calibration, 3).value
+        assert alone["at_claim_threshold"] == alone["at_threshold"]  # one template: the card's threshold
+        assert claims["at_threshold"]["fmr"] > 2 * alone["at_threshold"]["fmr"]
+        assert 1e-3 / 1.5 < claims["at_claim_threshold"]["fmr"] < 1e-3 * 1.5
+        assert claims["at_claim_threshold"]["fmr"] < alone["at_threshold"]["fmr"] < 1e-3 * 1.7
+        assert claims["at_claim_threshold"]["fnmr"] < alone["at_threshold"]["fnmr"]  # more photos, fewer rejections
 
 
 def test_strangers_named_estimates_what_lfw_measured():

@@ -20,8 +20,10 @@ import click
 from biometrics.cli.main import (
     EXIT_ERROR,
     CosineThreshold,
+    Verdict,
     _pipeline,
     fpir_option,
+    gallery_options,
     json_lines_option,
     json_option,
     pipeline_options,
@@ -42,23 +44,6 @@ SELECTED = {"largest": "the largest", "center": "the one nearest the center", "s
 """How each ``--select`` choice reads in a sentence ("face 0, the largest")."""
 
 
-def gallery_options(command):
-    """Where the gallery is and how to unlock it."""
-    command = click.option(
-        "--key-file",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help="File with the base64 AES-256 key of an encrypted gallery (default: $BIOMETRICS_GALLERY_KEY).",
-    )(command)
-    return click.option(
-        "--gallery",
-        "gallery_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help="Gallery file (default: $BIOMETRICS_GALLERY or ~/.local/share/biometrics/gallery.db).",
-    )(command)
-
-
 def face_options(command):
     """Which face of a photo with several: by ``--select`` rule, or by ``--face N`` (overrides ``--select``)."""
     command = click.option(
@@ -72,12 +57,15 @@ def face_options(command):
     return select_option(command)
 
 
-def _choose_face(pipeline: FacePipeline, pixels: np.ndarray, select: str, face_index: int | None, path: Path):
-    """``FacePipeline.embed_one`` with ``--face N`` overriding ``--select``; the error names the photo."""
+def _choose_face(
+    pipeline: FacePipeline, image: np.ndarray | Path, select: str | int, face_index: int | None, path: Path
+):
+    """``FacePipeline.embed_one`` (of the photo's pixels, or its path) with ``--face N`` overriding ``--select``;
+    the error names the photo."""
     from biometrics.errors import NoFaceError
 
     try:
-        return pipeline.embed_one(pixels, select if face_index is None else face_index)
+        return pipeline.embed_one(image, select if face_index is None else face_index)
     except NoFaceError as exc:
         raise NoFaceError(f"{path}: {exc}") from None
 
@@ -145,6 +133,46 @@ def search_threshold(
         return pipeline.threshold, None  # a card threshold without its FMR is used as it is; none at all fails
     chosen = gallery_threshold(calibration, templates, DEFAULT_FPIR if fpir is None else fpir)
     return chosen.value, chosen
+
+
+def verify_claim(
+    image: Path,
+    name: str,
+    gallery_path: Path | None,
+    key_file: Path | None,
+    pipeline_args: tuple,
+    threshold: float | None,
+    which: str | int,
+) -> Verdict:
+    """`verify IMAGE --as NAME`: the face ``which`` chooses (a ``--select`` rule or an index) compared with NAME's
+    templates only. Without ``--threshold`` the threshold is ``claim_threshold``'s for their number, which holds
+    the card's 1:1 FMR per claim (the best of several templates would otherwise pass impostors more often). An
+    unknown NAME, no gallery or a wrong key fail before the photo is read."""
+    from biometrics.gallery import EmbedderId, TemplateIndex, claim_threshold
+
+    pipeline = gallery_pipeline(gallery_path, key_file, *pipeline_args, threshold)
+    with open_gallery(gallery_path, key_file) as gallery:
+        index = TemplateIndex(gallery.templates(EmbedderId.of(pipeline.embedder), of=name))
+        where = gallery.path
+    name, templates = name.strip(), len(index)  # as the gallery found them
+    meaning = "given on the command line"
+    if threshold is None:
+        calibration = pipeline.embedder.false_match_thresholds
+        if calibration:
+            set_for = claim_threshold(calibration, templates)
+            threshold = set_for.value
+            meaning = (
+                f"FMR {set_for.fpir:g} per claim (the best of the person's templates decides; each is compared at "
+                f"FMR {set_for.fmr:.2g}, from the embedder card's calibration)"
+            )
+        else:  # a card threshold without its FMR is used as it is; none at all fails
+            threshold, meaning = pipeline.threshold, "the embedder card's (uncalibrated: not adjusted per template)"
+    pipeline.timings_ms = {}
+    face, index_used, found = _choose_face(pipeline, image, which, None, image)  # decoded and timed there
+    claim = index.verify(face, name, threshold)
+    claimed = {"name": name, "templates": templates, "gallery": str(where)}
+    photos = [(image, found, index_used, face)]
+    return Verdict(claim.accepted, claim.score, threshold, meaning, photos, pipeline.timings_ms, pipeline, claimed)
 
 
 def enrolment_options(command):

@@ -15,12 +15,18 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from biometrics.errors import BiometricsError, DataError
 from biometrics.pipeline.facade import SELECTIONS
+
+if TYPE_CHECKING:
+    from biometrics.face import Face
+    from biometrics.pipeline import FacePipeline
 
 EXIT_DIFFERENT = 1
 EXIT_ERROR = 2
@@ -189,65 +195,149 @@ def cli():
     """Face verification with small, fast, honestly measured models."""
 
 
+def gallery_options(command):
+    """Where the gallery is and how to unlock it."""
+    command = click.option(
+        "--key-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="File with the base64 AES-256 key of an encrypted gallery (default: $BIOMETRICS_GALLERY_KEY).",
+    )(command)
+    return click.option(
+        "--gallery",
+        "gallery_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Gallery file (default: $BIOMETRICS_GALLERY or ~/.local/share/biometrics/gallery.db).",
+    )(command)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What `verify` answers, photo against photo or photo against an enrolled person (``claimed``: their name,
+    templates and gallery), with what it rested on."""
+
+    same_person: bool
+    similarity: float
+    threshold: float
+    meaning: str | None
+    photos: list[tuple[Path, int, int, Face]]  # per photo compared: path, faces found, the index used, the face
+    timings_ms: dict[str, float]
+    pipeline: FacePipeline
+    claimed: dict | None = None
+
+    def to_json(self) -> str:
+        from biometrics.face import small_face_warnings
+
+        answer = {"claimed": self.claimed} if self.claimed else {}
+        answer |= {
+            "same_person": bool(self.same_person),
+            "similarity": round(self.similarity, 4),
+            "threshold": self.threshold,
+            "threshold_meaning": self.meaning,
+            "images": [
+                {"path": str(path), "faces_found": count, "face_index": index, "face": face.to_dict()}
+                for path, count, index, face in self.photos
+            ],
+            "timings_ms": {stage: round(ms, 2) for stage, ms in self.timings_ms.items()},
+            "models": {"detector": self.pipeline.detector.name, "embedder": self.pipeline.embedder.name},
+            "warnings": small_face_warnings((path.name, face.box) for path, _, _, face in self.photos),
+        }
+        return json.dumps(answer)
+
+    def text(self) -> list[str]:
+        """The lines on stdout (the warnings go to stderr first)."""
+        verdict = "SAME person" if self.same_person else "DIFFERENT people"
+        if self.claimed:
+            verdict += f": {self.photos[0][0].name} {'is' if self.same_person else 'is not'} {self.claimed['name']}"
+        relation = ">=" if self.same_person else "<"
+        lines = [f"{verdict}: similarity {self.similarity:.4f} {relation} threshold {self.threshold:.4f}"]
+        if self.meaning:
+            lines.append(f"threshold: {self.meaning}")
+        found = ", ".join(_faces_found(path, count, index) for path, count, index, _ in self.photos)
+        if self.claimed:
+            found += f"; compared with {self.claimed['templates']} template(s) in {self.claimed['gallery']}"
+        lines.append(f"faces found: {found}")
+        lines.append(
+            "time (ms): "
+            + ", ".join(f"{s} {ms:.1f}" for s, ms in self.timings_ms.items())
+            + f", total {sum(self.timings_ms.values()):.1f}"
+        )
+        return [*lines, f"models: {self.pipeline.name}"]
+
+
 @cli.command()
 @click.argument("image_a", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("image_b", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("image_b", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--as",
+    "claimed",
+    metavar="NAME",
+    default=None,
+    help="Is IMAGE_A's face NAME, enrolled in the gallery? Compared with NAME's templates instead of an IMAGE_B, at "
+    "the threshold that holds the card's 1:1 FMR per claim, however many templates NAME has.",
+)
+@gallery_options
 @pipeline_options
 @threshold_option
 @select_option
 @click.option("--face-a", type=click.IntRange(0), default=None, help="Use face N of image A (order of `detect`).")
 @click.option("--face-b", type=click.IntRange(0), default=None, help="Use face N of image B (order of `detect`).")
 @json_option
-def verify(image_a, image_b, detector, embedder, threads, max_side, threshold, select, face_a, face_b, as_json):
-    """Are the faces in IMAGE_A and IMAGE_B the same person? Exit 0 yes, 1 no, 2 error."""
+def verify(
+    image_a,
+    image_b,
+    claimed,
+    gallery_path,
+    key_file,
+    detector,
+    embedder,
+    threads,
+    max_side,
+    threshold,
+    select,
+    face_a,
+    face_b,
+    as_json,
+):
+    """Are the faces in IMAGE_A and IMAGE_B the same person? Or, with --as NAME, is IMAGE_A's face the person
+    enrolled as NAME? Exit 0 yes, 1 no, 2 error."""
     from biometrics.face import small_face_warnings
 
-    pipeline = _pipeline(detector, embedder, threads, max_side, threshold)
-    result = pipeline.verify(
-        image_a, image_b, select=(select if face_a is None else face_a, select if face_b is None else face_b)
-    )
+    which_a = select if face_a is None else face_a
+    if claimed is not None:
+        if image_b is not None or face_b is not None:
+            raise click.UsageError("--as NAME compares IMAGE_A with NAME's enrolled photos: no IMAGE_B or --face-b")
+        from biometrics.cli.gallery_commands import verify_claim
+
+        pipeline_args = (detector, embedder, threads, max_side)
+        verdict = verify_claim(image_a, claimed, gallery_path, key_file, pipeline_args, threshold, which_a)
+    else:
+        if image_b is None:
+            raise click.UsageError("Missing argument 'IMAGE_B' (or --as NAME: someone enrolled in the gallery).")
+        if gallery_path is not None or key_file is not None:
+            raise click.UsageError("--gallery and --key-file go with --as NAME (two photos need no gallery)")
+        which = (which_a, select if face_b is None else face_b)
+        verdict = _verify_photos(image_a, image_b, (detector, embedder, threads, max_side), threshold, which)
+    if as_json:
+        click.echo(verdict.to_json())
+    else:
+        for warning in small_face_warnings((path.name, face.box) for path, _, _, face in verdict.photos):
+            click.echo(f"warning: {warning}", err=True)
+        click.echo("\n".join(verdict.text()))
+    sys.exit(0 if verdict.same_person else EXIT_DIFFERENT)
+
+
+def _verify_photos(image_a, image_b, pipeline_args, threshold, which) -> Verdict:
+    """Photo against photo, each face chosen as ``which`` says (a ``--select`` rule or a face's index)."""
+    pipeline = _pipeline(*pipeline_args, threshold)
+    result = pipeline.verify(image_a, image_b, select=which)
     card_threshold = pipeline.embedder.model.card.data.get("threshold", {})
     meaning = card_threshold.get("meaning") if threshold is None else "given on the command line"
-    photos = zip((image_a, image_b), result.faces, strict=True)
-    warnings = small_face_warnings((path.name, face.box) for path, face in photos)
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "same_person": bool(result.same_person),
-                    "similarity": round(result.similarity, 4),
-                    "threshold": result.threshold,
-                    "threshold_meaning": meaning,
-                    "images": [
-                        {"path": str(path), "faces_found": count, "face_index": index, "face": face.to_dict()}
-                        for path, count, index, face in zip(
-                            (image_a, image_b), result.faces_found, result.face_indexes, result.faces, strict=True
-                        )
-                    ],
-                    "timings_ms": {stage: round(ms, 2) for stage, ms in result.timings_ms.items()},
-                    "models": {"detector": pipeline.detector.name, "embedder": pipeline.embedder.name},
-                    "warnings": warnings,
-                }
-            )
-        )
-    else:
-        for warning in warnings:
-            click.echo(f"warning: {warning}", err=True)
-        verdict = "SAME person" if result.same_person else "DIFFERENT people"
-        relation = ">=" if result.same_person else "<"
-        click.echo(f"{verdict}: similarity {result.similarity:.4f} {relation} threshold {result.threshold:.4f}")
-        if meaning:
-            click.echo(f"threshold: {meaning}")
-        click.echo(
-            "faces found: " + ", ".join(map(_faces_found, (image_a, image_b), result.faces_found, result.face_indexes))
-        )
-        click.echo(
-            "time (ms): "
-            + ", ".join(f"{s} {ms:.1f}" for s, ms in result.timings_ms.items())
-            + f", total {sum(result.timings_ms.values()):.1f}"
-        )
-        click.echo(f"models: {pipeline.name}")
-    sys.exit(0 if result.same_person else EXIT_DIFFERENT)
+    photos = list(zip((image_a, image_b), result.faces_found, result.face_indexes, result.faces, strict=True))
+    return Verdict(
+        result.same_person, result.similarity, result.threshold, meaning, photos, result.timings_ms, pipeline
+    )
 
 
 def _faces_found(path: Path, count: int, index: int) -> str:
@@ -465,7 +555,8 @@ def evaluate_folder_command(
 ):
     """Verification and identification on your own photos: FOLDER holds one sub-folder of photos per person.
     Every pair of photos is scored (FMR and FNMR at the threshold, thresholds at target FMRs, EER, the hardest
-    pairs), and every photo is searched in a gallery of the people (rank-1, FPIR and FNIR, by gallery size)."""
+    pairs), and every photo is searched in a gallery of the people (rank-1, FPIR and FNIR, by gallery size) and
+    checked against each of them as `verify --as` would (FMR and FNMR per claim)."""
     from biometrics.evaluation.folder import PhotoFolder, evaluate_folder, training_data, write_folder_report
     from biometrics.evaluation.report import run_metadata
     from biometrics.gallery import DEFAULT_FPIR
@@ -505,6 +596,14 @@ def evaluate_folder_command(
                 click.echo(
                     "  strangers named most: "
                     + ", ".join(f"{s['person']} {s['named']} of {s['searches']} (as {s['mostly_as']})" for s in named)
+                )
+            claims = searches["claims"]
+            if point := claims["at_claim_threshold"]:
+                click.echo(
+                    f"  1:1 claims (verify --as) against {searches['enrolled_photos']} template(s) a person, at "
+                    f"{point['threshold']:.4f}: FMR {100 * point['fmr']:.3g}% ({point['false_matches']:,} of "
+                    f"{claims['impostor_claims']:,}), FNMR {100 * point['fnmr']:.3g}% ({point['false_non_matches']:,} "
+                    f"of {claims['genuine_claims']:,})"
                 )
     meta = run_metadata(models, threads) | {"select": select, "fpir": fpir}
     for entry, model in zip(meta["models"], models, strict=True):

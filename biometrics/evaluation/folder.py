@@ -23,7 +23,7 @@ from biometrics.errors import DataError, ImageError, NoFaceError
 from biometrics.evaluation import metrics, plots
 from biometrics.evaluation.identification import SizeThreshold, identification_rates
 from biometrics.evaluation.report import _md_table, without_scores, write_score_plots
-from biometrics.gallery.search import DEFAULT_FPIR, threshold_by_size
+from biometrics.gallery.search import DEFAULT_FPIR, claim_threshold, threshold_by_size
 from biometrics.imaging import files_under, is_image_name, load_image
 from biometrics.pipeline.facade import FacePipeline, Selection, sharing_one_detector
 
@@ -141,12 +141,15 @@ def evaluate_folder(
     scored on the same faces): at its threshold, at each FMR of ``REPORTED_FMRS`` these impostor pairs resolve (one
     false match allowed at least), EER and AUC; and, under ``identification``, the open-set 1:N rates of a gallery
     enrolled with each person's first ``gallery_photos`` photos (``biometrics.evaluation.identification``), there
-    also at the threshold `identify --fpir` sets for its size. JSON-ready apart from ``PER_PAIR``'s entries."""
+    also at the threshold `identify --fpir` sets for its size, with 1:1 claims against it (`verify --as`) at the
+    card's threshold and at the one set for ``gallery_photos`` templates a person. JSON-ready apart from
+    ``PER_PAIR``'s entries."""
     thresholds = [pipeline.threshold for pipeline in pipelines]  # an uncalibrated embedder fails before any work
     return {
         pipeline.name: _rates(
             threshold,
             threshold_by_size(pipeline.embedder.false_match_thresholds, fpir),
+            _claim_threshold(pipeline, gallery_photos),
             photos,
             embedded,
             gallery_photos,
@@ -157,9 +160,16 @@ def evaluate_folder(
     }
 
 
+def _claim_threshold(pipeline: FacePipeline, templates: int) -> float | None:
+    """The threshold `verify --as` checks a claim at, for a person with ``templates``; None uncalibrated."""
+    calibration = pipeline.embedder.false_match_thresholds
+    return claim_threshold(calibration, templates).value if calibration else None
+
+
 def _rates(
     threshold: float,
     threshold_for_size: SizeThreshold | None,
+    threshold_for_claims: float | None,
     photos: PhotoFolder,
     embedded: FolderEmbeddings,
     gallery_photos: int,
@@ -182,7 +192,7 @@ def _rates(
     odd_rows, odd_means, odd_partners = least_like_their_person(genuine, genuine_rows, len(names))
     try:
         identification = identification_rates(
-            embedded.embeddings, identities, threshold, gallery_photos, threshold_for_size
+            embedded.embeddings, identities, threshold, gallery_photos, threshold_for_size, threshold_for_claims
         )
         identification_curve = identification.pop("curve")
         for row in identification["strangers_named"]["people"]:
@@ -469,6 +479,32 @@ def _identification_markdown(results: dict[str, dict], fpir: float) -> list[str]
             ]
             for label, run in searches.items()
             for row in run["strangers_named"]["people"]
+        ],
+    )
+    lines += [
+        "",
+        f"1:1 against an enrolled person (`verify PHOTO --as NAME`), this gallery: each enrolled person's other "
+        "photos claim to be them (genuine claims), and every photo claims to be each enrolled person it does not "
+        f"show (impostor claims); the best of the person's {photos} template(s) decides. At the card's 1:1 threshold "
+        "an impostor passes more often the more templates there are; `verify --as` sets its threshold for their "
+        "number, to hold the card's FMR per claim:",
+        "",
+    ]
+
+    claim_thresholds = {"at_threshold": "the card's 1:1", "at_claim_threshold": "`verify --as`'s"}
+    lines += _md_table(
+        ["pipeline", "genuine / impostor claims", "threshold", "FMR per claim", "FNMR per claim"],
+        [
+            [
+                label,
+                f"{run['claims']['genuine_claims']:,} / {run['claims']['impostor_claims']:,}",
+                f"{which}: {point['threshold']:.4f}",
+                _rate(point["fmr"], point["false_matches"]),
+                _rate(point["fnmr"], point["false_non_matches"]),
+            ]
+            for label, run in searches.items()
+            for key, which in claim_thresholds.items()
+            if (point := run["claims"][key]) is not None
         ],
     )
     return lines

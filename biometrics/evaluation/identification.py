@@ -219,23 +219,62 @@ def by_gallery_size(
     return rows
 
 
+def claim_rates(
+    embeddings: np.ndarray, identities: np.ndarray, enrolled_photos: int, thresholds: dict[str, float]
+) -> dict:
+    """1:1 claims against the gallery that ``search_outcomes`` searches, as `verify PHOTO --as NAME` checks them:
+    each photo of an enrolled person that is not one of their templates claims to be them (a genuine claim), and
+    every photo claims to be each enrolled person it does not show (impostor claims); the best of the claimed
+    person's templates decides. Under each key of ``thresholds``: FMR and FNMR per claim there, with their counts."""
+    enrolment = Enrolment.of(identities, enrolled_photos)
+    is_genuine = enrolment.column >= 0
+    is_genuine[enrolment.template_rows] = False
+    limits = np.array(list(thresholds.values()), dtype=np.float64)
+    genuine = impostor = 0
+    false_matches, false_non_matches = np.zeros(limits.size, np.int64), np.zeros(limits.size, np.int64)
+    for begin, others, own_score in enrolment.search_blocks(embeddings):
+        claims = own_score[is_genuine[begin : begin + len(others)]]
+        genuine += claims.size
+        false_non_matches += np.count_nonzero(claims[:, None] < limits, axis=0)
+        impostor_scores = others[np.isfinite(others)]  # -inf: the photo's own person, not an impostor claim
+        impostor += impostor_scores.size
+        false_matches += np.count_nonzero(impostor_scores[:, None] >= limits, axis=0)
+    return {"genuine_claims": genuine, "impostor_claims": impostor} | {
+        key: {
+            "threshold": float(limit),
+            "fmr": int(fm) / impostor,
+            "false_matches": int(fm),
+            "fnmr": int(fnm) / genuine,
+            "false_non_matches": int(fnm),
+        }
+        for key, limit, fm, fnm in zip(thresholds, limits, false_matches, false_non_matches, strict=True)
+    }
+
+
 def identification_rates(
     embeddings: np.ndarray,
     identities: np.ndarray,
     threshold: float,
     enrolled_photos: int = 1,
     threshold_for_size: SizeThreshold | None = None,
+    threshold_for_claims: float | None = None,
 ) -> dict:
     """The 1:N report of one pipeline: gallery and search counts, rank-1 and rank-5 identification rates (the mate
     first, or among the first five, at any score), the rates at ``threshold`` and at ``threshold_for_size`` of
     this gallery's size (the one `identify` sets from the embedder's card, which this checks on other people: None
     without), FNIR at each FPIR of ``REPORTED_FPIRS`` the non-mated searches resolve, FPIR by gallery size, and the
-    strangers named most often at the threshold `identify` would use (``most_named_strangers``; people as identities).
-    JSON-ready apart from ``curve``."""
+    strangers named most often at the threshold `identify` would use (``most_named_strangers``; people as identities),
+    and 1:1 claims against this gallery (``claim_rates``) at ``threshold`` and at ``threshold_for_claims``, the one
+    `verify --as` sets for this many templates a person (None: not set). JSON-ready apart from ``curve``."""
     outcomes = search_outcomes(embeddings, identities, enrolled_photos)
     if outcomes.non_mated.size == 0:
         raise ValueError("no non-mated search: every photo's person is the only one enrolled")
     identify_threshold = threshold if threshold_for_size is None else threshold_for_size(outcomes.templates)
+    claim_thresholds = {"at_threshold": threshold}
+    if threshold_for_claims is not None:
+        claim_thresholds["at_claim_threshold"] = threshold_for_claims
+    claims = claim_rates(embeddings, identities, enrolled_photos, claim_thresholds)
+    claims.setdefault("at_claim_threshold", None)
     return {
         "enrolled_photos": enrolled_photos,
         "gallery_people": outcomes.gallery_people,
@@ -256,5 +295,6 @@ def identification_rates(
             "threshold": identify_threshold,
             "people": most_named_strangers(outcomes, identify_threshold),
         },
+        "claims": claims,
         "curve": curve(outcomes),
     }

@@ -370,11 +370,15 @@ class Gallery:
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return person
 
-    def templates(self, embedder: EmbedderId) -> Templates:
-        """Every template, decrypted, for searching with ``embedder``; refused if another model made any."""
+    def templates(self, embedder: EmbedderId, of: str | None = None) -> Templates:
+        """Every template, decrypted, for searching with ``embedder``, or only those of the person named ``of`` (a
+        claim to be them is checked against nobody else's); refused if another model made any."""
         self.require_embedder(embedder)
+        person = "" if of is None else " WHERE p.name = ?"
         rows = self._db.execute(
-            "SELECT p.name, t.embedding FROM templates t JOIN people p ON p.id = t.person_id ORDER BY p.id, t.id"
+            "SELECT p.name, t.embedding FROM templates t JOIN people p ON p.id = t.person_id"
+            f"{person} ORDER BY p.id, t.id",
+            () if of is None else (self.person(of).name,),
         ).fetchall()
         names: list[str] = []
         owners = np.empty(len(rows), dtype=np.int64)
