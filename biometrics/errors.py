@@ -34,3 +34,7 @@ class SourceError(BiometricsError):
 class MeasurementError(BiometricsError):
     """A benchmark could not be measured: its worker process failed (out of memory, a model that fails on the
     given input)."""
+
+
+class UsageError(BiometricsError):
+    """A command cannot use a setting it was given: an environment variable's value, a device, a thread count."""

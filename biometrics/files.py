@@ -1,4 +1,5 @@
-"""Writing files so that a killed process never leaves half of one, and owner-only files for face data.
+"""Writing files so that a killed process never leaves half of one, owner-only files for face data, and reading
+a file a user names without letting a device or FIFO hang or flood the process.
 
 Used for everything the toolkit writes that a later run reads back (prepared models, checkpoints, exported
 models, face caches, the gallery file): the reader finds either the old file or the new one, never a truncated
@@ -8,6 +9,7 @@ file under the real name.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,3 +69,35 @@ def write_atomically(path: Path, payload: bytes, *, private: bool = False) -> Pa
     with replacing(path, private=private) as partial:
         partial.write_bytes(payload)
     return path
+
+
+class UnreadableFile(Exception):
+    """A named file that cannot be read as one: its reason, as the end of a sentence about it."""
+
+
+def read_regular_file(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes. A device (``/dev/zero``), FIFO or directory is
+    refused, and so is a larger file, before anything is read: neither can hang the process or fill its memory.
+    ``UnreadableFile`` says why not."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO opens without waiting for a writer
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise UnreadableFile("is a directory")
+            if not stat.S_ISREG(info.st_mode):
+                raise UnreadableFile("not a regular file (a device, FIFO or socket)")
+            if info.st_size > limit:
+                raise UnreadableFile(f"file too large ({_size(info.st_size)}; limit {_size(limit)})")
+            with open(fd, "rb", closefd=False) as file:
+                return file.read(limit)  # no more, even if the file grew since it was checked
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        raise UnreadableFile("no such file") from None
+    except OSError as exc:
+        raise UnreadableFile(f"cannot read file ({exc.strerror or exc})") from None
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:,.0f} MiB" if count >= 2**20 else f"{count:,} bytes"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import warnings
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from biometrics.errors import ImageError
+from biometrics.files import UnreadableFile, read_regular_file
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -21,31 +21,6 @@ DEFAULT_MAX_PIXELS = 50_000_000
 """About 7000x7000: larger photos are refused before decoding, so a crafted file cannot exhaust memory."""
 MAX_FILE_BYTES = 256 * 2**20
 """256 MiB, far above any photo within the pixel limit: a larger file is refused before it is read."""
-
-
-def _read_file(path: str | os.PathLike, label: str) -> bytes:
-    """The bytes of a regular file of at most ``MAX_FILE_BYTES``. A device (``/dev/zero``), FIFO or directory is
-    refused, and so is a larger file, before anything is read: neither can hang the process or fill its memory."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO opens without waiting for a writer
-        try:
-            info = os.fstat(fd)
-            if stat.S_ISDIR(info.st_mode):
-                raise ImageError(f"{label}: is a directory, not an image")
-            if not stat.S_ISREG(info.st_mode):
-                raise ImageError(f"{label}: not a regular file (a device, FIFO or socket), not an image")
-            if info.st_size > MAX_FILE_BYTES:
-                raise ImageError(
-                    f"{label}: file too large ({info.st_size / 2**20:,.0f} MiB; limit {MAX_FILE_BYTES // 2**20} MiB)"
-                )
-            with open(fd, "rb", closefd=False) as file:
-                return file.read(MAX_FILE_BYTES)  # no more, even if the file grew since it was checked
-        finally:
-            os.close(fd)
-    except FileNotFoundError:
-        raise ImageError(f"{label}: no such file") from None
-    except OSError as exc:
-        raise ImageError(f"{label}: cannot read file ({exc.strerror or exc})") from None
 
 
 def files_under(folder: Path) -> list[Path]:
@@ -78,6 +53,19 @@ def _upright(image: Image.Image) -> Image.Image:
         return image
 
 
+SIXTEEN_BIT_GREY = ("I;16", "I;16B", "I;16L", "I")
+"""How Pillow opens a 16-bit greyscale PNG (its only mode above 8 bits here; 16-bit colour opens as RGB)."""
+
+
+def _rgb(image: Image.Image) -> np.ndarray:
+    """H x W x 3 uint8 RGB. 16-bit grey is scaled to 8 bits: Pillow's own conversion clips it, which turns an
+    ordinary 16-bit scan almost white."""
+    if image.mode in SIXTEEN_BIT_GREY:
+        grey = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
 def load_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode a JPEG/PNG/BMP/WebP file (or its bytes) to an HxWx3 BGR uint8 array.
 
@@ -87,7 +75,10 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_
     Truncated files are an error rather than a half-grey image.
     """
     label = "<bytes>" if isinstance(source, bytes) else str(source)
-    data = source if isinstance(source, bytes) else _read_file(source, label)
+    try:
+        data = source if isinstance(source, bytes) else read_regular_file(source, MAX_FILE_BYTES)
+    except UnreadableFile as exc:
+        raise ImageError(f"{label}: {exc}") from None
     if not data:
         raise ImageError(f"{label}: file is empty")
     with warnings.catch_warnings():
@@ -109,7 +100,7 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_
         try:
             image.load()
             image = _upright(image)
-            rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+            rgb = _rgb(image)
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"{label}: corrupt or truncated image ({exc})") from None
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)  # one pass; NumPy's reversed-axis copy takes ten times as long

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 
 import onnxruntime as ort
 
-from biometrics.errors import BiometricsError
+from biometrics.errors import UsageError
 
 # ONNX Runtime (1.32+ on Linux) queues telemetry events about sessions and errors in
 # ~/.cache/Microsoft/DeveloperTools/.onnxruntime; a biometric tool keeps them off (README, Privacy).
 ort.disable_telemetry_events()
+
+
+MAX_THREADS = 256
+"""More threads than any machine this runs on has cores: ONNX Runtime would spend minutes creating them."""
 
 
 def default_threads() -> int:
@@ -20,8 +25,8 @@ def default_threads() -> int:
     value = os.environ.get("BIOMETRICS_THREADS")
     if value is None:
         return os.cpu_count() or 1
-    if not value.strip().isdigit() or int(value) < 1:
-        raise BiometricsError(f"BIOMETRICS_THREADS='{value}': expected a whole number of threads, at least 1")
+    if not re.fullmatch(r"\s*[0-9]+\s*", value) or not 1 <= int(value) <= MAX_THREADS:
+        raise UsageError(f"BIOMETRICS_THREADS='{value}': expected a whole number of threads, 1 to {MAX_THREADS}")
     return int(value)
 
 

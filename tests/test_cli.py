@@ -89,6 +89,52 @@ def test_with_json_a_failure_is_a_json_object_too(run, sample, tmp_path, no_face
     assert run("verify", no_face_photo, sample("obama.jpg")).stdout == ""  # without --json, stdout stays empty
 
 
+def test_a_refused_argument_is_one_line_and_with_json_an_object_of_kind_usage(run, sample, monkeypatch):
+    """Click's own refusals (a bad value, a missing argument, an unknown command) read like every other error: one
+    `error:` line naming the help to read, and the JSON object a script parses; so does a bad BIOMETRICS_THREADS."""
+    cases = [
+        (["verify", sample("obama.jpg"), "--threshold", "nan"], "Invalid value for '--threshold'", "biometrics verify"),
+        (["verify", sample("obama.jpg")], "Missing argument 'IMAGE_B'", "biometrics verify"),
+        (["verify", sample("obama.jpg"), sample("obama2.jpg"), "--threads", 99999], "1<=x<=256", "biometrics verify"),
+        (["gallery", "list", "--nope"], "No such option '--nope'", "biometrics gallery list"),
+        (["nosuch"], "No such command 'nosuch'", "biometrics"),
+    ]
+    for args, reason, command in cases:
+        for as_json in (False, True):
+            words = [str(arg) for arg in args] + (["--json"] if as_json else [])
+            result = CliRunner().invoke(cli, words, prog_name="biometrics")
+            assert result.exit_code == 2, (args, result.output)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and reason in lines[0] and lines[0].endswith(f"(see '{command} --help')"), lines
+            if as_json:
+                assert json.loads(result.stdout)["error"] == {"kind": "usage", "message": lines[0][len("error: ") :]}
+            else:
+                assert result.stdout == ""
+    for bad in ("\u00b2", "0", "257", "two"):  # a superscript two passes str.isdigit but is no number
+        monkeypatch.setenv("BIOMETRICS_THREADS", bad)
+        result = run("verify", sample("obama.jpg"), sample("obama2.jpg"), "--json")
+        assert result.exit_code == 2 and json.loads(result.stdout)["error"]["kind"] == "usage", result.output
+
+
+def test_ctrl_c_while_a_library_loads_is_interrupted_not_a_failure(run, sample, monkeypatch):
+    """ONNX Runtime re-raises a Ctrl-C that lands while it loads as ImportError: still "interrupted", exit 130."""
+    from biometrics.__main__ import main as console_script
+
+    def interrupted_import(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise ImportError("initialization failed") from exc
+
+    monkeypatch.setattr("biometrics.cli.main._pipeline", interrupted_import)
+    result = run("verify", sample("obama.jpg"), sample("obama2.jpg"))
+    assert (result.exit_code, result.stderr) == (130, "interrupted\n")
+    monkeypatch.setattr("biometrics.cli.main.main", interrupted_import)  # the console script, still loading
+    with pytest.raises(SystemExit) as stopped:
+        console_script()
+    assert stopped.value.code == 130
+
+
 def test_verify_picks_a_chosen_face(run, sample):
     """In two_people.jpg exactly one of the two faces is Obama."""
     results = [run("verify", sample("two_people.jpg"), sample("obama.jpg"), "--face-a", i) for i in (0, 1)]

@@ -292,6 +292,24 @@ def test_verify_a_photo_against_the_person_it_claims_to_be(run, sample, pipeline
         assert result.exit_code == 2 and reason in result.stderr, (misuse, result.output)
 
 
+def test_verify_as_says_when_a_persons_templates_outrun_the_calibration(run, sample, tmp_path, pipeline):
+    """3,000 templates: FMR 1e-3 per claim needs one comparison's below the card's lowest (1e-6), so the strictest
+    threshold is used and a warning says about what share of impostor claims would pass."""
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(3000, 128)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with Gallery(tmp_path / "private" / "gallery.db", create=True) as gallery:
+        templates = [NewTemplate(v, "x.jpg", (0, 0, 1, 1)) for v in vectors]
+        gallery.enroll("crowd", EmbedderId.of(pipeline.embedder), templates)
+    answer = run("verify", sample("obama.jpg"), "--as", "crowd", "--json")
+    report = json.loads(answer.stdout)
+    assert report["threshold"] == max(pipeline.embedder.false_match_thresholds.values())
+    (warning,) = report["warnings"]
+    assert warning.startswith("crowd has 3,000 templates: an FMR of 0.001 per claim needs one comparison's below")
+    assert "about 0.3% of impostors claiming them would pass" in warning
+    assert f"warning: {warning}" in run("verify", sample("obama.jpg"), "--as", "crowd").stderr
+
+
 def test_verify_as_holds_the_cards_fmr_per_claim_on_people_never_calibrated_on():
     """LFW folds 6-10 people with 4+ photos, three enrolled each: at the card's 1:1 threshold an impostor's claim
     passes ~3 times as often as one comparison does (the best of three templates decides); at the threshold
@@ -438,6 +456,14 @@ def test_enrol_a_folder_of_people_each_all_or_nothing_and_rerun_to_finish(run, s
     assert rerun.stderr.splitlines()[-1] == "4 folders: 1 enrolled, 2 already enrolled, 1 without photos"
     listing = json.loads(run("gallery", "list", "--json").stdout)["people"]
     assert [(p["name"], p["templates"]) for p in listing] == [("biden", 1), ("mixed", 1), ("obama", 2)]
+    (people / "O'Brien").mkdir()  # already enrolled under a name the hint must quote for a shell
+    (people / "O'Brien" / "a.jpg").write_bytes(sample("selfie.jpg").read_bytes())
+    assert run("enroll-folder", people).exit_code == 0
+    assert """(`biometrics enroll 'O'"'"'Brien' PHOTOS...` adds photos)""" in run("enroll-folder", people).stdout
+    (people / " biden ").mkdir()  # trims to a name this run already read from another folder: whose photos?
+    (people / " biden " / "b.jpg").write_bytes(sample("biden2.jpg").read_bytes())
+    twice = run("enroll-folder", people)
+    assert twice.exit_code == 2 and twice.stderr.count("folders ' biden ', 'biden' all name 'biden'") == 2
     one_person = run("enroll-folder", people / "obama")  # not a folder of people: its 2024 is no one's name
     _one_line_error(one_person, "photos in the folder itself (obama.jpg); expected one sub-folder of photos per")
     _one_line_error(run("enroll-folder", people / "nobody"), "no sub-folder with photos")
@@ -620,6 +646,48 @@ def test_a_kept_image_is_the_enrolled_face_and_its_surroundings_only(run, sample
     assert region.shape[1] <= 3 * (x2 - x1) + 2  # one face width each side at most
     reembedded = run("gallery", "reembed")
     assert reembedded.exit_code == 0 and "re-embedded 1 template(s)" in reembedded.stdout
+
+
+def test_a_path_that_is_no_regular_file_is_refused_untouched(run, sample, tmp_path, monkeypatch):
+    """A directory or FIFO (or a device: the same test) named as the gallery is refused before SQLite opens it, its
+    mode left alone (a device's 0666 made 0600 would lock other users out of it) and nothing written beside it; a
+    key file that is a FIFO or too large is refused without reading it (a FIFO would block forever)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o666)
+    fifo.chmod(0o666)
+    for path in (fifo, tmp_path):  # a directory through the environment (--gallery refuses one itself)
+        monkeypatch.setenv("BIOMETRICS_GALLERY", str(path))
+        for command in (["enroll", "obama", sample("obama.jpg")], ["verify", sample("obama3.jpg"), "--as", "obama"]):
+            _one_line_error(run(*command), "not a regular file (a directory, device or FIFO), not a gallery")
+    assert _mode(fifo) == 0o666 and sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+    large = tmp_path / "large.key"
+    large.write_bytes(b"A" * 10_000)
+    for key_file, reason in [(fifo, "not a regular file"), (large, "file too large (10,000 bytes; limit 4,096")]:
+        _one_line_error(run("identify", sample("obama.jpg"), "--key-file", key_file), f"cannot read key file ({reason}")
+
+
+def test_a_corrupt_template_is_a_gallery_error_not_a_crash(run, sample, tmp_path):
+    assert run("enroll", "obama", sample("obama.jpg")).exit_code == 0
+    path = tmp_path / "private" / "gallery.db"
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE templates SET embedding = substr(embedding, 1, 100)")
+    for command in (["identify", sample("obama3.jpg")], ["verify", sample("obama3.jpg"), "--as", "obama"]):
+        _one_line_error(run(*command), "a stored template of 'obama' is corrupt (file altered)")
+
+
+def test_names_are_one_name_whatever_their_unicode_form(run, sample, tmp_path):
+    """ "José" composed (NFC, as typed) and decomposed (NFD, as macOS names folders) is one person."""
+    composed, decomposed = "Jos\u00e9", "Jose\u0301"
+    assert run("enroll", decomposed, sample("obama.jpg")).exit_code == 0
+    assert run("enroll", composed, sample("obama2.jpg")).exit_code == 0
+    listing = json.loads(run("gallery", "list", "--json").stdout)["people"]
+    assert [(p["name"], p["templates"]) for p in listing] == [(composed, 2)]
+    assert run("verify", sample("obama3.jpg"), "--as", decomposed).exit_code == 0
+    with Gallery(tmp_path / "private" / "gallery.db") as gallery:  # written as NFD by an earlier version
+        gallery._db.execute("UPDATE people SET name = ?", (decomposed,))
+        assert gallery.person(composed).name == decomposed
+        assert gallery.enroll(composed, gallery.embedders()[0], []).name == decomposed  # not a second person
+    assert run("gallery", "remove", composed).exit_code == 0
 
 
 def test_encrypted_gallery_needs_the_right_key(run, sample, tmp_path, monkeypatch):

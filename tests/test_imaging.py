@@ -42,6 +42,16 @@ def test_every_colour_mode_decodes_to_the_pixels_opencv_reads(mode):
     np.testing.assert_array_equal(image, expected)
 
 
+def test_a_16_bit_grey_png_is_scaled_to_8_bits_not_clipped_white():
+    """Pillow opens 16-bit grey as mode I;16, and its own RGB conversion clips every value above 255."""
+    grey = np.random.default_rng(0).integers(0, 256, (40, 60), dtype=np.uint8)
+    ok, data = cv2.imencode(".png", grey.astype(np.uint16) * 257)  # 16-bit, the same picture
+    assert ok and Image.open(io.BytesIO(data.tobytes())).mode.startswith("I")
+    image = load_image(data.tobytes())
+    assert image.shape == (40, 60, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image, np.repeat(grey[..., None], 3, axis=2))
+
+
 def test_exif_orientation_is_applied():
     rgb = np.zeros((40, 60, 3), dtype=np.uint8)
     exif = Image.Exif()

@@ -35,7 +35,7 @@ from biometrics.live.session import KNOWN_COLOUR, GalleryLink, LiveControls, ann
 from biometrics.live.tracker import IoUTracker
 from biometrics.live.web import BrowserView
 
-BIOMETRICS = [sys.executable, "-c", "from biometrics.cli.main import main; main()"]
+BIOMETRICS = [sys.executable, "-m", "biometrics"]
 
 
 @pytest.fixture
@@ -168,6 +168,7 @@ def test_unusable_sources_exit_2_with_a_reason(tmp_path):
     not_a_photo.write_text("not a photo")
     cases = {
         str(tmp_path / "missing.mp4"): "no such video file",
+        str(tmp_path): "not a video file (a directory, device or FIFO)",
         str(not_a_video): "cannot open",
         str(not_a_photo): f"no frame could be decoded from {not_a_photo}",
         "9": "camera 9: cannot open",

@@ -9,8 +9,11 @@ enrolled, after the others were.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
+from collections import defaultdict
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -152,10 +155,11 @@ def verify_claim(
 
     pipeline = gallery_pipeline(gallery_path, key_file, *pipeline_args, threshold)
     with open_gallery(gallery_path, key_file) as gallery:
+        name = gallery.person(name).name  # as stored (trimmed, its Unicode form)
         index = TemplateIndex(gallery.templates(EmbedderId.of(pipeline.embedder), of=name))
         where = gallery.path
-    name, templates = name.strip(), len(index)  # as the gallery found them
-    meaning = "given on the command line"
+    templates = len(index)
+    meaning, warnings = "given on the command line", []
     if threshold is None:
         calibration = pipeline.embedder.false_match_thresholds
         if calibration:
@@ -165,6 +169,13 @@ def verify_claim(
                 f"FMR {set_for.fpir:g} per claim (the best of the person's templates decides; each is compared at "
                 f"FMR {set_for.fmr:.2g}, from the embedder card's calibration)"
             )
+            if set_for.short:
+                warnings.append(
+                    f"{name} has {templates:,} templates: an FMR of {set_for.fpir:g} per claim needs one "
+                    f"comparison's below {set_for.fmr:.2g}, the lowest the embedder's card is calibrated at, so about "
+                    f"{100 * set_for.expected_fpir:.2g}% of impostors claiming them would pass (pass a higher "
+                    "--threshold)"
+                )
         else:  # a card threshold without its FMR is used as it is; none at all fails
             threshold, meaning = pipeline.threshold, "the embedder card's (uncalibrated: not adjusted per template)"
     pipeline.timings_ms = {}
@@ -172,7 +183,8 @@ def verify_claim(
     claim = index.verify(face, name, threshold)
     claimed = {"name": name, "templates": templates, "gallery": str(where)}
     photos = [(image, found, index_used, face)]
-    return Verdict(claim.accepted, claim.score, threshold, meaning, photos, pipeline.timings_ms, pipeline, claimed)
+    answer = (claim.accepted, claim.score, threshold, meaning, photos, pipeline.timings_ms, pipeline)
+    return Verdict(*answer, claimed=claimed, warnings=tuple(warnings))
 
 
 def enrolment_options(command):
@@ -384,12 +396,18 @@ def enroll_folder(
         counts[why] += 1
         click.echo(json.dumps({"name": name, "skipped": why}) if as_json else f"skipped {name}: {why}{hint}")
 
+    folders_named = defaultdict(list)  # " Ann " and "Ann" name one person: whose photos are hers is not ours to guess
+    for folder in photos:
+        with suppress(GalleryError):  # an invalid name is reported in turn below
+            folders_named[check_name(folder.name)].append(repr(folder.name))
     for folder, images in photos.items():
         warnings = Warnings(as_json, about=f"{folder.name}: ")
         try:
             name = check_name(folder.name)
+            if len(folders_named[name]) > 1:
+                raise GalleryError(f"folders {', '.join(folders_named[name])} all name {name!r}: rename all but one")
             if name in enrolled:
-                skip(name, "already enrolled", f" (`biometrics enroll '{name}' PHOTOS...` adds photos)")
+                skip(name, "already enrolled", f" (`biometrics enroll {shlex.quote(name)} PHOTOS...` adds photos)")
                 continue
             if not images:
                 skip(name, "without photos", f" ({folder}: no {', '.join(IMAGE_SUFFIXES)} files)")

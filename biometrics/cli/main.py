@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING
 
 import click
 
+from biometrics.cli import EXIT_INTERRUPTED, was_interrupted
 from biometrics.errors import BiometricsError, DataError
 from biometrics.pipeline.facade import SELECTIONS
+from biometrics.runtime import MAX_THREADS
 
 if TYPE_CHECKING:
     from biometrics.face import Face
@@ -30,7 +32,6 @@ if TYPE_CHECKING:
 
 EXIT_DIFFERENT = 1
 EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 
@@ -39,11 +40,16 @@ class ReportingGroup(click.Group):
     exit code 1 keeps its meaning ("different people", "unknown") for scripts."""
 
     def invoke(self, ctx: click.Context):
+        ctx.meta[JSON_OUTPUT] = "--json" in ctx.args  # known before parsing, should the arguments be refused
         try:
             return super().invoke(ctx)
         except BiometricsError as exc:
             report_error(ctx, exc, str(exc))
             sys.exit(exc.exit_code)
+        except click.UsageError as exc:  # a bad argument or option: one line too, and where to read more
+            command = exc.ctx.command_path if exc.ctx else ctx.command_path
+            report_error(ctx, exc, f"{exc.format_message()} (see '{command} --help')")
+            sys.exit(EXIT_ERROR)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except KeyboardInterrupt:
@@ -53,6 +59,9 @@ class ReportingGroup(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(EXIT_BROKEN_PIPE)
         except Exception as exc:  # a bug or an unforeseen failure: still one line and the error code
+            if was_interrupted(exc):  # Ctrl-C while a library loaded, re-raised as its own error
+                click.echo("interrupted", err=True)
+                sys.exit(EXIT_INTERRUPTED)
             reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
             report_error(ctx, exc, f"unexpected {type(exc).__name__}: {reason} (please report this)")
             sys.exit(EXIT_ERROR)
@@ -70,7 +79,10 @@ def report_error(ctx: click.Context, exc: Exception, message: str, **where) -> N
 
 
 def error_kind(exc: Exception) -> str:
-    """``NoFaceError`` -> ``no_face``, ``GalleryError`` -> ``gallery``; anything not ours -> ``unexpected``."""
+    """``NoFaceError`` -> ``no_face``, ``GalleryError`` -> ``gallery``, a refused argument or option -> ``usage``;
+    anything not ours -> ``unexpected``."""
+    if isinstance(exc, click.UsageError):
+        return "usage"
     if not isinstance(exc, BiometricsError):
         return "unexpected"
     name = type(exc).__name__.removesuffix("Error")
@@ -98,9 +110,12 @@ json_lines_option = _json_flag(
 )
 
 
+THREADS = click.IntRange(1, MAX_THREADS)
+"""A thread count: more than ``MAX_THREADS`` would take ONNX Runtime minutes to create."""
+
 DETECTOR_OPTIONS = [
     click.option("--detector", default=None, help="Detector name or .onnx path (default: the pipeline's)."),
-    click.option("--threads", type=click.IntRange(1), default=None, help="ONNX Runtime threads (default: all)."),
+    click.option("--threads", type=THREADS, default=None, help="ONNX Runtime threads (default: all)."),
     click.option(
         "--max-side",
         type=click.IntRange(64),
@@ -225,10 +240,15 @@ class Verdict:
     timings_ms: dict[str, float]
     pipeline: FacePipeline
     claimed: dict | None = None
+    warnings: tuple[str, ...] = ()  # about the threshold; a small face's are added (all_warnings)
 
-    def to_json(self) -> str:
+    def all_warnings(self) -> list[str]:
         from biometrics.face import small_face_warnings
 
+        faces = small_face_warnings((path.name, face.box) for path, _, _, face in self.photos)
+        return [*self.warnings, *faces]
+
+    def to_json(self) -> str:
         answer = {"claimed": self.claimed} if self.claimed else {}
         answer |= {
             "same_person": bool(self.same_person),
@@ -241,7 +261,7 @@ class Verdict:
             ],
             "timings_ms": {stage: round(ms, 2) for stage, ms in self.timings_ms.items()},
             "models": {"detector": self.pipeline.detector.name, "embedder": self.pipeline.embedder.name},
-            "warnings": small_face_warnings((path.name, face.box) for path, _, _, face in self.photos),
+            "warnings": self.all_warnings(),
         }
         return json.dumps(answer)
 
@@ -302,8 +322,6 @@ def verify(
 ):
     """Are the faces in IMAGE_A and IMAGE_B the same person? Or, with --as NAME, is IMAGE_A's face the person
     enrolled as NAME? Exit 0 yes, 1 no, 2 error."""
-    from biometrics.face import small_face_warnings
-
     which_a = select if face_a is None else face_a
     if claimed is not None:
         if image_b is not None or face_b is not None:
@@ -322,7 +340,7 @@ def verify(
     if as_json:
         click.echo(verdict.to_json())
     else:
-        for warning in small_face_warnings((path.name, face.box) for path, _, _, face in verdict.photos):
+        for warning in verdict.all_warnings():
             click.echo(f"warning: {warning}", err=True)
         click.echo("\n".join(verdict.text()))
     sys.exit(0 if verdict.same_person else EXIT_DIFFERENT)
@@ -473,7 +491,7 @@ def _pipelines_by_detector(detectors, embedders, threads, threshold):
     help="Shrink each image (250 px) to this side before detection: smaller faces, as from farther away "
     "(the face spans ~0.37 of the side). Our pipelines only.",
 )
-@click.option("--threads", type=click.IntRange(1), default=None)
+@click.option("--threads", type=THREADS, default=None)
 @report_folder_option
 @click.option("--progress/--no-progress", default=True)
 @click.option("--bench", is_flag=True, help="Also measure each embedder's efficiency and plot accuracy vs latency.")
@@ -539,7 +557,7 @@ def evaluate_lfw_command(data, folds, detectors, embedders, baselines, image_sid
 @click.option("--embedder", "embedders", multiple=True, help="Embedder(s) to compare (repeatable).")
 @threshold_option
 @select_option
-@click.option("--threads", type=click.IntRange(1), default=None)
+@click.option("--threads", type=THREADS, default=None)
 @click.option(
     "--gallery-photos",
     type=click.IntRange(1),
@@ -621,7 +639,7 @@ def evaluate_folder_command(
     help="Folder with wider_val488.tgz (or the unpacked wider_val488 folder).",
 )
 @click.option("--detector", "detectors", multiple=True, help="Detector(s) to compare (repeatable).")
-@click.option("--threads", type=click.IntRange(1), default=None, help="Threads for the accuracy run (latency: 1).")
+@click.option("--threads", type=THREADS, default=None, help="Threads for the accuracy run (latency: 1).")
 @report_folder_option
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evenly spaced sample of N images (quick check).")
 @click.option(
@@ -665,7 +683,7 @@ def evaluate_wider_command(data, detectors, threads, out, limit, max_side, progr
     help="Detectors whose fused landmarks are the reference (repeatable).",
 )
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evenly spaced sample of N images.")
-@click.option("--threads", type=click.IntRange(1), default=None)
+@click.option("--threads", type=THREADS, default=None)
 @report_folder_option
 @click.option("--progress/--no-progress", default=True)
 def evaluate_landmarks_command(data, folds, detectors, references, limit, threads, out, progress):
@@ -780,7 +798,7 @@ def _inputs_from_photos(models, paths: list[Path]) -> dict:
 @click.option(
     "--threads",
     "thread_counts",
-    type=click.IntRange(1),
+    type=THREADS,
     multiple=True,
     help="Thread counts to time (default: 1 and all cores).",
 )
@@ -838,7 +856,7 @@ def bench(models, out, thread_counts, iterations, batch, image_paths):
     is_flag=True,
     help="Export where the run stops (--max-steps), finished or not, to score it mid-way; the cards say the step.",
 )
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all).")
+@click.option("--threads", type=THREADS, default=None, help="CPU threads (default: all).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.option(
     "--device",

@@ -12,20 +12,23 @@ import os
 from pathlib import Path
 
 from biometrics.errors import GalleryError
+from biometrics.files import UnreadableFile, read_regular_file
 
 KEY_ENV = "BIOMETRICS_GALLERY_KEY"
 KEY_BYTES = 32
 NONCE_BYTES = 12
 KEY_CHECK = b"biometrics gallery key check"
+MAX_KEY_FILE_BYTES = 4096  # a key file holds 44 characters of base64 and a newline
 
 
 def load_key(key_file: Path | None = None) -> bytes | None:
     """The gallery key from ``key_file`` or ``BIOMETRICS_GALLERY_KEY`` (base64 of 32 bytes); None if neither."""
     if key_file is not None:
-        try:
-            text, origin = key_file.read_text().strip(), str(key_file)
-        except OSError as exc:
-            raise GalleryError(f"{key_file}: cannot read key file ({exc.strerror or exc})") from None
+        try:  # a regular file of a few bytes: /dev/zero or a FIFO named by mistake must not hang or flood
+            data = read_regular_file(key_file, MAX_KEY_FILE_BYTES)
+        except UnreadableFile as exc:
+            raise GalleryError(f"{key_file}: cannot read key file ({exc})") from None
+        text, origin = data.decode("ascii", errors="replace").strip(), str(key_file)  # not ASCII: not base64
     elif os.environ.get(KEY_ENV):
         text, origin = os.environ[KEY_ENV].strip(), KEY_ENV
     else:

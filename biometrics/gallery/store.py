@@ -16,6 +16,7 @@ import json
 import os
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -155,8 +156,9 @@ class KeptImage:
 
 
 def check_name(name: str) -> str:
-    """A person's name as stored: trimmed, printable, not the word the CLI uses for 'nobody'."""
-    name = name.strip()
+    """A person's name as stored: trimmed, in Unicode NFC (so "José" typed on one system and a folder named on
+    macOS, in NFD, are one name), printable, not the word the CLI uses for 'nobody'."""
+    name = unicodedata.normalize("NFC", name.strip())
     if not name:
         raise GalleryError("a person's name cannot be empty")
     if len(name) > MAX_NAME_LENGTH or not name.isprintable():
@@ -188,6 +190,8 @@ class Gallery:
     def __init__(self, path: Path, *, key: bytes | None = None, create: bool = False):
         """Open the gallery at ``path``; only with ``create`` is a missing or empty file made into one."""
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_file():  # checked before SQLite opens (or we chmod) a device
+            raise GalleryError(f"{self.path}: not a regular file (a directory, device or FIFO), not a gallery")
         if not self.path.exists():
             if not create:
                 raise GalleryError(
@@ -197,7 +201,10 @@ class Gallery:
                 create_private_file(self.path)
             except OSError as exc:
                 raise GalleryError(f"{self.path}: cannot create gallery ({exc.strerror or exc})") from None
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        except sqlite3.Error as exc:
+            raise GalleryError(f"{self.path}: cannot open gallery ({exc})") from None
         try:
             for pragma in ("synchronous=FULL", "foreign_keys=ON", "secure_delete=ON"):  # per connection: no write
                 self._db.execute(f"PRAGMA {pragma}")
@@ -324,6 +331,7 @@ class Gallery:
         now = _now()
         with self._transaction() as db:
             self.require_embedder(embedder)
+            name = self._stored_name(name) or name  # one enrolled under another spelling of it, if any
             db.execute("INSERT OR IGNORE INTO people (name, enrolled_at) VALUES (?, ?)", (name, now))
             (person_id,) = db.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
             for template in templates:
@@ -347,12 +355,19 @@ class Gallery:
                 )
         return self.person(name)
 
+    def _stored_name(self, name: str) -> str | None:
+        """How the person ``name`` means is spelled in the file, or None: names compare trimmed and in NFC (case
+        counts), which also finds one stored, by an earlier version, in another normal form."""
+        wanted = unicodedata.normalize("NFC", name.strip())
+        stored = (row[0] for row in self._db.execute("SELECT name FROM people"))
+        return next((spelling for spelling in stored if unicodedata.normalize("NFC", spelling) == wanted), None)
+
     def person(self, name: str) -> Person:
-        """The person called ``name``, trimmed as ``enroll`` stores it (case counts)."""
-        name = name.strip()
-        found = [person for person in self.people() if person.name == name]
+        """The person called ``name``, trimmed and normalised as ``enroll`` stores it (case counts)."""
+        stored = self._stored_name(name)
+        found = [person for person in self.people() if person.name == stored]
         if not found:
-            raise GalleryError(f"no one named '{name}' in {self.path}")
+            raise GalleryError(f"no one named '{name.strip()}' in {self.path}")
         return found[0]
 
     def people(self) -> list[Person]:
@@ -387,7 +402,10 @@ class Gallery:
             if not names or names[-1] != name:
                 names.append(name)
             owners[i] = len(names) - 1
-            vectors[i] = np.frombuffer(self._open(blob, name, b"template"), dtype=np.float32)
+            template = self._open(blob, name, b"template") if isinstance(blob, bytes) else b""
+            if len(template) != 4 * embedder.dim:  # float32s; an altered or truncated row, not a template
+                raise GalleryError(f"{self.path}: a stored template of '{name}' is corrupt (file altered)")
+            vectors[i] = np.frombuffer(template, dtype=np.float32)
         return Templates(tuple(names), owners, vectors)
 
     def kept_images(self) -> list[KeptImage]:

@@ -112,7 +112,10 @@ class FrameSource:
         self.label = describe_source(source)
         self.live = is_camera(source) or is_stream(source)
         if not self.live and not Path(source).is_file():
-            raise SourceError(f"{source}: no such video file")
+            what = (
+                "no such video file" if not Path(source).exists() else "not a video file (a directory, device or FIFO)"
+            )
+            raise SourceError(f"{source}: {what}")
         self.pace = pace and not self.live
         self.reconnect_attempts = reconnect_attempts
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s

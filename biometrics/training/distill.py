@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from biometrics.errors import BiometricsError
 from biometrics.registry import ModelRegistry
 from biometrics.runtime import create_session
 from biometrics.training.export import crops_to_inputs, export_onnx, quantize_int8, write_card
@@ -42,7 +41,7 @@ from biometrics.training.faces import (
 )
 from biometrics.training.loop import TrainingRun, prepare_run, to_device, training_device, training_progress
 from biometrics.training.quantization_aware import freeze_batchnorm, simulate_int8
-from biometrics.training.recipe import Recipe, section_as
+from biometrics.training.recipe import Recipe, RecipeError, section_as
 from biometrics.training.reconstruct import reconstruct_student
 from biometrics.training.student import (
     EmbedderConfig,
@@ -62,7 +61,7 @@ def student_spec(recipe: Recipe) -> tuple[EmbedderConfig, str, dict]:
     init = spec.pop("init", "scratch")
     fit = spec.pop("reconstruction", {})
     if init not in INITS:
-        raise BiometricsError(f"recipe {recipe.name}: unknown student init '{init}' ({', '.join(INITS)})")
+        raise RecipeError(f"recipe {recipe.name}: unknown student init '{init}' ({', '.join(INITS)})")
     return section_as(EmbedderConfig, spec), init, fit
 
 
@@ -302,9 +301,9 @@ def teacher_view(recipe: Recipe) -> str:
     feature hints and the default with them) or ``clean`` (cached, the unaugmented face; the default without)."""
     view = recipe.raw.get("teacher_view", "augmented" if recipe.loss.get("features") else "clean")
     if view not in TEACHER_VIEWS:
-        raise BiometricsError(f"recipe {recipe.name}: unknown teacher_view '{view}' ({', '.join(TEACHER_VIEWS)})")
+        raise RecipeError(f"recipe {recipe.name}: unknown teacher_view '{view}' ({', '.join(TEACHER_VIEWS)})")
     if recipe.loss.get("features") and view != "augmented":
-        raise BiometricsError(f"recipe {recipe.name}: feature hints need teacher_view: augmented")
+        raise RecipeError(f"recipe {recipe.name}: feature hints need teacher_view: augmented")
     return view
 
 
@@ -336,7 +335,7 @@ def distill(
     torch.manual_seed(recipe.seed)
     on = training_device(device)
     if on.type != "cpu" and recipe.quantization.get("aware"):
-        raise BiometricsError(f"recipe {recipe.name}: quantization-aware training runs on the CPU (--device cpu)")
+        raise RecipeError(f"recipe {recipe.name}: quantization-aware training runs on the CPU (--device cpu)")
     work_dir.mkdir(parents=True, exist_ok=True)
     faces, holdout_idx, train_idx = training_faces(recipe, progress, faces_file)
     # A checkpoint of another recipe is refused before the student and the targets are made (a face set made for
@@ -353,7 +352,7 @@ def distill(
     teacher_online = None
     if teacher_view(recipe) == "augmented":
         if recipe.loss.get("features") and not kept:
-            raise BiometricsError(f"recipe {recipe.name}: feature hints need a student pruned from the teacher")
+            raise RecipeError(f"recipe {recipe.name}: feature hints need a student pruned from the teacher")
         hint_stages = [stage for stage in recipe.loss.get("hint_stages", []) if stage in kept]
         hint_stages = hint_stages if recipe.loss.get("features") else []  # consistent targets without hints
         if on.type == "cpu":
@@ -442,7 +441,7 @@ def _simulate_int8(recipe: Recipe, net: FaceEmbedderNet, crops: np.ndarray, trai
     returns the function that undoes it. It simulates the build ``export`` makes, so the recipe must ask for it."""
     quant = recipe.quantization
     if set(quant.get("keep_fp32") or []) != {"first_conv", "head"} or not quant.get("per_channel", True):
-        raise BiometricsError(
+        raise RecipeError(
             f"recipe {recipe.name}: quantization-aware training simulates per-channel INT8 with "
             "keep_fp32: [first_conv, head]"
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from biometrics.errors import BiometricsError
+from biometrics.errors import UsageError
 from biometrics.files import replacing
 from biometrics.training.recipe import Recipe, RecipeError
 
@@ -37,16 +37,16 @@ def training_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise BiometricsError(f"unknown device '{name}' ({exc})") from None
+        raise UsageError(f"unknown device '{name}' ({exc})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise BiometricsError(f"device '{name}': PyTorch sees no CUDA GPU on this machine")
+        raise UsageError(f"device '{name}': PyTorch sees no CUDA GPU on this machine")
     if device.type != "cpu":
         try:  # the errors differ by backend (RuntimeError, AssertionError, NotImplementedError): any means no
             usable = device.type != "meta" and torch.empty(1, device=device).device.type == device.type
         except Exception:  # noqa: BLE001
             usable = False
         if not usable:
-            raise BiometricsError(f"device '{name}': not available in this PyTorch build or on this machine")
+            raise UsageError(f"device '{name}': not available in this PyTorch build or on this machine")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels once
     return device
@@ -141,9 +141,7 @@ def prepare_run(recipe: Recipe, work_dir: Path, fresh: bool) -> dict | None:
     if stored is not None and stored != recipe_fingerprint(recipe):
         changed = _differences(state.get("recipe_content") or {}, training_content(recipe))
         what = f"changed: {', '.join(changed)}" if changed else f"fingerprint {stored}"
-        raise BiometricsError(
-            f"{work_dir} was trained with a different recipe ({what}); rerun with --fresh to start over"
-        )
+        raise RecipeError(f"{work_dir} was trained with a different recipe ({what}); rerun with --fresh to start over")
     return state
 
 
