@@ -28,10 +28,11 @@ from pathlib import Path
 import onnxruntime as ort
 
 from biometrics.errors import ModelError
-from biometrics.files import write_atomically
+from biometrics.files import UnreadableFile, read_regular_file, write_atomically
 from biometrics.runtime import create_session, default_threads
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+MAX_CARD_BYTES = 1 << 20  # cards are a few KiB; a larger one is no card
 
 
 def cache_dir() -> Path:
@@ -108,11 +109,20 @@ class ModelCard:
 
     @classmethod
     def from_json(cls, path: Path) -> ModelCard:
+        """The card at ``path``: a regular file holding a JSON object whose name, task and architecture are strings
+        and whose ``source``, if any, is an object; anything else is a ``ModelError`` naming the file."""
         try:
-            data = json.loads(path.read_text())
-            return cls(data["name"], data["task"], data["architecture"], data, path.parent)
-        except (OSError, ValueError, KeyError) as exc:
+            data = json.loads(read_regular_file(path, MAX_CARD_BYTES))
+        except (UnreadableFile, ValueError) as exc:
             raise ModelError(f"{path}: not a valid model card ({exc})") from None
+        if not isinstance(data, dict):
+            raise ModelError(f"{path}: not a valid model card (not a JSON object)")
+        fields = [data.get(key) for key in ("name", "task", "architecture")]
+        if not all(isinstance(value, str) for value in fields):
+            raise ModelError(f"{path}: not a valid model card (name, task and architecture must be strings)")
+        if not isinstance(data.get("source", {}), dict):
+            raise ModelError(f"{path}: not a valid model card ('source' must be an object)")
+        return cls(*fields, data, path.parent)
 
     @property
     def source(self) -> dict:

@@ -98,6 +98,11 @@ def test_a_refused_argument_is_one_line_and_with_json_an_object_of_kind_usage(ru
         (["verify", sample("obama.jpg"), sample("obama2.jpg"), "--threads", 99999], "1<=x<=256", "biometrics verify"),
         (["gallery", "list", "--nope"], "No such option '--nope'", "biometrics gallery list"),
         (["nosuch"], "No such command 'nosuch'", "biometrics"),
+        (
+            ["verify", sample("obama.jpg"), sample("obama2.jpg"), "--embedder", ""],
+            "cannot be empty",
+            "biometrics verify",
+        ),
     ]
     for args, reason, command in cases:
         for as_json in (False, True):
@@ -180,6 +185,24 @@ def test_failures_that_are_not_the_users_still_exit_2_in_one_line(run, sample, t
         assert result.exit_code == 2, (args, result.output)
         assert reason in result.stderr and "Traceback" not in result.output
     assert run("detect", sample("obama.jpg"), "--embedder", "sface-teacher").exit_code == 2  # detect embeds nothing
+
+
+def test_an_output_that_names_an_input_is_refused_before_anything_is_written(run, sample, tmp_path):
+    """detect IMG --out IMG would replace the photo, live --out/--events SOURCE the video being read."""
+    photo, video = tmp_path / "photo.jpg", tmp_path / "clip.mp4"
+    photo.write_bytes(sample("obama.jpg").read_bytes())
+    video.write_bytes(sample("hamilton_clip.mp4").read_bytes())
+    before = photo.read_bytes(), video.read_bytes()
+    cases = [
+        (["detect", photo, "--out", tmp_path / "." / "photo.jpg"], "is the same file as IMAGE"),
+        (["live", "--headless", "--source", video, "--out", video], "is the same file as the --source video"),
+        (["live", "--headless", "--source", video, "--events", video], "is the same file as the --source video"),
+        (["live", "--headless", "--source", video, "--out", tmp_path / "a", "--events", tmp_path / "a"], "--out"),
+    ]
+    for args, reason in cases:
+        result = run(*args)
+        assert result.exit_code == 2 and reason in result.stderr, (args, result.output)
+    assert (photo.read_bytes(), video.read_bytes()) == before and not (tmp_path / "a").exists()
 
 
 def test_detect_json_and_annotated_output(run, sample, tmp_path):

@@ -402,6 +402,50 @@ def test_browser_threshold_accepts_only_cosine_similarities(pipeline):
         view.close()
 
 
+def test_browser_requests_the_page_would_never_send_are_refused_in_json_and_enrol_no_one(pipeline):
+    """Bodies that are no JSON object, names that are no string, a track or threshold of the wrong type, a huge or
+    negative Content-Length, another method: each a JSON 4xx/5xx answer, the server still up, no enrolment asked."""
+    import http.client
+
+    controls = LiveControls(LiveRecognizer(pipeline, None))
+    view = BrowserView(controls, port=0)
+    host, port = "127.0.0.1", view.server.server_port
+
+    def send(method: str, path: str, body: bytes, length: str | None = None) -> tuple[int, dict]:
+        connection = http.client.HTTPConnection(host, port, timeout=10)
+        headers = {"Content-Type": "application/json", "Content-Length": length or str(len(body))}
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        status, answer = response.status, json.loads(response.read())
+        connection.close()
+        return status, answer
+
+    try:
+        bodies = [
+            b"[]",
+            b"5",
+            b"[" * 100_000,
+            b"\xff\xfe",
+            b'{"name": null}',
+            b'{"name": {"a": 1}}',
+            b'{"name": 123}',
+            b'{"name": "ann", "track": 1.5}',
+            b'{"name": "ann", "track": true}',
+        ]
+        for body in bodies:
+            status, answer = send("POST", "/enroll", body)
+            assert status == 400 and answer["error"].startswith("bad request"), (body[:20], answer)
+        assert send("POST", "/threshold", b'{"threshold": true}')[0] == 400
+        for length in ("-1", str(10**10), "many"):
+            assert send("POST", "/enroll", b"{}", length)[0] == 400
+        status, answer = send("DELETE", "/enroll", b"")
+        assert status == 501 and "error" in answer
+        assert controls._requests.empty()  # nothing reached the live loop
+        assert _post(f"{view.url}threshold", {"threshold": 0.5}) == {"threshold": 0.5}  # still serving
+    finally:
+        view.close()
+
+
 def test_a_browser_enrolment_warns_when_the_face_matches_none_of_the_persons_or_someone_elses(
     performer_gallery, pipeline, sample
 ):

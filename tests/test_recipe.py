@@ -1,5 +1,7 @@
 """Recipe.load checks a recipe's keys and values before anything is read or written (no training here)."""
 
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,8 @@ CASES = [
     (EMBEDDING, "data", {"root": "x", "holdout": 5}, "data: selects no dataset"),
     (EMBEDDING, "loss", {"cosine": 0.0}, "loss: no term has a positive weight"),
     (EMBEDDING, "teacher_view", "blurred", "teacher_view: unknown teacher_view 'blurred'"),
+    (EMBEDDING, "output", {"fp32": "x", "int8": "x"}, "output: fp32 and int8 need names of their own"),
+    (EMBEDDING, "report_folds", "a-b", "report_folds: folds 'a-b': expected numbers like 6-10"),
     (DETECTION, "checkpoint_evry", 100, "unknown key 'checkpoint_evry'"),
     (DETECTION, "loss.cosine", 1.0, "loss: unknown key 'cosine'"),  # an embedder's term
     (DETECTION, "loss.score", 1.0, "loss: unknown key 'score'"),  # a dense term, but this student has no init
@@ -156,6 +160,16 @@ def test_cli_refuses_a_broken_recipe_in_one_line_before_writing_anything(tmp_pat
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "optimizer.lr: expected a positive number, got -0.002" in lines[0]
     assert not work_dir.exists() and not (tmp_path / "models").exists()
+
+
+def test_a_recipe_that_is_no_regular_utf8_file_is_refused_unread(tmp_path):
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe name: x")
+    for path, reason in [(fifo, "cannot read recipe (not a regular file"), (binary, "a recipe is UTF-8 text")]:
+        with pytest.raises(RecipeError, match=re.escape(f"{path}: {reason}")):
+            Recipe.load(path)
 
 
 def test_a_recipe_that_is_not_yaml_is_one_line_naming_where(tmp_path):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 
 import numpy as np
@@ -245,6 +246,23 @@ def test_package_attribute_source_reads_the_module_without_importing_the_package
 def _edit_card(folder, **changes):
     card = json.loads((folder / "card.json").read_text())
     (folder / "card.json").write_text(json.dumps(card | changes))
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("[1, 2, 3]", "not a JSON object"),
+        ('{"name": 5, "task": "embedding", "architecture": "sface"}', "must be strings"),
+        ('{"name": "x", "task": "embedding", "architecture": "sface", "source": "m.onnx"}', "'source' must be an"),
+    ],
+)
+def test_a_card_of_the_wrong_shape_is_a_model_error(tmp_path, content, reason):
+    from biometrics.registry import ModelCard
+
+    path = tmp_path / "card.json"
+    path.write_text(content)
+    with pytest.raises(ModelError, match=re.escape(f"{path}: not a valid model card") + ".*" + re.escape(reason)):
+        ModelCard.from_json(path)
 
 
 def test_a_card_this_version_cannot_run_is_a_clear_error(tmp_path):

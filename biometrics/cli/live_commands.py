@@ -16,7 +16,7 @@ from biometrics.cli.gallery_commands import (
     search_threshold,
     search_threshold_options,
 )
-from biometrics.cli.main import pipeline_options, sigterm_as_interrupt
+from biometrics.cli.main import pipeline_options, refuse_overwriting, sigterm_as_interrupt
 
 
 @click.command()
@@ -73,7 +73,7 @@ def live(
     import cv2
 
     from biometrics.gallery import EmbedderId, default_gallery_path, load_key, threshold_by_size
-    from biometrics.live.capture import FrameSource
+    from biometrics.live.capture import FrameSource, is_camera, is_stream
     from biometrics.live.recognizer import LiveRecognizer
     from biometrics.live.session import GalleryLink, LiveControls, run_live
     from biometrics.live.views import HeadlessRecorder, WindowView, gui_available
@@ -86,6 +86,8 @@ def live(
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
+    video = {} if is_camera(source) or is_stream(source) else {"the --source video": source}
+    refuse_overwriting({"--out": out, "--events": events}, video)
     pipeline = gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold)
     link = GalleryLink(
         gallery_path or default_gallery_path(), load_key(key_file), EmbedderId.of(pipeline.embedder), keep_images

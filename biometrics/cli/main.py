@@ -110,11 +110,24 @@ json_lines_option = _json_flag(
 )
 
 
+class ModelName(click.ParamType):
+    """A registered model's name or an .onnx path; an empty one is refused, not taken for the default."""
+
+    name = "model"
+
+    def convert(self, value, param, ctx):
+        if not str(value).strip():
+            self.fail("a model name or .onnx path cannot be empty", param, ctx)
+        return value
+
+
+MODEL = ModelName()
+
 THREADS = click.IntRange(1, MAX_THREADS)
 """A thread count: more than ``MAX_THREADS`` would take ONNX Runtime minutes to create."""
 
 DETECTOR_OPTIONS = [
-    click.option("--detector", default=None, help="Detector name or .onnx path (default: the pipeline's)."),
+    click.option("--detector", type=MODEL, default=None, help="Detector name or .onnx path (default: the pipeline's)."),
     click.option("--threads", type=THREADS, default=None, help="ONNX Runtime threads (default: all)."),
     click.option(
         "--max-side",
@@ -125,7 +138,7 @@ DETECTOR_OPTIONS = [
     ),
 ]
 EMBEDDER_OPTION = click.option(
-    "--embedder", default=None, help="Embedder name or .onnx path (default: the pipeline's)."
+    "--embedder", type=MODEL, default=None, help="Embedder name or .onnx path (default: the pipeline's)."
 )
 
 
@@ -154,6 +167,17 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def refuse_overwriting(outputs: dict[str, Path | None], inputs: dict[str, Path | str]) -> None:
+    """Refuse, before any work, an output option that names an input's file, or another output's: writing it
+    would destroy the photo or video being read (``detect IMG --out IMG``, ``live --source v.mp4 --out v.mp4``)."""
+    named = [(f"{option} {path}", Path(path)) for option, path in outputs.items() if path is not None]
+    others = [(label, Path(path)) for label, path in inputs.items()]
+    for i, (label, path) in enumerate(named):
+        for other_label, other in [*named[:i], *others]:
+            if path.resolve() == other.resolve() or (path.exists() and other.exists() and path.samefile(other)):
+                raise click.UsageError(f"{label} is the same file as {other_label}: one would overwrite the other")
 
 
 class CosineThreshold(click.ParamType):
@@ -380,6 +404,7 @@ def detect(image, detector, threads, max_side, out, as_json):
     from biometrics.pipeline import DEFAULT_DETECTOR
     from biometrics.registry import ModelRegistry
 
+    refuse_overwriting({"--out": out}, {"IMAGE": image})
     model = ModelRegistry().resolve(detector or DEFAULT_DETECTOR, task="detection")
     face_detector = ARCHITECTURES[model.card.architecture](model, threads=threads, max_side=max_side)
     pixels = load_image(image)
@@ -474,8 +499,8 @@ def _pipelines_by_detector(detectors, embedders, threads, threshold):
 @evaluate.command("lfw")
 @lfw_data_option
 @click.option("--folds", default="1-10", show_default=True, help="View 2 folds to report on, e.g. 6-10.")
-@click.option("--detector", "detectors", multiple=True, help="Detector(s) to compare (repeatable).")
-@click.option("--embedder", "embedders", multiple=True, help="Embedder(s) to compare (repeatable).")
+@click.option("--detector", "detectors", type=MODEL, multiple=True, help="Detector(s) to compare (repeatable).")
+@click.option("--embedder", "embedders", type=MODEL, multiple=True, help="Embedder(s) to compare (repeatable).")
 @click.option(
     "--baseline",
     "baselines",
@@ -553,8 +578,8 @@ def evaluate_lfw_command(data, folds, detectors, embedders, baselines, image_sid
 
 @evaluate.command("folder")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--detector", "detectors", multiple=True, help="Detector(s) to compare (repeatable).")
-@click.option("--embedder", "embedders", multiple=True, help="Embedder(s) to compare (repeatable).")
+@click.option("--detector", "detectors", type=MODEL, multiple=True, help="Detector(s) to compare (repeatable).")
+@click.option("--embedder", "embedders", type=MODEL, multiple=True, help="Embedder(s) to compare (repeatable).")
 @threshold_option
 @select_option
 @click.option("--threads", type=THREADS, default=None)
@@ -638,7 +663,7 @@ def evaluate_folder_command(
     show_default="../shared/data/wider, or $BIOMETRICS_SHARED/data/wider",
     help="Folder with wider_val488.tgz (or the unpacked wider_val488 folder).",
 )
-@click.option("--detector", "detectors", multiple=True, help="Detector(s) to compare (repeatable).")
+@click.option("--detector", "detectors", type=MODEL, multiple=True, help="Detector(s) to compare (repeatable).")
 @click.option("--threads", type=THREADS, default=None, help="Threads for the accuracy run (latency: 1).")
 @report_folder_option
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evenly spaced sample of N images (quick check).")
@@ -673,7 +698,9 @@ def evaluate_wider_command(data, detectors, threads, out, limit, max_side, progr
 @evaluate.command("landmarks")
 @lfw_data_option
 @click.option("--folds", default="6-10", show_default=True, help="View 2 folds whose people's images are used.")
-@click.option("--detector", "detectors", multiple=True, required=True, help="Detector(s) to score (repeatable).")
+@click.option(
+    "--detector", "detectors", type=MODEL, multiple=True, required=True, help="Detector(s) to score (repeatable)."
+)
 @click.option(
     "--reference",
     "references",

@@ -96,9 +96,9 @@ def parse_folds(text: str) -> list[int]:
             raise DataError(f"folds '{text}': expected numbers like 6-10 or 1,3,5") from None
         if last < first:
             raise DataError(f"folds '{text}': a range runs from low to high (e.g. {last}-{first})")
+        if first < 1 or last > 10:  # before the range is made: 6-99999999999 must not fill the memory
+            raise DataError(f"folds '{text}': LFW View 2 has folds 1 to 10")
         folds.update(range(first, last + 1))
-    if not folds or min(folds) < 1 or max(folds) > 10:
-        raise DataError(f"folds '{text}': LFW View 2 has folds 1 to 10")
     return sorted(folds)
 
 

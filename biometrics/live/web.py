@@ -19,6 +19,31 @@ from biometrics.live.recognizer import FrameResult
 from biometrics.live.session import LiveControls
 
 ENROL_TIMEOUT_S = 30.0
+MAX_BODY_BYTES = 64 * 1024  # a request is a name or a threshold: a larger body is refused unread
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64  # the standard library's 5 drops a page's burst of requests
+
+
+class BadRequest(ValueError):
+    """A request this page would never send: answered 400 with the reason."""
+
+
+KINDS = {str: "a string", int: "a whole number", (int, float): "a number"}
+
+
+def _field(body: dict, key: str, kind: type | tuple[type, ...], required: bool = True):
+    """``body[key]`` if it is of ``kind`` (a bool is no number here), else ``BadRequest``; None if not
+    ``required`` and missing or null."""
+    value = body.get(key)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise BadRequest(f"'{key}' must be {KINDS[kind]}")
+    return value
+
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>biometrics live</title>
@@ -90,10 +115,9 @@ class BrowserView:
         self._sequence = 0
         self._stopping = False
         try:
-            self.server = ThreadingHTTPServer((host, port), _handler_for(self))
+            self.server = _Server((host, port), _handler_for(self))
         except OSError as exc:
             raise BiometricsError(f"cannot serve on {host}:{port} ({exc.strerror or exc}); try --port") from None
-        self.server.daemon_threads = True
         self.url = f"http://{host}:{self.server.server_port}/"
         self.allowed_hosts = {f"{name}:{self.server.server_port}" for name in (host, "localhost", "127.0.0.1")}
         threading.Thread(target=self.server.serve_forever, name="browser-view", daemon=True).start()
@@ -135,15 +159,39 @@ def _handler_for(view: BrowserView) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the client left before its answer: no one to tell
+                self.close_connection = True
 
         def _json(self, status: HTTPStatus, payload: dict) -> None:
             self._send(status, json.dumps(payload).encode(), "application/json")
+
+        def send_error(self, code, message=None, explain=None):
+            """The standard library's own refusals (an unsupported method, a malformed request line) in JSON too."""
+            self.close_connection = True
+            self._json(HTTPStatus(code), {"error": message or HTTPStatus(code).phrase})
+
+        def _read_json(self) -> dict:
+            """The request's JSON object; ``BadRequest`` for a body that is none, or too large to read."""
+            try:
+                length = int(self.headers.get("Content-Length", 0))
+            except ValueError:
+                raise BadRequest("Content-Length is not a number") from None
+            if not 0 <= length <= MAX_BODY_BYTES:
+                raise BadRequest(f"Content-Length must be 0 to {MAX_BODY_BYTES} bytes")
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+            except (ValueError, RecursionError):  # RecursionError: a body nested thousands deep
+                raise BadRequest("the body is not JSON") from None
+            if not isinstance(body, dict):
+                raise BadRequest("the body must be a JSON object")
+            return body
 
         def _addressed_to_us(self) -> bool:
             if self.headers.get("Host") in view.allowed_hosts:
@@ -187,17 +235,17 @@ def _handler_for(view: BrowserView) -> type[BaseHTTPRequestHandler]:
                 self._json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "send JSON"})
                 return
             try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                body = self._read_json()
                 if self.path == "/threshold":
-                    view.controls.threshold = float(body["threshold"])
+                    view.controls.threshold = float(_field(body, "threshold", (int, float)))
                     self._json(HTTPStatus.OK, {"threshold": view.controls.threshold})
                 elif self.path == "/enroll":
-                    track = body.get("track")
-                    done = view.controls.request_enrolment(str(body["name"]), None if track is None else int(track))
+                    name, track = _field(body, "name", str), _field(body, "track", int, required=False)
+                    done = view.controls.request_enrolment(name, track)
                     self._json(HTTPStatus.OK, {"message": done.result(timeout=ENROL_TIMEOUT_S)})
                 else:
                     self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
-            except (ValueError, KeyError, TypeError) as exc:
+            except BadRequest as exc:
                 self._json(HTTPStatus.BAD_REQUEST, {"error": f"bad request ({exc})"})
             except BiometricsError as exc:
                 self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})

@@ -10,9 +10,11 @@ from typing import TypeVar
 
 import yaml
 
-from biometrics.errors import BiometricsError, ModelError
+from biometrics.errors import BiometricsError, DataError, ModelError
+from biometrics.files import UnreadableFile, read_regular_file
 
 T = TypeVar("T")
+MAX_RECIPE_BYTES = 1 << 20  # recipes are a few KiB
 
 
 def section_as(cls: type[T], section: dict) -> T:
@@ -269,6 +271,14 @@ def validate(raw: dict) -> None:
         block(DETECTION | {"loss": DENSE_LOSS if dense else LABEL_LOSS})(raw, "")
     if not any(dataset in raw["data"] for dataset in ("lfw", "celeba", "utkface")):
         raise _Invalid("data: selects no dataset (lfw, celeba, utkface)")
+    if raw["output"]["fp32"] == raw["output"]["int8"]:
+        raise _Invalid("output: fp32 and int8 need names of their own (one would overwrite the other)")
+    from biometrics.evaluation.lfw import parse_folds  # evaluation's imports are heavy; a bad recipe is rare
+
+    try:
+        parse_folds(str(raw["report_folds"]))  # the card records them: they must be folds
+    except DataError as exc:
+        raise _Invalid(f"report_folds: {exc}") from None
     _check_student(raw)
     _check_models(raw)
 
@@ -341,10 +351,12 @@ class Recipe:
 
     @classmethod
     def load(cls, path: Path) -> Recipe:
-        try:
-            raw = yaml.load(Path(path).read_text(), Loader=RecipeLoader)
-        except OSError as exc:
-            raise RecipeError(f"{path}: cannot read recipe ({exc.strerror or exc})") from None
+        try:  # a regular file of a recipe's size: /dev/zero or a FIFO named by mistake must not hang or flood
+            raw = yaml.load(read_regular_file(path, MAX_RECIPE_BYTES).decode("utf-8"), Loader=RecipeLoader)
+        except UnreadableFile as exc:
+            raise RecipeError(f"{path}: cannot read recipe ({exc})") from None
+        except UnicodeDecodeError:
+            raise RecipeError(f"{path}: a recipe is UTF-8 text") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
