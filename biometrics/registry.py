@@ -186,12 +186,22 @@ class ModelRegistry:
         self.model_dirs = default_model_dirs() if model_dirs is None else [Path(d) for d in model_dirs]
         self.cache = cache or cache_dir()
 
-    def names(self, task: str | None = None) -> list[str]:
-        cards = {}
+    def scan(self) -> tuple[dict[str, ModelCard], list[ModelError]]:
+        """Every registered model's card by name (the first folder that has the name wins), and why each card
+        that could not be read was left out: one broken folder must not hide the others."""
+        cards, broken = {}, []
         for folder in self.model_dirs:
             for card_path in sorted(folder.glob("*/card.json")):
-                card = ModelCard.from_json(card_path)
+                try:
+                    card = ModelCard.from_json(card_path)
+                except ModelError as exc:
+                    broken.append(exc)
+                    continue
                 cards.setdefault(card.name, card)
+        return cards, broken
+
+    def names(self, task: str | None = None) -> list[str]:
+        cards, _ = self.scan()
         return sorted(name for name, card in cards.items() if task is None or card.task == task)
 
     def card(self, name_or_path: str | os.PathLike, task: str | None = None) -> ModelCard:

@@ -265,6 +265,26 @@ def test_a_card_of_the_wrong_shape_is_a_model_error(tmp_path, content, reason):
         ModelCard.from_json(path)
 
 
+def test_one_broken_card_is_left_out_not_hiding_every_model(tmp_path, monkeypatch):
+    """`models list` warns of the broken card and lists the rest; an unknown name still lists the known ones."""
+    from click.testing import CliRunner
+
+    from biometrics.cli.main import cli
+
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "card.json").write_text("[1, 2, 3]")
+    monkeypatch.setenv("BIOMETRICS_MODELS", str(tmp_path))
+    cards, broken = ModelRegistry().scan()
+    assert "sface-student" in cards and [str(exc).split(":")[0] for exc in broken] == [
+        str(tmp_path / "broken" / "card.json")
+    ]
+    listing = CliRunner().invoke(cli, ["models", "list"])
+    assert listing.exit_code == 0 and "sface-student" in listing.stdout
+    assert listing.stderr.startswith(f"warning: {tmp_path / 'broken' / 'card.json'}: not a valid model card")
+    with pytest.raises(ModelError, match=r"unknown model 'nope' \(known embedding models: sface-student"):
+        ModelRegistry().card("nope", task="embedding")
+
+
 def test_a_card_this_version_cannot_run_is_a_clear_error(tmp_path):
     """A card from a newer release (unknown architecture) or with a malformed threshold fails by name."""
     from biometrics.embedding import ARCHITECTURES, Embedder

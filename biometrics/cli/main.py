@@ -985,6 +985,8 @@ def models_list(as_json):
     from biometrics.registry import ModelRegistry
 
     registry = ModelRegistry()
+    for broken in registry.scan()[1]:
+        click.echo(f"warning: {broken} (left out)", err=True)
     listed = [
         {
             "name": card.name,
