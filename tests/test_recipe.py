@@ -92,6 +92,7 @@ CASES = [
     (EMBEDDING, "student.head_channels", 24, "student: head_channels applies to the fc head only"),
     (EMBEDDING, "teacher", "sface-teachr", "teacher: unknown model 'sface-teachr' (known embedding models:"),
     (EMBEDDING, "detector", "sface-teacher", "detector: model 'sface-teacher' is for embedding, not detection"),
+    (EMBEDDING, "teacher", str(ROOT / "README.md"), "README.md is not an ONNX model"),  # a file, but no model
     (DETECTION, "student.neck", 48, "student: the stride-8, 16 and 32 stages need the neck's width"),
     (DETECTION, "teacher", ["yunet-teacher", "scrfd-500m"], "teacher: 'scrfd-500m' is licensed InsightFace, non-comm"),
     (DETECTION, "teacher", ["yunet-teacher", "mtcn"], "teacher: unknown model 'mtcn'"),

@@ -322,8 +322,20 @@ def _check_models(raw: dict) -> None:
             licence = registry.card(name, task=used_for).data.get("licence", "")
         except ModelError as exc:
             raise _Invalid(f"{key}: {exc}") from None
+        if name not in registry.names():  # a file of the user's: an ONNX model, or the run fails only hours later
+            _require_onnx(key, Path(name))
         if key != "detector" and "non-commercial" in licence.lower():
             raise _Invalid(f"{key}: '{name}' is licensed {licence}: a benchmark reference, never a teacher")
+
+
+def _require_onnx(key: str, path: Path) -> None:
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        onnx.load_model(path, load_external_data=False)
+    except (DecodeError, OSError, ValueError) as exc:
+        raise _Invalid(f"{key}: {path} is not an ONNX model ({type(exc).__name__})") from None
 
 
 @dataclass(frozen=True)
