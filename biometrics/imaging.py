@@ -104,3 +104,14 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"{label}: corrupt or truncated image ({exc})") from None
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)  # one pass; NumPy's reversed-axis copy takes ten times as long
+
+
+def shrink_to_side(image: np.ndarray, side: int) -> np.ndarray:
+    """``image`` with its longer side shrunk to ``side``, area-averaged (as a sensor farther away would see it);
+    a smaller image as it is. Sizes round to the nearest pixel, at least one."""
+    height, width = image.shape[:2]
+    scale = side / max(height, width)
+    if scale >= 1:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)

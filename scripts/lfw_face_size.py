@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from biometrics.cli.main import shared_data
-from biometrics.evaluation.lfw import images_in_folds, locate_images, read_pairs, shrunk
+from biometrics.evaluation.lfw import images_in_folds, locate_images, read_pairs
 from biometrics.evaluation.report import write_table_report
 from biometrics.face import face_width
-from biometrics.imaging import load_image
+from biometrics.imaging import load_image, shrink_to_side
 from biometrics.pipeline import FacePipeline, select_face
 
 
@@ -31,7 +31,7 @@ def face_sizes(pipeline: FacePipeline, images: list[Path], side: int) -> tuple[f
     """Median box width and eye distance (px) of the labelled face in each image shrunk to ``side``."""
     widths, eyes = [], []
     for path in images:
-        image = shrunk(load_image(path), side)
+        image = shrink_to_side(load_image(path), side)
         faces = pipeline.detect(image)
         if faces:
             face = select_face(faces, "center", image.shape)

@@ -155,9 +155,9 @@ def verify_claim(
 
     pipeline = gallery_pipeline(gallery_path, key_file, *pipeline_args, threshold)
     with open_gallery(gallery_path, key_file) as gallery:
-        name = gallery.person(name).name  # as stored (trimmed, its Unicode form)
-        index = TemplateIndex(gallery.templates(EmbedderId.of(pipeline.embedder), of=name))
+        index = TemplateIndex(gallery.templates(EmbedderId.of(pipeline.embedder), of=name))  # unknown: an error
         where = gallery.path
+    name = index.names[0] if index.names else name.strip()  # as stored (trimmed, its Unicode form)
     templates = len(index)
     meaning, warnings = "given on the command line", []
     if threshold is None:

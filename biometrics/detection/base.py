@@ -7,6 +7,7 @@ import numpy as np
 
 from biometrics.errors import ModelError
 from biometrics.face import Face
+from biometrics.imaging import shrink_to_side
 from biometrics.registry import ResolvedModel
 
 # Boxes Nx4 (x1, y1, x2, y2), scores N, landmarks Nx5x2 or None (a boxes-only network), in network-input pixels.
@@ -110,14 +111,7 @@ class Detector:
             fixed_w, fixed_h = self.input_size
             resized = cv2.resize(image, (fixed_w, fixed_h), interpolation=cv2.INTER_AREA)
             return resized, np.array([fixed_w / width, fixed_h / height], dtype=np.float32)
-        scale = min(1.0, self.max_side / max(height, width))
-        resized = (
-            image
-            if scale == 1.0
-            else cv2.resize(
-                image, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
-            )
-        )
+        resized = shrink_to_side(image, self.max_side)
         pad_h = -resized.shape[0] % self.stride
         pad_w = -resized.shape[1] % self.stride
         padded = cv2.copyMakeBorder(resized, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=0)

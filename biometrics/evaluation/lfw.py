@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -15,7 +14,7 @@ from biometrics.alignment import align_face, centre_crop
 from biometrics.errors import DataError, ImageError
 from biometrics.evaluation import metrics
 from biometrics.evaluation.datasets import unpack_once
-from biometrics.imaging import load_image
+from biometrics.imaging import load_image, shrink_to_side
 from biometrics.pipeline import FacePipeline, select_face, sharing_one_detector
 
 LFW_ARCHIVE = "lfw-deepfunneled.tgz"
@@ -170,7 +169,7 @@ class PipelineFaces:
     def labelled_crops(self, image: np.ndarray) -> tuple[list[np.ndarray], bool]:
         """Each embedder's aligned crop, or the conventional centre crop when no face is detected."""
         if self.image_side is not None:
-            image = shrunk(image, self.image_side)
+            image = shrink_to_side(image, self.image_side)  # as if taken from farther away
         sizes = {pipeline.embedder.size[0] for pipeline in self.pipelines}
         faces = self.pipelines[0].detect(image)
         if faces:
@@ -182,16 +181,6 @@ class PipelineFaces:
 
     def embed(self, model: int, crops: np.ndarray) -> np.ndarray:
         return self.pipelines[model].embedder.embed(crops)
-
-
-def shrunk(image: np.ndarray, side: int) -> np.ndarray:
-    """``image`` with its longer side shrunk to ``side`` (area-averaged, as a sensor farther away would see it);
-    a smaller image as it is."""
-    scale = side / max(image.shape[:2])
-    if scale >= 1:
-        return image
-    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def _lfw_image(path: Path) -> np.ndarray:

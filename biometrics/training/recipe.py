@@ -317,12 +317,13 @@ def _check_models(raw: dict) -> None:
     elif "init" in raw["student"]:
         named.append(("student.init.from", raw["student"]["init"]["from"], "detection"))
     registry = ModelRegistry()
+    registered = set(registry.names())
     for key, name, used_for in named:
         try:
             licence = registry.card(name, task=used_for).data.get("licence", "")
         except ModelError as exc:
             raise _Invalid(f"{key}: {exc}") from None
-        if name not in registry.names():  # a file of the user's: an ONNX model, or the run fails only hours later
+        if name not in registered:  # a file of the user's: an ONNX model, or the run fails only hours later
             _require_onnx(key, Path(name))
         if key != "detector" and "non-commercial" in licence.lower():
             raise _Invalid(f"{key}: '{name}' is licensed {licence}: a benchmark reference, never a teacher")
