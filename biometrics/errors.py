@@ -38,3 +38,7 @@ class MeasurementError(BiometricsError):
 
 class UsageError(BiometricsError):
     """A command cannot use a setting it was given: an environment variable's value, a device, a thread count."""
+
+
+class AlreadyEnrolled(GalleryError):
+    """A person enrolled as new is in the gallery already (perhaps enrolled by another process meanwhile)."""

@@ -30,6 +30,16 @@ def default_threads() -> int:
     return int(value)
 
 
+def check_threads(threads: int | None) -> int | None:
+    """A thread count given in code: None (all cores, or BIOMETRICS_THREADS) or a whole number 1 to
+    ``MAX_THREADS``; anything else is a ``UsageError`` here, not an obscure failure of the model it was meant for."""
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS
+    ):
+        raise UsageError(f"threads={threads!r}: expected a whole number of threads, 1 to {MAX_THREADS}, or None")
+    return threads
+
+
 def processor_name() -> str:
     """The CPU model (e.g. "AMD EPYC 7B13"), which a latency means nothing without."""
     try:
@@ -66,7 +76,7 @@ def create_session(
     fight over the cores and halve throughput on small machines.
     """
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or default_threads()
+    options.intra_op_num_threads = check_threads(threads) or default_threads()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

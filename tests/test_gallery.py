@@ -22,12 +22,13 @@ from click.testing import CliRunner
 
 from biometrics.cli.main import cli
 from biometrics.embedding import Embedder
-from biometrics.errors import GalleryError
-from biometrics.face import SMALL_FACE_PX
+from biometrics.errors import AlreadyEnrolled, GalleryError
+from biometrics.face import SMALL_FACE_PX, Face
 from biometrics.gallery import (
     DEFAULT_FPIR,
     EmbedderId,
     Gallery,
+    KeptImage,
     NewTemplate,
     TemplateIndex,
     Templates,
@@ -41,6 +42,7 @@ from biometrics.gallery import (
 from biometrics.imaging import load_image
 
 OTHER_EMBEDDER = EmbedderId("some-other-embedder", "f" * 64, 128)
+UNIT = np.full(128, 128**-0.5, np.float32)  # a template of unit length, as embedders give
 HELPER = Path(__file__).with_name("enrol_until_killed.py")
 FOLDS_6_10_PEOPLE = Path(__file__).parents[1] / "reports" / "folder-lfw-folds6-10" / "report.json"
 FACE_SIZE_REPORT = Path(__file__).parents[1] / "reports" / "lfw-face-size" / "report.json"
@@ -164,6 +166,25 @@ def test_enrolment_seeks_look_alikes_at_the_threshold_the_gallery_is_searched_at
         "c2.jpg also matches 'bob', already enrolled (similarity 0.8137 >= threshold 0.8000): identify would answer "
         "whichever of the two scores higher"
     ]
+
+
+def test_the_search_api_explains_its_misuse(tmp_path):
+    """Names are compared as the gallery compares them; a face without an embedding, a key of the wrong size and
+    what is printed of templates are a library user's first mistakes."""
+    a, b = np.eye(2, 128, dtype=np.float32)
+    enrolled = TemplateIndex(Templates(("José", "bob"), np.array([0, 1]), np.stack([a, b])), backend="numpy")
+    probe = Face(np.array([0, 0, 10, 10], np.float32), None, 0.9, a)
+    claim = enrolled.verify(probe, " Jose\u0301 ", threshold=0.5)
+    assert claim.accepted and claim.name == "José"
+    with pytest.raises(ValueError, match="need an embedding: run FacePipeline.analyze"):
+        enrolled.identify([Face(probe.box, None, 0.9)], threshold=0.5)
+    for key in (b"0" * 16, "0" * 32):
+        with pytest.raises(GalleryError, match="a gallery key is 32 bytes"):
+            Gallery(tmp_path / "g.db", key=key, create=True)
+    assert not (tmp_path / "g.db").exists()
+    printed = [NewTemplate(a, "a.jpg", (0, 0, 1, 1), b"\x89PNG"), Templates(("bob",), np.array([0]), b[None])]
+    printed.append(KeptImage(1, "bob", "b.jpg", (0, 0, 1, 1), b"\x89PNG"))
+    assert not any("array" in repr(item) or "PNG" in repr(item) for item in printed)  # no template, no face
 
 
 def test_enrolment_warns_of_a_face_too_small_for_a_good_template(run, sample, tmp_path):
@@ -502,7 +523,7 @@ def test_only_enrolment_makes_a_file_a_gallery(run, sample, tmp_path):
 
     empty.chmod(0o644)
     with Gallery(empty, create=True) as gallery:
-        gallery.enroll("x", OTHER_EMBEDDER, [NewTemplate(np.ones(128, np.float32), "x.jpg", (0, 0, 1, 1))])
+        gallery.enroll("x", OTHER_EMBEDDER, [NewTemplate(UNIT, "x.jpg", (0, 0, 1, 1))])
         files = [empty, empty.with_name("empty.db-wal"), empty.with_name("empty.db-shm")]
         assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
     prepared = tmp_path / "prepared.db"  # made beforehand, as `install -m 600 /dev/null gallery.db` does
@@ -552,7 +573,7 @@ def test_a_first_enrolment_waits_for_another_switching_the_file_to_wal(tmp_path)
     done.start()
     try:
         with Gallery(path, create=True) as gallery:
-            gallery.enroll("x", OTHER_EMBEDDER, [NewTemplate(np.ones(128, np.float32), "x.jpg", (0, 0, 1, 1))])
+            gallery.enroll("x", OTHER_EMBEDDER, [NewTemplate(UNIT, "x.jpg", (0, 0, 1, 1))])
     finally:
         done.join()
         other.close()
@@ -563,7 +584,7 @@ def test_a_first_enrolment_waits_for_another_switching_the_file_to_wal(tmp_path)
 def test_gallery_files_are_private_while_in_use(tmp_path):
     path = tmp_path / "a" / "b" / "gallery.db"
     with Gallery(path, create=True) as gallery:
-        gallery.enroll("x", OTHER_EMBEDDER, [NewTemplate(np.ones(128, np.float32), "x.jpg", (0, 0, 1, 1))])
+        gallery.enroll("x", OTHER_EMBEDDER, [NewTemplate(UNIT, "x.jpg", (0, 0, 1, 1))])
         files = [path, path.with_name("gallery.db-wal"), path.with_name("gallery.db-shm")]
         assert all(f.exists() for f in files)
         assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
@@ -573,7 +594,7 @@ def test_gallery_files_are_private_while_in_use(tmp_path):
 def test_templates_of_another_embedder_are_refused(run, sample, tmp_path):
     gallery_path = tmp_path / "private" / "gallery.db"
     with Gallery(gallery_path, create=True) as gallery:
-        gallery.enroll("obama", OTHER_EMBEDDER, [NewTemplate(np.ones(128, np.float32), "o.jpg", (0, 0, 1, 1))])
+        gallery.enroll("obama", OTHER_EMBEDDER, [NewTemplate(UNIT, "o.jpg", (0, 0, 1, 1))])
     _one_line_error(run("identify", sample("obama3.jpg")), "cannot be compared")
     _one_line_error(run("enroll", "biden", sample("biden.jpg")), "some-other-embedder")
     # checked before any image is read: the mismatch, not the missing photo, is the error
@@ -589,8 +610,8 @@ def test_reembed_uses_kept_images_only(run, sample, tmp_path, pipeline):
     png = cv2.imencode(".png", photo)[1].tobytes()
     with Gallery(gallery_path, create=True) as gallery:
         box = tuple(pipeline.detect(photo)[0].box)  # recorded at enrolment: tells reembed which face to use
-        gallery.enroll("obama", OTHER_EMBEDDER, [NewTemplate(np.ones(128, np.float32), "obama.jpg", box, png)])
-        gallery.enroll("biden", OTHER_EMBEDDER, [NewTemplate(np.ones(128, np.float32), "biden.jpg", box)])
+        gallery.enroll("obama", OTHER_EMBEDDER, [NewTemplate(UNIT, "obama.jpg", box, png)])
+        gallery.enroll("biden", OTHER_EMBEDDER, [NewTemplate(UNIT, "biden.jpg", box)])
     _one_line_error(run("gallery", "reembed"), "have no kept image (biden)")
     assert run("identify", sample("obama3.jpg")).exit_code == 2  # nothing changed
     done = run("gallery", "reembed", "--drop-unkept")
@@ -673,6 +694,60 @@ def test_a_corrupt_template_is_a_gallery_error_not_a_crash(run, sample, tmp_path
         db.execute("UPDATE templates SET embedding = substr(embedding, 1, 100)")
     for command in (["identify", sample("obama3.jpg")], ["verify", sample("obama3.jpg"), "--as", "obama"]):
         _one_line_error(run(*command), "a stored template of 'obama' is corrupt (file altered)")
+    nan = np.full(128, np.nan, np.float32).tobytes()  # the right length, but it would hide obama from every search
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE templates SET embedding = ?", (nan,))
+    _one_line_error(run("identify", sample("obama3.jpg")), "a stored template of 'obama' is corrupt (file altered)")
+
+
+def test_only_embedder_outputs_are_enrolled(tmp_path):
+    """NaN, unnormalised or missing templates would never match (or match everyone): refused, nothing stored."""
+    with Gallery(tmp_path / "gallery.db", create=True) as gallery:
+        for bad in (np.full(128, np.nan), 5 * UNIT, np.zeros(128)):
+            templates = [NewTemplate(UNIT, "a.jpg", (0, 0, 1, 1)), NewTemplate(bad, "b.jpg", (0, 0, 1, 1))]
+            with pytest.raises(GalleryError, match="finite vector of unit length"):
+                gallery.enroll("x", OTHER_EMBEDDER, templates)
+        with pytest.raises(GalleryError, match="no templates to enrol"):
+            gallery.enroll("x", OTHER_EMBEDDER, [])
+        assert gallery.people() == []
+
+
+def test_a_person_enrolled_as_new_by_two_processes_is_enrolled_once(run, sample, tmp_path, monkeypatch):
+    """Two `enroll-folder` runs at once: each read the gallery before the other stored anyone. The second to store
+    a person finds them enrolled under the write lock and skips them (their photos would be templates twice)."""
+    people = tmp_path / "people"
+    for name, photo in (("obama", "obama2.jpg"), ("biden", "biden.jpg")):
+        (people / name).mkdir(parents=True)
+        (people / name / photo).symlink_to(sample(photo))
+    assert run("enroll", "obama", sample("obama.jpg")).exit_code == 0  # by the other run, after this one read
+    real_people = Gallery.people
+    reads = []
+
+    def read_before_the_other_run_stored_obama(gallery):
+        reads.append(1)
+        return [] if len(reads) == 1 else real_people(gallery)
+
+    monkeypatch.setattr(Gallery, "people", read_before_the_other_run_stored_obama)
+    result = run("enroll-folder", people)
+    assert result.exit_code == 0 and "skipped obama: already enrolled" in result.stdout, result.output
+    listing = json.loads(run("gallery", "list", "--json").stdout)["people"]
+    assert [(p["name"], p["templates"]) for p in listing] == [("biden", 1), ("obama", 1)]
+    with Gallery(tmp_path / "private" / "gallery.db") as gallery, pytest.raises(AlreadyEnrolled):
+        gallery.enroll(" obama ", gallery.embedders()[0], [NewTemplate(UNIT, "x.jpg", (0, 0, 1, 1))], new_person=True)
+
+
+def test_a_read_only_gallery_says_so(run, sample, tmp_path):
+    """A gallery that cannot be written (a read-only file or folder) is reported as such, nothing changed."""
+    assert run("enroll", "obama", sample("obama.jpg")).exit_code == 0
+    with Gallery(tmp_path / "private" / "gallery.db") as gallery:
+        gallery._db.execute("PRAGMA query_only = ON")  # as SQLite finds a file it may not write (root ignores modes)
+        for change in (
+            lambda: gallery.enroll("biden", gallery.embedders()[0], [NewTemplate(UNIT, "b.jpg", (0, 0, 1, 1))]),
+            lambda: gallery.remove("obama"),
+        ):
+            with pytest.raises(GalleryError, match="is read-only .*: nothing changed"):
+                change()
+        assert [person.name for person in gallery.people()] == ["obama"]
 
 
 def test_names_are_one_name_whatever_their_unicode_form(run, sample, tmp_path):
@@ -686,7 +761,8 @@ def test_names_are_one_name_whatever_their_unicode_form(run, sample, tmp_path):
     with Gallery(tmp_path / "private" / "gallery.db") as gallery:  # written as NFD by an earlier version
         gallery._db.execute("UPDATE people SET name = ?", (decomposed,))
         assert gallery.person(composed).name == decomposed
-        assert gallery.enroll(composed, gallery.embedders()[0], []).name == decomposed  # not a second person
+        added = gallery.enroll(composed, gallery.embedders()[0], [NewTemplate(UNIT, "x.jpg", (0, 0, 1, 1))])
+        assert added.name == decomposed  # not a second person
     assert run("gallery", "remove", composed).exit_code == 0
 
 
@@ -723,6 +799,68 @@ def test_remove_overwrites_and_export_copies(run, sample, tmp_path):
     assert b"biden" not in (tmp_path / "private" / "gallery.db").read_bytes()  # secure_delete + checkpoint
     assert "biden" not in run("gallery", "list").stdout
     assert "biden: 1 template(s)" in run("gallery", "list", "--gallery", copy).stdout
+
+
+def test_remove_while_another_process_reads_says_when_the_data_is_overwritten(run, sample, tmp_path, monkeypatch):
+    """A reader's snapshot keeps the deleted pages from being overwritten: `remove` says so; once the reader
+    closes the gallery, they are."""
+    assert run("enroll", "biden", sample("biden.jpg")).exit_code == 0
+    path = tmp_path / "private" / "gallery.db"
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_S", 0.2)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT name FROM people").fetchall() == [("biden",)]
+    removed = run("gallery", "remove", "biden")
+    assert removed.exit_code == 0 and "removed biden" in removed.stdout
+    assert "warning: another process is reading" in removed.stderr
+    reader.execute("ROLLBACK")
+    reader.close()  # the last connection: SQLite checkpoints its WAL into the file
+    assert b"biden" not in path.read_bytes()
+    quiet = run("gallery", "remove", "obama")
+    assert quiet.exit_code == 2 and "warning" not in quiet.stderr
+
+
+def test_a_failed_export_leaves_no_file(run, sample, tmp_path, monkeypatch):
+    """An export that dies part way (killed, disk full) leaves nothing under the name asked for: a later one can
+    use the name, and nobody mistakes half a gallery for a backup."""
+    assert run("enroll", "obama", sample("obama.jpg")).exit_code == 0
+    real_connect = sqlite3.connect
+
+    def closed_copy(path, *args, **kwargs):  # the copy fails mid-way
+        copy = real_connect(path, *args, **kwargs)
+        copy.close()
+        return copy
+
+    with Gallery(tmp_path / "private" / "gallery.db") as gallery, pytest.raises(sqlite3.ProgrammingError):
+        monkeypatch.setattr(store.sqlite3, "connect", closed_copy)
+        gallery.export(str(tmp_path / "backup.db"))
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["private"]
+
+
+def test_reembed_never_drops_an_enrolment_made_while_it_runs(run, sample, tmp_path, pipeline, monkeypatch):
+    """Another process enrols while `gallery reembed` embeds the kept images: the re-embedding is refused and
+    nothing changes (before, --drop-unkept deleted the newcomer as a template without a kept image)."""
+    gallery_path = tmp_path / "private" / "gallery.db"
+    photo = load_image(sample("obama.jpg"))
+    with Gallery(gallery_path, create=True) as gallery:
+        box = tuple(pipeline.detect(photo)[0].box)
+        png = cv2.imencode(".png", photo)[1].tobytes()
+        gallery.enroll("obama", OTHER_EMBEDDER, [NewTemplate(UNIT, "obama.jpg", box, png)])
+    read_kept_images = Gallery.kept_images
+
+    def enrolled_meanwhile(gallery):
+        kept = read_kept_images(gallery)
+        with Gallery(gallery.path) as other:
+            other.enroll("newbie", OTHER_EMBEDDER, [NewTemplate(UNIT, "n.jpg", (0, 0, 1, 1), png)])
+        return kept
+
+    monkeypatch.setattr(Gallery, "kept_images", enrolled_meanwhile)
+    _one_line_error(run("gallery", "reembed", "--drop-unkept"), "changed while its templates were being re-embedded")
+    monkeypatch.undo()
+    with Gallery(gallery_path) as gallery:
+        assert [(p.name, p.templates) for p in gallery.people()] == [("newbie", 1), ("obama", 1)]
+        assert gallery.embedders() == [OTHER_EMBEDDER]
 
 
 def test_kill_9_during_enrolment_loses_nothing_reported(tmp_path, pipeline, sample):

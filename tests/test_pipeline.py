@@ -2,14 +2,17 @@ from __future__ import annotations
 
 import dataclasses
 import runpy
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from biometrics import FacePipeline, VerificationResult, cosine_similarity
 from biometrics.detection.fusion import box_iou
-from biometrics.errors import ImageError, NoFaceError
+from biometrics.errors import ImageError, NoFaceError, UsageError
 from biometrics.imaging import load_image
 from biometrics.pipeline import select_face
 
@@ -95,6 +98,48 @@ def test_paths_and_arrays_of_any_common_layout_give_the_same_faces(pipeline, sam
             pipeline.detect(bad)
     with pytest.raises(ImageError, match="got a float64 array"):
         pipeline.verify(image / 255.0, path)
+    np.testing.assert_array_equal(pipeline.detect(path.read_bytes())[0].box, boxes[0])  # an encoded file's bytes
+    for other in (Image.open(path), image.tolist(), None):
+        with pytest.raises(ImageError, match="expected a path, an image file's bytes or a BGR uint8 array"):
+            pipeline.detect(other)
+
+
+def test_a_library_users_mistakes_are_named(pipeline, sample):
+    """Settings and selections of the wrong kind fail at once, saying what was expected, instead of deep inside
+    ONNX Runtime (blaming the model file), as a silently empty result (max_side 0) or as every pair "different"
+    (a NaN threshold)."""
+    for settings in ({"threads": "2"}, {"threads": 2.5}, {"threads": 1000}, {"threads": 0}, {"threads": True}):
+        with pytest.raises(UsageError, match="expected a whole number of threads, 1 to 256"):
+            FacePipeline(**settings)
+    for settings in ({"max_side": 0}, {"max_side": -5}, {"max_side": 640.5}):
+        with pytest.raises(UsageError, match="max_side=.*expected a whole number of pixels"):
+            FacePipeline(**settings)
+    for threshold in (float("nan"), "0.5", 1.5):
+        with pytest.raises(UsageError, match="expected a cosine similarity"):
+            FacePipeline(threshold=threshold)
+    photo = sample("obama.jpg")
+    for select in (1.0, True, None):
+        with pytest.raises(ValueError, match="expected one of largest, center, score or a face index"):
+            pipeline.verify(photo, photo, select=select)
+    with pytest.raises(ValueError, match="a pair of them"):
+        pipeline.verify(photo, photo, select=("largest",))
+
+
+def test_each_thread_times_its_own_calls(pipeline, sample):
+    """Threads sharing one pipeline each get the timings of their own verification, not a mix of all of them."""
+    photos = (sample("obama.jpg"), sample("obama2.jpg"))
+
+    def verify_timed(_) -> tuple[VerificationResult, float]:
+        start = time.perf_counter()
+        result = pipeline.verify(*photos)
+        return result, (time.perf_counter() - start) * 1000
+
+    with ThreadPoolExecutor(4) as pool:
+        timed = list(pool.map(verify_timed, range(8)))
+    for result, wall_ms in timed:
+        assert set(result.timings_ms) == {"decode", "detect", "align", "embed"}
+        assert sum(result.timings_ms.values()) <= wall_ms  # its own stages only
+    assert len({round(result.similarity, 6) for result, _ in timed}) == 1
 
 
 def test_faces_compare_by_identity_and_print_no_embedding(pipeline, sample):

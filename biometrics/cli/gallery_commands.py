@@ -271,10 +271,16 @@ class Enrolment:
     allow_mismatch: bool
 
     def __call__(
-        self, name: str, images: Sequence[Path], warn: Callable[[str], None], enrolled: Templates | None = None
+        self,
+        name: str,
+        images: Sequence[Path],
+        warn: Callable[[str], None],
+        enrolled: Templates | None = None,
+        new_person: bool = False,
     ) -> EnrolledPerson:
         """Enrol ``images`` as ``name``; ``ImageError``, ``NoFaceError`` or ``GalleryError`` (not one person) and
-        nothing stored if one photo cannot be. ``enrolled``: the gallery's templates, if known (else read)."""
+        nothing stored if one photo cannot be. ``enrolled``: the gallery's templates, if known (else read).
+        ``new_person``: ``AlreadyEnrolled`` and nothing stored if ``name`` is enrolled by the time it is stored."""
         import numpy as np
 
         from biometrics.errors import GalleryError, NoFaceError
@@ -314,7 +320,7 @@ class Enrolment:
         else:
             warn("photos not compared with each other or the gallery (no threshold: --threshold T)")
         with open_gallery(self.gallery_path, self.key_file, create=True) as gallery:
-            person = gallery.enroll(name, embedder_id, templates)
+            person = gallery.enroll(name, embedder_id, templates, new_person=new_person)
             where = gallery.path
         return EnrolledPerson(person, len(templates), where, faces, np.stack([t.embedding for t in templates]))
 
@@ -369,7 +375,7 @@ def enroll_folder(
     (as `enroll NAME PHOTOS...`). People already in the gallery are skipped, so a rerun after fixing a photo
     enrols only those missing. A person whose photos cannot all be enrolled is reported, nothing of theirs stored,
     and the others are still enrolled; the exit code is then 2."""
-    from biometrics.errors import DataError, GalleryError, ImageError, NoFaceError
+    from biometrics.errors import AlreadyEnrolled, DataError, GalleryError, ImageError, NoFaceError
     from biometrics.gallery import EmbedderId, Templates, check_name
     from biometrics.imaging import IMAGE_SUFFIXES, is_image_name, photos_under
 
@@ -396,6 +402,9 @@ def enroll_folder(
         counts[why] += 1
         click.echo(json.dumps({"name": name, "skipped": why}) if as_json else f"skipped {name}: {why}{hint}")
 
+    def skip_enrolled(name: str) -> None:
+        skip(name, "already enrolled", f" (`biometrics enroll {shlex.quote(name)} PHOTOS...` adds photos)")
+
     folders_named = defaultdict(list)  # " Ann " and "Ann" name one person: whose photos are hers is not ours to guess
     for folder in photos:
         with suppress(GalleryError):  # an invalid name is reported in turn below
@@ -407,12 +416,15 @@ def enroll_folder(
             if len(folders_named[name]) > 1:
                 raise GalleryError(f"folders {', '.join(folders_named[name])} all name {name!r}: rename all but one")
             if name in enrolled:
-                skip(name, "already enrolled", f" (`biometrics enroll {shlex.quote(name)} PHOTOS...` adds photos)")
+                skip_enrolled(name)
                 continue
             if not images:
                 skip(name, "without photos", f" ({folder}: no {', '.join(IMAGE_SUFFIXES)} files)")
                 continue
-            person = enrolment(name, images, warnings, known)
+            person = enrolment(name, images, warnings, known, new_person=True)
+        except AlreadyEnrolled:  # by another process since this one read the gallery
+            skip_enrolled(name)
+            continue
         except (ImageError, NoFaceError, GalleryError) as exc:  # this person's: the others are still enrolled
             counts["failed"] += 1
             report_error(ctx, exc, f"{folder.name}: {exc}", name=folder.name)
@@ -628,8 +640,14 @@ def gallery_list(gallery_path, key_file, as_json):
 def gallery_remove(name, gallery_path, key_file):
     """Delete NAME with all their templates and kept images."""
     with open_gallery(gallery_path, key_file) as gallery:
-        person = gallery.remove(name)
+        person, overwritten = gallery.remove(name)
     click.echo(f"removed {person.name} ({person.templates} template(s), {person.kept_images} image(s))")
+    if not overwritten:
+        click.echo(
+            f"warning: another process is reading {gallery.path}: the deleted data is overwritten in the file only "
+            "when it closes the gallery (or at the next gallery command after that)",
+            err=True,
+        )
 
 
 @gallery_group.command("export")
@@ -655,22 +673,29 @@ def gallery_reembed(gallery_path, key_file, detector, embedder, threads, max_sid
     """Re-compute every template that has a kept image with the current embedder (one transaction)."""
     import numpy as np
 
-    from biometrics.errors import GalleryError
+    from biometrics.errors import GalleryError, ImageError
     from biometrics.gallery import EmbedderId
     from biometrics.imaging import load_image
     from biometrics.live.tracker import box_iou
 
     pipeline = _pipeline(detector, embedder, threads, max_side)
     with open_gallery(gallery_path, key_file) as gallery:
-        embeddings = {}
+        embeddings, started_from = {}, gallery.template_ids()  # before the images: later enrolments are seen
         for kept in gallery.kept_images():
-            pixels = load_image(kept.image_png)
+            try:
+                pixels = load_image(kept.image_png)
+            except ImageError as exc:
+                raise GalleryError(
+                    f"{kept.name}/{kept.source}: the kept image is unreadable ({exc}); nothing changed"
+                ) from None
             faces = pipeline.detect(pixels)
             overlaps = box_iou(np.array([kept.face_box]), np.array([f.box for f in faces]).reshape(-1, 4))[0]
             if not faces or overlaps.max() < 0.3:
                 raise GalleryError(f"{kept.name}/{kept.source}: the enrolled face is not found again; nothing changed")
             embeddings[kept.template_id] = pipeline.embed(pixels, [faces[int(overlaps.argmax())]])[0].embedding
-        dropped, removed = gallery.replace_embeddings(EmbedderId.of(pipeline.embedder), embeddings, drop_unkept)
+        dropped, removed = gallery.replace_embeddings(
+            EmbedderId.of(pipeline.embedder), embeddings, drop_unkept, started_from
+        )
     click.echo(
         f"re-embedded {len(embeddings)} template(s) with {pipeline.embedder.name}"
         + (f", dropped {dropped} without a kept image" if dropped else "")

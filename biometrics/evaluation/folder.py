@@ -12,6 +12,7 @@ are named: that is where mislabelled photos show up.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +43,11 @@ class PhotoFolder:
     other_files: int  # files without an image type's suffix, ignored
 
     @classmethod
-    def read(cls, root: Path) -> PhotoFolder:
+    def read(cls, root: str | os.PathLike) -> PhotoFolder:
         """Each sub-folder is a person, the image files in it (JPEG, PNG, BMP, WebP, by suffix; in folders of its own
         too, say one per year) their photos; hidden files and folders are skipped. Needs two people with photos,
         one of them with two."""
+        root = Path(root)
         if not root.is_dir():
             raise DataError(f"{root}: not a folder (expected one sub-folder of photos per person)")
         people, images, identities, other_files = [], [], [], 0

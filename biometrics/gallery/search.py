@@ -17,7 +17,7 @@ import numpy as np
 
 from biometrics.errors import GalleryError
 from biometrics.face import Face
-from biometrics.gallery.store import NewTemplate, Templates
+from biometrics.gallery.store import NewTemplate, Templates, canonical_name
 
 FAISS_MIN_TEMPLATES = 50_000
 
@@ -113,7 +113,8 @@ class TemplateIndex:
         return len(self.vectors)
 
     def vectors_of(self, name: str) -> np.ndarray:
-        """The templates of one person (none if not enrolled)."""
+        """The templates of one person (none if not enrolled); ``name`` compared as the gallery compares names."""
+        name = canonical_name(name)
         if name not in self.names:
             return self.vectors[:0]
         return self.vectors[self.owners == self.names.index(name)]
@@ -150,15 +151,22 @@ class TemplateIndex:
         ``GalleryError`` if they have none)."""
         own = self.vectors_of(name)
         if not len(own):
-            raise GalleryError(f"no templates of '{name}' to compare with")
-        return Claim(face, name, float(np.max(own @ face.embedding)), len(own), threshold)
+            raise GalleryError(f"no templates of '{canonical_name(name)}' to compare with")
+        (embedding,) = _embeddings([face])
+        return Claim(face, canonical_name(name), float(np.max(own @ embedding)), len(own), threshold)
 
     def identify(self, faces: list[Face], threshold: float, k: int = 5) -> list[Identification]:
         """Each embedded face with its ``k`` best people."""
         if not faces:
             return []
-        matches = self.search(np.stack([face.embedding for face in faces]), k)
+        matches = self.search(_embeddings(faces), k)
         return [Identification(face, found, threshold) for face, found in zip(faces, matches, strict=True)]
+
+
+def _embeddings(faces: Sequence[Face]) -> np.ndarray:
+    if any(face.embedding is None for face in faces):
+        raise ValueError("faces to search need an embedding: run FacePipeline.analyze (or embed) first")
+    return np.stack([face.embedding for face in faces])
 
 
 @dataclass(frozen=True)

@@ -19,17 +19,17 @@ import time
 import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from biometrics.errors import GalleryError
+from biometrics.errors import AlreadyEnrolled, GalleryError
 from biometrics.face import Face
-from biometrics.files import create_private_file
-from biometrics.gallery.cipher import KEY_CHECK, KEY_ENV, TemplateCipher
+from biometrics.files import create_private_file, replacing
+from biometrics.gallery.cipher import KEY_BYTES, KEY_CHECK, KEY_ENV, TemplateCipher
 
 GALLERY_ENV = "BIOMETRICS_GALLERY"
 SCHEMA_VERSION = "1"
@@ -54,7 +54,7 @@ CREATE TABLE templates (
     embedding BLOB NOT NULL,  -- float32 vector, AES-GCM sealed when the gallery has a key
     source TEXT NOT NULL,     -- file name of the image it came from
     face_box TEXT NOT NULL,   -- JSON [x1, y1, x2, y2] of the face used, so reembed finds it again
-    image BLOB,               -- PNG of the decoded source image, only with --keep-images (sealed with a key)
+    image BLOB,               -- PNG of the face and a margin around it, only with --keep-images (sealed with a key)
     created_at TEXT NOT NULL
 );
 CREATE INDEX templates_by_person ON templates(person_id);
@@ -98,15 +98,17 @@ class NewTemplate:
     """One embedding to enrol, with where it came from (``face_box`` in the kept image's coordinates when an
     image is kept, else in the source image's) and, if kept, the image as PNG."""
 
-    embedding: np.ndarray
+    embedding: np.ndarray = field(repr=False)  # a template, like ``Face.embedding``, is never printed
     source: str
     face_box: tuple[float, float, float, float]
-    image_png: bytes | None = None
+    image_png: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def of_face(cls, face: Face, image: np.ndarray, source: str, keep_image: bool = False) -> NewTemplate:
         """The template of an embedded ``face`` found in ``image`` (BGR); with ``keep_image``, the region of
         ``image`` around the face (``KEPT_MARGIN``) is kept with it."""
+        if face.embedding is None:
+            raise ValueError("a face to enrol needs an embedding: run FacePipeline.analyze (or embed) first")
         x1, y1, x2, y2 = (float(v) for v in face.box)
         if not keep_image:
             return cls(face.embedding, source, (x1, y1, x2, y2))
@@ -132,8 +134,8 @@ class Templates:
     """All templates of one embedder, grouped by person: row i belongs to ``names[owners[i]]``."""
 
     names: tuple[str, ...]
-    owners: np.ndarray  # int64, non-decreasing
-    vectors: np.ndarray  # float32, N x dim, unit length
+    owners: np.ndarray = field(repr=False)  # int64, non-decreasing
+    vectors: np.ndarray = field(repr=False)  # float32, N x dim, unit length; never printed
 
     @classmethod
     def empty(cls, dim: int) -> Templates:
@@ -152,13 +154,18 @@ class KeptImage:
     name: str
     source: str
     face_box: tuple[float, float, float, float]
-    image_png: bytes
+    image_png: bytes = field(repr=False)
+
+
+def canonical_name(name: str) -> str:
+    """A name as names are compared: trimmed, in Unicode NFC."""
+    return unicodedata.normalize("NFC", name.strip())
 
 
 def check_name(name: str) -> str:
     """A person's name as stored: trimmed, in Unicode NFC (so "José" typed on one system and a folder named on
     macOS, in NFD, are one name), printable, not the word the CLI uses for 'nobody'."""
-    name = unicodedata.normalize("NFC", name.strip())
+    name = canonical_name(name)
     if not name:
         raise GalleryError("a person's name cannot be empty")
     if len(name) > MAX_NAME_LENGTH or not name.isprintable():
@@ -181,15 +188,28 @@ def _make_private(path: Path) -> None:
 
 def _is_busy(exc: sqlite3.Error) -> bool:
     """Whether SQLite gave up waiting for another connection's lock (no fault of the file)."""
-    return isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+    return _primary_code(exc) == sqlite3.SQLITE_BUSY
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
+UNIT_LENGTH_TOLERANCE = 1e-3
+"""How far from 1 a template's length may be: embedders normalise their output, float32 rounding aside."""
 
 
 class Gallery:
-    """A gallery file, opened for one command or one live session. Use as a context manager."""
+    """A gallery file, opened for one command or one live session. Use as a context manager, from the thread that
+    opened it (SQLite's rule: open one per thread)."""
 
-    def __init__(self, path: Path, *, key: bytes | None = None, create: bool = False):
-        """Open the gallery at ``path``; only with ``create`` is a missing or empty file made into one."""
+    def __init__(self, path: str | os.PathLike, *, key: bytes | None = None, create: bool = False):
+        """Open the gallery at ``path``; only with ``create`` is a missing or empty file made into one. ``key``:
+        the 32 bytes of an encrypted gallery's AES-256 key (``load_key`` reads one)."""
         self.path = Path(path)
+        if key is not None and (not isinstance(key, bytes) or len(key) != KEY_BYTES):
+            raise GalleryError(f"a gallery key is {KEY_BYTES} bytes (AES-256; see biometrics.gallery.load_key)")
         if self.path.exists() and not self.path.is_file():  # checked before SQLite opens (or we chmod) a device
             raise GalleryError(f"{self.path}: not a regular file (a directory, device or FIFO), not a gallery")
         if not self.path.exists():
@@ -215,13 +235,23 @@ class Gallery:
             self._db.close()
             if _is_busy(exc):
                 raise self._busy() from None
+            if _primary_code(exc) == sqlite3.SQLITE_CANTOPEN:  # the file was opened: its -shm could not be made
+                raise GalleryError(
+                    f"{self.path}: cannot open the gallery's shared-memory file {self.path.name}-shm beside it "
+                    "(SQLite's WAL journal needs its folder writable, even to read)"
+                ) from None
+            if _primary_code(exc) == sqlite3.SQLITE_READONLY:
+                raise self._unwritable() from None
             raise GalleryError(f"{self.path}: not a usable gallery ({exc})") from None
-        except GalleryError:
+        except BaseException:
             self._db.close()
             raise
 
     def _busy(self) -> GalleryError:
         return GalleryError(f"{self.path} is busy: another process is writing to it; try again")
+
+    def _unwritable(self) -> GalleryError:
+        return GalleryError(f"{self.path} is read-only (the file, or the folder it is in): nothing changed")
 
     def __enter__(self) -> Gallery:
         return self
@@ -237,16 +267,18 @@ class Gallery:
         """One atomic change: all of it is on disk when this returns, none of it if anything failed."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             if _is_busy(exc):
                 raise self._busy() from None
+            if _primary_code(exc) == sqlite3.SQLITE_READONLY:
+                raise self._unwritable() from None
             raise
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def _initialise_if_empty(self, key: bytes | None) -> None:
         """Make a new (empty) file a gallery: WAL journal (kept in the file), owner-only modes, the schema, under
@@ -325,19 +357,26 @@ class Gallery:
                 f"{others[0].name}, or re-embed kept images with `biometrics gallery reembed`)"
             )
 
-    def enroll(self, name: str, embedder: EmbedderId, templates: Sequence[NewTemplate]) -> Person:
-        """Add templates to ``name`` (created if new) in one transaction."""
+    def enroll(
+        self, name: str, embedder: EmbedderId, templates: Sequence[NewTemplate], *, new_person: bool = False
+    ) -> Person:
+        """Add templates to ``name`` (created if new) in one transaction. ``new_person``: only if ``name`` is not
+        enrolled yet, checked under the write lock (``AlreadyEnrolled`` if they are, even if another process
+        enrolled them a moment ago)."""
         name = check_name(name)
+        if not templates:
+            raise GalleryError(f"no templates to enrol for '{name}'")
+        vectors = [_checked_vector(template.embedding, embedder.dim) for template in templates]
         now = _now()
         with self._transaction() as db:
             self.require_embedder(embedder)
-            name = self._stored_name(name) or name  # one enrolled under another spelling of it, if any
+            stored = self._stored_name(name)  # one enrolled under another spelling of it, if any
+            if stored is not None and new_person:
+                raise AlreadyEnrolled(f"'{stored}' is enrolled already")
+            name = stored or name
             db.execute("INSERT OR IGNORE INTO people (name, enrolled_at) VALUES (?, ?)", (name, now))
             (person_id,) = db.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
-            for template in templates:
-                vector = np.asarray(template.embedding, dtype=np.float32)
-                if vector.shape != (embedder.dim,):
-                    raise GalleryError(f"template of shape {vector.shape} from an embedder of {embedder.dim} dims")
+            for template, vector in zip(templates, vectors, strict=True):
                 db.execute(
                     "INSERT INTO templates (person_id, embedder_name, embedder_sha256, dim, embedding, source,"
                     " face_box, image, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -358,9 +397,9 @@ class Gallery:
     def _stored_name(self, name: str) -> str | None:
         """How the person ``name`` means is spelled in the file, or None: names compare trimmed and in NFC (case
         counts), which also finds one stored, by an earlier version, in another normal form."""
-        wanted = unicodedata.normalize("NFC", name.strip())
+        wanted = canonical_name(name)
         stored = (row[0] for row in self._db.execute("SELECT name FROM people"))
-        return next((spelling for spelling in stored if unicodedata.normalize("NFC", spelling) == wanted), None)
+        return next((spelling for spelling in stored if canonical_name(spelling) == wanted), None)
 
     def person(self, name: str) -> Person:
         """The person called ``name``, trimmed and normalised as ``enroll`` stores it (case counts)."""
@@ -377,13 +416,20 @@ class Gallery:
         )
         return [Person(*row) for row in rows]
 
-    def remove(self, name: str) -> Person:
-        """Delete a person and all their templates and images; the freed pages are overwritten."""
+    def remove(self, name: str) -> tuple[Person, bool]:
+        """Delete a person and all their templates and images. Returns them, and whether the freed pages are
+        overwritten in the file already: not while another process holds a read open (its snapshot still shows
+        the old pages); then they are when the last connection closes (SQLite checkpoints its WAL then)."""
         person = self.person(name)
         with self._transaction() as db:
             db.execute("DELETE FROM people WHERE name = ?", (person.name,))
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return person
+        try:
+            blocked, *_ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.OperationalError as exc:  # a reader kept the WAL from being reset: as blocked
+            if not _is_busy(exc):
+                raise
+            blocked = 1
+        return person, not blocked
 
     def templates(self, embedder: EmbedderId, of: str | None = None) -> Templates:
         """Every template, decrypted, for searching with ``embedder``, or only those of the person named ``of`` (a
@@ -406,6 +452,8 @@ class Gallery:
             if len(template) != 4 * embedder.dim:  # float32s; an altered or truncated row, not a template
                 raise GalleryError(f"{self.path}: a stored template of '{name}' is corrupt (file altered)")
             vectors[i] = np.frombuffer(template, dtype=np.float32)
+            if not _is_unit_vector(vectors[i]):  # NaN or rescaled: it would hide the person from every search
+                raise GalleryError(f"{self.path}: a stored template of '{name}' is corrupt (file altered)")
         return Templates(tuple(names), owners, vectors)
 
     def kept_images(self) -> list[KeptImage]:
@@ -414,25 +462,46 @@ class Gallery:
             " WHERE t.image IS NOT NULL ORDER BY t.id"
         )
         return [
-            KeptImage(template_id, name, source, tuple(json.loads(box)), self._open(image, name, b"image"))
+            KeptImage(template_id, name, source, self._face_box(box, name, source), self._open(image, name, b"image"))
             for template_id, name, source, box, image in rows
         ]
+
+    def _face_box(self, stored: str, name: str, source: str) -> tuple[float, float, float, float]:
+        try:
+            box = tuple(float(v) for v in json.loads(stored))
+        except (ValueError, TypeError):
+            box = ()
+        if len(box) != 4:
+            raise GalleryError(f"{self.path}: the stored face box of {name}/{source} is corrupt (file altered)")
+        return box
+
+    def template_ids(self) -> frozenset[int]:
+        """Every template's id: what a re-embedding started from (``replace_embeddings``)."""
+        return frozenset(row[0] for row in self._db.execute("SELECT id FROM templates"))
 
     def count_templates(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM templates").fetchone()[0]
 
     def replace_embeddings(
-        self, embedder: EmbedderId, embeddings: dict[int, np.ndarray], drop_others: bool
+        self, embedder: EmbedderId, embeddings: dict[int, np.ndarray], drop_others: bool, started_from: frozenset[int]
     ) -> tuple[int, list[str]]:
         """Re-embed: set the templates in ``embeddings`` (by template id) to ``embedder``'s vectors, in one
         transaction. Templates not given are kept only if ``embedder`` made them, else dropped if ``drop_others``
         (refused otherwise); people left without a template are removed (nothing could ever match them).
+        ``started_from``: the ``template_ids()`` read before the kept images; if templates were enrolled or
+        removed since (by another process), nothing is changed, so an enrolment made meanwhile is never dropped.
         Returns how many templates were dropped and who was removed."""
+        vectors = {tid: _checked_vector(vector, embedder.dim) for tid, vector in embeddings.items()}
         with self._transaction() as db:
             rows = db.execute(
                 "SELECT t.id, p.name, t.embedder_name, t.embedder_sha256, t.dim FROM templates t"
                 " JOIN people p ON p.id = t.person_id"
             ).fetchall()
+            if {row[0] for row in rows} != started_from:
+                raise GalleryError(
+                    f"{self.path} changed while its templates were being re-embedded (someone enrolled or removed "
+                    "meanwhile): nothing changed; run it again"
+                )
             stale = {
                 tid: name for tid, name, *model in rows if tid not in embeddings and EmbedderId(*model) != embedder
             }
@@ -452,29 +521,45 @@ class Gallery:
             ]
             db.execute("DELETE FROM people WHERE id NOT IN (SELECT person_id FROM templates)")
             names = {tid: name for tid, name, *_ in rows}
-            for tid, vector in embeddings.items():
+            for tid, vector in vectors.items():
                 db.execute(
                     "UPDATE templates SET embedder_name = ?, embedder_sha256 = ?, dim = ?, embedding = ? WHERE id = ?",
                     (
                         embedder.name,
                         embedder.sha256,
                         embedder.dim,
-                        self._seal(np.asarray(vector, np.float32).tobytes(), names[tid], b"template"),
+                        self._seal(vector.tobytes(), names[tid], b"template"),
                         tid,
                     ),
                 )
         return len(stale), emptied
 
-    def export(self, destination: Path) -> None:
-        """A consistent copy of the gallery (safe while it is in use), 0600, encrypted if this one is."""
+    def export(self, destination: str | os.PathLike) -> None:
+        """A consistent copy of the gallery (safe while it is in use), 0600, encrypted if this one is. Written
+        beside ``destination`` and renamed into place when complete: a killed export leaves no partial gallery."""
+        destination = Path(destination)
         if destination.exists():
             raise GalleryError(f"{destination} already exists; choose a new file")
         try:
-            create_private_file(destination)
+            with replacing(destination, private=True) as partial:
+                copy = sqlite3.connect(partial)
+                try:
+                    self._db.backup(copy)
+                finally:
+                    copy.close()
         except OSError as exc:
-            raise GalleryError(f"{destination}: cannot create ({exc.strerror or exc})") from None
-        copy = sqlite3.connect(destination)
-        try:
-            self._db.backup(copy)
-        finally:
-            copy.close()
+            raise GalleryError(f"{destination}: cannot write ({exc.strerror or exc})") from None
+
+
+def _checked_vector(embedding, dim: int) -> np.ndarray:
+    """A template as stored: ``dim`` float32s of unit length (an embedder's normalised output)."""
+    vector = np.asarray(embedding, dtype=np.float32)
+    if vector.shape != (dim,):
+        raise GalleryError(f"template of shape {vector.shape} from an embedder of {dim} dims")
+    if not _is_unit_vector(vector):
+        raise GalleryError("a template must be a finite vector of unit length (an embedder's normalised output)")
+    return vector
+
+
+def _is_unit_vector(vector: np.ndarray) -> bool:
+    return bool(np.isfinite(vector).all()) and abs(float(np.linalg.norm(vector)) - 1.0) <= UNIT_LENGTH_TOLERANCE

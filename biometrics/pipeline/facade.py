@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -14,17 +16,20 @@ import numpy as np
 
 from biometrics import detection, embedding
 from biometrics.alignment import align_face
-from biometrics.errors import ImageError, ModelError, NoFaceError
+from biometrics.errors import ImageError, ModelError, NoFaceError, UsageError
 from biometrics.face import Face
 from biometrics.imaging import load_image
 from biometrics.registry import ModelRegistry, ResolvedModel
+from biometrics.runtime import check_threads
 
 DEFAULT_DETECTOR = "yunet-teacher"
 DEFAULT_EMBEDDER = "sface-student"  # ours, INT8: LFW folds 6-10 98.97% at 0.08x SFace's latency (README)
 SELECTIONS = ("largest", "center", "score")
 
-ImageSource = str | os.PathLike | np.ndarray
-"""A photo: a file path, or an array in BGR uint8 H x W x 3 as OpenCV reads it (grey and BGRA are converted)."""
+ImageSource = str | os.PathLike | bytes | np.ndarray
+"""A photo: a file path, its encoded bytes, or an array in BGR uint8 H x W x 3 as OpenCV reads it (grey and BGRA
+are converted). An RGB array (PIL's order: ``np.asarray(pil_image)``) is not detected as such and lowers the
+similarities: convert it with ``rgb[..., ::-1]`` or ``cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)``."""
 Selection = str | int
 """Which face of an image: ``largest``, ``center``, ``score`` or an index in detection order."""
 
@@ -50,7 +55,8 @@ def landmark_detector(
 
 
 def cosine_similarity(a: Face | np.ndarray, b: Face | np.ndarray) -> float:
-    """Cosine similarity of two embeddings (or two embedded faces); 1 = identical direction."""
+    """Cosine similarity of two embeddings (or two embedded faces); 1 = identical direction. Both must come from
+    one embedder: across models the number means nothing, and a ``Face`` does not record which model embedded it."""
     u = a.embedding if isinstance(a, Face) else a
     v = b.embedding if isinstance(b, Face) else b
     if u is None or v is None:
@@ -62,6 +68,8 @@ def select_face(faces: list[Face], how: Selection = "largest", image_shape: tupl
     """Pick one face: ``largest`` box, closest to the image ``center``, best ``score``, or an index."""
     if not faces:
         raise NoFaceError("no face found")
+    if isinstance(how, bool) or not isinstance(how, int | str):
+        raise ValueError(f"select={how!r}: expected one of {', '.join(SELECTIONS)} or a face index")
     if isinstance(how, int):
         if not 0 <= how < len(faces):
             raise NoFaceError(f"face index {how} out of range: {len(faces)} face(s) found")
@@ -115,14 +123,21 @@ class FacePipeline:
         max_side: int = 1280,
         score_threshold: float = 0.6,
     ):
+        check_threads(threads)
+        if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1:
+            raise UsageError(f"max_side={max_side!r}: expected a whole number of pixels, at least 1")
+        if threshold is not None and (
+            isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not -1 <= threshold <= 1
+        ):  # not -1 <= NaN <= 1 either: NaN would make every pair "different"
+            raise UsageError(f"threshold={threshold!r}: expected a cosine similarity, a number from -1 to 1")
         registry = registry or ModelRegistry()
         self.detector = landmark_detector(
             detector, threads=threads, registry=registry, max_side=max_side, score_threshold=score_threshold
         )
         embedder_model = registry.resolve(embedder, task="embedding")
         self.embedder = embedding.ARCHITECTURES[embedder_model.card.architecture](embedder_model, threads=threads)
-        self._threshold = threshold if threshold is not None else self.embedder.threshold
-        self.timings_ms: dict[str, float] = {}
+        self._threshold = float(threshold) if threshold is not None else self.embedder.threshold
+        self._timings = threading.local()  # each thread's calls timed apart: the models may serve several at once
 
     @property
     def threshold(self) -> float:
@@ -145,9 +160,21 @@ class FacePipeline:
         """Which models run, as reports label a pipeline: "yunet-teacher + sface-student"."""
         return f"{self.detector.name} + {self.embedder.name}"
 
+    @property
+    def timings_ms(self) -> dict[str, float]:
+        """Milliseconds per stage (decode, detect, align, embed) of the calls made in this thread: reset by each
+        ``verify``, cumulative otherwise (set it to ``{}`` to start a count)."""
+        if not hasattr(self._timings, "ms"):
+            self._timings.ms = {}
+        return self._timings.ms
+
+    @timings_ms.setter
+    def timings_ms(self, value: dict[str, float]) -> None:
+        self._timings.ms = value
+
     @contextmanager
     def _timed(self, stage: str) -> Iterator[None]:
-        """Add the block's wall time to ``timings_ms[stage]`` (reset by each ``verify``; cumulative otherwise)."""
+        """Add the block's wall time to ``timings_ms[stage]``."""
         start = time.perf_counter()
         yield
         self.timings_ms[stage] = self.timings_ms.get(stage, 0.0) + (time.perf_counter() - start) * 1000
@@ -157,8 +184,13 @@ class FacePipeline:
         three channels, BGRA loses its alpha, and anything else is refused here rather than failing deep inside a
         model or, for a float image in 0..1, silently finding no face."""
         with self._timed("decode"):
-            if not isinstance(source, np.ndarray):
+            if isinstance(source, str | os.PathLike | bytes):
                 return load_image(source)
+            if not isinstance(source, np.ndarray):  # a PIL image, a list: what it holds cannot be known here
+                raise ImageError(
+                    f"expected a path, an image file's bytes or a BGR uint8 array, got {type(source).__name__} "
+                    "(a PIL image: np.asarray(image)[..., ::-1])"
+                )
             if source.dtype == np.uint8 and source.size:
                 channels = 1 if source.ndim == 2 else source.shape[2] if source.ndim == 3 else 0
                 if channels == 3:
@@ -217,9 +249,11 @@ class FacePipeline:
         """Compare the selected face of two photos (paths or BGR uint8 arrays); ``select`` applies to both, or is
         a pair, one per photo."""
         threshold = self.threshold  # an uncalibrated embedder fails before any photo is read
+        if isinstance(select, tuple | list) and len(select) != 2:
+            raise ValueError(f"select={select!r}: one selection for both photos, or a pair of them (one per photo)")
         self.timings_ms = {}
         embedded, indexes, counts = [], [], []
-        for source, how in zip((a, b), (select, select) if isinstance(select, str | int) else select, strict=True):
+        for source, how in zip((a, b), select if isinstance(select, tuple | list) else (select, select), strict=True):
             try:
                 face, index, count = self.embed_one(source, how)
             except NoFaceError as exc:
