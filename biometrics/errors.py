@@ -36,6 +36,10 @@ class MeasurementError(BiometricsError):
     given input)."""
 
 
+class OutputError(BiometricsError):
+    """A result could not be written: the disk or quota is full, the device failed (``> /dev/full``)."""
+
+
 class UsageError(BiometricsError):
     """A command cannot use a setting it was given: an environment variable's value, a device, a thread count."""
 

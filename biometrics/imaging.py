@@ -24,13 +24,21 @@ MAX_FILE_BYTES = 256 * 2**20
 
 
 def files_under(folder: Path) -> list[Path]:
-    """Every file under ``folder`` (in sub-folders too), sorted, skipping hidden files and folders (a name that
-    starts with "."): a photo manager's thumbnails and a sync tool's state are not photos."""
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
+    """Every file under ``folder`` (in sub-folders too, linked ones included, each folder once), sorted, skipping
+    hidden files and folders (a name that starts with "."): a photo manager's thumbnails and a sync tool's state
+    are not photos. Entries that are not regular files (a broken link, a FIFO) are listed too: whoever reads
+    them reports why they cannot be read, rather than leave them out unsaid."""
+    files, seen = [], {os.path.realpath(folder)}
+    for top, folders, names in os.walk(folder, followlinks=True):
+        kept = []
+        for name in folders:
+            real = os.path.realpath(Path(top, name))
+            if not name.startswith(".") and real not in seen:  # a link back up (a loop), or a second way in
+                seen.add(real)
+                kept.append(name)
+        folders[:] = kept
+        files += [Path(top, name) for name in names if not name.startswith(".")]
+    return sorted(files)
 
 
 def is_image_name(path: Path) -> bool:
@@ -40,6 +48,27 @@ def is_image_name(path: Path) -> bool:
 def photos_under(folder: Path) -> list[Path]:
     """The image files of ``files_under(folder)``, by suffix."""
     return [path for path in files_under(folder) if is_image_name(path)]
+
+
+UNSUPPORTED_SIGNATURES = {
+    b"GIF87a": "a GIF image",
+    b"GIF89a": "a GIF image",
+    b"II*\0": "a TIFF image",
+    b"MM\0*": "a TIFF image",
+    b"%PDF": "a PDF document",
+}
+"""First bytes of files people take for photos that we do not decode (a phone's HEIC is sniffed apart)."""
+
+
+def _unsupported_format(data: bytes) -> str | None:
+    """What a file we do not decode is, from its first bytes, so its error says so (an iPhone's HEIC photo is
+    not "not an image"); None if it is nothing we know."""
+    if data[4:8] == b"ftyp":  # ISO media: HEIC/HEIF/AVIF photos, or a video
+        brand = data[8:12]
+        if brand.startswith((b"hei", b"hev", b"mif")):
+            return "a HEIC image (convert it to JPEG)"
+        return "an AVIF image" if brand.startswith(b"avi") else None
+    return next((kind for magic, kind in UNSUPPORTED_SIGNATURES.items() if data.startswith(magic)), None)
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -87,7 +116,9 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_
         try:
             image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
         except UnidentifiedImageError:
-            raise ImageError(f"{label}: not an image (supported: JPEG, PNG, BMP, WebP)") from None
+            kind = _unsupported_format(data)
+            what = f"{kind}, not supported" if kind else "not an image"
+            raise ImageError(f"{label}: {what} (supported: JPEG, PNG, BMP, WebP)") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageError(f"{label}: image too large (limit {max_pixels:,} pixels)") from None
         except (OSError, SyntaxError, ValueError) as exc:  # header cut short or malformed

@@ -137,6 +137,18 @@ class ModelCard:
         return self.source.get("sha256")
 
     @property
+    def bench_input_shape(self) -> list[int]:
+        """The batch-1 input `bench` times the model at: the card's ``bench_input_shape``, else an embedder's
+        crop (1 x 3 x its input size, 112 x 112 by default) or a detector's VGA frame (1 x 3 x 480 x 640)."""
+        shape = self.data.get("bench_input_shape")
+        if shape is None:
+            height, width = self.input.get("size", (112, 112)) if self.task == "embedding" else (480, 640)
+            return [1, 3, int(height), int(width)]
+        if not isinstance(shape, list) or not shape or not all(isinstance(v, int) and v > 0 for v in shape):
+            raise ModelError(f"model '{self.name}': its card's bench_input_shape is not a list of sizes")
+        return shape
+
+    @property
     def how_to_obtain(self) -> str:
         return self.source.get("obtain", "see the model card")
 

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto, helper
 
 from biometrics.cli.main import cli
 
@@ -157,9 +159,9 @@ def test_unknown_model_exits_2(run, sample):
 
 
 def test_failures_that_are_not_the_users_still_exit_2_in_one_line(run, sample, tmp_path):
-    """A model that loads but fails on its input (a detector's file, without its card, given as the embedder), a
-    threshold that is not a cosine similarity, an output format OpenCV cannot write: exit 2, one line, never exit 1
-    ("different")."""
+    """A model that loads but is not what it is used as (a detector's file, without its card, given as the
+    embedder), a threshold that is not a cosine similarity, an output format OpenCV cannot write: exit 2, one line,
+    never exit 1 ("different")."""
     detector_as_embedder = tmp_path / "uncarded.onnx"
     shutil.copyfile(
         Path(__file__).resolve().parents[1] / "models" / "yunet-student-v3" / "model.onnx", detector_as_embedder
@@ -175,7 +177,7 @@ def test_failures_that_are_not_the_users_still_exit_2_in_one_line(run, sample, t
                 "--threshold",
                 0.4,
             ],
-            "error: unexpected",
+            "error: model 'uncarded' is not an embedder: its output is",  # refused when loaded, not when run
         ),
         (["verify", sample("obama.jpg"), sample("obama2.jpg"), "--threshold", "nan"], "not a cosine similarity"),
         (["detect", sample("obama.jpg"), "--out", tmp_path / "faces.txt"], "cannot write an image with this extension"),
@@ -226,6 +228,19 @@ def test_console_script_end_to_end(sample):
     assert proc.stdout.startswith("SAME person")
 
 
+def test_output_that_cannot_be_written_is_an_error_not_a_traceback(sample):
+    """`> /dev/full` (a full disk): one line on stderr and exit 2, not a traceback and exit 1 ("different")."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "biometrics", "verify", sample("biden.jpg"), sample("biden2.jpg"), "--json"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 2 and proc.stderr == "error: cannot write the output (No space left on device)\n"
+
+
 def test_bench_writes_an_efficiency_card(run, tmp_path):
     result = run("bench", "yunet-teacher", "--out", tmp_path, "--threads", 1, "--iterations", 5, "--batch", 2)
     assert result.exit_code == 0, result.output
@@ -235,6 +250,31 @@ def test_bench_writes_an_efficiency_card(run, tmp_path):
     run_1t = card["runs"][0]
     assert run_1t["threads"] == 1 and 0 < run_1t["latency_batch1"]["p50_ms"] <= run_1t["latency_batch1"]["p95_ms"]
     assert "| yunet-teacher |" in (tmp_path / "efficiency.md").read_text()
+
+
+def test_bench_times_your_own_models_at_their_task_s_input_and_names_a_broken_one(run, sample, tmp_path):
+    """A card as the README shows one (no bench_input_shape) is benched at its task's input: an embedder's crop.
+    A file ONNX Runtime cannot load, or a network that is no embedder, is a model error naming it, before any
+    worker runs."""
+    student = Path(__file__).parents[1] / "models" / "sface-student"
+    card = json.loads((student / "card.json").read_text())
+    mine = {"name": "mine", "task": "embedding", "architecture": card["architecture"], "input": card["input"]}
+    (tmp_path / "mine.onnx").write_bytes((student / "model.onnx").read_bytes())
+    (tmp_path / "mine.json").write_text(json.dumps(mine))
+    result = run("bench", tmp_path / "mine.onnx", "--out", tmp_path / "r", "--threads", 1, "--iterations", 5)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r" / "efficiency.json").read_text())[0]["input_shape"] == [1, 3, 112, 112]
+
+    (tmp_path / "text.onnx").write_text("not onnx")
+    (tmp_path / "text.json").write_text(json.dumps(mine | {"name": "text"}))
+    broken = run("bench", tmp_path / "text.onnx", "--out", tmp_path / "t")
+    assert broken.exit_code == 2 and f"model 'text': ONNX Runtime cannot load {tmp_path / 'text.onnx'}" in broken.stderr
+    crops = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 3, 112, 112]) for name in "xy"]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", crops[:1], crops[1:])
+    onnx.save(helper.make_model(graph), tmp_path / "identity.onnx")
+    enrol = ["enroll", "x", sample("obama.jpg"), "--gallery", tmp_path / "g.db"]
+    identity = run(*enrol, "--embedder", tmp_path / "identity.onnx")
+    assert identity.exit_code == 2 and "not an embedder: its output is [1, 3, 112, 112], not N x D" in identity.stderr
 
 
 @pytest.mark.parametrize(

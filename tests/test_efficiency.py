@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 from biometrics.errors import MeasurementError
 from biometrics.evaluation.complexity import count_macs, count_parameters
 from biometrics.evaluation.efficiency import (
+    PARENT_ENV,
     LatencyStats,
+    _worker_env,
     benchmark_model,
     latency_by_turns,
     measure_latency,
@@ -331,6 +336,10 @@ def test_write_efficiency_report(tiny_card, tmp_path):
     header = next(line for line in text.splitlines() if line.startswith("| model"))
     assert header.count("|") == rows[0].count("|")
     assert header.count("p50 ms @") == 2  # at 1 thread and at 2
+    assert header.count("img/s @") == 2 and "peak RSS MiB (batch" in header  # all the card measured, in the table
+    low_throughput = tiny_card["runs"][0][f"throughput_batch{tiny_card['batch']}"]
+    batched_rss = tiny_card[f"peak_rss_batch{tiny_card['batch']}_mib"]
+    assert f"| {low_throughput:.1f} |" in rows[0] and f"| {batched_rss:.1f} |" in rows[0]
     one_thread = tiny_card | {"threads": [1], "runs": tiny_card["runs"][:1]}
     _, md_path = write_efficiency_report([one_thread], tmp_path / "one")
     lines = md_path.read_text().splitlines()
@@ -354,6 +363,44 @@ def test_several_models_are_timed_by_turns_and_the_report_says_so(tiny_card, tmp
             assert run["latency_batch1"]["iterations"] == 4 and "by turns" in run["latency_batch1"]["timed"]
     _, md_path = write_efficiency_report(cards, tmp_path)
     assert "timed by turns in one process" in md_path.read_text()
+
+
+def test_a_worker_ends_with_the_bench_that_started_it(tmp_path):
+    """A bench killed however (SIGKILL, or SIGTERM before its handler) takes its worker with it: an orphan went on
+    timing at full CPU. The worker finds its parent gone at start too."""
+    spec = json.dumps({"mode": "baseline"})
+    script = (
+        "import subprocess, sys, time\n"
+        "from biometrics.evaluation.efficiency import _worker_env\n"
+        "worker = subprocess.Popen([sys.executable, '-c', 'from biometrics.evaluation import efficiency as e; "
+        "e._die_with_parent(); import time; time.sleep(60)'], env=_worker_env())\n"
+        "print(worker.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=_worker_env())
+    worker_pid = int(parent.stdout.readline())
+    time.sleep(1.0)  # the worker has imported and set its death signal
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(worker_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker_pid)
+    assert run_worker({"mode": "baseline"})["peak_rss_mib"] > 0  # a worker whose parent waits runs on
+    orphan_env = _worker_env() | {PARENT_ENV: "1"}  # as if its parent died before it could watch for that
+    orphan = subprocess.run(
+        [sys.executable, "-m", "biometrics.evaluation.efficiency", "--worker", spec], env=orphan_env, check=False
+    )
+    assert orphan.returncode == 1
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by init, counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_worker_peak_rss_is_not_inherited_from_the_parent():

@@ -440,8 +440,34 @@ def test_identify_searches_every_photo_of_a_folder_and_goes_on_past_a_bad_one(ru
     assert run("identify", photos / "b.JPG", photos / "b.JPG").exit_code == 1  # no one identified
     (tmp_path / "empty" / ".thumbnails").mkdir(parents=True)
     (tmp_path / "empty" / ".thumbnails" / "a.jpg").write_bytes(sample("obama.jpg").read_bytes())
-    no_photos = run("identify", photos / "2024", tmp_path / "empty")  # a mistyped folder is no "nobody there"
+    no_photos = run("identify", tmp_path / "empty")  # a mistyped folder is no "nobody there"
     _one_line_error(no_photos, f"{tmp_path / 'empty'}: no photos in this folder")
+    among_others = run("identify", tmp_path / "empty", photos / "2024", "--json")  # reported in its turn
+    lines = [json.loads(line) for line in among_others.stdout.splitlines()]
+    assert among_others.exit_code == 2 and [line.get("error", {}).get("kind") for line in lines] == ["data", None]
+    assert lines[0]["image"] == str(tmp_path / "empty") and lines[1]["faces"][0]["identity"] == "biden"
+
+
+def test_a_folder_of_photos_is_read_whole_and_what_cannot_be_read_is_said(run, sample, tmp_path):
+    """Linked sub-folders are searched (once each, a link back up is no loop); a broken link or a FIFO named as
+    a photo gets its error line instead of being left out unsaid."""
+    assert run("enroll", "obama", sample("obama.jpg")).exit_code == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "o.jpg").symlink_to(sample("obama2.jpg"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "linked").symlink_to(elsewhere)
+    (photos / "again").symlink_to(elsewhere)  # a second way to the same folder: searched once
+    (photos / "linked-up").symlink_to(photos)  # a loop
+    (photos / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    os.mkfifo(photos / "pipe.jpg")
+    result = run("identify", photos, "--json")
+    lines = {Path(line["image"]).name: line for line in map(json.loads, result.stdout.splitlines())}
+    assert sorted(lines) == ["gone.jpg", "o.jpg", "pipe.jpg"] and result.exit_code == 2
+    assert lines["o.jpg"]["faces"][0]["identity"] == "obama"
+    assert "no such file" in lines["gone.jpg"]["error"]["message"]
+    assert "not a regular file" in lines["pipe.jpg"]["error"]["message"]
 
 
 def test_enrol_a_folder_of_people_each_all_or_nothing_and_rerun_to_finish(run, sample, tmp_path):

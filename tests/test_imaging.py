@@ -81,6 +81,19 @@ def test_non_images_are_errors(tmp_path, content, reason):
         load_image(path)
 
 
+def test_a_photo_in_a_format_we_do_not_decode_says_which(tmp_path, sample):
+    """A GIF, TIFF or an iPhone's HEIC named .jpg is an image of another kind, not "not an image"."""
+    photo = Image.open(sample("obama.jpg"))
+    for suffix, kind in (("GIF", "a GIF image"), ("TIFF", "a TIFF image")):
+        path = tmp_path / f"{suffix}.jpg"
+        photo.save(path, format=suffix)
+        with pytest.raises(ImageError, match=f"{kind}, not supported \\(supported: JPEG"):
+            load_image(path)
+    heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64)  # the box an iPhone photo starts with
+    with pytest.raises(ImageError, match="a HEIC image \\(convert it to JPEG\\), not supported"):
+        load_image(heic)
+
+
 def test_missing_file_and_directory(tmp_path):
     with pytest.raises(ImageError, match="no such file"):
         load_image(tmp_path / "missing.jpg")

@@ -173,11 +173,16 @@ def test_unusable_sources_exit_2_with_a_reason(tmp_path):
         str(not_a_photo): f"no frame could be decoded from {not_a_photo}",
         "9": "camera 9: cannot open",
         "/dev/null": "camera /dev/null: cannot open",  # a device file is a camera, like /dev/video0
+        "/dev/video99": "/dev/video99: no such camera",
+        "": "the source is empty",
     }
+    outputs = ["--out", tmp_path / "out.mp4", "--events", tmp_path / "events.jsonl"]
     for source, reason in cases.items():
-        result = CliRunner().invoke(cli, ["live", "--source", source, "--headless", "--gallery", tmp_path / "g.db"])
+        args = ["live", "--source", source, "--headless", "--gallery", tmp_path / "g.db", *outputs]
+        result = CliRunner().invoke(cli, args)
         assert result.exit_code == 2, result.output
         assert result.stderr.strip().splitlines()[-1].startswith("error: ") and reason in result.stderr
+        assert not (tmp_path / "out.mp4").exists() and not (tmp_path / "events.jsonl").exists()  # no empty outputs
 
 
 def test_ffmpegs_own_messages_stay_off_stderr(tmp_path):
@@ -263,9 +268,21 @@ def test_a_stream_that_reopens_without_frames_runs_out_of_attempts(serve, short_
     messages: list[str] = []
     url = serve([header_only] * 10)
     source = FrameSource(url, reconnect_attempts=3, backoff_s=0.001, notify=messages.append)
-    with pytest.raises(SourceError, match="lost and not back after 3 reconnection attempts"):
+    with pytest.raises(SourceError, match="no frame could be decoded from stream .* in 4 attempts"):
         list(source.frames())
     assert sum("reconnecting in" in m for m in messages) == 3  # reopening is no success until a frame comes
+
+
+def test_a_video_over_http_is_read_whole_by_a_slow_reader(serve, short_clip):
+    """A served video (it declares its frame count) is a file, not a live stream: a reader slower than the network
+    gets every frame, and media time, as from the file itself."""
+    source = FrameSource(serve([short_clip.read_bytes()]), queue_size=2)
+    received = []
+    for frame in source.frames():
+        received.append(frame)
+        time.sleep(0.01)
+    assert [frame.index for frame in received] == list(range(30)) and source.dropped == 0
+    assert received[-1].timestamp == pytest.approx(29 / source.fps, abs=0.05)
 
 
 def test_a_video_over_http_ends_where_it_declares_and_a_drop_resumes_where_it_stopped(serve, short_clip):

@@ -39,6 +39,7 @@ from biometrics.face import SMALL_FACE_PX, is_small_face
 if TYPE_CHECKING:
     import numpy as np
 
+    from biometrics.errors import DataError
     from biometrics.gallery import EmbedderId, GalleryThreshold, Person, TemplateIndex, Templates
     from biometrics.pipeline import FacePipeline
 
@@ -450,21 +451,22 @@ def _enrolled_templates(gallery_path: Path | None, key_file: Path | None, embedd
 
 def photo_paths(arguments: tuple[Path, ...]) -> list[Path]:
     """The photos named on the command line: a file as given (read, or reported unreadable, later), a folder as
-    its image files (in sub-folders too, by suffix, hidden ones skipped). A folder without one is an error: a
-    mistyped path must not pass for "nobody there"."""
-    from biometrics.errors import DataError
-    from biometrics.imaging import IMAGE_SUFFIXES, photos_under
+    its image files (in sub-folders too, by suffix, hidden ones skipped). A folder without one stays in the list,
+    as itself, to be reported in its turn (``folder_without_photos``): a mistyped path must not pass for "nobody
+    there", nor stop the other photos being searched."""
+    from biometrics.imaging import photos_under
 
     paths = []
     for argument in arguments:
-        if not argument.is_dir():
-            paths.append(argument)
-            continue
-        photos = photos_under(argument)
-        if not photos:
-            raise DataError(f"{argument}: no photos in this folder (files ending {', '.join(IMAGE_SUFFIXES)})")
-        paths += photos
+        paths += (photos_under(argument) or [argument]) if argument.is_dir() else [argument]
     return paths
+
+
+def folder_without_photos(folder: Path) -> DataError:
+    from biometrics.errors import DataError
+    from biometrics.imaging import IMAGE_SUFFIXES
+
+    return DataError(f"{folder}: no photos in this folder (files ending {', '.join(IMAGE_SUFFIXES)})")
 
 
 @click.command()
@@ -497,7 +499,7 @@ def identify(
     """Who is in each image (a photo, or a folder of them)? Ranked people with scores; exit 0 someone identified,
     1 everyone unknown, 2 error. An image that cannot be searched (unreadable, no face) is reported and the others
     are still searched; the exit code is then 2."""
-    from biometrics.errors import ImageError, NoFaceError
+    from biometrics.errors import DataError, ImageError, NoFaceError
     from biometrics.gallery import EmbedderId, TemplateIndex
 
     if every_face and face_index is not None:
@@ -514,8 +516,10 @@ def identify(
     identified = unknown = failed = 0
     for path in paths:
         try:
+            if path.is_dir():
+                raise folder_without_photos(path)
             report = search(path)
-        except (ImageError, NoFaceError) as exc:  # this photo's fault: the others are still searched
+        except (ImageError, NoFaceError, DataError) as exc:  # this photo's fault: the others are still searched
             failed += 1
             report_error(ctx, exc, str(exc), image=str(path))
             continue

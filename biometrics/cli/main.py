@@ -7,6 +7,7 @@ Exit codes scripts can rely on: 0 success (``verify``: same person), 1 ``verify`
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 import click
 
 from biometrics.cli import EXIT_INTERRUPTED, was_interrupted
-from biometrics.errors import BiometricsError, DataError
+from biometrics.errors import BiometricsError, DataError, OutputError
 from biometrics.pipeline.facade import SELECTIONS
 from biometrics.runtime import MAX_THREADS
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 EXIT_DIFFERENT = 1
 EXIT_ERROR = 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
+WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
+"""Why writing a result can fail through no fault of ours or the input's: an ``OutputError``, not "unexpected"."""
 
 
 class ReportingGroup(click.Group):
@@ -62,6 +65,10 @@ class ReportingGroup(click.Group):
             if was_interrupted(exc):  # Ctrl-C while a library loaded, re-raised as its own error
                 click.echo("interrupted", err=True)
                 sys.exit(EXIT_INTERRUPTED)
+            if isinstance(exc, OSError) and exc.errno in WRITE_FAILURES:  # no bug of ours: the place it writes to
+                failure = OutputError(f"cannot write {exc.filename or 'the output'} ({exc.strerror})")
+                report_error(ctx, failure, str(failure))
+                sys.exit(EXIT_ERROR)
             reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
             report_error(ctx, exc, f"unexpected {type(exc).__name__}: {reason} (please report this)")
             sys.exit(EXIT_ERROR)
@@ -75,7 +82,8 @@ def report_error(ctx: click.Context, exc: Exception, message: str, **where) -> N
     message = " ".join(message.split())
     click.echo(f"error: {message}", err=True)
     if ctx.meta.get(JSON_OUTPUT):
-        click.echo(json.dumps(where | {"error": {"kind": error_kind(exc), "message": message}}))
+        with suppress(OSError):  # the output that just failed (a full disk) fails again: stderr has said it
+            click.echo(json.dumps(where | {"error": {"kind": error_kind(exc), "message": message}}))
 
 
 def error_kind(exc: Exception) -> str:
@@ -756,9 +764,7 @@ def _benchmark(models, thread_counts=(), iterations=50, batch=32, real_inputs=No
     cards, inputs = [], []
     for model in models:
         data, description = real_inputs.get(model.name, (None, None))
-        shape = model.card.data.get("bench_input_shape")
-        if not shape:
-            raise BiometricsError(f"model '{model.name}': its card has no bench_input_shape")
+        shape = model.card.bench_input_shape
         click.echo(f"benchmarking {model.name} at {shape} ...", err=True)
         cards.append(
             benchmark_model(
@@ -798,7 +804,7 @@ def _inputs_from_photos(models, paths: list[Path]) -> dict:
     names = ", ".join(path.name for path in paths)
     inputs, crops_by_size = {}, {}
     for model in models:
-        shape = model.card.data["bench_input_shape"]
+        shape = model.card.bench_input_shape
         if model.card.task == "detection":
             detector = detection.ARCHITECTURES[model.card.architecture](model, threads=1)
             resized = [cv2.resize(image, (shape[3], shape[2]), interpolation=cv2.INTER_AREA) for image in images]
@@ -830,7 +836,11 @@ def _inputs_from_photos(models, paths: list[Path]) -> dict:
     help="Thread counts to time (default: 1 and all cores).",
 )
 @click.option(
-    "--iterations", type=click.IntRange(5), default=50, show_default=True, help="Timed batch-1 calls per model."
+    "--iterations",
+    type=click.IntRange(5, 100_000),
+    default=50,
+    show_default=True,
+    help="Timed batch-1 calls per model.",
 )
 @click.option("--batch", type=click.IntRange(1, 256), default=32, show_default=True, help="Batch for throughput.")
 @click.option(
@@ -848,8 +858,11 @@ def bench(models, out, thread_counts, iterations, batch, image_paths):
 
     registry = ModelRegistry()
     resolved = [registry.resolve(name) for name in models]
+    for model in resolved:
+        model.session(1)  # one that ONNX Runtime cannot load is named here, not by a worker's traceback
     real_inputs = _inputs_from_photos(resolved, image_paths) if image_paths else None
-    cards = _benchmark(resolved, thread_counts or _all_thread_counts(), iterations, batch, real_inputs)
+    with sigterm_as_interrupt():  # `timeout`, a CI cancel: the workers and temporary copies go too
+        cards = _benchmark(resolved, thread_counts or _all_thread_counts(), iterations, batch, real_inputs)
     json_path, md_path = write_efficiency_report(cards, out)
     click.echo(md_path.read_text())
     click.echo(f"report: {md_path}")

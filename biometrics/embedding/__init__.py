@@ -32,6 +32,9 @@ class Embedder:
                 f"model '{model.name}' is not an embedder for {self.size[0]}x{self.size[1]} crops "
                 f"(its input is {graph_input.shape})"
             )
+        graph_output = self.session.get_outputs()[0]
+        if graph_output.shape and len(graph_output.shape) != 2:  # N x D (when declared): else another network
+            raise ModelError(f"model '{model.name}' is not an embedder: its output is {graph_output.shape}, not N x D")
         self.input_name = graph_input.name
         self.batch_size = batch_size if not isinstance(graph_input.shape[0], int) else graph_input.shape[0]
 

@@ -10,12 +10,14 @@ process per model so that peak RSS belongs to that model alone. Run as
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import hashlib
 import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -402,12 +404,30 @@ def _minus(value: float | None, amount: float) -> float | None:
     return None if value is None else value - amount
 
 
+PARENT_ENV = "BIOMETRICS_BENCH_PARENT"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
 def _worker_env() -> dict[str, str]:
-    """Make ``biometrics`` importable in the child even when not installed (tests run from a checkout)."""
+    """Make ``biometrics`` importable in the child even when not installed (tests run from a checkout), and tell
+    it which process it measures for (``_die_with_parent``)."""
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    env[PARENT_ENV] = str(os.getpid())
     return env
+
+
+def _die_with_parent() -> None:
+    """End this worker when the bench that started it ends, however it ends (SIGTERM, SIGKILL): left alone, an
+    orphaned worker went on timing at full CPU for as many iterations as were asked. Linux: the kernel sends
+    SIGKILL on the parent's death; a parent gone before that was set is seen by its pid."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the worker ends with its measurement
+        return
+    if os.environ.get(PARENT_ENV) not in (None, str(os.getppid())):
+        os._exit(1)
 
 
 def run_worker(spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
@@ -605,8 +625,10 @@ def write_efficiency_report(cards: list[dict[str, Any]], out_dir: Path) -> tuple
         f"p50 ms @{low}t",
         f"p95 ms @{low}t",
         *([] if one_thread_count else [f"p50 ms @{high_label}"]),
+        *([] if one_thread_count else [f"img/s @{low}t ({batch_label})"]),
         f"img/s @{high_label} ({batch_label})",
         "peak RSS MiB (+model)",
+        f"peak RSS MiB ({batch_label})",
         "p50 vs first",
     ]
     rows = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
@@ -619,6 +641,7 @@ def write_efficiency_report(cards: list[dict[str, Any]], out_dir: Path) -> tuple
         p50 = first["latency_batch1"]["p50_ms"]
         reference = reference or p50
         tput = top.get(f"throughput_batch{card['batch']}")
+        low_tput = first.get(f"throughput_batch{card['batch']}")
         mark = ""
         if not top.get("throughput_batched", True):
             mark, unbatched = " †", True
@@ -639,8 +662,10 @@ def write_efficiency_report(cards: list[dict[str, Any]], out_dir: Path) -> tuple
                     _fmt(p50, 2),
                     _fmt(first["latency_batch1"]["p95_ms"], 2),
                     *([] if one_thread_count else [_fmt(top["latency_batch1"]["p50_ms"], 2) + top_note]),
+                    *([] if one_thread_count else [_fmt(low_tput, 1) + mark + batch_note]),
                     _fmt(tput, 1) + mark + top_note + batch_note,
                     rss_cell,
+                    _fmt(card.get(f"peak_rss_batch{card['batch']}_mib"), 1),
                     f"{p50 / reference:.2f}×" if reference else "–",
                 ]
             )
@@ -650,8 +675,8 @@ def write_efficiency_report(cards: list[dict[str, Any]], out_dir: Path) -> tuple
     notes = [
         "",
         "MACs count Conv/ConvTranspose/Gemm/MatMul only (elementwise, pooling and normalization excluded); "
-        "latency is batch 1, warm-up excluded; peak RSS is per model in a fresh process, "
-        f"(+model) is above the bare import baseline of {baseline} MiB.",
+        "latency is batch 1, warm-up excluded; peak RSS is per model in a fresh process, after the batch-1 runs "
+        f"and after the batched ones; (+model) is above the bare import baseline of {baseline} MiB.",
     ]
     if cards and all("timed" in (_run_for(c, low) or {}).get("latency_batch1", {}) for c in cards):
         notes.append(
@@ -676,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", required=True, help="JSON measurement spec (internal use)")
     args = parser.parse_args(argv)
+    _die_with_parent()
     result = _run_measurements(json.loads(args.worker))
     sys.stdout.write("\n" + json.dumps(result) + "\n")
     sys.stdout.flush()

@@ -1,12 +1,12 @@
 """Frames from a camera, a video file or a network stream, read in their own thread.
 
-The queue between the reader and the recogniser is bounded. A camera or stream is real time: when the
-recogniser falls behind, the oldest frame is dropped so it always works on a recent one. A video file is read
-completely (the reader waits for room instead), so every frame of a file is processed. A stream that drops is
-reopened with exponential back-off; a camera that is missing or stops is an error. A video served over http(s)
-ends at the frame count it declares; one that drops before is reopened and resumes where it stopped (never
-replayed from its start), and gives up like a stream if it keeps ending there. A file that ends well short of
-the count its header declares is an error.
+The queue between the reader and the recogniser is bounded. A camera or live stream is real time: when the
+recogniser falls behind, the oldest frame is dropped so it always works on a recent one. A video file, and a
+video served over http(s) (a stream that declares its frame count), is read completely (the reader waits for room
+instead), so every frame is processed. A stream that drops is reopened with exponential back-off; a camera that
+is missing or stops is an error. A served video ends at the frame count it declares; one that drops before is
+reopened and resumes where it stopped (never replayed from its start), and gives up like a stream if it keeps
+ending there. A file that ends well short of the count its header declares is an error.
 """
 
 from __future__ import annotations
@@ -111,12 +111,16 @@ class FrameSource:
         self.source = source
         self.label = describe_source(source)
         self.live = is_camera(source) or is_stream(source)
+        if not source.strip():
+            raise SourceError("the source is empty: give a camera index (0), a video file or a stream URL")
         if not self.live and not Path(source).is_file():
-            what = (
-                "no such video file" if not Path(source).exists() else "not a video file (a directory, device or FIFO)"
-            )
+            if source.startswith("/dev/video"):
+                what = "no such camera (no video device by that name)"
+            elif not Path(source).exists():
+                what = "no such video file"
+            else:
+                what = "not a video file (a directory, device or FIFO)"
             raise SourceError(f"{source}: {what}")
-        self.pace = pace and not self.live
         self.reconnect_attempts = reconnect_attempts
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.notify = notify
@@ -131,6 +135,8 @@ class FrameSource:
             raise SourceError(self._cannot_open())
         self.fps = self._capture.get(cv2.CAP_PROP_FPS) or 30.0  # what the source says it delivers
         self.declared_frames = max(0, int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT)))  # 0: live, or not said
+        self.real_time = is_camera(source) or (self.live and not self.declared_frames)  # else every frame is read
+        self.pace = pace and not self.real_time
 
     def _cannot_open(self) -> str:
         if is_camera(self.source):
@@ -182,11 +188,11 @@ class FrameSource:
             if not ok:
                 if self._ended(index, index - opened_at):
                     return
-                self._reconnect(resume_at=index if self.declared_frames else 0)
+                self._reconnect(resume_at=index if self.declared_frames else 0, delivered=index)
                 opened_at = index
                 continue
             self._reconnections = 0
-            if self.live:
+            if self.real_time:
                 timestamp = time.monotonic() - start
             else:
                 timestamp = self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
@@ -213,10 +219,11 @@ class FrameSource:
             raise SourceError(f"{self.label}: {ended} (truncated or corrupt?)")
         return True
 
-    def _reconnect(self, resume_at: int) -> None:
+    def _reconnect(self, resume_at: int, delivered: int) -> None:
         """Reopen a dropped stream, waiting backoff_s, 2 x backoff_s, ... (capped) between attempts. The attempts
         count again from the first only once a frame is read: a stream that reopens but delivers nothing gives up.
-        A served video starts again from its first frame: the ``resume_at`` frames already delivered are skipped."""
+        A served video starts again from its first frame: the ``resume_at`` frames already delivered are skipped.
+        ``delivered``: frames read so far; none at all, and the source is said to give none, not to be lost."""
         self._capture.release()
         self._capture = None
         while self._reconnections < self.reconnect_attempts:
@@ -235,7 +242,12 @@ class FrameSource:
                 self._capture.release()
                 self._capture = None
         reason = f"{self.label}: lost and not back after {self.reconnect_attempts} reconnection attempts"
-        if resume_at:
+        if not delivered:
+            reason = (
+                f"no frame could be decoded from {self.label} in {self.reconnect_attempts + 1} attempts (not a video, "
+                "an unsupported codec, or a video whose index is at its end served without range requests?)"
+            )
+        elif resume_at:
             reason += f" (it ends at frame {resume_at} of the {self.declared_frames} it declares: truncated?)"
         raise SourceError(reason)
 
@@ -247,7 +259,7 @@ class FrameSource:
         """Queue ``frame``; when full, drop the oldest frame (real time) or wait for room (a file). Once stopped,
         frames are discarded: nobody reads any more."""
         while not self._stop.is_set():
-            queued, dropped = self._buffer.put(frame, drop_oldest=self.live, timeout=0.1)
+            queued, dropped = self._buffer.put(frame, drop_oldest=self.real_time, timeout=0.1)
             self.dropped += dropped
             if queued:
                 return

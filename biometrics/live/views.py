@@ -26,13 +26,15 @@ class View(Protocol):
 
 
 class HeadlessRecorder:
-    """``--out annotated.mp4`` and ``--events events.jsonl`` (one JSON line per processed frame, no embeddings)."""
+    """``--out annotated.mp4`` and ``--events events.jsonl`` (one JSON line per processed frame, no embeddings).
+    A run that processed no frame leaves neither behind."""
 
     closed = False
 
     def __init__(self, video: Path | None, events: Path | None, fps: float = 30.0):
-        self.video_path, self.fps = video, fps
+        self.video_path, self.events_path, self.fps = video, events, fps
         self.wants_pixels = video is not None
+        self._frames = 0
         self._writer: cv2.VideoWriter | None = None
         try:
             self._events = None if events is None else open(events, "w")  # noqa: SIM115 - closed in close()
@@ -40,6 +42,7 @@ class HeadlessRecorder:
             raise BiometricsError(f"{events}: cannot write events ({exc.strerror or exc})") from None
 
     def show(self, annotated: np.ndarray | None, result: FrameResult, fps: float) -> None:
+        self._frames += 1
         if self._events is not None:
             self._events.write(json.dumps(result.to_event()) + "\n")
         if self.video_path is not None:  # other views may want pixels when this one has no --out
@@ -59,6 +62,8 @@ class HeadlessRecorder:
             self._writer.release()
         if self._events is not None:
             self._events.close()
+            if not self._frames:  # opened at the start, to fail before any work if it cannot be written
+                self.events_path.unlink(missing_ok=True)
 
 
 def gui_available() -> bool:
