@@ -94,7 +94,10 @@ def live(
     )
     index = link.load_index()
     if index is None:
-        notify(f"no gallery at {link.path} yet: every face is unknown until someone is enrolled")
+        notify(
+            f"no gallery at {link.path} yet: every face is unknown until someone is enrolled (`biometrics enroll "
+            "NAME PHOTO...`, or live's browser page)"
+        )
     threshold, set_for = search_threshold(pipeline, threshold, fpir, 0 if index is None else len(index))
     if set_for and index is not None:
         notify(f"threshold {threshold:.4f} {set_for.describe()}")
