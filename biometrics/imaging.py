@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -119,8 +120,10 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_
             kind = _unsupported_format(data)
             what = f"{kind}, not supported" if kind else "not an image"
             raise ImageError(f"{label}: {what} (supported: JPEG, PNG, BMP, WebP)") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(f"{label}: image too large (limit {max_pixels:,} pixels)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # before our own check
+            size = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow: "Image size (900000000 pixels) exceeds ..."
+            pixels = f"{int(size.group(1)):,} pixels > " if size else ""
+            raise ImageError(f"{label}: image too large ({pixels}{max_pixels:,} pixels)") from None
         except (OSError, SyntaxError, ValueError) as exc:  # header cut short or malformed
             raise ImageError(f"{label}: corrupt or truncated image ({exc})") from None
         width, height = image.size
