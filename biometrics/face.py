@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+SELECTIONS = ("largest", "center", "score")
+"""Which face of a photo with several to use, by name (or give its index in detection order)."""
+
 SMALL_FACE_PX = 48
 """Faces narrower than this (the detector's box, in the photo's pixels) are recognised less reliably: LFW accuracy
 holds down to faces about this wide and falls faster and faster below (reports/lfw-face-size, tested against it)."""

@@ -101,7 +101,8 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_
 
     EXIF orientation is applied, so a phone photo comes out upright; a corrupt EXIF block means no turn, and
     Pillow's warnings about it are silenced (nothing the user can act on). Only regular files of at most
-    ``MAX_FILE_BYTES`` are read. The pixel count is checked from the header, before the pixels are decoded.
+    ``MAX_FILE_BYTES`` are read. The pixel count is checked from the header, before the pixels are decoded
+    (``max_pixels``; Pillow refuses beyond twice its ``MAX_IMAGE_PIXELS``, ~179 M, whatever it is).
     Truncated files are an error rather than a half-grey image.
     """
     label = "<bytes>" if isinstance(source, bytes) else str(source)
@@ -112,15 +113,14 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_
     if not data:
         raise ImageError(f"{label}: file is empty")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore")  # Pillow's decompression-bomb warning too: ``max_pixels`` decides
         try:
             image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
         except UnidentifiedImageError:
             kind = _unsupported_format(data)
             what = f"{kind}, not supported" if kind else "not an image"
             raise ImageError(f"{label}: {what} (supported: JPEG, PNG, BMP, WebP)") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # before our own check
+        except Image.DecompressionBombError as exc:  # Pillow's hard limit, which caps ``max_pixels``
             size = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow: "Image size (900000000 pixels) exceeds ..."
             pixels = f"{int(size.group(1)):,} pixels > " if size else ""
             raise ImageError(f"{label}: image too large ({pixels}{max_pixels:,} pixels)") from None

@@ -24,12 +24,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import onnxruntime as ort
+from typing import TYPE_CHECKING
 
 from biometrics.errors import ModelError
 from biometrics.files import UnreadableFile, read_regular_file, write_atomically
 from biometrics.runtime import create_session, default_threads
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 MAX_CARD_BYTES = 1 << 20  # cards are a few KiB; a larger one is no card
@@ -177,6 +179,15 @@ class ResolvedModel:
             raise ModelError(f"model '{self.name}': ONNX Runtime cannot load {self.source_path} ({reason})") from None
 
 
+def _registered_card(card_path: Path) -> ModelCard:
+    """A card in a models folder: it must name its file's SHA-256 (a registered model is always verified; a
+    user's own .onnx path may not be)."""
+    card = ModelCard.from_json(card_path)
+    if not card.sha256:
+        raise ModelError(f"model '{card.name}': {card_path} has no source.sha256, so its file cannot be checked")
+    return card
+
+
 def _card_beside(path: Path) -> ModelCard | None:
     """The card of a user's ``.onnx`` file: ``<stem>.json`` beside it, or the ``card.json`` of a model folder
     (``models/<name>/``, as `biometrics distill` writes them) whose source is this file."""
@@ -205,7 +216,7 @@ class ModelRegistry:
         for folder in self.model_dirs:
             for card_path in sorted(folder.glob("*/card.json")):
                 try:
-                    card = ModelCard.from_json(card_path)
+                    card = _registered_card(card_path)
                 except ModelError as exc:
                     broken.append(exc)
                     continue
@@ -225,11 +236,9 @@ class ModelRegistry:
         for folder in self.model_dirs:
             card_path = folder / text / "card.json"
             if card_path.is_file():
-                card = ModelCard.from_json(card_path)
+                card = _registered_card(card_path)
                 if task and card.task != task:
                     raise ModelError(f"model '{text}' is for {card.task}, not {task}")
-                if not card.sha256:  # a registered model is always verified (a user's own .onnx path may not be)
-                    raise ModelError(f"model '{text}': {card_path} has no source.sha256, so its file cannot be checked")
                 return card
         known = ", ".join(self.names(task)) or "none"
         kind = f"{task} models" if task else "models"
@@ -317,16 +326,16 @@ class ModelRegistry:
         """The model's file: where it already is (models/, an installed package, the cache), else downloaded from
         its card's URL into the cache, the SHA-256 verified."""
         card = self.card(name)
-        try:
-            return self._locate(card)
-        except ModelError:
-            pass
         url = card.source.get("url")
+        target = self._download_path(card) if url else None
+        try:
+            found = self._locate(card)
+        except ModelError:
+            found = None
+        if found is not None and (found != target or sha256_file(found) == card.sha256):
+            return found  # elsewhere (checked when loaded), or a download that is whole
         if not url:
             raise ModelError(f"model '{name}' has no download URL; {card.how_to_obtain}")
-        target = self._download_path(card)
-        if target.is_file() and sha256_file(target) == card.sha256:
-            return target
         import urllib.error
         import urllib.request
 

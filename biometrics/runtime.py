@@ -6,14 +6,12 @@ from __future__ import annotations
 import os
 import platform
 import re
-
-import onnxruntime as ort
+from typing import TYPE_CHECKING
 
 from biometrics.errors import UsageError
 
-# ONNX Runtime (1.32+ on Linux) queues telemetry events about sessions and errors in
-# ~/.cache/Microsoft/DeveloperTools/.onnxruntime; a biometric tool keeps them off (README, Privacy).
-ort.disable_telemetry_events()
+if TYPE_CHECKING:  # imported when a session is made: the command line starts without it
+    import onnxruntime as ort
 
 
 MAX_THREADS = 256
@@ -73,8 +71,13 @@ def create_session(
     """A CPU session with ``threads`` intra-op threads (and ONNX Runtime session ``config`` entries, if any).
 
     Spinning is switched off: with two sessions in one process (detector + embedder) idle threads that spin
-    fight over the cores and halve throughput on small machines.
+    fight over the cores and halve throughput on small machines. ONNX Runtime (1.32+ on Linux) queues telemetry
+    events about sessions and errors in ~/.cache/Microsoft/DeveloperTools/.onnxruntime: they are switched off
+    before any session is made (README, Privacy).
     """
+    import onnxruntime as ort
+
+    ort.disable_telemetry_events()
     options = ort.SessionOptions()
     options.intra_op_num_threads = check_threads(threads) or default_threads()
     options.inter_op_num_threads = 1

@@ -403,6 +403,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def test_telemetry_is_switched_off_before_any_session_is_made(monkeypatch):
+    """README, Privacy: ONNX Runtime's telemetry events about sessions are off before the first one exists."""
+    import onnxruntime as ort
+
+    calls, make_session = [], ort.InferenceSession
+    monkeypatch.setattr(ort, "disable_telemetry_events", lambda: calls.append("off"))
+    monkeypatch.setattr(
+        ort, "InferenceSession", lambda *args, **kwargs: calls.append("session") or make_session(*args, **kwargs)
+    )
+    create_session(_tiny("N").SerializeToString(), threads=1)
+    assert calls == ["off", "session"]
+
+
 def test_worker_peak_rss_is_not_inherited_from_the_parent():
     # ru_maxrss survives fork+exec on Linux; the worker must report its own peak, not this process's.
     ballast = np.ones(256 * 1024 * 1024 // 8)  # 256 MiB, touched

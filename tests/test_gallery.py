@@ -857,7 +857,7 @@ def test_a_failed_export_leaves_no_file(run, sample, tmp_path, monkeypatch):
         copy.close()
         return copy
 
-    with Gallery(tmp_path / "private" / "gallery.db") as gallery, pytest.raises(sqlite3.ProgrammingError):
+    with Gallery(tmp_path / "private" / "gallery.db") as gallery, pytest.raises(GalleryError, match="cannot write"):
         monkeypatch.setattr(store.sqlite3, "connect", closed_copy)
         gallery.export(str(tmp_path / "backup.db"))
     monkeypatch.undo()

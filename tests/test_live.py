@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -453,6 +454,7 @@ def test_browser_requests_the_page_would_never_send_are_refused_in_json_and_enro
             status, answer = send("POST", "/enroll", body)
             assert status == 400 and answer["error"].startswith("bad request"), (body[:20], answer)
         assert send("POST", "/threshold", b'{"threshold": true}')[0] == 400
+        assert send("POST", "/threshold", b'{"threshold": 1' + b"0" * 400 + b"}")[0] == 400  # too large a float
         for length in ("-1", str(10**10), "many"):
             assert send("POST", "/enroll", b"{}", length)[0] == 400
         status, answer = send("DELETE", "/enroll", b"")
@@ -580,3 +582,50 @@ def test_a_browser_enrolment_moves_the_threshold_with_the_gallery_until_it_is_se
     assert controls.threshold == pytest.approx(0.32)
     controls.threshold = 0.45  # the slider
     assert not enrol("biden").endswith("for 3 templates") and controls.threshold == 0.45
+    assert "also matches" not in enrol(" biden ")  # as typed on the page: biden, no look-alike of himself
+
+
+def test_a_browser_enrolment_the_page_gave_up_on_never_happens_and_a_failure_ends_no_run(
+    performer_gallery, pipeline, sample, monkeypatch
+):
+    """An enrolment the page stopped waiting for (the loop was busy reconnecting a stream) is withdrawn, not
+    carried out unannounced frames later; an unforeseen failure (a full disk) is the request's answer, and the
+    live loop goes on."""
+    link = GalleryLink(performer_gallery, None, EmbedderId.of(pipeline.embedder))
+    controls = LiveControls(LiveRecognizer(pipeline, link.load_index()))
+    frame, nobody_tracked = Frame(0, 0.0, load_image(sample("biden.jpg"))), SimpleNamespace(tracks=[])
+    withdrawn = controls.request_enrolment("biden", None)
+    assert withdrawn.cancel()  # what the page's handler does on its time-out
+    controls.serve_requests(link, frame, nobody_tracked)
+    with Gallery(performer_gallery) as gallery:
+        assert "biden" not in [person.name for person in gallery.people()]
+
+    def disk_full(*_args, **_kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(GalleryLink, "enroll", disk_full)
+    failed = controls.request_enrolment("biden", None)
+    controls.serve_requests(link, frame, nobody_tracked)  # returns: the run is not ended
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        failed.result(timeout=0)
+
+
+def test_a_live_run_that_cannot_start_leaves_the_events_file_as_it_was(tmp_path, sample):
+    """The page's port taken: the run never starts, and an events file from an earlier run is not emptied."""
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"frame": 0}\n')
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["live", "--source", sample("obama.jpg"), "--view", "browser", "--port", port, "--events", events]
+        result = CliRunner().invoke(cli, [*map(str, args), "--gallery", str(tmp_path / "g.db")])
+    assert result.exit_code == 2 and "error: " in result.stderr
+    assert events.read_text() == '{"frame": 0}\n'
+
+
+def test_live_starts_on_an_empty_prepared_gallery_file(pipeline, tmp_path):
+    """An empty file made beforehand (0600, for the gallery to come) is no gallery yet, as for `enroll`."""
+    prepared = tmp_path / "gallery.db"
+    prepared.touch(mode=0o600)
+    assert GalleryLink(prepared, None, EmbedderId.of(pipeline.embedder)).load_index() is None

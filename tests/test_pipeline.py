@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from biometrics import FacePipeline, VerificationResult, cosine_similarity
-from biometrics.detection.fusion import box_iou
+from biometrics.detection import box_iou
 from biometrics.errors import ImageError, NoFaceError, UsageError
 from biometrics.imaging import load_image
 from biometrics.pipeline import select_face
@@ -92,7 +92,7 @@ def test_paths_and_arrays_of_any_common_layout_give_the_same_faces(pipeline, sam
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     for layout in (grey, grey[..., None]):
         found = pipeline.detect(layout)
-        assert len(found) == 1 and box_iou(found[0].box, np.array(boxes))[0] > 0.9
+        assert len(found) == 1 and box_iou(found[0].box[None], np.array(boxes))[0, 0] > 0.9
     for bad, what in ((image / 255.0, "float64"), (image[..., :2], "uint8"), (image[:0], "uint8")):
         with pytest.raises(ImageError, match=f"expected a BGR uint8 image .*got a {what} array"):
             pipeline.detect(bad)

@@ -186,6 +186,11 @@ def test_fetch_offline_is_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match="not found; ask the maintainers"):
         registry.resolve("remote")
     assert not np.any([p.is_file() for p in (tmp_path / "cache").rglob("*")])
+    corrupt = tmp_path / "cache" / "downloads" / "remote.onnx"  # a download cut short, or altered since
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_bytes(b"half a model")
+    with pytest.raises(ModelError, match="cannot download"):  # fetched again, not handed back as it is
+        registry.fetch("remote", timeout=2)
 
 
 def _card_folder(tmp_path, name: str, source: dict):
@@ -273,14 +278,16 @@ def test_one_broken_card_is_left_out_not_hiding_every_model(tmp_path, monkeypatc
 
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "card.json").write_text("[1, 2, 3]")
+    (tmp_path / "unchecked").mkdir()  # a card that names no SHA-256: its file could never be verified
+    (tmp_path / "unchecked" / "card.json").write_text('{"name": "mine", "task": "embedding", "architecture": "a"}')
     monkeypatch.setenv("BIOMETRICS_MODELS", str(tmp_path))
     cards, broken = ModelRegistry().scan()
-    assert "sface-student" in cards and [str(exc).split(":")[0] for exc in broken] == [
-        str(tmp_path / "broken" / "card.json")
-    ]
+    assert "sface-student" in cards and "mine" not in cards
+    assert [str(exc).split(":")[0] for exc in broken] == [str(tmp_path / "broken" / "card.json"), "model 'mine'"]
     listing = CliRunner().invoke(cli, ["models", "list"])
     assert listing.exit_code == 0 and "sface-student" in listing.stdout
     assert listing.stderr.startswith(f"warning: {tmp_path / 'broken' / 'card.json'}: not a valid model card")
+    assert "warning: model 'mine': " in listing.stderr and "has no source.sha256" in listing.stderr
     with pytest.raises(ModelError, match=r"unknown model 'nope' \(known embedding models: sface-student"):
         ModelRegistry().card("nope", task="embedding")
 

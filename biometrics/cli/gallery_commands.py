@@ -81,11 +81,10 @@ def open_gallery(gallery_path: Path | None, key_file: Path | None, create: bool 
 
 
 def _not_a_gallery_yet(gallery_path: Path | None) -> bool:
-    """No file there, or an empty one (prepared 0600 beforehand): the first enrolment makes it a gallery."""
-    from biometrics.gallery import default_gallery_path
+    """No file there, or an empty one: the first enrolment makes it a gallery (``gallery_exists``)."""
+    from biometrics.gallery import default_gallery_path, gallery_exists
 
-    path = gallery_path or default_gallery_path()
-    return not path.is_file() or path.stat().st_size == 0
+    return not gallery_exists(gallery_path or default_gallery_path())
 
 
 def gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold=None) -> FacePipeline:
@@ -677,10 +676,10 @@ def gallery_reembed(gallery_path, key_file, detector, embedder, threads, max_sid
     """Re-compute every template that has a kept image with the current embedder (one transaction)."""
     import numpy as np
 
+    from biometrics.detection import box_iou
     from biometrics.errors import GalleryError, ImageError
     from biometrics.gallery import EmbedderId
     from biometrics.imaging import load_image
-    from biometrics.live.tracker import box_iou
 
     pipeline = _pipeline(detector, embedder, threads, max_side)
     with open_gallery(gallery_path, key_file) as gallery:

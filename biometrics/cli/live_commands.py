@@ -93,11 +93,6 @@ def live(
         gallery_path or default_gallery_path(), load_key(key_file), EmbedderId.of(pipeline.embedder), keep_images
     )
     index = link.load_index()
-    if index is None:
-        notify(
-            f"no gallery at {link.path} yet: every face is unknown until someone is enrolled (`biometrics enroll "
-            "NAME PHOTO...`, or live's browser page)"
-        )
     threshold, set_for = search_threshold(pipeline, threshold, fpir, 0 if index is None else len(index))
     if set_for and index is not None:
         notify(f"threshold {threshold:.4f} {set_for.describe()}")
@@ -105,8 +100,7 @@ def live(
             notify(f"warning: {warning}")
     recognizer = LiveRecognizer(pipeline, index, threshold=threshold, detect_every=detect_every)
     frames = FrameSource(source, pace=not headless, notify=notify)
-    views = [HeadlessRecorder(out, events, frames.fps)] if out or events else []
-    controls = None
+    views, controls = [], None
     if not headless:
         if view == "auto":
             view = "window" if gui_available() else "browser"
@@ -124,6 +118,19 @@ def live(
             browser = BrowserView(controls, port=port)
             views.append(browser)
             notify(f"live view at {browser.url} (Ctrl-C to stop)")
+    if index is None:
+        page = ", or on this page" if controls is not None else ""
+        notify(
+            f"no gallery at {link.path} yet: every face is unknown until someone is enrolled (`biometrics enroll "
+            f"NAME IMAGE...`{page})"
+        )
+    if out or events:  # opened once the page serves: a run that cannot start leaves an events file as it was
+        try:
+            views.insert(0, HeadlessRecorder(out, events, frames.fps))
+        except BaseException:
+            for opened in views:
+                opened.close()
+            raise
     with sigterm_as_interrupt():  # the video is finalised and the summary printed
         summary = run_live(frames, recognizer, views, controls, link)
     if summary.stopped:

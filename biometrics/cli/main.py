@@ -24,7 +24,7 @@ import click
 
 from biometrics.cli import EXIT_INTERRUPTED, was_interrupted
 from biometrics.errors import BiometricsError, DataError, OutputError
-from biometrics.pipeline.facade import SELECTIONS
+from biometrics.face import SELECTIONS
 from biometrics.runtime import MAX_THREADS
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """Face detectors: image in, ``Face`` records (box, score, 5 landmarks or None) out, in original pixels."""
 
-from biometrics.detection.base import Detector, non_max_suppression
+from biometrics.detection.base import Detector, box_iou, non_max_suppression
 from biometrics.detection.retinaface import RetinaFaceDetector
 from biometrics.detection.scrfd import SCRFDDetector
 from biometrics.detection.ultraface import UltraFaceDetector
@@ -24,5 +24,6 @@ __all__ = [
     "SCRFDDetector",
     "UltraFaceDetector",
     "YuNetDetector",
+    "box_iou",
     "non_max_suppression",
 ]

@@ -14,6 +14,17 @@ from biometrics.registry import ResolvedModel
 Detections = tuple[np.ndarray, np.ndarray, np.ndarray | None]
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of every box (x1, y1, x2, y2) in ``a`` (N x 4) with every box in ``b`` (M x 4):
+    N x M."""
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    intersection = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    return intersection / np.maximum(area_a[:, None] + area_b[None, :] - intersection, 1e-9)
+
+
 def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Indices of the boxes (x1, y1, x2, y2) that survive greedy NMS, highest score first."""
     if len(boxes) == 0:

@@ -13,17 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from biometrics.detection.base import box_iou
 from biometrics.face import Face
-
-
-def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one (x1, y1, x2, y2) box with each row of ``boxes``."""
-    top_left = np.maximum(box[:2], boxes[:, :2])
-    bottom_right = np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
-    area = np.prod(box[2:] - box[:2])
-    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    return inter / np.maximum(area + areas - inter, 1e-9)
 
 
 @dataclass(frozen=True)
@@ -49,7 +40,7 @@ def fuse(per_detector: Sequence[list[Face]], iou: float = 0.55) -> list[FusedFac
     fused_boxes: list[np.ndarray] = []
     for face, source in members:
         if fused_boxes:
-            overlaps = box_iou(np.asarray(face.box, np.float64), np.asarray(fused_boxes))
+            overlaps = box_iou(np.asarray(face.box, np.float64)[None], np.asarray(fused_boxes))[0]
             best = int(np.argmax(overlaps))
             if overlaps[best] >= iou and all(s != source for _, s in clusters[best]):
                 clusters[best].append((face, source))

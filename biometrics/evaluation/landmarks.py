@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from biometrics.detection.fusion import box_iou, fuse
+from biometrics.detection import box_iou
+from biometrics.detection.fusion import fuse
 from biometrics.evaluation.lfw import locate_images, people_in_folds, read_pairs
 from biometrics.evaluation.report import _md_table
 from biometrics.imaging import load_image
@@ -82,7 +83,7 @@ def evaluate_landmarks(
         faces += 1
         for name in errors:
             found = [f for f in found_by[name] if f.landmarks is not None]
-            overlaps = box_iou(reference.box, np.array([f.box for f in found])) if found else np.zeros(0)
+            overlaps = box_iou(reference.box[None], np.array([f.box for f in found]))[0] if found else np.zeros(0)
             if not len(overlaps) or overlaps.max() < MATCH_IOU:
                 missed[name] += 1
                 continue

@@ -27,6 +27,7 @@ from biometrics.gallery.store import (
     Templates,
     check_name,
     default_gallery_path,
+    gallery_exists,
 )
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "default_gallery_path",
     "faiss_available",
     "gallery_threshold",
+    "gallery_exists",
     "load_key",
     "strangers_named",
     "threshold_by_size",

@@ -213,6 +213,7 @@ def check_enrolment(
     are sought at ``search_threshold`` (default ``threshold``): at a 1:1 threshold, a face in a gallery of hundreds
     "matches" someone as often as a stranger would be named there, and such warnings would be noise."""
     search_threshold = threshold if search_threshold is None else search_threshold
+    name = canonical_name(name)  # as the gallery will store it: "Ann " is Ann, no look-alike of herself
     new = np.stack([np.asarray(t.embedding, dtype=np.float32) for t in templates])
     own = index.vectors_of(name)
     scores = new @ np.concatenate([own, new]).T

@@ -61,6 +61,13 @@ CREATE INDEX templates_by_person ON templates(person_id);
 """
 
 
+def gallery_exists(path: Path) -> bool:
+    """Whether there is a gallery (or something claimed as one) at ``path``: no file, or an empty one (prepared
+    0600 beforehand, as ``install -m 600 /dev/null gallery.db`` makes it), is no gallery yet; the first enrolment
+    makes it one."""
+    return path.exists() and not (path.is_file() and path.stat().st_size == 0)
+
+
 def default_gallery_path() -> Path:
     """``BIOMETRICS_GALLERY`` or ~/.local/share/biometrics/gallery.db (XDG_DATA_HOME respected)."""
     if os.environ.get(GALLERY_ENV):
@@ -479,9 +486,6 @@ class Gallery:
         """Every template's id: what a re-embedding started from (``replace_embeddings``)."""
         return frozenset(row[0] for row in self._db.execute("SELECT id FROM templates"))
 
-    def count_templates(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM templates").fetchone()[0]
-
     def replace_embeddings(
         self, embedder: EmbedderId, embeddings: dict[int, np.ndarray], drop_others: bool, started_from: frozenset[int]
     ) -> tuple[int, list[str]]:
@@ -547,8 +551,8 @@ class Gallery:
                     self._db.backup(copy)
                 finally:
                     copy.close()
-        except OSError as exc:
-            raise GalleryError(f"{destination}: cannot write ({exc.strerror or exc})") from None
+        except (OSError, sqlite3.Error) as exc:  # SQLite reports a full disk as its own error
+            raise GalleryError(f"{destination}: cannot write ({getattr(exc, 'strerror', None) or exc})") from None
 
 
 def _checked_vector(embedding, dim: int) -> np.ndarray:

@@ -14,12 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
+from biometrics.detection import box_iou
 from biometrics.errors import BiometricsError, NoFaceError
 from biometrics.face import is_small_face, small_face_warnings
-from biometrics.gallery import EmbedderId, Gallery, NewTemplate, TemplateIndex, check_enrolment
+from biometrics.gallery import (
+    EmbedderId,
+    Gallery,
+    NewTemplate,
+    TemplateIndex,
+    check_enrolment,
+    check_name,
+    gallery_exists,
+)
 from biometrics.live.capture import Frame, FrameSource
 from biometrics.live.recognizer import FrameResult, LiveRecognizer, TrackReport
-from biometrics.live.tracker import box_iou
 from biometrics.live.views import View
 from biometrics.visualize import draw_caption, draw_faces
 
@@ -51,8 +59,8 @@ class GalleryLink:
         self.path, self.key, self.embedder, self.keep_images = path, key, embedder, keep_images
 
     def load_index(self) -> TemplateIndex | None:
-        """The gallery's templates, or None while no gallery file exists (everyone is unknown)."""
-        if not self.path.exists():
+        """The gallery's templates, or None while there is no gallery yet (everyone is unknown)."""
+        if not gallery_exists(self.path):
             return None
         with Gallery(self.path, key=self.key) as gallery:
             return TemplateIndex(gallery.templates(self.embedder))
@@ -62,6 +70,7 @@ class GalleryLink:
         a face that matches none of the person's templates is enrolled with a warning: whoever stands at the camera
         is being looked at, and a view the gallery does not yet recognise is what a second enrolment is for.
         Look-alikes are sought at ``threshold``, the one the live view searches at."""
+        name = check_name(name)  # refused before the gallery file is made
         faces = pipeline.detect(frame.image)
         if not faces:
             raise NoFaceError(f"no face in frame {frame.index}")
@@ -71,10 +80,9 @@ class GalleryLink:
             face = faces[int(box_iou(near_box[None], np.array([f.box for f in faces]))[0].argmax())]
         embedded = pipeline.embed(frame.image, [face])[0]
         template = NewTemplate.of_face(embedded, frame.image, f"live frame {frame.index}", self.keep_images)
-        one_to_one = threshold if pipeline.threshold is None else pipeline.threshold  # strays: as `enroll` judges
         with Gallery(self.path, key=self.key, create=True) as gallery:
             enrolled = TemplateIndex(gallery.templates(self.embedder))
-            check = check_enrolment(enrolled, name, [template], one_to_one, search_threshold=threshold)
+            check = check_enrolment(enrolled, name, [template], pipeline.threshold, search_threshold=threshold)
             person = gallery.enroll(name, self.embedder, [template])
         warnings = ([check.describe_strays()] if check.strays else []) + check.describe_look_alikes()
         warnings += small_face_warnings([(template.source, template.face_box)])  # step closer
@@ -115,8 +123,12 @@ class LiveControls:
         return done
 
     def serve_requests(self, link: GalleryLink | None, frame: Frame, result: FrameResult) -> None:
+        """Carry out the queued enrolments on this frame; one the page has given up waiting for is dropped. A
+        failure is the request's answer, never the end of the live run."""
         while not self._requests.empty():
             request = self._requests.get_nowait()
+            if not request.done.set_running_or_notify_cancel():  # timed out on the page: not enrolled later
+                continue
             try:
                 if link is None:
                     raise BiometricsError("this session has no gallery")
@@ -127,11 +139,12 @@ class LiveControls:
                 message = link.enroll(self.recognizer.pipeline, request.name, frame, near, self.recognizer.threshold)
                 index = link.load_index()
                 self.recognizer.use_index(index)
-                if self.threshold_for is not None and index is not None:
-                    self.recognizer.threshold = self.threshold_for(len(index))
+                follow = self.threshold_for  # once: the page may set a threshold by hand (None) meanwhile
+                if follow is not None and index is not None:
+                    self.recognizer.threshold = follow(len(index))
                     message += f"; threshold {self.recognizer.threshold:.4f} for {len(index):,} templates"
                 request.done.set_result(message)
-            except BiometricsError as exc:
+            except Exception as exc:  # a full disk, a busy gallery: the page is told, the camera runs on
                 request.done.set_exception(exc)
 
 

@@ -45,6 +45,14 @@ def _field(body: dict, key: str, kind: type | tuple[type, ...], required: bool =
     return value
 
 
+def _number(body: dict, key: str) -> float:
+    """``body[key]`` as a float; ``BadRequest`` if it is no number, or an integer too large for one."""
+    try:
+        return float(_field(body, key, (int, float)))
+    except OverflowError:
+        raise BadRequest(f"'{key}' is too large a number") from None
+
+
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>biometrics live</title>
 <style>
@@ -237,19 +245,32 @@ def _handler_for(view: BrowserView) -> type[BaseHTTPRequestHandler]:
             try:
                 body = self._read_json()
                 if self.path == "/threshold":
-                    view.controls.threshold = float(_field(body, "threshold", (int, float)))
+                    view.controls.threshold = _number(body, "threshold")
                     self._json(HTTPStatus.OK, {"threshold": view.controls.threshold})
                 elif self.path == "/enroll":
                     name, track = _field(body, "name", str), _field(body, "track", int, required=False)
-                    done = view.controls.request_enrolment(name, track)
-                    self._json(HTTPStatus.OK, {"message": done.result(timeout=ENROL_TIMEOUT_S)})
+                    self._enroll(name, track)
                 else:
                     self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
             except BadRequest as exc:
                 self._json(HTTPStatus.BAD_REQUEST, {"error": f"bad request ({exc})"})
             except BiometricsError as exc:
                 self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            except Exception as exc:  # a full disk under the gallery: the page hears of it, the run goes on
+                self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
+
+        def _enroll(self, name: str, track: int | None) -> None:
+            """Ask the live loop to enrol, and answer with what it did; one not begun in time is withdrawn (the
+            page is told nothing was enrolled, and nothing will be), one begun is waited for."""
+            done = view.controls.request_enrolment(name, track)
+            try:
+                message = done.result(timeout=ENROL_TIMEOUT_S)
             except TimeoutError:
-                self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the live loop did not answer in time"})
+                if done.cancel():
+                    error = "the live loop did not answer in time: nothing enrolled"
+                    self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": error})
+                    return
+                message = done.result()  # being carried out now: its answer is moments away
+            self._json(HTTPStatus.OK, {"message": message})
 
     return Handler

@@ -17,14 +17,13 @@ import numpy as np
 from biometrics import detection, embedding
 from biometrics.alignment import align_face
 from biometrics.errors import ImageError, ModelError, NoFaceError, UsageError
-from biometrics.face import Face
+from biometrics.face import SELECTIONS, Face
 from biometrics.imaging import load_image
 from biometrics.registry import ModelRegistry, ResolvedModel
 from biometrics.runtime import check_threads
 
 DEFAULT_DETECTOR = "yunet-teacher"
 DEFAULT_EMBEDDER = "sface-student"  # ours, INT8: LFW folds 6-10 98.97% at 0.08x SFace's latency (README)
-SELECTIONS = ("largest", "center", "score")
 
 ImageSource = str | os.PathLike | bytes | np.ndarray
 """A photo: a file path, its encoded bytes, or an array in BGR uint8 H x W x 3 as OpenCV reads it (grey and BGRA
