@@ -29,6 +29,7 @@ from biometrics.cli.main import (
     gallery_options,
     json_lines_option,
     json_option,
+    json_people_option,
     pipeline_options,
     report_error,
     select_option,
@@ -354,7 +355,7 @@ class EnrolledPerson:
 @threshold_option
 @select_option
 @enrolment_options
-@json_lines_option
+@json_people_option
 @click.pass_context
 def enroll_folder(
     ctx,

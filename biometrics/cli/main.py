@@ -116,6 +116,10 @@ json_lines_option = _json_flag(
     "Print one JSON object per image, a line each, instead of text (an image that failed: "
     '{"image": ..., "error": {"kind": ..., "message": ...}}).'
 )
+json_people_option = _json_flag(
+    "Print one JSON object per person (sub-folder), a line each, instead of text (enrolled: its name, templates "
+    'added and faces; skipped: {"name": ..., "skipped": why}; failed: {"name": ..., "error": {...}}).'
+)
 
 
 class ModelName(click.ParamType):
