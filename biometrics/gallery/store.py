@@ -61,6 +61,13 @@ CREATE INDEX templates_by_person ON templates(person_id);
 """
 
 
+PERSON_ROWS = (
+    "SELECT p.name, COUNT(t.id), COUNT(t.image), p.enrolled_at, COALESCE(MAX(t.created_at), p.enrolled_at)"
+    " FROM people p LEFT JOIN templates t ON t.person_id = p.id"
+)
+"""A ``Person`` per row, grouped by person (``GROUP BY p.id``)."""
+
+
 def gallery_exists(path: Path) -> bool:
     """Whether there is a gallery (or something claimed as one) at ``path``: no file, or an empty one (prepared
     0600 beforehand, as ``install -m 600 /dev/null gallery.db`` makes it), is no gallery yet; the first enrolment
@@ -405,23 +412,25 @@ class Gallery:
         """How the person ``name`` means is spelled in the file, or None: names compare trimmed and in NFC (case
         counts), which also finds one stored, by an earlier version, in another normal form."""
         wanted = canonical_name(name)
-        stored = (row[0] for row in self._db.execute("SELECT name FROM people"))
+        exact = self._db.execute("SELECT name FROM people WHERE name = ?", (wanted,)).fetchone()
+        if exact is not None:
+            return exact[0]
+        # Only a name with a character beyond ASCII can have another normal form (or none stored: a new person).
+        stored = (row[0] for row in self._db.execute("SELECT name FROM people WHERE name GLOB '*[^ -~]*'"))
         return next((spelling for spelling in stored if canonical_name(spelling) == wanted), None)
 
     def person(self, name: str) -> Person:
-        """The person called ``name``, trimmed and normalised as ``enroll`` stores it (case counts)."""
+        """The person called ``name``, trimmed and normalised as ``enroll`` stores it (case counts). One indexed
+        lookup: asking about one person costs the same in a gallery of a hundred thousand."""
         stored = self._stored_name(name)
-        found = [person for person in self.people() if person.name == stored]
-        if not found:
+        row = None if stored is None else self._db.execute(PERSON_ROWS + " WHERE p.name = ? GROUP BY p.id", (stored,))
+        found = None if row is None else row.fetchone()
+        if found is None:
             raise GalleryError(f"no one named '{name.strip()}' in {self.path}")
-        return found[0]
+        return Person(*found)
 
     def people(self) -> list[Person]:
-        rows = self._db.execute(
-            "SELECT p.name, COUNT(t.id), COUNT(t.image), p.enrolled_at, COALESCE(MAX(t.created_at), p.enrolled_at)"
-            " FROM people p LEFT JOIN templates t ON t.person_id = p.id GROUP BY p.id ORDER BY p.name"
-        )
-        return [Person(*row) for row in rows]
+        return [Person(*row) for row in self._db.execute(PERSON_ROWS + " GROUP BY p.id ORDER BY p.name")]
 
     def remove(self, name: str) -> tuple[Person, bool]:
         """Delete a person and all their templates and images. Returns them, and whether the freed pages are
@@ -450,7 +459,7 @@ class Gallery:
         ).fetchall()
         names: list[str] = []
         owners = np.empty(len(rows), dtype=np.int64)
-        vectors = np.empty((len(rows), embedder.dim), dtype=np.float32)
+        blobs = []
         for i, (name, blob) in enumerate(rows):
             if not names or names[-1] != name:
                 names.append(name)
@@ -458,9 +467,13 @@ class Gallery:
             template = self._open(blob, name, b"template") if isinstance(blob, bytes) else b""
             if len(template) != 4 * embedder.dim:  # float32s; an altered or truncated row, not a template
                 raise GalleryError(f"{self.path}: a stored template of '{name}' is corrupt (file altered)")
-            vectors[i] = np.frombuffer(template, dtype=np.float32)
-            if not _is_unit_vector(vectors[i]):  # NaN or rescaled: it would hide the person from every search
-                raise GalleryError(f"{self.path}: a stored template of '{name}' is corrupt (file altered)")
+            blobs.append(template)
+        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(rows), embedder.dim).copy()
+        lengths = np.linalg.norm(vectors, axis=1)
+        altered = ~(np.abs(lengths - 1.0) <= UNIT_LENGTH_TOLERANCE)  # NaN or rescaled: hidden from every search
+        if altered.any():
+            name = names[owners[int(np.argmax(altered))]]
+            raise GalleryError(f"{self.path}: a stored template of '{name}' is corrupt (file altered)")
         return Templates(tuple(names), owners, vectors)
 
     def kept_images(self) -> list[KeptImage]:
