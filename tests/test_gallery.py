@@ -331,6 +331,22 @@ def test_verify_as_says_when_a_persons_templates_outrun_the_calibration(run, sam
     assert f"warning: {warning}" in run("verify", sample("obama.jpg"), "--as", "crowd").stderr
 
 
+def test_enrolment_says_when_its_look_alike_check_runs_at_a_capped_threshold(run, sample, tmp_path, pipeline):
+    """In a gallery past the calibration's reach (here 20,000 templates), look-alikes are sought at the strictest
+    calibrated threshold: enrolment says so, as identify does, rather than let no warning pass for none found."""
+    vectors = np.random.default_rng(2).normal(size=(20_000, 128)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with Gallery(tmp_path / "private" / "gallery.db", create=True) as gallery:
+        gallery.enroll(
+            "crowd", EmbedderId.of(pipeline.embedder), [NewTemplate(v, "x.jpg", (0, 0, 1, 1)) for v in vectors]
+        )
+    enrolled = run("enroll", "biden", sample("biden.jpg"))
+    assert (
+        enrolled.exit_code == 0
+        and "warning: a gallery of 20,001 templates needs one comparison's FMR" in enrolled.stderr
+    )
+
+
 def test_verify_as_holds_the_cards_fmr_per_claim_on_people_never_calibrated_on():
     """LFW folds 6-10 people with 4+ photos, three enrolled each: at the card's 1:1 threshold an impostor's claim
     passes ~3 times as often as one comparison does (the best of three templates decides); at the threshold

@@ -310,7 +310,9 @@ class Enrolment:
             if enrolled is None:
                 enrolled = _enrolled_templates(self.gallery_path, self.key_file, embedder_id)
             index = TemplateIndex(enrolled)
-            searched_at, _ = search_threshold(self.pipeline, self.threshold, None, len(index) + len(templates))
+            searched_at, set_for = search_threshold(self.pipeline, self.threshold, None, len(index) + len(templates))
+            if set_for is not None and (short := set_for.warning()):  # look-alikes sought at a capped threshold
+                warn(short)
             check = check_enrolment(index, name, templates, self.pipeline.threshold, searched_at)
             if check.strays and not self.allow_mismatch:
                 raise GalleryError(
