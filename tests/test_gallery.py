@@ -103,6 +103,10 @@ def test_enrol_then_identify_the_samples(run, sample, tmp_path):
     listing = json.loads(run("gallery", "list", "--json").stdout)
     assert [(p["name"], p["templates"]) for p in listing["people"]] == [("biden", 1), ("obama", 2)]
     assert listing["embedders"][0]["name"] == "sface-student" and listing["embedders"][0]["dim"] == 128
+    one = json.loads(run("gallery", "list", " obama", "--json").stdout)  # is NAME enrolled? one person, one lookup
+    assert [(p["name"], p["templates"]) for p in one["people"]] == [("obama", 2)]
+    assert run("gallery", "list", "obama").stdout.splitlines()[1].startswith("  obama: 2 template(s)")
+    _one_line_error(run("gallery", "list", "michelle"), "no one named 'michelle'")
 
 
 def test_enrol_refuses_a_photo_without_a_face_and_names_the_face_it_picks(run, sample, tmp_path, no_face_photo):

@@ -613,14 +613,17 @@ def gallery_group():
 
 
 @gallery_group.command("list")
+@click.argument("name", required=False)
 @gallery_options
 @json_option
-def gallery_list(gallery_path, key_file, as_json):
-    """People, template and kept-image counts, enrolment dates and the model that made the templates."""
+def gallery_list(name, gallery_path, key_file, as_json):
+    """People, template and kept-image counts, enrolment dates and the model that made the templates; with NAME,
+    that person only (an error, exit 2, if not enrolled): one lookup, however large the gallery."""
     import dataclasses
 
     with open_gallery(gallery_path, key_file) as gallery:
-        people, embedders = gallery.people(), gallery.embedders()
+        people = gallery.people() if name is None else [gallery.person(name)]
+        embedders = gallery.embedders()
         if as_json:
             report = {
                 "gallery": str(gallery.path),
@@ -632,7 +635,8 @@ def gallery_list(gallery_path, key_file, as_json):
             return
         encrypted = "encrypted" if gallery.cipher is not None else "not encrypted"
         made_by = ", ".join(map(str, embedders)) or "no templates yet"
-        click.echo(f"{gallery.path}: {len(people)} people, {encrypted}, templates by {made_by}")
+        counted = f"{len(people)} people, " if name is None else ""
+        click.echo(f"{gallery.path}: {counted}{encrypted}, templates by {made_by}")
         for person in people:
             click.echo(
                 f"  {person.name}: {person.templates} template(s), {person.kept_images} image(s) kept, "
