@@ -349,6 +349,13 @@ def test_enrolment_says_when_its_look_alike_check_runs_at_a_capped_threshold(run
         enrolled.exit_code == 0
         and "warning: a gallery of 20,001 templates needs one comparison's FMR" in enrolled.stderr
     )
+    people = tmp_path / "people"
+    for name, photo in (("ann", "obama.jpg"), ("bob", "selfie.jpg")):
+        (people / name).mkdir(parents=True)
+        (people / name / "a.jpg").symlink_to(sample(photo))
+    folder = run("enroll-folder", people)
+    assert folder.exit_code == 0, folder.output
+    assert folder.stderr.count("needs one comparison's FMR") == 1  # once, not per person
 
 
 def test_verify_as_holds_the_cards_fmr_per_claim_on_people_never_calibrated_on():

@@ -281,7 +281,9 @@ class Enrolment:
     ) -> EnrolledPerson:
         """Enrol ``images`` as ``name``; ``ImageError``, ``NoFaceError`` or ``GalleryError`` (not one person) and
         nothing stored if one photo cannot be. ``enrolled``: the gallery's templates, if known (else read).
-        ``new_person``: ``AlreadyEnrolled`` and nothing stored if ``name`` is enrolled by the time it is stored."""
+        ``new_person``: ``AlreadyEnrolled`` and nothing stored if ``name`` is enrolled by the time it is stored.
+        A caller that passes ``enrolled`` (enroll-folder, one person after another) says once itself when the
+        look-alike check runs at a capped threshold; otherwise it is said here."""
         import numpy as np
 
         from biometrics.errors import GalleryError, NoFaceError
@@ -307,11 +309,12 @@ class Enrolment:
         for warning in small_face_warnings((template.source, template.face_box) for template in templates):
             warn(warning)
         if self.pipeline.calibrated:
-            if enrolled is None:
+            given = enrolled is not None
+            if not given:
                 enrolled = _enrolled_templates(self.gallery_path, self.key_file, embedder_id)
             index = TemplateIndex(enrolled)
             searched_at, set_for = search_threshold(self.pipeline, self.threshold, None, len(index) + len(templates))
-            if set_for is not None and (short := set_for.warning()):  # look-alikes sought at a capped threshold
+            if set_for is not None and (short := set_for.warning()) and not given:  # sought at a capped threshold
                 warn(short)
             check = check_enrolment(index, name, templates, self.pipeline.threshold, searched_at)
             if check.strays and not self.allow_mismatch:
@@ -399,6 +402,10 @@ def enroll_folder(
     if not _not_a_gallery_yet(gallery_path):
         with open_gallery(gallery_path, key_file) as gallery:
             enrolled, known = {person.name for person in gallery.people()}, gallery.templates(embedder_id)
+    if pipeline.calibrated:  # said once, not for every person (Enrolment leaves it to us)
+        _, set_for = search_threshold(pipeline, threshold, None, len(known.vectors))
+        if set_for is not None and (short := set_for.warning()):
+            click.echo(f"warning: {short}", err=True)
     counts = dict.fromkeys(("enrolled", "already enrolled", "without photos", "failed"), 0)
 
     def skip(name: str, why: str, hint: str) -> None:
