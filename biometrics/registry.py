@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from biometrics.errors import ModelError
 from biometrics.files import UnreadableFile, read_regular_file, write_atomically
-from biometrics.runtime import create_session, default_threads
+from biometrics.runtime import check_threads, create_session, default_threads
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -171,7 +171,7 @@ class ResolvedModel:
 
     def session(self, threads: int | None = None) -> ort.InferenceSession:
         """An ONNX Runtime session; a file ONNX Runtime cannot load is a ModelError naming the model."""
-        threads = threads or default_threads()  # a bad BIOMETRICS_THREADS is its own error, not the model's
+        threads = check_threads(threads) or default_threads()  # a bad thread count is its own error, not the model's
         try:
             return create_session(self.onnx_bytes, threads)
         except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, InvalidGraph...)

@@ -423,8 +423,9 @@ class Gallery:
         """The person called ``name``, trimmed and normalised as ``enroll`` stores it (case counts). One indexed
         lookup: asking about one person costs the same in a gallery of a hundred thousand."""
         stored = self._stored_name(name)
-        row = None if stored is None else self._db.execute(PERSON_ROWS + " WHERE p.name = ? GROUP BY p.id", (stored,))
-        found = None if row is None else row.fetchone()
+        found = None
+        if stored is not None:
+            found = self._db.execute(PERSON_ROWS + " WHERE p.name = ? GROUP BY p.id", (stored,)).fetchone()
         if found is None:
             raise GalleryError(f"no one named '{name.strip()}' in {self.path}")
         return Person(*found)

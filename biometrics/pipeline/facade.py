@@ -20,7 +20,6 @@ from biometrics.errors import ImageError, ModelError, NoFaceError, UsageError
 from biometrics.face import SELECTIONS, Face
 from biometrics.imaging import load_image
 from biometrics.registry import ModelRegistry, ResolvedModel
-from biometrics.runtime import check_threads
 
 DEFAULT_DETECTOR = "yunet-teacher"
 DEFAULT_EMBEDDER = "sface-student"  # ours, INT8: LFW folds 6-10 98.97% at 0.08x SFace's latency (README)
@@ -122,7 +121,6 @@ class FacePipeline:
         max_side: int = 1280,
         score_threshold: float = 0.6,
     ):
-        check_threads(threads)
         if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1:
             raise UsageError(f"max_side={max_side!r}: expected a whole number of pixels, at least 1")
         if threshold is not None and (
