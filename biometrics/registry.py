@@ -142,7 +142,11 @@ def _card_problem(data: dict) -> str | None:
         return f"input.channel_order is {order!r}: expected {' or '.join(CHANNEL_ORDERS)}"
     size = spec.get("size")
     if "size" in spec and not (isinstance(size, list) and len(size) == 2 and all(_is_size(v) for v in size)):
-        return f"input.size is {size!r}: expected two positive whole numbers of pixels, e.g. [112, 112]"
+        return (
+            f"input.size is {size!r}: expected [height, width] in pixels, two positive whole numbers, e.g. [112, 112]"
+        )
+    if data["task"] == "embedding" and "size" in spec and size[0] != size[1]:
+        return f"input.size is {size!r}: an embedder's crop is square (the ArcFace template, scaled), e.g. [112, 112]"
     layout = spec.get("layout", "NCHW")
     if not isinstance(layout, str) or layout.upper() != "NCHW":
         return f"input.layout is {layout!r}: this version runs NCHW (channels first) models only"
