@@ -176,12 +176,16 @@ def _source_problem(source: dict) -> str | None:
     return None
 
 
+class RefusedModelSource(ModelError):
+    """A card's source leads outside its folders: the card is unsafe, not its file missing."""
+
+
 def _inside(card: ModelCard, key: str, folder: Path, relative: str) -> Path:
     """``folder / relative``, which must lead inside ``folder`` (links followed): a card's source that names a file
     elsewhere (``../``, an absolute path, a link out) is refused before anything is read."""
     path = folder / relative
     if not path.resolve().is_relative_to(folder.resolve()):
-        raise ModelError(
+        raise RefusedModelSource(
             f"model '{card.name}' (card in {card.folder}): source.{key} {card.source[key]!r} leads outside {folder}; "
             "refused"
         )
@@ -436,11 +440,21 @@ class ModelRegistry:
 
     def available(self, name: str) -> bool:
         """Whether a registered model's file can be found (its checksum is checked only when it is loaded)."""
+        return self.file_state(name) == "ok"
+
+    def file_state(self, name: str) -> str:
+        """``ok`` (found; its checksum is checked only when it is loaded), ``missing``, or ``refused``: its card's
+        source leads outside its folders, so nothing it names is read (``models show NAME`` says which field)."""
+        problem = self.file_problem(name)
+        return "ok" if problem is None else "refused" if isinstance(problem, RefusedModelSource) else "missing"
+
+    def file_problem(self, name: str) -> ModelError | None:
+        """Why a registered model's file cannot be found (where it looked, how to obtain it), or None."""
         try:
             self._locate(self.card(name))
-        except ModelError:
-            return False
-        return True
+        except ModelError as exc:
+            return exc
+        return None
 
     def _read(self, card: ModelCard, path: Path) -> bytes:
         """The published model bytes: the file itself, or the bytes literal its card names in that module (parsed,

@@ -464,7 +464,7 @@ def test_models_list_marks_the_defaults_and_points_to_licence_notes(run):
     listed = {model["name"]: model for model in json.loads(run("models", "list", "--json").stdout)["models"]}
     assert list(listed) == [line.split()[0] for line in lines[1:-1]]  # the same models, for scripts
     assert {name for name, model in listed.items() if model["default"]} == {"sface-student", "yunet-teacher"}
-    assert listed["sface-student"]["available"] and listed["sface-student"]["task"] == "embedding"
+    assert listed["sface-student"]["file"] == "ok" and listed["sface-student"]["task"] == "embedding"
     assert (
         "non-commercial" in listed["sface-student"]["licence_note"] and listed["sface-teacher"]["licence_note"] is None
     )

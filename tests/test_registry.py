@@ -336,6 +336,31 @@ def test_a_card_can_neither_run_code_nor_read_files_outside_its_folders(tmp_path
             registry.resolve("evil")
 
 
+def test_models_list_tells_a_refused_card_from_a_missing_file(tmp_path, monkeypatch):
+    """A card whose source leads outside its folder is `refused` (someone else's folder, not a download to make),
+    a card whose file is not there `missing`; `models show` says why on stderr."""
+    from click.testing import CliRunner
+
+    from biometrics.cli.main import cli
+
+    secret = _tiny_embedder(tmp_path / "secret.onnx")
+    digest = sha256_file(secret)
+    for name, source in [("escaping", "../../secret.onnx"), ("absent", "model.onnx")]:
+        (tmp_path / "models" / name).mkdir(parents=True)
+        card = EMBEDDER_CARD | {"name": name, "source": {"file": source, "sha256": digest, "obtain": "ask"}}
+        (tmp_path / "models" / name / "card.json").write_text(json.dumps(card))
+    monkeypatch.setenv("BIOMETRICS_MODELS", str(tmp_path / "models"))
+    listed = json.loads(CliRunner().invoke(cli, ["models", "list", "--json"]).stdout)["models"]
+    assert {model["name"]: model["file"] for model in listed if model["name"] in ("escaping", "absent")} == {
+        "escaping": "refused",
+        "absent": "missing",
+    }
+    for name, reason in [("escaping", "source.file '../../secret.onnx' leads outside"), ("absent", "file not found")]:
+        shown = CliRunner().invoke(cli, ["models", "show", name])
+        assert shown.exit_code == 0 and json.loads(shown.stdout)["name"] == name
+        assert shown.stderr.startswith(f"warning: model '{name}'") and reason in shown.stderr
+
+
 def _edit_card(folder, **changes):
     card = json.loads((folder / "card.json").read_text())
     (folder / "card.json").write_text(json.dumps(card | changes))

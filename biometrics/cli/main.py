@@ -1063,7 +1063,8 @@ def models():
 @models.command("list")
 @json_option
 def models_list(as_json):
-    """Registered models: task, whether the file is here (`missing`: see `models show NAME`), licence; the
+    """Registered models: task, whether the file is here (`ok`, `missing` or `refused`, a card naming a file outside
+    its folders: see `models show NAME`), licence; the
     pipeline's defaults are marked *."""
     from biometrics.pipeline import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
     from biometrics.registry import ModelRegistry
@@ -1075,7 +1076,7 @@ def models_list(as_json):
         {
             "name": card.name,
             "task": card.task,
-            "available": registry.available(card.name),
+            "file": registry.file_state(card.name),
             "default": card.name in (DEFAULT_DETECTOR, DEFAULT_EMBEDDER),
             "licence": card.data.get("licence", "?"),
             "licence_note": card.data.get("licence_note"),
@@ -1092,7 +1093,7 @@ def models_list(as_json):
             (
                 model["name"] + (" *" if model["default"] else ""),
                 model["task"],
-                "ok" if model["available"] else "missing",
+                model["file"],
                 model["licence"] + (" (see card)" if model["licence_note"] else ""),
                 model["description"],
             )
@@ -1108,10 +1109,15 @@ def models_list(as_json):
 @models.command("show")
 @click.argument("name")
 def models_show(name):
-    """Print a model's card (JSON)."""
+    """Print a model's card (JSON); where its file cannot be used (`missing` or `refused` in `models list`), why, on
+    stderr."""
     from biometrics.registry import ModelRegistry
 
-    click.echo(json.dumps(ModelRegistry().card(name).data, indent=2))
+    registry = ModelRegistry()
+    card = registry.card(name)
+    click.echo(json.dumps(card.data, indent=2))
+    if problem := registry.file_problem(card.name):
+        click.echo(f"warning: {problem}", err=True)
 
 
 @models.command("fetch")
