@@ -133,9 +133,15 @@ def test_a_failed_export_leaves_the_previous_model_and_its_card(tmp_path):
     # The next export that gets as far as its card replaces both.
     export_onnx(_TinyEmbedder(2), model_path)
     assert sha256_file(model_path) == old_sha
+    victim = tmp_path / "victim.txt"
+    victim.write_text("kept")
+    for folder in (model_path.parent, model_path.parent / ".export-staging"):  # the card is not written by a known name
+        (folder / "card.json.partial").symlink_to(victim)
     _card(model_path)
     new_sha = sha256_file(model_path)
     assert new_sha != old_sha and json.loads(card_path.read_text())["source"]["sha256"] == new_sha
+    assert victim.read_text() == "kept"
+    (model_path.parent / "card.json.partial").unlink()
     assert sorted(path.name for path in model_path.parent.iterdir()) == ["card.json", "model.onnx"]
 
 

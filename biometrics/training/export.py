@@ -326,13 +326,12 @@ def write_card(
             if kept in previous:
                 card[kept] = previous[kept]
     staging = staged_path(model_path).parent
-    written = (staging if source_path != model_path else model_path.parent) / "card.json.partial"
-    written.write_text(json.dumps(card, indent=2) + "\n")
-    if source_path != model_path:
-        for path in sorted(staging.iterdir()):
-            if path.is_file() and path not in (source_path, written):
-                os.replace(path, model_path.parent / path.name)
-        os.replace(source_path, model_path)
-    os.replace(written, card_path)
+    with replacing(card_path) as written:  # the card goes in last: a run killed before leaves the old one, whose
+        written.write_text(json.dumps(card, indent=2) + "\n")  # checksum then refuses the new file, not a mix
+        if source_path != model_path:
+            for path in sorted(staging.iterdir()):
+                if path.is_file() and path != source_path:
+                    os.replace(path, model_path.parent / path.name)
+            os.replace(source_path, model_path)
     shutil.rmtree(staging, ignore_errors=True)
     return card_path
