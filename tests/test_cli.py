@@ -220,6 +220,17 @@ def test_detect_json_and_annotated_output(run, sample, tmp_path):
     assert out.stat().st_size > 10_000
 
 
+def test_json_names_a_file_whose_name_is_not_utf8_so_a_script_can_open_it(sample, tmp_path):
+    """ASCII JSON, the name's odd byte kept as Python's surrogateescape does (README, Command line)."""
+    photo = Path(os.fsdecode(os.fsencode(tmp_path) + b"/ob\xffama.jpg"))
+    shutil.copy(sample("obama.jpg"), photo)
+    proc = subprocess.run(
+        [sys.executable, "-m", "biometrics", "detect", photo, "--json"], capture_output=True, timeout=120
+    )
+    assert proc.returncode == 0 and proc.stdout.isascii() and b"ob\\udcffama.jpg" in proc.stdout
+    assert os.fsencode(json.loads(proc.stdout)["image"]) == os.fsencode(photo)
+
+
 def test_detect_out_is_owner_only_and_a_failed_write_keeps_the_earlier_image(run, sample, tmp_path, monkeypatch):
     """The annotated image shows faces: 0600 in folders made 0700, whatever the umask. A full disk is an output
     error naming the image, and the image written before is still there (it used to be deleted)."""
