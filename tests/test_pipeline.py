@@ -36,6 +36,28 @@ def test_embeddings_are_unit_length_and_batching_changes_nothing(pipeline, sampl
     assert cosine_similarity(faces[0], faces[0]) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_a_crowd_is_embedded_in_chunks_that_bound_the_runtime_s_memory(sample):
+    """ONNX Runtime keeps the memory of the largest batch a session ran for its whole life (README, Python): a
+    frame of 20 faces reaches the network EMBED_BATCH faces at a time, with the embeddings of one face at a time."""
+    from biometrics.embedding import EMBED_BATCH
+
+    pipeline = FacePipeline(threads=1)
+    image = load_image(sample("multiface.jpg"))
+    crowd = pipeline.analyze(image) * 4
+    batches, session = [], pipeline.embedder.session
+
+    class Recording:
+        def run(self, names, feed):
+            batches.append(len(feed[pipeline.embedder.input_name]))
+            return session.run(names, feed)
+
+    pipeline.embedder.session = Recording()
+    together = pipeline.embed(image, crowd)
+    assert sum(batches) == len(crowd) == 24 and max(batches) == EMBED_BATCH == 4
+    for face, alone in zip(together[:6], crowd[:6], strict=True):
+        np.testing.assert_allclose(face.embedding, alone.embedding, atol=1e-4)
+
+
 def test_face_selection(pipeline, sample):
     image = load_image(sample("two_people.jpg"))
     faces = pipeline.detect(image)

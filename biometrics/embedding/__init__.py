@@ -7,15 +7,23 @@ import numpy as np
 from biometrics.errors import ModelError
 from biometrics.registry import Adapters, ResolvedModel
 
+EMBED_BATCH = 4
+"""Faces per ``session.run``. ONNX Runtime's CPU arena keeps the memory of the largest batch a session has run
+for as long as it lives, so one crowded frame would raise a long-running `live` for good: the student's process
+peaked at 484 MiB after a batch of 32, 127 after 4 (91 at batch 1); per face, 4 ran the student within 6% of its
+best batch and the teacher within 12%, where 32 ran the student 65% slower than one face at a time on 1 thread
+(``scripts/embedder_batch.py``, ``reports/embedder-batch``)."""
+
 
 class Embedder:
     """An ONNX embedder for ArcFace-aligned crops.
 
     The card says the channel order and, if the graph does not normalise itself, ``mean``/``std``.
-    Batches are split into chunks of ``batch_size`` (one call at a time if the graph's batch is fixed).
+    Batches are split into chunks of ``batch_size`` (``EMBED_BATCH``; one call at a time if the graph's batch is
+    fixed).
     """
 
-    def __init__(self, model: ResolvedModel, *, batch_size: int = 32, threads: int | None = None):
+    def __init__(self, model: ResolvedModel, *, batch_size: int = EMBED_BATCH, threads: int | None = None):
         self.model = model
         spec = model.card.input
         self.size = tuple(spec.get("size", (112, 112)))
@@ -94,4 +102,4 @@ def unit_length(embeddings: np.ndarray) -> np.ndarray:
 
 ARCHITECTURES: dict[str, type[Embedder]] = Adapters("embedding", {"arcface112": Embedder})
 
-__all__ = ["ARCHITECTURES", "Embedder"]
+__all__ = ["ARCHITECTURES", "EMBED_BATCH", "Embedder"]
