@@ -282,6 +282,27 @@ def test_the_video_and_events_are_owner_only_in_folders_made_owner_only(tmp_path
     assert list(modes.values()) == [0o600, 0o600, 0o700, 0o700]
 
 
+def test_events_to_standard_output_leave_it_to_them_alone(tmp_path, short_clip):
+    """`--events -` (README: a camera that runs for days, piped to a rotating log): stdout is JSON Lines only, one
+    per frame, and the summary goes to stderr."""
+    args = ["live", "--source", short_clip, "--headless", "--threads", "2", "--gallery", tmp_path / "g.db"]
+    result = CliRunner().invoke(cli, [*map(str, args), "--events", "-"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["frame"] for line in result.stdout.splitlines()] == list(range(30))
+    assert "30 frames in" in result.stderr and sorted(path.name for path in tmp_path.iterdir()) == ["clip.avi"]
+
+
+def test_events_to_a_reader_that_goes_away_end_the_run_with_141(tmp_path, sample):
+    """`live --events - | head -1`: the 275 frames' events fill the pipe, the reader leaves, the run ends as every
+    command does when its reader goes away (README, exit codes), without an error line."""
+    args = ["live", "--source", sample("hamilton_clip.mp4"), "--headless", "--threads", "2", "--events", "-"]
+    command = [sys.executable, "-m", "biometrics", *map(str, args), "--gallery", str(tmp_path / "g.db")]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert json.loads(proc.stdout.readline())["frame"] == 0
+        proc.stdout.close()
+        assert proc.wait(timeout=120) == 141 and b"error" not in proc.stderr.read()
+
+
 def test_browser_view_without_out_writes_only_events(tmp_path, short_clip):
     events = tmp_path / "events.jsonl"
     args = ["live", "--source", short_clip, "--view", "browser", "--port", "0", "--threads", "2"]

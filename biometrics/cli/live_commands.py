@@ -33,9 +33,10 @@ from biometrics.cli.main import pipeline_options, refuse_overwriting, sigterm_as
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the annotated video.")
 @click.option(
     "--events",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
     default=None,
-    help="Write one JSON line per frame: index, time, tracks (id, box, identity, score).",
+    help="Write one JSON line per frame: index, time, tracks (id, box, identity, score); - for standard output "
+    "(the summary then goes to stderr).",
 )
 @click.option(
     "--view",
@@ -76,7 +77,7 @@ def live(
     from biometrics.live.capture import FrameSource, is_camera, is_stream
     from biometrics.live.recognizer import LiveRecognizer
     from biometrics.live.session import GalleryLink, LiveControls, run_live
-    from biometrics.live.views import HeadlessRecorder, WindowView, gui_available
+    from biometrics.live.views import STDOUT, HeadlessRecorder, WindowView, gui_available
 
     def notify(message: str) -> None:
         click.echo(message, err=True)
@@ -87,7 +88,7 @@ def live(
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
     video = {} if is_camera(source) or is_stream(source) else {"the --source video": source}
-    refuse_overwriting({"--out": out, "--events": events}, video)
+    refuse_overwriting({"--out": out, "--events": None if events == STDOUT else events}, video)
     pipeline = gallery_pipeline(gallery_path, key_file, detector, embedder, threads, max_side, threshold)
     link = GalleryLink(
         gallery_path or default_gallery_path(), load_key(key_file), EmbedderId.of(pipeline.embedder), keep_images
@@ -135,7 +136,7 @@ def live(
         summary = run_live(frames, recognizer, views, controls, link)
     if summary.stopped:
         notify("stopped")
-    click.echo(f"{frames.label}: {summary}")
+    click.echo(f"{frames.label}: {summary}", err=events == STDOUT)  # stdout holds only events then
 
 
 COMMANDS = (live,)

@@ -28,9 +28,14 @@ class View(Protocol):
     def close(self) -> None: ...
 
 
+STDOUT = Path("-")
+"""``--events -``: the events go to standard output, a line at a time (a log reader sees each frame)."""
+
+
 class HeadlessRecorder:
-    """``--out annotated.mp4`` and ``--events events.jsonl`` (one JSON line per processed frame, no embeddings),
-    both owner-only: they show faces and names. A run that processed no frame leaves neither behind. The video is
+    """``--out annotated.mp4`` and ``--events events.jsonl`` (one JSON line per processed frame, no embeddings;
+    ``STDOUT``: standard output), both owner-only: they show faces and names. A run that processed no frame leaves
+    neither file behind. The video is
     written beside its name and renamed into place once it reads back whole: cv2.VideoWriter reports no failed
     write (a full disk leaves an unplayable file cut short), and a failure leaves the file that was there."""
 
@@ -44,7 +49,10 @@ class HeadlessRecorder:
         self._partial: Path | None = None  # where the video is written until it is complete
         self._video = ExitStack()  # the partial video, replaced into place or removed when closed
         try:
-            self._events = None if events is None else open(open_private(events), "w")  # noqa: SIM115 - close()
+            if events is None or events == STDOUT:
+                self._events = None if events is None else sys.stdout
+            else:
+                self._events = open(open_private(events), "w")  # noqa: SIM115 - closed by close()
         except OSError as exc:
             raise _cannot_write(events, "events", exc) from None
 
@@ -52,6 +60,10 @@ class HeadlessRecorder:
         if self._events is not None:
             try:
                 self._events.write(json.dumps(result.to_event()) + "\n")
+                if self._events is sys.stdout:
+                    self._events.flush()
+            except BrokenPipeError:  # the reader of --events - went away (`| head`): the CLI's exit 141
+                raise
             except OSError as exc:
                 raise _cannot_write(self.events_path, "events", exc) from None
         if self.video_path is not None:  # other views may want pixels when this one has no --out
@@ -85,10 +97,16 @@ class HeadlessRecorder:
 
     def _close_events(self) -> None:
         try:
-            self._events.close()
+            if self._events is sys.stdout:
+                self._events.flush()
+            else:
+                self._events.close()
+        except BrokenPipeError:
+            raise
         except OSError as exc:
             raise _cannot_write(self.events_path, "events", exc) from None
-        if not self._frames and self.events_path.is_file():  # opened at the start, to fail before any work
+        # opened at the start, to fail before any work: a run that processed no frame leaves no file
+        if not self._frames and self.events_path != STDOUT and self.events_path.is_file():
             self.events_path.unlink()
 
     def _check_video(self) -> None:
@@ -103,7 +121,7 @@ class HeadlessRecorder:
 
 
 def _cannot_write(path: Path, what: str, exc: OSError) -> OutputError:
-    return OutputError(f"{path}: cannot write {what} ({exc.strerror or exc})")
+    return OutputError(f"{'standard output' if path == STDOUT else path}: cannot write {what} ({exc.strerror or exc})")
 
 
 def gui_available() -> bool:
