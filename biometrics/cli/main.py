@@ -1063,9 +1063,8 @@ def models():
 @models.command("list")
 @json_option
 def models_list(as_json):
-    """Registered models: task, whether the file is here (`ok`, `missing` or `refused`, a card naming a file outside
-    its folders: see `models show NAME`), licence; the
-    pipeline's defaults are marked *."""
+    """Registered models: task, whether the file is here (`ok`, `missing`, or `refused`: a card naming a file
+    outside its folders; `models show NAME` says why), licence; the pipeline's defaults are marked *."""
     from biometrics.pipeline import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
     from biometrics.registry import ModelRegistry
 

@@ -11,7 +11,7 @@ EMBED_BATCH = 4
 """Faces per ``session.run``. ONNX Runtime's CPU arena keeps the memory of the largest batch a session has run
 for as long as it lives, so one crowded frame would raise a long-running `live` for good: the student's process
 peaked at 484 MiB after a batch of 32, 127 after 4 (91 at batch 1); per face, 4 ran the student within 6% of its
-best batch and the teacher within 12%, where 32 ran the student 65% slower than one face at a time on 1 thread
+best batch and the teacher within 11%, where 32 ran the student 65% slower than one face at a time on 1 thread
 (``scripts/embedder_batch.py``, ``reports/embedder-batch``)."""
 
 

@@ -326,8 +326,9 @@ def write_card(
             if kept in previous:
                 card[kept] = previous[kept]
     staging = staged_path(model_path).parent
-    with replacing(card_path) as written:  # the card goes in last: a run killed before leaves the old one, whose
-        written.write_text(json.dumps(card, indent=2) + "\n")  # checksum then refuses the new file, not a mix
+    # The card goes in last: a run killed before that leaves the old card, whose checksum refuses the new file.
+    with replacing(card_path) as written:
+        written.write_text(json.dumps(card, indent=2) + "\n")
         if source_path != model_path:
             for path in sorted(staging.iterdir()):
                 if path.is_file() and path != source_path:

@@ -201,8 +201,8 @@ PACK_FORMAT = "biometrics-faces/1"
 def pack_faces(faces: FaceCache, path: Path, signature: dict, quality: int = 90, progress: bool = True) -> Path:
     """Write the crops, WebP-encoded in their order, with their metadata to one ``.npz`` file (owner-only: these
     are face images), so a run can train where the datasets are not, e.g. on a rented GPU. The 26,577 crops of
-    the patient recipes take 70 MB at quality 90 instead of 1 GB. ``signature`` names what the faces were made from (``load_packed_faces``
-    checks it against the recipe that trains on them)."""
+    the patient recipes take 70 MB at quality 90 instead of 1 GB. ``signature`` names what the faces were made
+    from (``load_packed_faces`` checks it against the recipe that trains on them)."""
     if not 1 <= quality <= 100:
         raise DataError(f"WebP quality must be 1-100, not {quality}")
     encoded = []
