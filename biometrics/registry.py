@@ -26,7 +26,9 @@ import ast
 import contextlib
 import hashlib
 import importlib.util
+import itertools
 import json
+import math
 import numbers
 import os
 import warnings
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from biometrics.errors import ModelError, ModelOverrideWarning
+from biometrics.errors import BiometricsWarning, ModelError, ModelOverrideWarning
 from biometrics.files import UnreadableFile, make_private_folders, read_own_file, read_regular_file, write_atomically
 from biometrics.runtime import check_threads, create_session, default_threads
 
@@ -75,6 +77,10 @@ def default_model_dirs() -> list[Path]:
     """``BIOMETRICS_MODELS`` (if set: searched first, so a model there may replace a shipped one of its name),
     then the shipped models."""
     extra = [Path(p) for p in os.environ.get("BIOMETRICS_MODELS", "").split(os.pathsep) if p]
+    for folder in extra:
+        if not folder.is_dir():  # else its models are "unknown" with no word of why
+            message = f"BIOMETRICS_MODELS: {folder.absolute()} is not a folder; ignored"
+            warnings.warn(message, BiometricsWarning, stacklevel=2)
     return [d for d in extra if d.is_dir()] + shipped_model_dirs()
 
 
@@ -150,13 +156,78 @@ def _card_problem(data: dict) -> str | None:
     layout = spec.get("layout", "NCHW")
     if not isinstance(layout, str) or layout.upper() != "NCHW":
         return f"input.layout is {layout!r}: this version runs NCHW (channels first) models only"
-    threshold = data.get("threshold")
-    if "threshold" in data and not isinstance(threshold, dict):
+    if problem := _normalisation_problem(data["task"], spec):
+        return problem
+    if "threshold" in data:
+        return _threshold_problem(data["threshold"])
+    return None
+
+
+INPUT_KEYS = ("size", "channel_order", "layout", "mean", "std", "range", "alignment", "stride", "priors", "anchors",
+              "resize")  # fmt: skip
+"""What a card's ``input`` may hold. An unknown key is refused, not ignored: a misspelt ``mean`` would otherwise feed
+the network unnormalised pixels, a wrong answer with no error. (``range``, ``alignment`` and a detector's ``stride``,
+``priors``, ``anchors`` and ``resize`` describe; the architecture decodes.)"""
+
+
+def _normalisation_problem(task: str, spec: dict) -> str | None:
+    """What is wrong with a card's ``input`` keys and its ``mean``/``std``: each a finite number or one per channel
+    (three, in the network's channel order), ``std`` above 0; an embedder's only (a detector's architecture fixes
+    how its input is scaled)."""
+    if unknown := sorted(set(spec) - set(INPUT_KEYS)):
+        return f"input.{unknown[0]} is not a card field (input may hold: {', '.join(INPUT_KEYS)})"
+    for key in ("mean", "std"):
+        if key not in spec:
+            continue
+        if task != "embedding":
+            return f"input.{key}: a detector's input is scaled as its architecture says; remove input.{key}"
+        values = spec[key] if isinstance(spec[key], list) else [spec[key]]
+        numbers_ok = all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        if not numbers_ok or len(values) not in (1, 3) or (key == "std" and min(values) <= 0):
+            wanted = "a number above 0" if key == "std" else "a finite number"
+            return f"input.{key} is {spec[key]!r}: expected {wanted}, or three (one per channel), e.g. 127.5"
+    return None
+
+
+def _threshold_problem(threshold: object) -> str | None:
+    """What is wrong with a card's ``threshold`` block: ``value`` a cosine similarity; ``fmr``, if given, the
+    false-match rate it was calibrated at (0 < fmr < 1); ``by_fmr`` (with ``fmr``) stricter rates -> thresholds,
+    never looser than ``value`` and stricter as the rate falls. `identify` reads a gallery's threshold off them, so
+    a calibration that turns back would search a large gallery more loosely than `verify` compares."""
+    if not isinstance(threshold, dict):
         return "'threshold' must be an object, {\"value\": ...}"
-    if "threshold" in data and not is_similarity(threshold.get("value")):
+    if not is_similarity(threshold.get("value")):
         value = repr(threshold["value"]) if "value" in threshold else "missing"
         return f"threshold.value is {value}: expected a cosine similarity, a number from -1 to 1"
+    if "fmr" not in threshold:
+        return "threshold.by_fmr needs threshold.fmr, the rate of threshold.value" if "by_fmr" in threshold else None
+    fmr = threshold["fmr"]
+    if not is_rate(fmr):
+        return f"threshold.fmr is {fmr!r}: expected the false-match rate of threshold.value, above 0 and below 1"
+    by_fmr = threshold.get("by_fmr", {})
+    if not isinstance(by_fmr, dict):
+        return 'threshold.by_fmr must be an object, {"1e-05": threshold, ...}'
+    calibration = {fmr: threshold["value"]}
+    for rate, value in by_fmr.items():
+        try:
+            rate_value = float(rate)
+        except ValueError:
+            rate_value = math.nan
+        if not (is_rate(rate_value) and rate_value < fmr and is_similarity(value)):
+            return (
+                f"threshold.by_fmr has {rate!r}: {value!r}: expected a rate below threshold.fmr ({fmr}) and its "
+                "threshold, a number from -1 to 1"
+            )
+        calibration[rate_value] = value
+    thresholds = [calibration[rate] for rate in sorted(calibration, reverse=True)]
+    if any(stricter < looser for looser, stricter in itertools.pairwise(thresholds)):
+        return "threshold.by_fmr: a lower false-match rate needs a threshold at least as high (they must not fall)"
     return None
+
+
+def is_rate(value: object) -> bool:
+    """Whether ``value`` can be a false-match rate of a calibration: a number above 0 and below 1."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and 0 < value < 1
 
 
 def _source_problem(source: dict) -> str | None:
@@ -178,6 +249,10 @@ def _source_problem(source: dict) -> str | None:
 
 class RefusedModelSource(ModelError):
     """A card's source leads outside its folders: the card is unsafe, not its file missing."""
+
+
+class WrongChecksum(ModelError):
+    """A model's file is not the one its card names by SHA-256 (another model, or a corrupted copy)."""
 
 
 def _inside(card: ModelCard, key: str, folder: Path, relative: str) -> Path:
@@ -311,6 +386,8 @@ def _registered_card(card_path: Path) -> ModelCard:
     card = ModelCard.from_json(card_path)
     if not card.sha256:
         raise ModelError(f"model '{card.name}': {card_path} has no source.sha256, so its file cannot be checked")
+    if card.name != card_path.parent.name:  # names are looked up as folders: another name would be two models' name
+        raise ModelError(f"{card_path}: its name is '{card.name}', not its folder's '{card_path.parent.name}'")
     return card
 
 
@@ -323,7 +400,12 @@ def _card_beside(path: Path) -> ModelCard | None:
     folder_card = path.parent / "card.json"
     if folder_card.is_file():
         card = ModelCard.from_json(folder_card)
-        if card.source.get("file") == path.name:
+        if "file" not in card.source:  # whose card is it? Running the file without it would drop its normalisation
+            raise ModelError(
+                f'{folder_card} names no source.file: add "source": {{"file": "{path.name}"}} to it, or give '
+                f"{path.name} a card {path.with_suffix('.json').name} beside it"
+            )
+        if card.source["file"] == path.name:
             return card
     return None
 
@@ -382,6 +464,21 @@ class ModelRegistry:
             message = f"{card_path} overrides the shipped model '{folder.name}' (BIOMETRICS_MODELS)"
             warnings.warn(message, ModelOverrideWarning, stacklevel=2)
 
+    def _warn_if_named_like(self, card: ModelCard, digest: str) -> None:
+        """Say so when a file given by its path carries a registered model's name but is another file: every result
+        and report would show that model's name for it."""
+        for folder in self.model_dirs:
+            registered = folder / card.name / "card.json"
+            if registered.is_file():
+                with contextlib.suppress(ModelError):  # a broken registered card is no name to protect
+                    if _registered_card(registered).sha256 != digest:
+                        message = (
+                            f"{card.source['path']} is named '{card.name}' like the model in {registered.parent}, "
+                            "but is another file: results carry that name"
+                        )
+                        warnings.warn(message, ModelOverrideWarning, stacklevel=3)
+                return
+
     def _card_for_user_file(self, path: Path, task: str | None) -> ModelCard:
         if not path.is_file():
             raise ModelError(f"model file {path} does not exist")
@@ -439,22 +536,38 @@ class ModelRegistry:
         raise ModelError(f"model '{card.name}': file not found (looked for {looked}); {card.how_to_obtain}")
 
     def available(self, name: str) -> bool:
-        """Whether a registered model's file can be found (its checksum is checked only when it is loaded)."""
+        """Whether a registered model's file is here and is the one its card names (SHA-256)."""
         return self.file_state(name) == "ok"
 
-    def file_state(self, name: str) -> str:
-        """``ok`` (found; its checksum is checked only when it is loaded), ``missing``, or ``refused``: its card's
-        source leads outside its folders, so nothing it names is read (``models show NAME`` says which field)."""
-        problem = self.file_problem(name)
-        return "ok" if problem is None else "refused" if isinstance(problem, RefusedModelSource) else "missing"
+    def file_state(self, name_or_path: str | os.PathLike) -> str:
+        """``ok`` (the file is here and its SHA-256 is the card's), ``missing``, ``corrupt`` (another file, or a
+        damaged copy), or ``refused``: its card's source leads outside its folders, so nothing it names is read
+        (``models show NAME`` says which)."""
+        problem = self.file_problem(name_or_path)
+        if problem is None:
+            return "ok"
+        return {RefusedModelSource: "refused", WrongChecksum: "corrupt"}.get(type(problem), "missing")
 
-    def file_problem(self, name: str) -> ModelError | None:
-        """Why a registered model's file cannot be found (where it looked, how to obtain it), or None."""
+    def file_problem(self, name_or_path: str | os.PathLike) -> ModelError | None:
+        """Why a model's file cannot be used (where it looked and how to obtain it, or that its checksum is wrong),
+        or None."""
         try:
-            self._locate(self.card(name))
+            self._verified(self.card(name_or_path))
         except ModelError as exc:
             return exc
         return None
+
+    def _verified(self, card: ModelCard) -> tuple[Path, bytes, str]:
+        """The model's file, its published bytes and their SHA-256, which must be the card's (if it names one)."""
+        path = self._locate(card)
+        payload = self._read(card, path)
+        digest = hashlib.sha256(payload).hexdigest()
+        if card.sha256 and digest != card.sha256:
+            raise WrongChecksum(
+                f"model '{card.name}': {path} has SHA-256 {digest[:16]}…, expected {card.sha256[:16]}… "
+                f"(wrong or corrupted file); {card.how_to_obtain}"
+            )
+        return path, payload, digest
 
     def _read(self, card: ModelCard, path: Path) -> bytes:
         """The published model bytes: the file itself, or the bytes literal its card names in that module (parsed,
@@ -506,14 +619,9 @@ class ModelRegistry:
     def resolve(self, name_or_path: str | os.PathLike, task: str | None = None) -> ResolvedModel:
         """Find, verify and prepare a model. Raises ModelError naming the model and how to get it."""
         card = self.card(name_or_path, task)
-        path = self._locate(card)
-        payload = self._read(card, path)
-        digest = hashlib.sha256(payload).hexdigest()
-        if card.sha256 and digest != card.sha256:
-            raise ModelError(
-                f"model '{card.name}': {path} has SHA-256 {digest[:16]}…, expected {card.sha256[:16]}… "
-                f"(wrong or corrupted file); {card.how_to_obtain}"
-            )
+        path, payload, digest = self._verified(card)
+        if card.source.get("path") and not card.source.get("package"):
+            self._warn_if_named_like(card, digest)
         steps = card.data.get("prepare", [])
         if not steps:
             return ResolvedModel(card, path, digest, payload, len(payload))

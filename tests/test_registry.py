@@ -388,6 +388,42 @@ EMBEDDER_CARD = {"name": "x", "task": "embedding", "architecture": "arcface112"}
         (EMBEDDER_CARD | {"threshold": {"value": "0.4"}}, "threshold.value is '0.4': expected a cosine similarity"),
         (EMBEDDER_CARD | {"threshold": {"fmr": 0.001}}, "threshold.value is missing: expected a cosine similarity"),
         (EMBEDDER_CARD | {"threshold": 0.4}, "'threshold' must be an object"),
+        (EMBEDDER_CARD | {"threshold": {"value": 0.4, "fmr": 2}}, "threshold.fmr is 2: expected the false-match rate"),
+        (
+            EMBEDDER_CARD | {"threshold": {"value": 0.4, "by_fmr": {"1e-05": 0.5}}},
+            "threshold.by_fmr needs threshold.fmr",
+        ),
+        (
+            EMBEDDER_CARD | {"threshold": {"value": 0.4, "fmr": 1e-3, "by_fmr": [0.5]}},
+            "threshold.by_fmr must be an obj",
+        ),
+        (
+            EMBEDDER_CARD | {"threshold": {"value": 0.4, "fmr": 1e-3, "by_fmr": {"0.01": 0.3}}},
+            "threshold.by_fmr has '0.01'",
+        ),
+        (
+            EMBEDDER_CARD | {"threshold": {"value": 0.4, "fmr": 1e-3, "by_fmr": {"1e-5": 5}}},
+            "threshold.by_fmr has '1e-5'",
+        ),
+        (
+            EMBEDDER_CARD | {"threshold": {"value": 0.8, "fmr": 1e-3, "by_fmr": {"1e-4": 0.9, "1e-6": 0.5}}},
+            "threshold.by_fmr: a lower false-match rate needs a threshold at least as high",
+        ),
+        (
+            EMBEDDER_CARD | {"input": {"mu": 127.5}},
+            "input.mu is not a card field (input may hold: size, channel_order,",
+        ),
+        (
+            EMBEDDER_CARD | {"input": {"std": 0}},
+            "input.std is 0: expected a number above 0, or three (one per channel)",
+        ),
+        (EMBEDDER_CARD | {"input": {"std": [58, -57, 57]}}, "input.std is [58, -57, 57]: expected a number above 0"),
+        (EMBEDDER_CARD | {"input": {"mean": [1, 2]}}, "input.mean is [1, 2]: expected a finite number, or three"),
+        (EMBEDDER_CARD | {"input": {"mean": "127.5"}}, "input.mean is '127.5': expected a finite number, or three"),
+        (
+            EMBEDDER_CARD | {"task": "detection", "architecture": "yunet", "input": {"mean": 127.5}},
+            "input.mean: a detector's input is scaled as its architecture says; remove input.mean",
+        ),
         (EMBEDDER_CARD | {"source": {"file": 3}}, "source.file must be a string, not 3"),
         (EMBEDDER_CARD | {"source": {"package": "os.x", "path": "m.onnx"}}, "source.package is 'os.x': expected the"),
         (EMBEDDER_CARD | {"source": {"package": "p", "attribute": "WEIGHTS"}}, "source.attribute is 'WEIGHTS': expe"),
@@ -446,9 +482,8 @@ def test_a_card_this_version_cannot_run_is_a_clear_error(tmp_path):
     card = registry.resolve("tiny-embedder").card
     with pytest.raises(ModelError, match=r"unknown embedding architecture 'facenet160'.*arcface112"):
         _ = ARCHITECTURES[card.architecture]
-    _edit_card(folder, architecture="arcface112", threshold={"value": 0.4, "fmr": 0.001, "by_fmr": [0.5]})
-    with pytest.raises(ModelError, match="threshold block is not rates and thresholds"):
-        _ = Embedder(registry.resolve("tiny-embedder")).false_match_thresholds
+    _edit_card(folder, architecture="arcface112", threshold={"value": 0.4, "fmr": 0.001, "by_fmr": {"1e-05": 0.5}})
+    assert Embedder(registry.resolve("tiny-embedder")).false_match_thresholds == {0.001: 0.4, 1e-05: 0.5}
 
 
 def test_an_embedder_that_outputs_nan_is_refused_not_compared(tmp_path):
@@ -470,6 +505,122 @@ def test_an_embedder_that_outputs_nan_is_refused_not_compared(tmp_path):
     _edit_card(folder, source={"file": "model.onnx", "sha256": sha256_file(folder / "model.onnx")})
     with pytest.raises(ModelError, match="non-finite embeddings"):
         Embedder(registry.resolve("tiny-embedder")).embed(np.full((1, 112, 112, 3), 200, np.uint8))
+
+
+def _save_graph(folder, nodes, outputs):
+    """An embedder-shaped graph on a 1x3x112x112 input as the tiny-embedder's file, its card's SHA-256 updated."""
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["batch", 3, 112, 112])], outputs
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "model.onnx")
+    _edit_card(folder, source={"file": "model.onnx", "sha256": sha256_file(folder / "model.onnx")})
+
+
+def test_an_embedder_output_with_no_direction_to_compare_is_refused(tmp_path):
+    """Two outputs (the first taken would compare anything), a 1-wide output (every pair at similarity 1) or an
+    all-zero embedding (every pair at 0) would score as verdicts; they are errors."""
+    from biometrics.embedding import Embedder
+
+    registry, folder = _registry_with(tmp_path, None)
+    pool = [helper.make_node("GlobalAveragePool", ["data"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["e"])]
+    out = lambda name, width: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", width])  # noqa: E731
+    _save_graph(folder, [*pool, helper.make_node("ReduceL2", ["e"], ["norm"], axes=[1])], [out("norm", 1), out("e", 3)])
+    with pytest.raises(ModelError, match=r"is not an embedder: it has 2 outputs \(norm, e\), not one"):
+        Embedder(registry.resolve("tiny-embedder"))
+    _save_graph(folder, [*pool, helper.make_node("ReduceL2", ["e"], ["norm"], axes=[1])], [out("norm", 1)])
+    with pytest.raises(ModelError, match=r"is not an embedder: its output is \['batch', 1\], not N x D \(D >= 2\)"):
+        Embedder(registry.resolve("tiny-embedder"))
+    _save_graph(folder, [*pool, helper.make_node("Sub", ["e", "e"], ["zero"])], [out("zero", 3)])
+    with pytest.raises(ModelError, match="produced an all-zero embedding, which has no direction to compare"):
+        Embedder(registry.resolve("tiny-embedder")).embed(np.full((1, 112, 112, 3), 200, np.uint8))
+
+
+def test_a_card_may_normalise_each_channel(tmp_path):
+    """ImageNet-style mean and std, one per channel in the network's channel order."""
+    from biometrics.embedding import Embedder
+
+    registry, folder = _registry_with(tmp_path, None)
+    _edit_card(folder, input={"size": [112, 112], "channel_order": "RGB", "mean": [10, 20, 30], "std": [1, 2, 4]})
+    crop = np.zeros((112, 112, 3), np.uint8)
+    crop[..., 0], crop[..., 1], crop[..., 2] = 130, 120, 110  # BGR
+    tensor = Embedder(registry.resolve("tiny-embedder")).inputs(crop)
+    assert tensor[0, :, 0, 0].tolist() == [(110 - 10) / 1, (120 - 20) / 2, (130 - 30) / 4]
+
+
+def test_a_folder_card_that_names_no_file_is_not_silently_skipped(tmp_path):
+    """Given by its path, a model whose folder's card.json names no source.file would otherwise run without that
+    card's normalisation and threshold."""
+    registry, folder = _registry_with(tmp_path, None)
+    _edit_card(folder, source={"sha256": sha256_file(folder / "model.onnx")})
+    with pytest.raises(
+        ModelError, match=r"card.json names no source.file: add \"source\": \{\"file\": \"model.onnx\"\}"
+    ):
+        registry.resolve(folder / "model.onnx", task="embedding")
+
+
+def test_models_are_known_by_their_folder_s_name_only(tmp_path, monkeypatch):
+    """A card named unlike its folder is left out (listed among the broken): looked up by folder, listed by card
+    name, it made `models list` fail and a second folder's copy run under the first one's name."""
+    from click.testing import CliRunner
+
+    from biometrics.cli.main import cli
+
+    registry, folder = _registry_with(tmp_path, None)
+    shutil.copytree(folder, folder.with_name("tiny-embedder-v2"))
+    assert registry.names() == ["tiny-embedder"]
+    assert [str(problem) for problem in registry.scan()[1]] == [
+        f"{folder.with_name('tiny-embedder-v2') / 'card.json'}: its name is 'tiny-embedder', not its folder's "
+        "'tiny-embedder-v2'"
+    ]
+    monkeypatch.setenv("BIOMETRICS_MODELS", str(folder.parent))
+    listing = CliRunner().invoke(cli, ["models", "list", "--json"])
+    assert listing.exit_code == 0, listing.output
+    assert "its name is 'tiny-embedder', not its folder's" in json.loads(listing.stdout)["left_out"][0]
+
+
+def test_models_list_tells_a_corrupt_file_and_an_unsupported_architecture(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from biometrics.cli.main import cli
+
+    registry, folder = _registry_with(tmp_path, None)
+    shutil.copytree(folder, folder.with_name("other-arch"))
+    _edit_card(folder.with_name("other-arch"), name="other-arch", architecture="facenet160")
+    with open(folder / "model.onnx", "ab") as handle:
+        handle.write(b"\0")
+    assert registry.file_state("tiny-embedder") == "corrupt" and not registry.available("tiny-embedder")
+    monkeypatch.setenv("BIOMETRICS_MODELS", str(folder.parent))
+    listing = CliRunner().invoke(cli, ["models", "list", "--json"])
+    states = {model["name"]: model["file"] for model in json.loads(listing.stdout)["models"]}
+    assert states["tiny-embedder"] == "corrupt" and states["other-arch"] == "unsupported"
+    assert states["sface-student"] == "ok"
+    shown = CliRunner().invoke(cli, ["models", "show", "other-arch"])
+    assert shown.exit_code == 0 and "unknown embedding architecture 'facenet160'" in shown.stderr
+
+
+def test_models_show_of_a_file_given_by_path_has_no_spurious_warning(tmp_path):
+    from click.testing import CliRunner
+
+    from biometrics.cli.main import cli
+
+    model = _tiny_embedder(tmp_path / "mine.onnx")
+    (tmp_path / "mine.json").write_text(json.dumps(EMBEDDER_CARD | {"name": "mine"}))
+    shown = CliRunner().invoke(cli, ["models", "show", str(model)])
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["name"] == "mine" and shown.stderr == ""
+
+
+def test_a_missing_models_folder_and_a_file_named_like_a_model_are_warned_of(tmp_path, monkeypatch):
+    """BIOMETRICS_MODELS naming no folder left every model of it 'unknown' with no word of why; a file given by
+    its path under a registered model's name but other bytes would have its results carry that model's name."""
+    from biometrics.errors import BiometricsWarning, ModelOverrideWarning
+
+    monkeypatch.setenv("BIOMETRICS_MODELS", str(tmp_path / "nowhere"))
+    with pytest.warns(BiometricsWarning, match=f"BIOMETRICS_MODELS: {tmp_path / 'nowhere'} is not a folder; ignored"):
+        ModelRegistry()
+    monkeypatch.delenv("BIOMETRICS_MODELS")
+    impostor = _tiny_embedder(tmp_path / "sface-student.onnx")
+    with pytest.warns(ModelOverrideWarning, match="is named 'sface-student' like the model in .*but is another file"):
+        ModelRegistry().resolve(impostor, task="embedding")
 
 
 def test_a_bad_thread_count_is_its_own_error_not_the_models(monkeypatch, tmp_path):

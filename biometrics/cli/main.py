@@ -1060,31 +1060,49 @@ def models():
     """List, inspect and download models."""
 
 
+def _model_problem(registry, name_or_path) -> tuple[str, BiometricsError | None]:
+    """A model's state in `models list` and why it cannot be used: its file's (``ModelRegistry.file_state``), or
+    ``unsupported``: an architecture this version has no adapter for (a card from a newer release, or a typo)."""
+    from biometrics.detection import ARCHITECTURES as DETECTORS
+    from biometrics.embedding import ARCHITECTURES as EMBEDDERS
+
+    card = registry.card(name_or_path)
+    try:
+        (EMBEDDERS if card.task == "embedding" else DETECTORS)[card.architecture]
+    except BiometricsError as exc:
+        return "unsupported", exc
+    problem = registry.file_problem(name_or_path)
+    return registry.file_state(name_or_path) if problem else "ok", problem
+
+
 @models.command("list")
 @json_option
 def models_list(as_json):
-    """Registered models: task, whether the file is here (`ok`, `missing`, or `refused`: a card naming a file
-    outside its folders; `models show NAME` says why), licence; the pipeline's defaults are marked *."""
+    """Registered models: task, whether the file can be used (`ok`; `missing`; `corrupt`: not the file its card
+    names; `refused`: a card naming a file outside its folders; `unsupported`: an architecture this version does
+    not run; `models show NAME` says why), licence; the pipeline's defaults are marked *. Cards that cannot be read
+    are left out, each with a warning (--json: under `left_out`)."""
     from biometrics.pipeline import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
     from biometrics.registry import ModelRegistry
 
     registry = ModelRegistry()
-    for broken in registry.scan()[1]:
-        click.echo(f"warning: {broken} (left out)", err=True)
+    cards, broken = registry.scan()
+    for problem in broken:
+        click.echo(f"warning: {problem} (left out)", err=True)
     listed = [
         {
             "name": card.name,
             "task": card.task,
-            "file": registry.file_state(card.name),
+            "file": _model_problem(registry, card.name)[0],
             "default": card.name in (DEFAULT_DETECTOR, DEFAULT_EMBEDDER),
             "licence": card.data.get("licence", "?"),
             "licence_note": card.data.get("licence_note"),
             "description": card.data.get("description", ""),
         }
-        for card in (registry.card(name) for name in registry.names())
+        for card in (cards[name] for name in sorted(cards))
     ]
     if as_json:
-        click.echo(json.dumps({"models": listed}))
+        click.echo(json.dumps({"models": listed, "left_out": [str(problem) for problem in broken]}))
         return
     rows = [("name", "task", "file", "licence", "description")]
     for model in listed:
@@ -1108,14 +1126,12 @@ def models_list(as_json):
 @models.command("show")
 @click.argument("name")
 def models_show(name):
-    """Print a model's card (JSON); where its file cannot be used (`missing` or `refused` in `models list`), why, on
-    stderr."""
+    """Print a model's card (JSON); where the model cannot be used (not `ok` in `models list`), why, on stderr."""
     from biometrics.registry import ModelRegistry
 
     registry = ModelRegistry()
-    card = registry.card(name)
-    click.echo(json.dumps(card.data, indent=2))
-    if problem := registry.file_problem(card.name):
+    click.echo(json.dumps(registry.card(name).data, indent=2))
+    if problem := _model_problem(registry, name)[1]:
         click.echo(f"warning: {problem}", err=True)
 
 

@@ -28,8 +28,9 @@ class Embedder:
         spec = model.card.input
         self.size = tuple(spec.get("size", (112, 112)))
         self.rgb = spec.get("channel_order", "RGB").upper() == "RGB"
-        self.mean = np.float32(spec.get("mean", 0.0))
-        self.std = np.float32(spec.get("std", 1.0))
+        # one number, or one per channel (the card checked them): shaped to broadcast over N x 3 x H x W
+        self.mean = np.asarray(spec.get("mean", 0.0), np.float32).reshape(-1, 1, 1)
+        self.std = np.asarray(spec.get("std", 1.0), np.float32).reshape(-1, 1, 1)
         self.session = model.session(threads)
         graph_input = self.session.get_inputs()[0]
         expected = (3, *self.size)
@@ -40,9 +41,16 @@ class Embedder:
                 f"model '{model.name}' is not an embedder for {self.size[0]}x{self.size[1]} crops "
                 f"(its input is {graph_input.shape})"
             )
-        graph_output = self.session.get_outputs()[0]
-        if graph_output.shape and len(graph_output.shape) != 2:  # N x D (when declared): else another network
-            raise ModelError(f"model '{model.name}' is not an embedder: its output is {graph_output.shape}, not N x D")
+        graph_outputs = self.session.get_outputs()
+        if len(graph_outputs) != 1:  # which one is the embedding? Taking the first could compare anything
+            names = ", ".join(output.name for output in graph_outputs)
+            raise ModelError(
+                f"model '{model.name}' is not an embedder: it has {len(graph_outputs)} outputs ({names}), not one, "
+                "the N x D embedding (onnx.utils.extract_model keeps only that one)"
+            )
+        shape = graph_outputs[0].shape
+        if shape and (len(shape) != 2 or (isinstance(shape[1], int) and shape[1] < 2)):  # when declared
+            raise ModelError(f"model '{model.name}' is not an embedder: its output is {shape}, not N x D (D >= 2)")
         self.input_name = graph_input.name
         self.batch_size = batch_size if not isinstance(graph_input.shape[0], int) else graph_input.shape[0]
 
@@ -65,11 +73,8 @@ class Embedder:
         block = self.model.card.data.get("threshold") or {}
         if "fmr" not in block:
             return {}
-        try:
-            calibrated = {float(rate): float(value) for rate, value in block.get("by_fmr", {}).items()}
-            return calibrated | {float(block["fmr"]): float(block["value"])}
-        except (AttributeError, KeyError, TypeError, ValueError):
-            raise ModelError(f"model '{self.name}': its card's threshold block is not rates and thresholds") from None
+        calibrated = {float(rate): float(value) for rate, value in block.get("by_fmr", {}).items()}
+        return calibrated | {float(block["fmr"]): float(block["value"])}
 
     def inputs(self, crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """The network input (N x 3 x H x W float32) for N aligned BGR uint8 crops."""
@@ -92,6 +97,9 @@ class Embedder:
         embeddings = np.concatenate(outputs).reshape(len(tensor), -1).astype(np.float32)
         if not np.isfinite(embeddings).all():  # a broken model must not read as "different people"
             raise ModelError(f"model '{self.name}' produced non-finite embeddings (NaN or infinity)")
+        if embeddings.shape[1] < 2 or not np.linalg.norm(embeddings, axis=1).all():  # no direction to compare
+            kind = "a 1-d" if embeddings.shape[1] < 2 else "an all-zero"
+            raise ModelError(f"model '{self.name}' produced {kind} embedding, which has no direction to compare")
         return unit_length(embeddings)
 
 
