@@ -41,7 +41,8 @@ class OutputError(BiometricsError):
 
 
 class UsageError(BiometricsError):
-    """A command cannot use a setting it was given: an environment variable's value, a device, a thread count."""
+    """A command or call cannot use what it was given: an environment variable's value, a device, a thread count,
+    embeddings of different embedders."""
 
 
 class AlreadyEnrolled(GalleryError):

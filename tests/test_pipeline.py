@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import runpy
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,20 @@ def test_a_crowd_is_embedded_in_chunks_that_bound_the_runtime_s_memory(sample):
     assert sum(batches) == len(crowd) == 24 and max(batches) == EMBED_BATCH == 4
     for face, alone in zip(together[:6], crowd[:6], strict=True):
         np.testing.assert_allclose(face.embedding, alone.embedding, atol=1e-4)
+
+
+def test_embeddings_of_different_embedders_are_refused_by_name(pipeline, sample):
+    """A 128-d face (ours) against a 512-d one (another embedder's, an ArcFace .onnx) is a ``UsageError`` naming
+    both lengths, not NumPy's shape error; an empty or multi-row array says what it got instead of scoring 0."""
+    face = pipeline.embed_one(sample("obama.jpg"))[0]
+    assert face.embedding.shape == (128,)
+    other = dataclasses.replace(face, embedding=np.ones(512, dtype=np.float32) / np.sqrt(512))
+    for a, b in ((face, other), (face.embedding, other.embedding), (other, face.embedding)):
+        with pytest.raises(UsageError, match=r"different lengths \((128 vs 512|512 vs 128)\).*different embedders"):
+            cosine_similarity(a, b)
+    for bad in (np.zeros(0, dtype=np.float32), face.embedding[None]):
+        with pytest.raises(UsageError, match=re.escape(f"one non-empty vector), got an array of shape {bad.shape}")):
+            cosine_similarity(face, bad)
 
 
 def test_face_selection(pipeline, sample):

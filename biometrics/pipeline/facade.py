@@ -53,11 +53,22 @@ def landmark_detector(
 
 def cosine_similarity(a: Face | np.ndarray, b: Face | np.ndarray) -> float:
     """Cosine similarity of two embeddings (or two embedded faces); 1 = identical direction. Both must come from
-    one embedder: across models the number means nothing, and a ``Face`` does not record which model embedded it."""
+    one embedder: across models the number means nothing, and a ``Face`` does not record which model embedded it.
+    Embeddings of different lengths (128 and 512) surely come from different embedders: a ``UsageError`` saying so,
+    as is an empty or multi-row array, rather than NumPy's shape error or a meaningless 0."""
     u = a.embedding if isinstance(a, Face) else a
     v = b.embedding if isinstance(b, Face) else b
     if u is None or v is None:
         raise ValueError("both faces need an embedding; run FacePipeline.analyze first")
+    u, v = np.asarray(u), np.asarray(v)
+    for vector in (u, v):
+        if vector.ndim != 1 or not vector.size:
+            raise UsageError(f"expected an embedding (one non-empty vector), got an array of shape {vector.shape}")
+    if u.size != v.size:
+        raise UsageError(
+            f"the embeddings have different lengths ({u.size} vs {v.size}): they come from different embedders, "
+            "whose similarities mean nothing; compare embeddings of one embedder"
+        )
     return float(np.dot(u, v) / max(np.linalg.norm(u) * np.linalg.norm(v), 1e-12))
 
 
