@@ -219,6 +219,7 @@ def test_the_python_example_runs_as_written(tmp_path, monkeypatch, sample):
     (example,) = code_blocks(ROOT / "README.md", "python")
     for name, photo in {"a.jpg": "obama.jpg", "b.jpg": "obama2.jpg", "group.jpg": "multiface.jpg"}.items():
         (tmp_path / name).symlink_to(sample(photo))
+    (tmp_path / "mine.onnx").symlink_to(ROOT / "models" / "sface-student" / "model.onnx")  # a card-less embedder
     for person, photos in {"obama": ["obama.jpg", "obama2.jpg"], "biden": ["biden.jpg", "biden2.jpg"]}.items():
         (tmp_path / "people" / person).mkdir(parents=True)
         for photo in photos:
@@ -226,6 +227,8 @@ def test_the_python_example_runs_as_written(tmp_path, monkeypatch, sample):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(example, "README.md (python)", "exec"), namespace)
+    assert namespace["teacher"].name == "yunet-teacher + sface-teacher"
+    assert namespace["mine"].embedder.name == "mine" and namespace["mine"].threshold == 0.4
     assert namespace["result"].faces_found[1] == 6 and len(namespace["faces"]) == 6
     assert namespace["rates"]["genuine_pairs"] == 2 and namespace["rates"]["impostor_pairs"] == 4
     assert [found.identity for found in namespace["found"]] == ["obama"]
