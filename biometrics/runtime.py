@@ -65,6 +65,13 @@ def int8_instructions() -> list[str]:
     return [name for name in INT8_INSTRUCTIONS if name in flags]
 
 
+def int8_text(instructions: list[str] | None) -> str:
+    """``int8_instructions()`` as a report writes it: which of them a run had, "none of ..." or "not recorded"."""
+    if instructions is None:
+        return "not recorded"
+    return ", ".join(instructions) or "none of " + "/".join(INT8_INSTRUCTIONS)
+
+
 def create_session(
     model: str | bytes | os.PathLike, threads: int | None = None, config: dict[str, str] | None = None
 ) -> ort.InferenceSession:

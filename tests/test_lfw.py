@@ -23,7 +23,7 @@ from biometrics.evaluation.lfw import (
 )
 from biometrics.evaluation.report import run_metadata, write_verification_report
 from biometrics.imaging import load_image
-from biometrics.runtime import int8_instructions
+from biometrics.runtime import int8_instructions, int8_text
 from tests.conftest import shared_file
 
 
@@ -190,6 +190,17 @@ def test_report_files(tmp_path):
     }
     assert [int(row["same_person"]) for row in rows] == labels.tolist() and "embedding" not in rows[0]
     assert "[scores.csv](scores.csv)" in files["md"].read_text()
+
+    # report.md shows what report.json records of the run and each fold's threshold, not report.json alone.
+    markdown, meta = files["md"].read_text(), report["meta"]
+    run_section = markdown.split("## Run")[1].split("## Results")[0]
+    for fact in (meta["command"], meta["versions"]["biometrics"], meta["versions"]["onnxruntime"]):
+        assert fact in run_section
+    assert meta["machine"]["processor"] in run_section
+    assert f"INT8 instructions: {int8_text(meta['machine']['int8_instructions'])}" in run_section
+    per_fold = report["results"]["a + b"]["summary"]["per_fold"]
+    cells = [f"{100 * f['accuracy']:.2f}% ({f['threshold']:.4f})" for f in per_fold]
+    assert f"| a + b | {' | '.join(cells)} |" in markdown.split("## Per fold")[1]
 
     # Rerun into the same folder with fewer models and no --bench: nothing of the first run is left beside it, and
     # a file that is not a report's stays.

@@ -34,7 +34,7 @@ import onnxruntime as ort
 
 from biometrics.errors import MeasurementError
 from biometrics.evaluation.complexity import ORT_DTYPES, count_macs, count_parameters, first_input
-from biometrics.runtime import INT8_INSTRUCTIONS, create_session, int8_instructions, processor_name
+from biometrics.runtime import create_session, int8_instructions, int8_text, processor_name
 
 CARD_VERSION = 1
 
@@ -578,15 +578,9 @@ def _fmt_millions(value: float | None) -> str:
     return f"{millions:.2f}" if millions >= 1 else f"{millions:.3g}"
 
 
-def _int8_text(instructions: list[str] | None) -> str:
-    if instructions is None:
-        return "not recorded"
-    return ", ".join(instructions) or "none of " + "/".join(INT8_INSTRUCTIONS)
-
-
 def _machine_line(cards: Iterable[dict[str, Any]]) -> str:
     keys = ("processor", "cpu_count", "platform", "python_version", "onnxruntime_version", "numpy_version")
-    seen = {(*(card.get(k) for k in keys), _int8_text(card.get("int8_instructions"))) for card in cards}
+    seen = {(*(card.get(k) for k in keys), int8_text(card.get("int8_instructions"))) for card in cards}
     lines = []
     for processor, cpus, plat, py, ort_v, np_v, int8 in sorted(seen, key=str):
         lines.append(

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from biometrics.evaluation import metrics, plots
-from biometrics.runtime import default_threads, int8_instructions, processor_name
+from biometrics.runtime import default_threads, int8_instructions, int8_text, processor_name
 
 
 def _version(package: str) -> str | None:
@@ -193,17 +193,25 @@ def _fold_text(folds: list[int]) -> str:
     return f"{folds[0]}-{folds[-1]}" if folds == list(range(folds[0], folds[-1] + 1)) else str(folds)
 
 
+def _run_section(meta: dict) -> list[str]:
+    """What report.json's ``meta`` says of the run that a reader of the numbers needs first: the command, when, which
+    versions, and the CPU, whose INT8 instructions pick ONNX Runtime's kernels and so move an INT8 model's scores."""
+    machine = meta["machine"]
+    return [
+        "## Run",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}; biometrics {meta['versions']['biometrics']}, "
+        f"onnxruntime {meta['versions']['onnxruntime']}  ",
+        f"CPU: {machine['processor']}, {machine['cpu_count']} CPUs, {meta['threads']} threads; INT8 instructions: "
+        f"{int8_text(machine['int8_instructions'])}",
+    ]
+
+
 def _markdown(title: str, results: dict[str, dict], meta: dict, files: dict[str, Path]) -> str:
     summaries = {label: run["summary"] for label, run in results.items()}
     impostors = next(iter(summaries.values()))["impostor_pairs"]
-    lines = [
-        f"# {title}",
-        "",
-        f"Command: `{meta['command']}`  ",
-        f"Date: {meta['date']}, {meta['machine']['cpu_count']} CPUs, {meta['threads']} threads, "
-        f"onnxruntime {meta['versions']['onnxruntime']}",
-        "",
-    ]
+    lines = [f"# {title}", "", *_run_section(meta), "", "## Results", ""]
     lines += _md_table(
         [
             "pipeline",
@@ -236,7 +244,8 @@ def _markdown(title: str, results: dict[str, dict], meta: dict, files: dict[str,
         lines += ["", "**Not held out:**", "", *caveats]
     lines += [
         "",
-        "Accuracy: each fold's threshold is chosen on the other evaluated folds (never on the fold itself).",
+        "Accuracy: each fold's threshold is chosen on the other evaluated folds (never on the fold itself; each "
+        "fold's is under Per fold).",
         _tar_note(impostors),
         "",
         "## Calibration (all cross-identity image pairs)",
@@ -255,10 +264,13 @@ def _markdown(title: str, results: dict[str, dict], meta: dict, files: dict[str,
         ],
     )
     folds = [f["fold"] for f in next(iter(summaries.values()))["per_fold"]]
-    lines += ["", "## Per fold", ""]
+    lines += ["", "## Per fold", "", "Each fold's accuracy at its threshold (in brackets), set on the other folds.", ""]
     lines += _md_table(
         ["pipeline", *(f"fold {f}" for f in folds)],
-        [[label, *(_pct(f["accuracy"]) for f in s["per_fold"])] for label, s in summaries.items()],
+        [
+            [label, *(f"{_pct(f['accuracy'])} ({f['threshold']:.4f})" for f in s["per_fold"])]
+            for label, s in summaries.items()
+        ],
     )
     costed = {label: run for label, run in results.items() if "efficiency" in run}
     if costed:
