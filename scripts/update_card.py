@@ -16,6 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
+from biometrics.evaluation.efficiency import read_cards
+
 
 def _result_for(report: dict, name: str) -> tuple[str, dict]:
     for label, result in report["results"].items():
@@ -68,7 +70,7 @@ def lfw_block(report_path: Path, name: str) -> dict:
 
 
 def bench_block(efficiency_path: Path, name: str) -> dict:
-    card = next(c for c in json.loads(efficiency_path.read_text()) if c["name"] == name)
+    card = next(c for c in read_cards(efficiency_path) if c["name"] == name)
     one_thread = next(run for run in card["runs"] if run["threads"] == 1)
     return {
         "parameters": card["parameters"],

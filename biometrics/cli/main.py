@@ -615,15 +615,10 @@ def evaluate_lfw_command(data, folds, detectors, embedders, baselines, image_sid
             pipe.embedder.name: (pipe.embedder.inputs(crops), f"{len(crops)} aligned LFW faces of folds {folds}")
             for pipe in pipelines.values()
         }
-        cards = {
-            card["name"]: card
-            for card in _benchmark(
-                list({m.name: m for m in embedders_by_label.values()}.values()),
-                _all_thread_counts(),
-                real_inputs=real_inputs,
-            )
-        }
-        write_efficiency_report(list(cards.values()), out)
+        benched = list({m.name: m for m in embedders_by_label.values()}.values())
+        thread_counts = _all_thread_counts()
+        cards = {card["name"]: card for card in _benchmark(benched, thread_counts, real_inputs=real_inputs)}
+        write_efficiency_report(list(cards.values()), out, run_metadata(benched, thread_counts))
         efficiency = {label: cards[model.name] for label, model in embedders_by_label.items()}
     shrunk = f", images shrunk to {image_side} px" if image_side else ""
     meta = run_metadata(models, threads) | {"image_side": image_side}
@@ -811,10 +806,10 @@ def evaluate_landmarks_command(data, folds, detectors, references, limit, thread
     click.echo(f"report: {files['md']}")
 
 
-def _all_thread_counts() -> tuple[int, ...]:
+def _all_thread_counts() -> list[int]:
     import os
 
-    return tuple(sorted({1, os.cpu_count() or 1}))
+    return sorted({1, os.cpu_count() or 1})
 
 
 def _benchmark(models, thread_counts=(), iterations=50, batch=32, real_inputs=None) -> list[dict]:
@@ -925,6 +920,7 @@ def _inputs_from_photos(loaded, paths: list[Path]) -> dict:
 def bench(models, out, thread_counts, iterations, batch, image_paths):
     """Efficiency card per model: params, MACs, size, latency p50/p95, throughput, peak RSS."""
     from biometrics.evaluation.efficiency import write_efficiency_report
+    from biometrics.evaluation.report import run_metadata
     from biometrics.registry import ModelRegistry
 
     refuse_same_names("", models)
@@ -932,9 +928,10 @@ def bench(models, out, thread_counts, iterations, batch, image_paths):
     resolved = [registry.resolve(name) for name in models]
     loaded = [_loaded(model) for model in resolved]  # a model that is not what its card says fails here, by name
     real_inputs = _inputs_from_photos(loaded, image_paths) if image_paths else None
+    thread_counts = list(thread_counts or _all_thread_counts())
     with sigterm_as_interrupt():  # `timeout`, a CI cancel: the workers and temporary copies go too
-        cards = _benchmark(resolved, thread_counts or _all_thread_counts(), iterations, batch, real_inputs)
-    json_path, md_path = write_efficiency_report(cards, out)
+        cards = _benchmark(resolved, thread_counts, iterations, batch, real_inputs)
+    json_path, md_path = write_efficiency_report(cards, out, run_metadata(resolved, thread_counts))
     click.echo(md_path.read_text())
     click.echo(f"report: {md_path}")
 

@@ -592,8 +592,16 @@ def _machine_line(cards: Iterable[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_efficiency_report(cards: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
-    """Write ``efficiency.json`` (the cards) and ``efficiency.md`` (one table row per card).
+def read_cards(path: Path) -> list[dict[str, Any]]:
+    """The cards of an ``efficiency.json``: its ``cards``, or the whole file where it is a bare list of them (as
+    written before the run's ``meta`` was recorded beside them: those committed under ``reports/``)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return data if isinstance(data, list) else data["cards"]
+
+
+def write_efficiency_report(cards: list[dict[str, Any]], out_dir: Path, meta: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``efficiency.json`` (``meta``, the run as ``report.run_metadata`` records it: command, date, versions,
+    machine, each model's path and SHA-256; and ``cards``) and ``efficiency.md`` (the run, one table row per card).
 
     The "p50 vs first" column divides each model's single-thread p50 by the first card's, so a student is
     compared with a baseline measured in the same run on the same machine.
@@ -602,7 +610,7 @@ def write_efficiency_report(cards: list[dict[str, Any]], out_dir: Path) -> tuple
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "efficiency.json"
     md_path = out_dir / "efficiency.md"
-    json_path.write_text(json.dumps(cards, indent=2) + "\n", encoding="utf-8")
+    json_path.write_text(json.dumps({"meta": meta, "cards": cards}, indent=2) + "\n", encoding="utf-8")
 
     low = min((min(c["threads"]) for c in cards), default=1)
     highs = {max(c["threads"]) for c in cards}
@@ -681,7 +689,13 @@ def write_efficiency_report(cards: list[dict[str, Any]], out_dir: Path) -> tuple
     notes.append(f"Input: {'; '.join(inputs)}.")
     if unbatched:
         notes.append("† fixed batch dimension: throughput measured as single-image calls, not batched.")
-    text = "\n".join(["# Efficiency", "", _machine_line(cards), "", *rows, *notes]) + "\n"
+    run = [
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}; biometrics {meta['versions']['biometrics']}  ",
+        _machine_line(cards),
+    ]
+    models = [f"- `{m['name']}` sha256 `{m['sha256'][:12]}`: `{m['source']}`" for m in meta["models"]]
+    text = "\n".join(["# Efficiency", "", *run, "", *rows, *notes, "", "## Models", "", *models]) + "\n"
     md_path.write_text(text, encoding="utf-8")
     return json_path, md_path
 

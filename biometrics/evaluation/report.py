@@ -24,8 +24,9 @@ def _version(package: str) -> str | None:
         return None
 
 
-def run_metadata(models: list, threads: int | None = None) -> dict:
-    """What was run, with what, where: enough to rerun it and to judge its timings."""
+def run_metadata(models: list, threads: int | list[int] | None = None) -> dict:
+    """What was run, with what, where: enough to rerun it and to judge its timings. ``threads``: the run's (all
+    cores, or BIOMETRICS_THREADS, by default), or a bench's thread counts."""
     return {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
