@@ -3,14 +3,29 @@
 import sys
 
 from biometrics.cli import EXIT_INTERRUPTED, was_interrupted
+from biometrics.errors import BiometricsError, OutOfMemoryError
+
+EXIT_ERROR = BiometricsError.exit_code
 
 
 def main() -> None:
-    """Loading the command line takes a moment (NumPy, OpenCV, ONNX Runtime); Ctrl-C during it means
-    "interrupted", exit 130, as it does once a command runs, not a traceback."""
+    """Loading the command line takes a moment (NumPy, OpenCV, ONNX Runtime); what goes wrong meanwhile ends as a
+    command's failures do, not in a traceback and exit 1 (``verify``'s "different people"): Ctrl-C is
+    "interrupted", exit 130; anything else, running out of memory included, one line and exit 2."""
     try:
         from biometrics.cli.main import main as run
-
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        if was_interrupted(exc):
+            print("interrupted", file=sys.stderr)
+            sys.exit(EXIT_INTERRUPTED)
+        if OutOfMemoryError.caused(exc):
+            print(f"error: {OutOfMemoryError('loading the command line')}", file=sys.stderr)
+        else:
+            print(f"error: cannot start: {type(exc).__name__}: {exc}".splitlines()[0][:300], file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+    try:
         run()
     except BaseException as exc:
         if isinstance(exc, SystemExit) or not was_interrupted(exc):  # an exit code chosen, or not Ctrl-C's doing

@@ -36,6 +36,26 @@ class MeasurementError(BiometricsError):
     given input)."""
 
 
+class OutOfMemoryError(BiometricsError):
+    """The machine, or a limit set on the process (``ulimit -v``, a container's), left too little memory for the
+    command: not a bug, not the input's fault nor the model's."""
+
+    def __init__(self, doing: str = "this command") -> None:
+        super().__init__(
+            f"out of memory: the machine, or a limit set on this process (ulimit -v, a container's), leaves too little "
+            f"for {doing}"
+        )
+
+    MARKERS = ("bad_alloc", "Failed to allocate memory", "failed to map segment", "Cannot allocate memory")
+    """How libraries pass it on in their own exception types: C++'s std::bad_alloc (ONNX Runtime, OpenCV), ONNX
+    Runtime's arena, the dynamic loader (a shared library that does not fit), ENOMEM's text."""
+
+    @classmethod
+    def caused(cls, exc: BaseException) -> bool:
+        """Whether ``exc`` is running out of memory: Python's ``MemoryError``, or a library's error saying so."""
+        return isinstance(exc, MemoryError) or any(marker in str(exc) for marker in cls.MARKERS)
+
+
 class OutputError(BiometricsError):
     """A result could not be written: the disk or quota is full, the device failed (``> /dev/full``)."""
 

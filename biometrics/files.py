@@ -72,11 +72,13 @@ def open_private(path: Path, *, truncate: bool = True) -> int:
     return descriptor
 
 
-def open_output(path: Path, mode: str = "w", *, private: bool = False, **options) -> IO:
-    """``open(path, mode)`` for writing a report's file, its missing folders created; ``private``: through
-    ``open_private`` (0600, in folders created 0700), for a report about the user's own people."""
-    make_folders(path.parent, private=private)
-    return open(open_private(path) if private else path, mode, **options)  # noqa: SIM115 - the caller closes it
+@contextmanager
+def open_output(path: Path, mode: str = "w", *, private: bool = False, **options) -> Iterator[IO]:
+    """``open(path, mode)`` for writing a report's file, its missing folders created, written whole or not at all
+    (``replacing``): a full disk leaves the previous report's file as it was, not a truncated one. ``private``:
+    0600, in folders created 0700, for a report about the user's own people."""
+    with replacing(path, private=private) as partial, open(partial, mode, **options) as file:
+        yield file
 
 
 def create_private_file(path: Path) -> None:
@@ -102,8 +104,16 @@ def replacing(path: Path, *, private: bool = False) -> Iterator[Path]:
     try:
         yield partial
         os.replace(partial, path)
+    except OSError as exc:
+        if exc.errno in NO_ROOM and exc.filename in (None, str(partial)):  # the file asked for, not our temporary
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
     finally:
         partial.unlink(missing_ok=True)
+
+
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+"""A write that failed for want of room (or a failing device): ``replacing`` names the file asked for in it."""
 
 
 def write_atomically(path: Path, payload: bytes, *, private: bool = False) -> Path:
@@ -152,8 +162,8 @@ def read_regular_file(path: str | os.PathLike, limit: int) -> bytes:
                 raise UnreadableFile("not a regular file (a device, FIFO or socket)")
             if info.st_size > limit:
                 raise UnreadableFile(f"file too large ({_size(info.st_size)}; limit {_size(limit)})")
-            with open(fd, "rb", closefd=False) as file:
-                return file.read(limit)  # no more, even if the file grew since it was checked
+            with open(fd, "rb", closefd=False) as file:  # the size checked, even if the file grew since (and
+                return file.read(info.st_size)  # read(limit) would reserve all of limit, 256 MiB, up front)
         finally:
             os.close(fd)
     except FileNotFoundError:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from biometrics.errors import BiometricsWarning, ModelError, ModelOverrideWarning
+from biometrics.errors import BiometricsWarning, ModelError, ModelOverrideWarning, OutOfMemoryError
 from biometrics.files import UnreadableFile, make_private_folders, read_own_file, read_regular_file, write_atomically
 from biometrics.runtime import check_threads, create_session, default_threads
 
@@ -369,6 +369,8 @@ class ResolvedModel:
         try:
             session = create_session(self.onnx_bytes, threads)
         except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, InvalidGraph...)
+            if OutOfMemoryError.caused(exc):  # the machine's state, not the file's
+                raise OutOfMemoryError(f"loading model '{self.name}'") from None
             reason = str(exc).strip().splitlines()[0][:200]
             raise ModelError(f"model '{self.name}': ONNX Runtime cannot load {self.source_path} ({reason})") from None
         shape = session.get_inputs()[0].shape

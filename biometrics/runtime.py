@@ -92,7 +92,7 @@ def create_session(
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: a failing run raises, and the command says it in one line
     for key, value in (config or {}).items():
         options.add_session_config_entry(key, value)
     source = model if isinstance(model, bytes) else os.fspath(model)

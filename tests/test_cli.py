@@ -283,6 +283,35 @@ def test_output_that_cannot_be_written_is_an_error_not_a_traceback(sample):
     assert proc.returncode == 2 and proc.stderr == "error: cannot write the output (No space left on device)\n"
 
 
+def test_running_out_of_memory_is_one_line_and_exit_2_not_a_bug_report(run, sample, tmp_path, monkeypatch):
+    """Under a memory limit (ulimit -v, a container's) loading the command line failed with a traceback and exit 1
+    (`verify`'s "different people"), and a command's MemoryError or ONNX Runtime's bad_alloc read 'unexpected ...
+    (please report this)'."""
+    code = (
+        "import resource, runpy, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (32 << 20,) * 2)\n"  # too little for NumPy and OpenCV
+        "sys.argv = ['biometrics', *sys.argv[1:]]\n"
+        "runpy.run_module('biometrics', run_name='__main__')\n"
+    )
+    args = [sys.executable, "-c", code, "verify", str(sample("obama.jpg")), str(sample("obama2.jpg"))]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: out of memory: the machine, or a limit set on this process") and (
+        proc.stderr.endswith("leaves too little for loading the command line\n") and proc.stderr.count("\n") == 1
+    )
+    from biometrics.pipeline import FacePipeline
+
+    for failure in (MemoryError(), RuntimeError("[ONNXRuntimeError] : 1 : FAIL : std::bad_alloc")):
+
+        def fail(*_args, failure=failure, **_kwargs):
+            raise failure
+
+        monkeypatch.setattr(FacePipeline, "verify", fail)
+        result = run("verify", sample("obama.jpg"), sample("obama2.jpg"), "--json")
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+        assert json.loads(result.stdout)["error"]["kind"] == "out_of_memory"
+
+
 def test_bench_writes_an_efficiency_card_with_the_run_behind_it(run, tmp_path, monkeypatch):
     """The cards, and beside them what a reader needs to rerun and judge them: the command, date, versions,
     machine, and which file each model was (path and SHA-256), in efficiency.json and efficiency.md."""

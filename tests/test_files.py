@@ -1,11 +1,22 @@
 """Atomic replacement and owner-only files: what the gallery, model cache, checkpoints and face caches rely on."""
 
+import errno
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
-from biometrics.files import create_private_file, make_private_folders, open_private, replacing, write_atomically
+from biometrics.files import (
+    create_private_file,
+    make_private_folders,
+    open_output,
+    open_private,
+    read_regular_file,
+    replacing,
+    write_atomically,
+)
 
 
 def mode(path):
@@ -85,3 +96,30 @@ def test_an_output_never_follows_a_link_another_user_made(tmp_path):
     own.symlink_to(victim)
     os.close(open_private(own))
     assert victim.read_text() == ""
+
+
+def test_a_report_file_on_a_full_disk_keeps_the_last_one_and_names_itself(tmp_path):
+    """A rerun of a report on a full disk left the old report.json empty and the error named no file."""
+    report = write_atomically(tmp_path / "report.json", b'{"old": true}')
+    with pytest.raises(OSError) as failure, open_output(report) as file:
+        file.write('{"new"')
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a flush on a full disk does, naming no file
+    assert failure.value.errno == errno.ENOSPC and failure.value.filename == str(report)
+    assert report.read_bytes() == b'{"old": true}' and os.listdir(tmp_path) == ["report.json"]
+
+
+def test_reading_a_small_file_reserves_no_more_than_its_size(tmp_path):
+    """read(limit) allocated the whole limit (256 MiB for images) before reading a 300 KB photo, which failed under
+    a memory limit (ulimit -v) that the rest of the command fits in."""
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff" * 300_000)
+    code = (
+        "import resource, sys\n"
+        "from biometrics.files import read_regular_file\n"
+        "used = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (used + (64 << 20),) * 2)\n"
+        "print(len(read_regular_file(sys.argv[1], 1 << 30)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(photo)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "300000\n", proc.stderr
+    assert read_regular_file(photo, 300_000) == photo.read_bytes()

@@ -1080,6 +1080,36 @@ def test_a_full_disk_leaves_the_gallery_as_it_was_and_says_so(tmp_path):
         assert gallery.person("ann").templates == 2
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB file system of its own (tmpfs), where a test may fill the disk; skipped where it cannot be mounted."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_change_the_full_disk_refused_leaves_no_journal_holding_its_space(small_disk):
+    """SQLite writes a change to the -wal until the disk is full; rolled back, those frames kept all that space
+    (the disk stayed full for everything else on the box) until a later checkpoint."""
+    with Gallery(small_disk / "gallery.db", create=True) as gallery:
+        gallery.enroll("ann", OTHER_EMBEDDER, [NewTemplate(UNIT, "a.jpg", (0, 0, 1, 1))])
+    free = lambda: os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize  # noqa: E731
+    with open(small_disk / "filler", "wb") as filler:
+        filler.write(b"\0" * (free() - 1_500_000))
+    before = free()
+    with Gallery(small_disk / "gallery.db") as gallery:
+        with pytest.raises(OutputError, match="no space left for the gallery"):
+            gallery.enroll("bob", OTHER_EMBEDDER, [NewTemplate(UNIT, "b.jpg", (0, 0, 1, 1), os.urandom(3_000_000))])
+        wal = small_disk / "gallery.db-wal"
+        assert not wal.exists() or wal.stat().st_size == 0
+        assert free() >= before - 64 * 1024 and [person.name for person in gallery.people()] == ["ann"]
+
+
 def _immutable(folder: Path, on: bool) -> bool:
     """Make ``folder`` read-only even to root (``chattr +i``); False where the file system cannot."""
     return subprocess.run(["chattr", "+i" if on else "-i", str(folder)], capture_output=True).returncode == 0

@@ -253,6 +253,26 @@ def test_a_video_that_could_not_be_completed_is_an_error_naming_it_and_the_old_v
     assert len(_events(events)) == 30  # the other output is finished all the same
 
 
+class UnopenedWriter(CutShortWriter):
+    """OpenCV's writer on a full disk (or for a container it cannot write): not opened, and no reason why."""
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return False
+
+
+@pytest.mark.parametrize("free", [0, 2**30], ids=["disk-full", "other-failure"])
+def test_a_video_that_cannot_be_started_says_whether_the_disk_is_full(tmp_path, short_clip, monkeypatch, free):
+    """On a full disk the writer does not open: that was blamed on the file's extension."""
+    video = tmp_path / "annotated.mp4"
+    monkeypatch.setattr(cv2, "VideoWriter", UnopenedWriter)
+    monkeypatch.setattr(os, "statvfs", lambda _path: SimpleNamespace(f_bavail=free, f_frsize=4096))
+    args = ["live", "--source", short_clip, "--headless", "--threads", "2", "--gallery", tmp_path / "g.db"]
+    result = CliRunner().invoke(cli, [*map(str, args), "--out", video])
+    reason = "cannot write video (No space left on device)" if free == 0 else "cannot write a video with this extens"
+    assert result.exit_code == 2 and result.stderr.strip().splitlines()[-1].startswith(f"error: {video}: {reason}")
+    assert not video.exists()
+
+
 @pytest.mark.parametrize("clip", ["short_clip", "hamilton_clip.mp4"], ids=["when-closed", "mid-run"])
 def test_events_that_cannot_be_written_are_an_error_naming_the_file(tmp_path, request, sample, clip):
     """/dev/full: every write fails with ENOSPC, when the last lines are flushed or while the run goes on."""

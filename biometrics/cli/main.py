@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import click
 
 from biometrics.cli import EXIT_INTERRUPTED, was_interrupted
-from biometrics.errors import BiometricsError, DataError, OutputError, UsageError
+from biometrics.errors import BiometricsError, DataError, OutOfMemoryError, OutputError, UsageError
 from biometrics.face import SELECTIONS
 from biometrics.runtime import MAX_THREADS
 
@@ -67,6 +67,10 @@ class ReportingGroup(click.Group):
             if was_interrupted(exc):  # Ctrl-C while a library loaded, re-raised as its own error
                 click.echo("interrupted", err=True)
                 sys.exit(EXIT_INTERRUPTED)
+            if OutOfMemoryError.caused(exc):
+                failure = OutOfMemoryError()
+                report_error(ctx, failure, str(failure))
+                sys.exit(EXIT_ERROR)
             if isinstance(exc, OSError) and exc.errno in WRITE_FAILURES:  # no bug of ours: the place it writes to
                 failure = OutputError(f"cannot write {exc.filename or 'the output'} ({exc.strerror})")
                 report_error(ctx, failure, str(failure))

@@ -34,6 +34,7 @@ import onnxruntime as ort
 
 from biometrics.errors import MeasurementError
 from biometrics.evaluation.complexity import ORT_DTYPES, count_macs, count_parameters, first_input
+from biometrics.files import write_atomically
 from biometrics.runtime import create_session, int8_instructions, int8_text, processor_name
 
 CARD_VERSION = 1
@@ -610,7 +611,7 @@ def write_efficiency_report(cards: list[dict[str, Any]], out_dir: Path, meta: di
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "efficiency.json"
     md_path = out_dir / "efficiency.md"
-    json_path.write_text(json.dumps({"meta": meta, "cards": cards}, indent=2) + "\n", encoding="utf-8")
+    write_atomically(json_path, (json.dumps({"meta": meta, "cards": cards}, indent=2) + "\n").encode())
 
     low = min((min(c["threads"]) for c in cards), default=1)
     highs = {max(c["threads"]) for c in cards}
@@ -696,7 +697,7 @@ def write_efficiency_report(cards: list[dict[str, Any]], out_dir: Path, meta: di
     ]
     models = [f"- `{m['name']}` sha256 `{m['sha256'][:12]}`: `{m['source']}`" for m in meta["models"]]
     text = "\n".join(["# Efficiency", "", *run, "", *rows, *notes, "", "## Models", "", *models]) + "\n"
-    md_path.write_text(text, encoding="utf-8")
+    write_atomically(md_path, text.encode())
     return json_path, md_path
 
 

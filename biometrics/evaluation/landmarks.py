@@ -22,6 +22,7 @@ from biometrics.detection import box_iou
 from biometrics.detection.fusion import fuse
 from biometrics.evaluation.lfw import locate_images, people_in_folds, read_pairs
 from biometrics.evaluation.report import _md_table
+from biometrics.files import write_atomically
 from biometrics.imaging import load_image
 from biometrics.pipeline import landmark_detector
 from biometrics.registry import ResolvedModel
@@ -119,7 +120,7 @@ def write_landmark_report(out_dir: Path, results: list[LandmarkResult], meta: di
     title = f"Landmark NME on LFW faces (people of folds {meta['folds']})"
     payload = {"title": title, "meta": meta, "results": [asdict(r) for r in results]}
     json_path = out_dir / "report.json"
-    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_atomically(json_path, (json.dumps(payload, indent=2) + "\n").encode())
     rows = [
         [
             f"`{r.detector}`" + (" (in reference)" if r.in_reference else ""),
@@ -149,5 +150,5 @@ def write_landmark_report(out_dir: Path, results: list[LandmarkResult], meta: di
         "",
     ]
     md_path = out_dir / "report.md"
-    md_path.write_text("\n".join(lines))
+    write_atomically(md_path, "\n".join(lines).encode())
     return {"json": json_path, "md": md_path}

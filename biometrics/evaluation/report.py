@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from biometrics.evaluation import metrics, plots
+from biometrics.files import open_output, write_atomically
 from biometrics.runtime import default_threads, int8_instructions, int8_text, processor_name
 
 
@@ -50,10 +51,10 @@ def write_table_report(out: Path, report: dict, title: str, header: list[str], r
     """``report.json`` (``report``, which should hold the command) and ``report.md`` (title, command, one table)
     in ``out``: the shape of the measurement scripts' reports. Returns the Markdown path."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_atomically(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
     lines = [f"# {title}", "", f"`{report['command']}`", "", *_md_table(header, [[str(v) for v in r] for r in rows])]
     md_path = out / "report.md"
-    md_path.write_text("\n".join(lines) + "\n")
+    write_atomically(md_path, ("\n".join(lines) + "\n").encode())
     return md_path
 
 
@@ -118,7 +119,7 @@ def write_pair_scores(path: Path, runs: dict[str, dict]) -> Path:
     if any(run["pairs"] != pairs for run in runs.values()):
         raise ValueError("the runs scored different pairs; scores.csv lines them up pair by pair")
     columns = [run["scores"] for run in runs.values()]
-    with path.open("w", newline="") as file:
+    with open_output(path, newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["fold", "image_a", "image_b", "same_person", *runs])
         for i, pair in enumerate(pairs):
@@ -154,10 +155,11 @@ def write_verification_report(
     public = without_scores(runs)
     for label, card in (efficiency or {}).items():
         public[label]["efficiency"] = card
-    (out_dir / "report.json").write_text(json.dumps({"title": title, "meta": meta, "results": public}, indent=2))
-    files["json"] = out_dir / "report.json"
+    files["json"] = write_atomically(
+        out_dir / "report.json", json.dumps({"title": title, "meta": meta, "results": public}, indent=2).encode()
+    )
     files["md"] = out_dir / "report.md"
-    files["md"].write_text(_markdown(title, public, meta, files))
+    write_atomically(files["md"], _markdown(title, public, meta, files).encode())
     return files
 
 

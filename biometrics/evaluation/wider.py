@@ -34,6 +34,7 @@ from biometrics.evaluation.complexity import count_macs, count_parameters
 from biometrics.evaluation.datasets import unpack_once
 from biometrics.evaluation.efficiency import _fmt_millions
 from biometrics.evaluation.report import _md_table
+from biometrics.files import write_atomically
 from biometrics.imaging import load_image
 from biometrics.registry import ResolvedModel
 
@@ -360,9 +361,9 @@ def write_wider_report(out_dir: Path, results: list[DetectorResult], meta: dict)
         "results": {result.detector: result.to_dict() for result in results},
     }
     files["json"] = out_dir / "report.json"
-    files["json"].write_text(json.dumps(report, indent=2))
+    write_atomically(files["json"], json.dumps(report, indent=2).encode())
     files["md"] = out_dir / "report.md"
-    files["md"].write_text(_markdown(results, meta, dataset, files))
+    write_atomically(files["md"], _markdown(results, meta, dataset, files).encode())
     return files
 
 

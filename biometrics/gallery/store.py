@@ -18,7 +18,7 @@ import sqlite3
 import time
 import unicodedata
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -363,6 +363,8 @@ class Gallery:
                 raise
             self._db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
+            if _primary_code(exc) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+                self._release_wal()
             if _primary_code(exc) in (
                 sqlite3.SQLITE_BUSY,
                 sqlite3.SQLITE_READONLY,
@@ -371,6 +373,13 @@ class Gallery:
             ):
                 raise self._failure(exc) from None
             raise
+
+    def _release_wal(self) -> None:
+        """After a change the full disk refused: the frames it left in the -wal are rolled back but keep their
+        space (all that was free, on a full disk) until the next checkpoint; reset the -wal now, if no reader holds
+        it, so the disk is as full as it was before, not fuller."""
+        with suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _initialise_if_empty(self, key: bytes | None) -> None:
         """Make a new (empty) file a gallery: WAL journal (kept in the file), owner-only modes, the schema, under

@@ -79,8 +79,10 @@ class HeadlessRecorder:
         except OSError as exc:
             raise _cannot_write(self.video_path, "video", exc) from None
         writer = cv2.VideoWriter(str(self._partial), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height))
-        if not writer.isOpened():
+        if not writer.isOpened():  # OpenCV says no more: a full disk, or a container it cannot write
             with self._video:  # raised inside: the partial file is removed, not renamed into place
+                if disk_full(self.video_path.parent):
+                    raise _cannot_write(self.video_path, "video", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
                 raise OutputError(f"{self.video_path}: cannot write a video with this extension (use .mp4)")
         return writer
 
