@@ -1,5 +1,6 @@
 """The ``biometrics`` console script, and ``python -m biometrics`` where the script is not on PATH."""
 
+import json
 import sys
 
 from biometrics.cli import EXIT_INTERRUPTED, was_interrupted
@@ -20,10 +21,17 @@ def main() -> None:
         if was_interrupted(exc):
             print("interrupted", file=sys.stderr)
             sys.exit(EXIT_INTERRUPTED)
+        while exc.__cause__ or exc.__context__:  # the first failure: NumPy's ImportError wraps the loader's
+            exc = exc.__cause__ or exc.__context__
         if OutOfMemoryError.caused(exc):
-            print(f"error: {OutOfMemoryError('loading the command line')}", file=sys.stderr)
+            kind, message = "out_of_memory", str(OutOfMemoryError("loading the command line"))
         else:
-            print(f"error: cannot start: {type(exc).__name__}: {exc}".splitlines()[0][:300], file=sys.stderr)
+            kind, message = "unexpected", f"cannot start: {type(exc).__name__}: {exc}".splitlines()[0][:300]
+            if "failed to map segment" in message:  # the loader's words for a library that does not fit, or noexec
+                message += " (too little memory, or a file system mounted noexec)"
+        print(f"error: {message}", file=sys.stderr)
+        if "--json" in sys.argv[1:]:  # the object a script parses instead of the result, as a command's failures
+            print(json.dumps({"error": {"kind": kind, "message": message}}))
         sys.exit(EXIT_ERROR)
     try:
         run()

@@ -46,9 +46,9 @@ class OutOfMemoryError(BiometricsError):
             f"for {doing}"
         )
 
-    MARKERS = ("bad_alloc", "Failed to allocate memory", "failed to map segment", "Cannot allocate memory")
+    MARKERS = ("bad_alloc", "Failed to allocate memory", "Cannot allocate memory")
     """How libraries pass it on in their own exception types: C++'s std::bad_alloc (ONNX Runtime, OpenCV), ONNX
-    Runtime's arena, the dynamic loader (a shared library that does not fit), ENOMEM's text."""
+    Runtime's arena, ENOMEM's text. (Not the dynamic loader's "failed to map segment": a noexec mount says it too.)"""
 
     @classmethod
     def caused(cls, exc: BaseException) -> bool:

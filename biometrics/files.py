@@ -74,9 +74,17 @@ def open_private(path: Path, *, truncate: bool = True) -> int:
 
 @contextmanager
 def open_output(path: Path, mode: str = "w", *, private: bool = False, **options) -> Iterator[IO]:
-    """``open(path, mode)`` for writing a report's file, its missing folders created, written whole or not at all
-    (``replacing``): a full disk leaves the previous report's file as it was, not a truncated one. ``private``:
-    0600, in folders created 0700, for a report about the user's own people."""
+    """``open(path, mode)`` (``w`` or ``wb``) for writing a report's file, its missing folders created, written whole
+    or not at all (``replacing``): a full disk leaves the previous report's file as it was, not a truncated one.
+    ``private``: 0600, in folders created 0700, for a report about the user's own people. A device or pipe
+    (``/dev/stdout``) is written to as it is: it cannot be replaced."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"open_output writes a whole file ('w' or 'wb'), not mode {mode!r}")
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        with open(path, mode, **options) as file:
+            yield file
+        return
     with replacing(path, private=private) as partial, open(partial, mode, **options) as file:
         yield file
 
@@ -95,13 +103,14 @@ def replacing(path: Path, *, private: bool = False) -> Iterator[Path]:
     one can have the writer empty or overwrite another file by planting a link where it will write."""
     make_folders(path.parent, private=private)
     partial = path.with_name(f".{path.stem}.{secrets.token_hex(8)}.partial{path.suffix}")  # writers go by the suffix
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600 if private else 0o666)
     try:
-        if private:
-            os.fchmod(descriptor, 0o600)  # whatever the umask, the owner can write it
-    finally:
-        os.close(descriptor)
-    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        descriptor = os.open(partial, flags, 0o600 if private else 0o666)
+        try:
+            if private:
+                os.fchmod(descriptor, 0o600)  # whatever the umask, the owner can write it
+        finally:
+            os.close(descriptor)
         yield partial
         os.replace(partial, path)
     except OSError as exc:

@@ -255,6 +255,10 @@ class WrongChecksum(ModelError):
     """A model's file is not the one its card names by SHA-256 (another model, or a corrupted copy)."""
 
 
+class MissingModelFile(ModelError):
+    """A model's file is in none of the places its card names."""
+
+
 def _inside(card: ModelCard, key: str, folder: Path, relative: str) -> Path:
     """``folder / relative``, which must lead inside ``folder`` (links followed): a card's source that names a file
     elsewhere (``../``, an absolute path, a link out) is refused before anything is read."""
@@ -535,20 +539,26 @@ class ModelRegistry:
             if candidate.is_file():
                 return candidate
         looked = ", ".join([*map(str, candidates), *not_installed]) or "nothing: its card's source names no file"
-        raise ModelError(f"model '{card.name}': file not found (looked for {looked}); {card.how_to_obtain}")
+        raise MissingModelFile(f"model '{card.name}': file not found (looked for {looked}); {card.how_to_obtain}")
 
     def available(self, name: str) -> bool:
         """Whether a registered model's file is here and is the one its card names (SHA-256)."""
         return self.file_state(name) == "ok"
 
     def file_state(self, name_or_path: str | os.PathLike) -> str:
-        """``ok`` (the file is here and its SHA-256 is the card's), ``missing``, ``corrupt`` (another file, or a
-        damaged copy), or ``refused``: its card's source leads outside its folders, so nothing it names is read
-        (``models show NAME`` says which)."""
-        problem = self.file_problem(name_or_path)
+        """The state of a model's file, as `models list` shows it (``file_state_of``)."""
+        return self.file_state_of(self.file_problem(name_or_path))
+
+    @staticmethod
+    def file_state_of(problem: ModelError | None) -> str:
+        """``ok`` (the file is here and its SHA-256 is the card's, for ``problem`` None), ``missing``, ``corrupt``
+        (another file, or a damaged copy), ``refused`` (its card's source leads outside its folders, so nothing it
+        names is read), or ``unreadable`` (found, but it cannot be read as its card says); ``models show NAME``
+        says why."""
         if problem is None:
             return "ok"
-        return {RefusedModelSource: "refused", WrongChecksum: "corrupt"}.get(type(problem), "missing")
+        states = {RefusedModelSource: "refused", WrongChecksum: "corrupt", MissingModelFile: "missing"}
+        return states.get(type(problem), "unreadable")
 
     def file_problem(self, name_or_path: str | os.PathLike) -> ModelError | None:
         """Why a model's file cannot be used (where it looked and how to obtain it, or that its checksum is wrong),
@@ -575,11 +585,15 @@ class ModelRegistry:
         """The published model bytes: the file itself, or the bytes literal its card names in that module (parsed,
         never run: its checksum is checked before anything of it runs)."""
         attribute = card.source.get("attribute") if card.source.get("package") else None
-        if not attribute:
-            return path.read_bytes()
         try:
-            payload = _bytes_literal(path.read_bytes(), attribute.rpartition(".")[2])
-        except (OSError, SyntaxError, ValueError) as exc:  # a broken or different version of the package
+            source = path.read_bytes()
+        except OSError as exc:  # found but unreadable (permissions, a failing disk): the model's problem, by name
+            raise ModelError(f"model '{card.name}': cannot read {path} ({exc.strerror or exc})") from None
+        if not attribute:
+            return source
+        try:
+            payload = _bytes_literal(source, attribute.rpartition(".")[2])
+        except (SyntaxError, ValueError) as exc:  # a broken or different version of the package
             raise ModelError(f"model '{card.name}': cannot read {attribute} from {path} ({exc})") from None
         if payload is None:
             raise ModelError(

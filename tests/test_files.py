@@ -123,3 +123,15 @@ def test_reading_a_small_file_reserves_no_more_than_its_size(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(photo)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout == "300000\n", proc.stderr
     assert read_regular_file(photo, 300_000) == photo.read_bytes()
+
+
+def test_a_report_to_a_device_is_written_to_it_not_replaced(tmp_path):
+    """plot_roc(curves, "/dev/stdout") must write to the device: replacing it (here a link to /dev/null, so a
+    regression harms nothing) would put a file in its place."""
+    device = tmp_path / "out"
+    device.symlink_to("/dev/null")
+    with open_output(device, "wb") as file:
+        file.write(b"a plot")
+    assert device.is_symlink() and os.readlink(device) == "/dev/null"
+    with pytest.raises(ValueError, match="not mode 'a'"), open_output(tmp_path / "log.txt", "a"):
+        pass

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import stat
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -578,10 +579,11 @@ def test_models_are_known_by_their_folder_s_name_only(tmp_path, monkeypatch):
     assert "its name is 'tiny-embedder', not its folder's" in json.loads(listing.stdout)["left_out"][0]
 
 
-def test_models_list_tells_a_corrupt_file_and_an_unsupported_architecture(tmp_path, monkeypatch):
+def test_models_list_tells_a_corrupt_or_unreadable_file_and_an_unsupported_architecture(tmp_path, monkeypatch):
+    """Each a state of its own, and one model's unreadable file does not fail the whole list."""
     from click.testing import CliRunner
 
-    from biometrics.cli.main import cli
+    from biometrics.cli.main import cli, error_kind
 
     registry, folder = _registry_with(tmp_path, None)
     shutil.copytree(folder, folder.with_name("other-arch"))
@@ -596,6 +598,18 @@ def test_models_list_tells_a_corrupt_file_and_an_unsupported_architecture(tmp_pa
     assert states["sface-student"] == "ok"
     shown = CliRunner().invoke(cli, ["models", "show", "other-arch"])
     assert shown.exit_code == 0 and "unknown embedding architecture 'facenet160'" in shown.stderr
+    assert error_kind(registry.file_problem("tiny-embedder")) == "model"  # the documented kind, not the class's
+    real_read = Path.read_bytes
+
+    def read_bytes(path):  # found but unreadable: a permission (we run as root) or a failing disk
+        if path == folder / "model.onnx":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    listing = CliRunner().invoke(cli, ["models", "list", "--json"])
+    assert listing.exit_code == 0, listing.output
+    assert {m["name"]: m["file"] for m in json.loads(listing.stdout)["models"]}["tiny-embedder"] == "unreadable"
 
 
 def test_models_show_of_a_file_given_by_path_has_no_spurious_warning(tmp_path):

@@ -26,6 +26,7 @@ import click
 from biometrics.cli import EXIT_INTERRUPTED, was_interrupted
 from biometrics.errors import BiometricsError, DataError, OutOfMemoryError, OutputError, UsageError
 from biometrics.face import SELECTIONS
+from biometrics.files import NO_ROOM
 from biometrics.runtime import MAX_THREADS
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 EXIT_DIFFERENT = 1
 EXIT_ERROR = 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
-WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
+WRITE_FAILURES = NO_ROOM | {errno.EROFS}
 """Why writing a result can fail through no fault of ours or the input's: an ``OutputError``, not "unexpected"."""
 
 
@@ -112,13 +113,14 @@ def report_error(ctx: click.Context, exc: Exception, message: str, **where) -> N
 
 
 def error_kind(exc: Exception) -> str:
-    """``NoFaceError`` -> ``no_face``, ``GalleryError`` -> ``gallery``, a refused argument or option -> ``usage``;
-    anything not ours -> ``unexpected``."""
+    """``NoFaceError`` -> ``no_face``, ``GalleryError`` (and ``AlreadyEnrolled``) -> ``gallery``, a refused argument
+    or option -> ``usage``; anything not ours -> ``unexpected``."""
     if isinstance(exc, click.UsageError):
         return "usage"
     if not isinstance(exc, BiometricsError):
         return "unexpected"
-    name = type(exc).__name__.removesuffix("Error")
+    # the nearest ...Error class names the kind: WrongChecksum is a ModelError (model), AlreadyEnrolled a GalleryError
+    name = next(cls.__name__ for cls in type(exc).__mro__ if cls.__name__.endswith("Error")).removesuffix("Error")
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
@@ -1073,16 +1075,16 @@ def _model_problem(registry, name_or_path) -> tuple[str, BiometricsError | None]
     except BiometricsError as exc:
         return "unsupported", exc
     problem = registry.file_problem(name_or_path)
-    return registry.file_state(name_or_path) if problem else "ok", problem
+    return registry.file_state_of(problem), problem
 
 
 @models.command("list")
 @json_option
 def models_list(as_json):
     """Registered models: task, whether the file can be used (`ok`; `missing`; `corrupt`: not the file its card
-    names; `refused`: a card naming a file outside its folders; `unsupported`: an architecture this version does
-    not run; `models show NAME` says why), licence; the pipeline's defaults are marked *. Cards that cannot be read
-    are left out, each with a warning (--json: under `left_out`)."""
+    names; `refused`: a card naming a file outside its folders; `unreadable`; `unsupported`: an architecture this
+    version does not run; `models show NAME` says why), licence; the pipeline's defaults are marked *. Cards that
+    cannot be read are left out, each with a warning (--json: under `left_out`)."""
     from biometrics.pipeline import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
     from biometrics.registry import ModelRegistry
 

@@ -363,23 +363,24 @@ class Gallery:
                 raise
             self._db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
-            if _primary_code(exc) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+            code = _primary_code(exc)
+            if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+                raise
+            failure = self._failure(exc)  # judged first: releasing the -wal frees space, and so the "disk full" sign
+            if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
                 self._release_wal()
-            if _primary_code(exc) in (
-                sqlite3.SQLITE_BUSY,
-                sqlite3.SQLITE_READONLY,
-                sqlite3.SQLITE_FULL,
-                sqlite3.SQLITE_IOERR,
-            ):
-                raise self._failure(exc) from None
-            raise
+            raise failure from None
 
     def _release_wal(self) -> None:
         """After a change the full disk refused: the frames it left in the -wal are rolled back but keep their
         space (all that was free, on a full disk) until the next checkpoint; reset the -wal now, if no reader holds
         it, so the disk is as full as it was before, not fuller."""
         with suppress(sqlite3.Error):
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute("PRAGMA busy_timeout = 0")  # a reader (live) would hold it: not worth waiting for
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
 
     def _initialise_if_empty(self, key: bytes | None) -> None:
         """Make a new (empty) file a gallery: WAL journal (kept in the file), owner-only modes, the schema, under
