@@ -735,6 +735,24 @@ def test_a_kept_image_is_the_enrolled_face_and_its_surroundings_only(run, sample
     assert reembedded.exit_code == 0 and "re-embedded 1 template(s)" in reembedded.stdout
 
 
+def test_a_close_up_is_kept_scaled_down_not_larger_than_the_photo(run, sample, tmp_path, pipeline):
+    """A close-up's face region kept whole was a PNG larger than the photo's JPEG; scaled to a face of at most
+    KEPT_FACE_MAX_PX, reembed still finds it where the kept box says."""
+    from biometrics.gallery.store import KEPT_FACE_MAX_PX
+
+    photo = sample("obama3.jpg")
+    (face,) = pipeline.detect(load_image(photo))
+    assert face.box[2] - face.box[0] > 1.5 * KEPT_FACE_MAX_PX
+    assert run("enroll", "obama", photo, "--keep-images").exit_code == 0
+    with Gallery(tmp_path / "private" / "gallery.db") as gallery:
+        (kept,) = gallery.kept_images()
+    x1, y1, x2, y2 = kept.face_box
+    assert KEPT_FACE_MAX_PX - 1 <= x2 - x1 <= KEPT_FACE_MAX_PX and len(kept.image_png) < photo.stat().st_size
+    (face,) = pipeline.detect(load_image(kept.image_png))
+    assert abs(face.box[0] - x1) < 6 and abs(face.box[3] - y2) < 6
+    assert run("gallery", "reembed", "--embedder", "sface-teacher").exit_code == 0
+
+
 def test_a_path_that_is_no_regular_file_is_refused_untouched(run, sample, tmp_path, monkeypatch):
     """A directory or FIFO (or a device: the same test) named as the gallery is refused before SQLite opens it, its
     mode left alone (a device's 0666 made 0600 would lock other users out of it) and nothing written beside it; a

@@ -112,6 +112,12 @@ KEPT_MARGIN = 1.0
 """A kept image is the face and this many face widths (heights) around it on each side: enough context for a
 detector to find the face again (``gallery reembed``), without the rest of the photo."""
 
+KEPT_FACE_MAX_PX = 160
+"""A kept face wider than this is scaled down to it: more than the 112 px an embedder's crop takes, and accuracy was
+flat from faces 49 px wide to LFW's 93 (``reports/lfw-face-size``). A close-up kept whole stored more than the photo
+itself (the samples' ``obama3.jpg``: its region's PNG outweighed the JPEG; tests/test_gallery.py), and a gallery
+should hold no more of a face than it needs."""
+
 
 @dataclass(frozen=True)
 class NewTemplate:
@@ -126,7 +132,7 @@ class NewTemplate:
     @classmethod
     def of_face(cls, face: Face, image: np.ndarray, source: str, keep_image: bool = False) -> NewTemplate:
         """The template of an embedded ``face`` found in ``image`` (BGR); with ``keep_image``, the region of
-        ``image`` around the face (``KEPT_MARGIN``) is kept with it."""
+        ``image`` around the face (``KEPT_MARGIN``), the face at most ``KEPT_FACE_MAX_PX`` wide, is kept with it."""
         if face.embedding is None:
             raise ValueError("a face to enrol needs an embedding: run FacePipeline.analyze (or embed) first")
         x1, y1, x2, y2 = (float(v) for v in face.box)
@@ -136,8 +142,12 @@ class NewTemplate:
         height, width = image.shape[:2]
         left, top = max(0, round(x1 - dx)), max(0, round(y1 - dy))
         right, bottom = min(width, round(x2 + dx)), min(height, round(y2 + dy))
-        png = cv2.imencode(".png", image[top:bottom, left:right])[1].tobytes()
-        return cls(face.embedding, source, (x1 - left, y1 - top, x2 - left, y2 - top), png)
+        region, box = image[top:bottom, left:right], (x1 - left, y1 - top, x2 - left, y2 - top)
+        scale = KEPT_FACE_MAX_PX / (x2 - x1)
+        if scale < 1:
+            size = (max(1, round(region.shape[1] * scale)), max(1, round(region.shape[0] * scale)))
+            region, box = cv2.resize(region, size, interpolation=cv2.INTER_AREA), tuple(v * scale for v in box)
+        return cls(face.embedding, source, box, cv2.imencode(".png", region)[1].tobytes())
 
 
 @dataclass(frozen=True)
