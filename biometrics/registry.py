@@ -299,6 +299,17 @@ class Adapters(dict):
             f"(this version runs: {', '.join(sorted(self))})"
         )
 
+    def of(self, card: ModelCard):
+        """The adapter for ``card``; an architecture this version does not run is an error naming the model and
+        its card's folder."""
+        if card.architecture not in self:
+            where = f" (card in {card.folder})" if card.folder else ""
+            raise ModelError(
+                f"model '{card.name}'{where}: its architecture '{card.architecture}' is no {self.task} architecture "
+                f"this version runs ({', '.join(sorted(self))})"
+            )
+        return self[card.architecture]
+
 
 @dataclass(frozen=True)
 class ModelCard:

@@ -168,3 +168,23 @@ def test_boxes_only_detector_is_refused_by_the_pipeline_but_detects_on_the_comma
 def test_a_network_of_another_architecture_is_refused(adapter):
     with pytest.raises(ModelError, match=f"not a {adapter.__name__}"):
         adapter(ModelRegistry().resolve("yunet-teacher"), threads=1)
+
+
+def test_a_detector_exported_at_a_fixed_size_is_refused_with_the_fix(tmp_path):
+    """InsightFace's SCRFD files take 640x640 only: every other image failed in ONNX Runtime as 'unexpected'. The
+    error says what the card needs, and with it the same file detects at any size."""
+    from biometrics.registry import sha256_file
+
+    scrfd = shared_file("models/baselines/scrfd_500m_kps.onnx")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    card = {"name": "mine", "task": "detection", "architecture": "scrfd"}
+    card["source"] = {"file": "model.onnx", "sha256": sha256_file(scrfd)}
+    (folder / "model.onnx").write_bytes(scrfd.read_bytes())
+    (folder / "card.json").write_text(json.dumps(card))
+    registry = ModelRegistry([tmp_path], cache=tmp_path / "cache")
+    with pytest.raises(ModelError, match=r"input is fixed at 640x640 .* add \"prepare\": \[\"dynamic_input_size\"\]"):
+        SCRFDDetector(registry.resolve("mine"), threads=1)
+    (folder / "card.json").write_text(json.dumps(card | {"prepare": ["dynamic_input_size"]}))
+    detector = SCRFDDetector(registry.resolve("mine"), threads=1)
+    assert len(detector.detect(np.zeros((300, 500, 3), np.uint8))) == 0

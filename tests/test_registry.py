@@ -597,7 +597,8 @@ def test_models_list_tells_a_corrupt_or_unreadable_file_and_an_unsupported_archi
     assert states["tiny-embedder"] == "corrupt" and states["other-arch"] == "unsupported"
     assert states["sface-student"] == "ok"
     shown = CliRunner().invoke(cli, ["models", "show", "other-arch"])
-    assert shown.exit_code == 0 and "unknown embedding architecture 'facenet160'" in shown.stderr
+    assert shown.exit_code == 0 and "model 'other-arch' (card in " in shown.stderr
+    assert "its architecture 'facenet160' is no embedding architecture this version runs (arcface112)" in shown.stderr
     assert error_kind(registry.file_problem("tiny-embedder")) == "model"  # the documented kind, not the class's
     real_read = Path.read_bytes
 

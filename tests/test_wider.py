@@ -172,6 +172,7 @@ def test_yunet_end_to_end_on_a_few_images(wider_dir, tmp_path):
     markdown = (tmp_path / "report.md").read_text()
     assert "| MACs (M) |" in markdown and "| 258 @640x480 |" in markdown
     assert "| yunet-teacher |" in files["md"].read_text()
+    assert report["results"]["yunet-teacher"]["settings"]["input"] == "the image's size (after max_side)"
     assert all((tmp_path / f"pr_{name}.png").stat().st_size > 0 for name in ("easy", "medium", "hard"))
 
 
@@ -193,3 +194,25 @@ def test_cli_missing_data_folder_is_one_line_exit_2(tmp_path):
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "WIDER data folder not found" in lines[0]
+
+
+def test_every_detector_is_checked_before_any_is_scored(wider_dir, tmp_path):
+    """A broken detector named last failed after the others had been scored, their minutes lost."""
+    from biometrics.registry import ModelRegistry as Registry
+
+    embedder = Registry().resolve("sface-student").source_path
+    (tmp_path / "broken.onnx").write_bytes(embedder.read_bytes())
+    (tmp_path / "broken.json").write_text(json.dumps({"name": "broken", "task": "detection", "architecture": "yunet"}))
+    args = [
+        "evaluate",
+        "wider",
+        "--data",
+        wider_dir,
+        "--detector",
+        "yunet-teacher",
+        "--detector",
+        tmp_path / "broken.onnx",
+    ]
+    result = CliRunner().invoke(cli, [*map(str, args), "--limit", "2", "--no-progress", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "not a YuNetDetector network" in result.stderr, result.output
+    assert "yunet-teacher: AP" not in result.stdout

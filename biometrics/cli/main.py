@@ -437,7 +437,7 @@ def _faces_found(path: Path, count: int, index: int) -> str:
 )
 @json_option
 def detect(image, detector, threads, max_side, out, as_json):
-    """List the faces in IMAGE (box, score, 5 landmarks), highest score first."""
+    """List the faces in IMAGE (score and box; --json: landmarks too), highest score first."""
     from biometrics.detection import ARCHITECTURES
     from biometrics.imaging import load_image
     from biometrics.pipeline import DEFAULT_DETECTOR
@@ -445,7 +445,7 @@ def detect(image, detector, threads, max_side, out, as_json):
 
     refuse_overwriting({"--out": out}, {"IMAGE": image})
     model = ModelRegistry().resolve(detector or DEFAULT_DETECTOR, task="detection")
-    face_detector = ARCHITECTURES[model.card.architecture](model, threads=threads, max_side=max_side)
+    face_detector = ARCHITECTURES.of(model.card)(model, threads=threads, max_side=max_side)
     pixels = load_image(image)
     faces = face_detector.detect(pixels)
     if out is not None:
@@ -737,6 +737,7 @@ def evaluate_folder_command(
 @click.option("--progress/--no-progress", default=True)
 def evaluate_wider_command(data, detectors, threads, out, limit, max_side, progress):
     """WIDER FACE detection AP (easy/medium/hard, official protocol), PR curves and latency."""
+    from biometrics.detection import ARCHITECTURES
     from biometrics.evaluation.report import run_metadata
     from biometrics.evaluation.wider import NATIVE_MAX_SIDE, evaluate_wider, format_ap, write_wider_report
     from biometrics.pipeline import DEFAULT_DETECTOR
@@ -745,6 +746,8 @@ def evaluate_wider_command(data, detectors, threads, out, limit, max_side, progr
     refuse_same_names("--detector", detectors, "detection")
     registry = ModelRegistry()
     models = [registry.resolve(name, task="detection") for name in detectors or (DEFAULT_DETECTOR,)]
+    for model in models:  # each loaded (and so checked) before any is scored: a late failure would waste the rest
+        ARCHITECTURES.of(model.card)(model, threads=1)
     results = []
     for model in models:
         result = evaluate_wider(
@@ -1071,7 +1074,7 @@ def _model_problem(registry, name_or_path) -> tuple[str, BiometricsError | None]
 
     card = registry.card(name_or_path)
     try:
-        (EMBEDDERS if card.task == "embedding" else DETECTORS)[card.architecture]
+        (EMBEDDERS if card.task == "embedding" else DETECTORS).of(card)
     except BiometricsError as exc:
         return "unsupported", exc
     problem = registry.file_problem(name_or_path)

@@ -94,6 +94,13 @@ class Detector:
             raise ModelError(
                 f"model '{model.name}' is not a {type(self).__name__} network (missing outputs: {', '.join(missing)})"
             )
+        shape = self.session.get_inputs()[0].shape
+        if self.input_size is None and len(shape) == 4 and all(isinstance(side, int) for side in shape[2:]):
+            raise ModelError(  # this architecture runs at each image's size: a fixed one would fail on the first image
+                f"model '{model.name}': its input is fixed at {shape[2]}x{shape[3]} ({shape}), but a "
+                f"'{model.card.architecture}' detector runs at each image's size: add \"prepare\": "
+                '["dynamic_input_size"] to its card (the sizes are made free once, and cached)'
+            )
 
     @property
     def name(self) -> str:

@@ -47,6 +47,9 @@ THRESHOLD_COUNT = 1000
 # The protocol scores the whole PR curve, so keep nearly every candidate (the official submissions do too).
 EVAL_SCORE_THRESHOLD = 0.02
 EVAL_NMS_IOU = 0.4
+ANY_SIZE = "the image's size (after max_side)"
+"""A network that runs at any input size gets the image as it is, once downscaled to ``max_side`` if larger."""
+
 # Larger than any WIDER image, so every image is detected at its native size.
 NATIVE_MAX_SIDE = 4096
 LATENCY_SIZES = ((640, 480), (320, 240))
@@ -299,7 +302,7 @@ def evaluate_wider(
     """
     root = locate_dataset(data_dir)
     truths = sample_evenly(read_ground_truth(root / "gt_subset.json"), limit)
-    architecture = ARCHITECTURES[model.card.architecture]
+    architecture = ARCHITECTURES.of(model.card)
     detector = architecture(model, score_threshold=score_threshold, nms_iou=nms_iou, max_side=max_side, threads=threads)
     predictions = detect_all(detector, root, truths, progress=progress)
     timed = architecture(model, threads=1)
@@ -316,7 +319,7 @@ def evaluate_wider(
             "score_threshold": score_threshold,
             "nms_iou": nms_iou,
             "max_side": max_side,
-            "input": "native size" if detector.input_size is None else "resized to {}x{}".format(*detector.input_size),
+            "input": ANY_SIZE if detector.input_size is None else "resized to {}x{}".format(*detector.input_size),
         },
         size={
             "parameters": count_parameters(graph),
@@ -412,7 +415,7 @@ def _markdown(results: list[DetectorResult], meta: dict, dataset: dict, files: d
             f"\n`{r.detector}` has a fixed input: every image (and latency frame) is {r.settings['input']}, "
             "aspect ratio not kept."
             for r in results
-            if r.settings["input"] != "native size"
+            if r.settings["input"] != ANY_SIZE
         ),
         "",
         "## Models",

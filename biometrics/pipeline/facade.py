@@ -42,7 +42,7 @@ def landmark_detector(
     """A detector, by registry name, path or resolved model, that finds the 5 landmarks alignment needs (the
     pipeline's first stage); a boxes-only detector is refused."""
     model = name if isinstance(name, ResolvedModel) else (registry or ModelRegistry()).resolve(name, task="detection")
-    detector_class = detection.ARCHITECTURES[model.card.architecture]
+    detector_class = detection.ARCHITECTURES.of(model.card)
     if not detector_class.has_landmarks:
         raise ModelError(
             f"detector '{model.name}' finds boxes only; the pipeline aligns faces on 5 landmarks "
@@ -140,7 +140,7 @@ class FacePipeline:
             detector, threads=threads, registry=registry, max_side=max_side, score_threshold=score_threshold
         )
         embedder_model = registry.resolve(embedder, task="embedding")
-        self.embedder = embedding.ARCHITECTURES[embedder_model.card.architecture](embedder_model, threads=threads)
+        self.embedder = embedding.ARCHITECTURES.of(embedder_model.card)(embedder_model, threads=threads)
         self._threshold = float(threshold) if threshold is not None else self.embedder.threshold
         self._timings = threading.local()  # each thread's calls timed apart: the models may serve several at once
 

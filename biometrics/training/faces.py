@@ -173,7 +173,7 @@ def build_face_cache(
     if (folder / "meta.json").is_file():
         return FaceCache.open(folder)
     model = ModelRegistry().resolve(detector_name, task="detection")
-    detector = detection.ARCHITECTURES[model.card.architecture](model, score_threshold=0.5)
+    detector = detection.ARCHITECTURES.of(model.card)(model, score_threshold=0.5)
     crops, meta, skipped = [], [], 0
     for source in tqdm(sources, desc="aligning training faces", unit="img", disable=not progress):
         try:
@@ -300,7 +300,7 @@ def teacher_targets(
     if gpu_teacher is not None:
         embed = lambda crops: unit_length(gpu_teacher.embed(np.ascontiguousarray(crops), batch_size))  # noqa: E731
     else:
-        embed = ARCHITECTURES[model.card.architecture](model, batch_size=batch_size).embed
+        embed = ARCHITECTURES.of(model.card)(model, batch_size=batch_size).embed
     chunks = []
     for start in tqdm(range(0, len(faces.crops), batch_size), desc=f"teacher {model.name}", disable=not progress):
         batch = np.asarray(faces.crops[start : start + batch_size])

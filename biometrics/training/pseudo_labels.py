@@ -80,7 +80,7 @@ def teacher_detectors(names: Sequence[str], score_threshold: float = 0.3) -> lis
             finders.append(MtcnnTeacher(score_threshold))
             continue
         model = ModelRegistry().resolve(name, task="detection")
-        finders.append(detection.ARCHITECTURES[model.card.architecture](model, score_threshold=score_threshold).detect)
+        finders.append(detection.ARCHITECTURES.of(model.card)(model, score_threshold=score_threshold).detect)
     return finders
 
 
