@@ -40,6 +40,8 @@ def test_landmarks_command_writes_a_report(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["meta"]["reference"] == ["yunet-teacher"] and report["meta"]["images"] == 4
     assert "NME mean %" in (out / "report.md").read_text() and report["meta"]["caveats"] == []
+    assert [model["name"] for model in report["meta"]["models"]] == ["yunet-teacher"]  # scored and reference: once
+    assert "INT8 instructions:" in (out / "report.md").read_text()  # the run's machine, as every report gives it
 
 
 def test_a_report_on_a_students_training_people_says_so(tmp_path):

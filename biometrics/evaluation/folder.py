@@ -24,7 +24,13 @@ from tqdm import tqdm
 from biometrics.errors import DataError, ImageError, NoFaceError
 from biometrics.evaluation import metrics, plots
 from biometrics.evaluation.identification import SizeThreshold, identification_rates
-from biometrics.evaluation.report import _md_table, remove_stale_outputs, without_scores, write_score_plots
+from biometrics.evaluation.report import (
+    _md_table,
+    remove_stale_outputs,
+    run_section,
+    without_scores,
+    write_score_plots,
+)
 from biometrics.files import open_output
 from biometrics.gallery.search import DEFAULT_FPIR, claim_threshold, threshold_by_size
 from biometrics.imaging import files_under, is_image_name, load_image
@@ -267,8 +273,9 @@ def _markdown(photos: PhotoFolder, results: dict[str, dict], meta: dict, files: 
     lines = [
         f"# Verification on `{photos.root}`",
         "",
-        f"Command: `{meta['command']}`  ",
-        f"Date: {meta['date']}, {meta['threads']} threads, onnxruntime {meta['versions']['onnxruntime']}",
+        *run_section(meta),
+        "",
+        "## Results",
         "",
         f"{len(photos.people):,} people, {len(photos.images):,} photos{ignored}. Every pair of photos is scored: "
         "a genuine pair shows one person, an impostor pair two. A pair is accepted when its cosine similarity is "

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from biometrics.detection import box_iou
 from biometrics.detection.fusion import fuse
 from biometrics.evaluation.lfw import locate_images, people_in_folds, read_pairs
-from biometrics.evaluation.report import _md_table
+from biometrics.evaluation.report import _md_table, run_section
 from biometrics.files import write_atomically
 from biometrics.imaging import load_image
 from biometrics.pipeline import landmark_detector
@@ -136,6 +136,10 @@ def write_landmark_report(out_dir: Path, results: list[LandmarkResult], meta: di
     lines = [
         f"# {title}",
         "",
+        *run_section(meta),
+        "",
+        "## Results",
+        "",
         f"Reference: fused landmarks of {', '.join(f'`{n}`' for n in meta['reference'])} on the face all of them "
         f"found nearest the image centre; {meta['images']} images of the people in LFW View 2 folds "
         f"{meta['folds']}. NME: mean point error / distance between the reference's eye centres (inter-pupil), "
@@ -145,8 +149,6 @@ def write_landmark_report(out_dir: Path, results: list[LandmarkResult], meta: di
         *(f"Not held out: {caveat}." for caveat in meta.get("caveats", [])),
         "",
         *_md_table(["detector", "NME mean %", "NME median %", "failures %", "missed", f"per point % ({points})"], rows),
-        "",
-        f"Command: `{meta['command']}`",
         "",
     ]
     md_path = out_dir / "report.md"

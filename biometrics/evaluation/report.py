@@ -36,7 +36,12 @@ def run_metadata(models: list, threads: int | list[int] | None = None) -> dict:
             for name in ("biometrics", "onnxruntime", "numpy", "opencv-python-headless", "scikit-learn")
         }
         | {"python": platform.python_version()},
-        "models": [{"name": m.name, "sha256": m.source_sha256, "source": str(m.source_path)} for m in models],
+        "models": list(  # each once, though a run may use it twice (scored, and in the landmark reference)
+            {
+                (m.name, m.source_sha256): {"name": m.name, "sha256": m.source_sha256, "source": str(m.source_path)}
+                for m in models
+            }.values()
+        ),
         "threads": threads or default_threads(),
         "machine": {
             "platform": platform.platform(),
@@ -196,7 +201,7 @@ def _fold_text(folds: list[int]) -> str:
     return f"{folds[0]}-{folds[-1]}" if folds == list(range(folds[0], folds[-1] + 1)) else str(folds)
 
 
-def _run_section(meta: dict) -> list[str]:
+def run_section(meta: dict) -> list[str]:
     """What report.json's ``meta`` says of the run that a reader of the numbers needs first: the command, when, which
     versions, and the CPU, whose INT8 instructions pick ONNX Runtime's kernels and so move an INT8 model's scores."""
     machine = meta["machine"]
@@ -214,7 +219,7 @@ def _run_section(meta: dict) -> list[str]:
 def _markdown(title: str, results: dict[str, dict], meta: dict, files: dict[str, Path]) -> str:
     summaries = {label: run["summary"] for label, run in results.items()}
     impostors = next(iter(summaries.values()))["impostor_pairs"]
-    lines = [f"# {title}", "", *_run_section(meta), "", "## Results", ""]
+    lines = [f"# {title}", "", *run_section(meta), "", "## Results", ""]
     lines += _md_table(
         [
             "pipeline",

@@ -33,7 +33,7 @@ from biometrics.evaluation import plots
 from biometrics.evaluation.complexity import count_macs, count_parameters
 from biometrics.evaluation.datasets import unpack_once
 from biometrics.evaluation.efficiency import _fmt_millions
-from biometrics.evaluation.report import _md_table
+from biometrics.evaluation.report import _md_table, run_section
 from biometrics.files import write_atomically
 from biometrics.imaging import load_image
 from biometrics.registry import ResolvedModel
@@ -380,9 +380,9 @@ def _markdown(results: list[DetectorResult], meta: dict, dataset: dict, files: d
     lines = [
         "# WIDER FACE validation subset",
         "",
-        f"Command: `{meta['command']}`  ",
-        f"Date: {meta['date']}, {meta['machine']['cpu_count']} CPUs, {meta['threads']} threads, "
-        f"onnxruntime {meta['versions']['onnxruntime']}",
+        *run_section(meta),
+        "",
+        "## Results",
         "",
         f"{dataset['images']} images {_scale_text(settings['max_side'])}; faces that count: easy {faces['easy']}, "
         f"medium {faces['medium']}, hard {faces['hard']}. Detection at score >= {settings['score_threshold']}, "
