@@ -613,6 +613,22 @@ def test_models_list_tells_a_corrupt_or_unreadable_file_and_an_unsupported_archi
     assert {m["name"]: m["file"] for m in json.loads(listing.stdout)["models"]}["tiny-embedder"] == "unreadable"
 
 
+def test_models_show_loads_the_network_to_check_it_against_its_card(tmp_path):
+    """A detector's file carded with another architecture's output layout lists `ok` (files are checked, not
+    loaded: fast); `models show` loads it and says what is wrong."""
+    from click.testing import CliRunner
+
+    from biometrics.cli.main import cli
+
+    model = ModelRegistry().resolve("yunet-student-v3").source_path
+    (tmp_path / "mine.onnx").write_bytes(model.read_bytes())
+    (tmp_path / "mine.json").write_text(json.dumps({"name": "mine", "task": "detection", "architecture": "scrfd"}))
+    shown = CliRunner().invoke(cli, ["models", "show", str(tmp_path / "mine.onnx")])
+    assert shown.exit_code == 0 and "warning: model 'mine' is not a SCRFDDetector network" in shown.stderr
+    fine = CliRunner().invoke(cli, ["models", "show", "yunet-teacher"])
+    assert fine.exit_code == 0 and fine.stderr == ""
+
+
 def test_models_show_of_a_file_given_by_path_has_no_spurious_warning(tmp_path):
     from click.testing import CliRunner
 

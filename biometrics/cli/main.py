@@ -1066,18 +1066,25 @@ def models():
     """List, inspect and download models."""
 
 
-def _model_problem(registry, name_or_path) -> tuple[str, BiometricsError | None]:
+def _model_problem(registry, name_or_path, load: bool = False) -> tuple[str, BiometricsError | None]:
     """A model's state in `models list` and why it cannot be used: its file's (``ModelRegistry.file_state``), or
-    ``unsupported``: an architecture this version has no adapter for (a card from a newer release, or a typo)."""
+    ``unsupported``: an architecture this version has no adapter for (a card from a newer release, or a typo). With
+    ``load`` (`models show`: one model, so the moment it takes), also ``unusable``: its network is loaded as its
+    adapter loads it, which checks the graph against the card (outputs, input size, layout)."""
     from biometrics.detection import ARCHITECTURES as DETECTORS
     from biometrics.embedding import ARCHITECTURES as EMBEDDERS
 
     card = registry.card(name_or_path)
     try:
-        (EMBEDDERS if card.task == "embedding" else DETECTORS).of(card)
+        adapter = (EMBEDDERS if card.task == "embedding" else DETECTORS).of(card)
     except BiometricsError as exc:
         return "unsupported", exc
     problem = registry.file_problem(name_or_path)
+    if problem is None and load:
+        try:
+            adapter(registry.resolve(name_or_path), threads=1)
+        except BiometricsError as exc:
+            return "unusable", exc
     return registry.file_state_of(problem), problem
 
 
@@ -1132,12 +1139,13 @@ def models_list(as_json):
 @models.command("show")
 @click.argument("name")
 def models_show(name):
-    """Print a model's card (JSON); where the model cannot be used (not `ok` in `models list`), why, on stderr."""
+    """Print a model's card (JSON); where the model cannot be used (not `ok` in `models list`, or its network not
+    the one its card describes: loaded to check), why, on stderr."""
     from biometrics.registry import ModelRegistry
 
     registry = ModelRegistry()
     click.echo(json.dumps(registry.card(name).data, indent=2))
-    if problem := _model_problem(registry, name)[1]:
+    if problem := _model_problem(registry, name, load=True)[1]:
         click.echo(f"warning: {problem}", err=True)
 
 
