@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import signal
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -71,3 +72,16 @@ def code_blocks(path: Path, language: str) -> list[str]:
     """The ``language`` code blocks of a Markdown file (indented ones too, dedented): the docs' examples."""
     pattern = rf"^([ \t]*)```{language}\n(.*?)^\1```"
     return [textwrap.dedent(body) for _, body in re.findall(pattern, path.read_text(), flags=re.M | re.S)]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB file system of its own (tmpfs), where a test may fill the disk; skipped where it cannot be mounted."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

@@ -1098,19 +1098,6 @@ def test_a_full_disk_leaves_the_gallery_as_it_was_and_says_so(tmp_path):
         assert gallery.person("ann").templates == 2
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB file system of its own (tmpfs), where a test may fill the disk; skipped where it cannot be mounted."""
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (not root?)")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
-
-
 def test_a_change_the_full_disk_refused_leaves_no_journal_holding_its_space(small_disk):
     """SQLite writes a change to the -wal until the disk is full; rolled back, those frames kept all that space
     (the disk stayed full for everything else on the box) until a later checkpoint."""

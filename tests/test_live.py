@@ -273,6 +273,19 @@ def test_a_video_that_cannot_be_started_says_whether_the_disk_is_full(tmp_path, 
     assert not video.exists()
 
 
+def test_events_cut_short_by_a_full_disk_end_on_a_whole_line(tmp_path, short_clip, small_disk):
+    """The disk filled mid-line: the file ended in '{"', a line no reader can parse."""
+    free = lambda: os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize  # noqa: E731
+    with open(small_disk / "filler", "wb") as filler:
+        filler.write(b"\0" * (free() - 6000))
+    events = small_disk / "events.jsonl"
+    args = ["live", "--source", short_clip, "--headless", "--threads", "2", "--gallery", tmp_path / "g.db"]
+    result = CliRunner().invoke(cli, [*map(str, args), "--events", events])
+    assert result.exit_code == 2 and "cannot write events (No space left on device)" in result.stderr, result.output
+    text = events.read_text()
+    assert text.endswith("\n") and all(json.loads(line)["frame"] >= 0 for line in text.splitlines())
+
+
 @pytest.mark.parametrize("clip", ["short_clip", "hamilton_clip.mp4"], ids=["when-closed", "mid-run"])
 def test_events_that_cannot_be_written_are_an_error_naming_the_file(tmp_path, request, sample, clip):
     """/dev/full: every write fails with ENOSPC, when the last lines are flushed or while the run goes on."""

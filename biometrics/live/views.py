@@ -6,8 +6,9 @@ import errno
 import json
 import os
 import re
+import stat
 import sys
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Protocol
 
@@ -106,6 +107,8 @@ class HeadlessRecorder:
         except BrokenPipeError:
             raise
         except OSError as exc:
+            if self._events is not sys.stdout:
+                _cut_to_whole_lines(self.events_path)
             raise _cannot_write(self.events_path, "events", exc) from None
         # opened at the start, to fail before any work: a run that processed no frame leaves no file
         if not self._frames and self.events_path != STDOUT and self.events_path.is_file():
@@ -120,6 +123,17 @@ class HeadlessRecorder:
             full = disk_full(self._partial.parent)
             reason = os.strerror(errno.ENOSPC) if full else f"it reads back with {frames} of {self._frames} frames"
             raise OutputError(f"{self.video_path}: the video could not be completed ({reason})")
+
+
+def _cut_to_whole_lines(path: Path) -> None:
+    """A full disk stops the events file mid-line: cut it back to its last whole line, so that every line a reader
+    parses is a whole event (lines are a few hundred bytes: the last 64 KiB hold the last newline)."""
+    with suppress(OSError), open(path, "r+b") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):  # a device (/dev/full reads zeros for ever): as it is
+            return
+        size = file.seek(0, os.SEEK_END)
+        tail_start = file.seek(max(0, size - 65536))
+        file.truncate(tail_start + file.read(65536).rfind(b"\n") + 1)
 
 
 def _cannot_write(path: Path, what: str, exc: OSError) -> OutputError:
