@@ -112,9 +112,14 @@ def _checksum_line(payload: bytes, name: str) -> str:
     return f"{hashlib.sha256(payload).hexdigest()}  {name}\n"
 
 
+def _is_number(value: object) -> bool:
+    """A real number as a card's JSON holds one: not a bool (JSON's true is no 1), not a string."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real)
+
+
 def is_similarity(value: object) -> bool:
     """Whether ``value`` can be a cosine similarity: a number from -1 to 1 (not a bool, a string or NaN)."""
-    return not isinstance(value, bool) and isinstance(value, numbers.Real) and -1 <= value <= 1
+    return _is_number(value) and -1 <= value <= 1
 
 
 TASKS = ("detection", "embedding")
@@ -182,7 +187,7 @@ def _normalisation_problem(task: str, spec: dict) -> str | None:
         if task != "embedding":
             return f"input.{key}: a detector's input is scaled as its architecture says; remove input.{key}"
         values = spec[key] if isinstance(spec[key], list) else [spec[key]]
-        numbers_ok = all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        numbers_ok = all(_is_number(v) and math.isfinite(v) for v in values)
         if not numbers_ok or len(values) not in (1, 3) or (key == "std" and min(values) <= 0):
             wanted = "a number above 0" if key == "std" else "a finite number"
             return f"input.{key} is {spec[key]!r}: expected {wanted}, or three (one per channel), e.g. 127.5"
@@ -227,7 +232,7 @@ def _threshold_problem(threshold: object) -> str | None:
 
 def is_rate(value: object) -> bool:
     """Whether ``value`` can be a false-match rate of a calibration: a number above 0 and below 1."""
-    return not isinstance(value, bool) and isinstance(value, numbers.Real) and 0 < value < 1
+    return _is_number(value) and 0 < value < 1
 
 
 def _source_problem(source: dict) -> str | None:
