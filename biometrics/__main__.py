@@ -3,7 +3,7 @@
 import json
 import sys
 
-from biometrics.cli import EXIT_INTERRUPTED, was_interrupted
+from biometrics.cli import EXIT_INTERRUPTED, causes, was_interrupted
 from biometrics.errors import BiometricsError, OutOfMemoryError
 
 EXIT_ERROR = BiometricsError.exit_code
@@ -21,8 +21,7 @@ def main() -> None:
         if was_interrupted(exc):
             print("interrupted", file=sys.stderr)
             sys.exit(EXIT_INTERRUPTED)
-        while exc.__cause__ or exc.__context__:  # the first failure: NumPy's ImportError wraps the loader's
-            exc = exc.__cause__ or exc.__context__
+        exc = causes(exc)[-1]  # the first failure: NumPy's ImportError wraps the loader's
         if OutOfMemoryError.caused(exc):
             kind, message = "out_of_memory", str(OutOfMemoryError("loading the command line"))
         else:
