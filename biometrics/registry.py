@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import difflib
 import hashlib
 import importlib.util
 import itertools
@@ -134,6 +135,8 @@ def _card_problem(data: dict) -> str | None:
     """What makes a card's fields unusable, or None. Checked when the card is read: a value the runtime cannot
     use (a channel order it would read as BGR, a size it would crop at, a threshold no pair reaches) must fail
     there, by name, not as a wrong answer or a misleading error later."""
+    if problem := _misspelt_field(data):
+        return problem
     for key in ("name", "task", "architecture"):
         if key not in data:
             return f"'{key}' is missing"
@@ -165,6 +168,23 @@ def _card_problem(data: dict) -> str | None:
         return problem
     if "threshold" in data:
         return _threshold_problem(data["threshold"])
+    return None
+
+
+CARD_FIELDS = ("name", "task", "architecture", "source", "input", "threshold", "prepare", "bench_input_shape",
+               "data_split")  # fmt: skip
+"""The top-level card fields that change what the runtime does or reports. A card may hold any others (licence,
+description, its author's notes and measurements)."""
+
+
+def _misspelt_field(data: dict) -> str | None:
+    """A top-level key that is nearly one the runtime reads (``inputs``, ``Threshold``): refused, since the runtime
+    would ignore it and run with defaults, e.g. unnormalised pixels or no calibrated threshold."""
+    for key in data:
+        if key in CARD_FIELDS or not isinstance(key, str):
+            continue
+        if near := difflib.get_close_matches(key.lower(), CARD_FIELDS, n=1, cutoff=0.8):
+            return f"'{key}' is not a card field: did you mean '{near[0]}'?"
     return None
 
 

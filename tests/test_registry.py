@@ -415,6 +415,11 @@ EMBEDDER_CARD = {"name": "x", "task": "embedding", "architecture": "arcface112"}
             "input.mu is not a card field (input may hold: size, channel_order,",
         ),
         (
+            EMBEDDER_CARD | {"inputs": {"mean": 127.5, "std": 128}},
+            "'inputs' is not a card field: did you mean 'input'?",
+        ),
+        (EMBEDDER_CARD | {"Threshold": {"value": 0.4}}, "'Threshold' is not a card field: did you mean 'threshold'?"),
+        (
             EMBEDDER_CARD | {"input": {"std": 0}},
             "input.std is 0: expected a number above 0, or three (one per channel)",
         ),
@@ -450,6 +455,16 @@ def test_a_card_s_channel_order_may_be_any_case_and_its_fields_may_be_left_out(t
     assert ModelCard.from_json(path).input["channel_order"] == "bgr"
     path.write_text(json.dumps(EMBEDDER_CARD))
     assert ModelCard.from_json(path).name == "x"
+
+
+def test_a_card_may_carry_its_author_s_own_fields(tmp_path):
+    """Only a near-miss of a field the runtime reads is refused (test above); notes, a 'license' spelt the
+    American way or a paper are the author's to add."""
+    from biometrics.registry import ModelCard
+
+    path = tmp_path / "card.json"
+    path.write_text(json.dumps(EMBEDDER_CARD | {"license": "MIT", "paper": "arXiv:1804.07573", "notes": "v2"}))
+    assert ModelCard.from_json(path).data["paper"] == "arXiv:1804.07573"
 
 
 def test_one_broken_card_is_left_out_not_hiding_every_model(tmp_path, monkeypatch):
