@@ -371,6 +371,28 @@ def test_pareto_front_keeps_the_models_nothing_beats_on_both_speed_and_accuracy(
     _assert_png(plot_pareto(points, tmp_path / "pareto.png"))
 
 
+def test_pareto_labels_of_models_at_nearly_the_same_point_do_not_overlap():
+    """A network's FP32 and INT8 files often sit on top of each other; both names must stay readable."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from biometrics.evaluation.plots import separate_labels
+
+    fig = Figure(figsize=(6.4, 4.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.scatter([2.5, 2.51, 2.52], [98.9, 98.9, 98.91])
+    labels = [
+        ax.annotate(f"model {i}\n1.4 MB", (2.5, 98.9), xytext=(5, 5), textcoords="offset points") for i in range(3)
+    ]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert labels[0].get_window_extent(renderer).overlaps(labels[1].get_window_extent(renderer))
+    separate_labels(fig, labels)
+    boxes = [label.get_window_extent(renderer) for label in labels]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
 def test_log_rate_axes_start_below_the_smallest_rate_the_pairs_can_measure():
     from biometrics.evaluation.plots import _rate_floor
 

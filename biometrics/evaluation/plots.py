@@ -204,6 +204,24 @@ def pareto_front(points: dict[str, tuple[float, float, float]]) -> list[str]:
     return front
 
 
+def separate_labels(fig: Figure, labels: list) -> None:
+    """Moves each annotation that overlaps one above it down until it clears them all, so that models of nearly
+    the same latency and accuracy (a network's FP32 and INT8 files) keep readable names."""
+    fig.canvas.draw()  # text has no extent before it is drawn once
+    renderer = fig.canvas.get_renderer()
+    points_per_pixel = 72 / fig.dpi
+    placed = []
+    for label in sorted(labels, key=lambda a: -a.get_window_extent(renderer).y1):
+        for _ in range(len(labels)):
+            box = label.get_window_extent(renderer)
+            below = [other.y0 for other in placed if other.overlaps(box)]
+            if not below:
+                break
+            offset_x, offset_y = label.xyann
+            label.xyann = (offset_x, offset_y - (box.y1 - min(below) + 2) * points_per_pixel)
+        placed.append(label.get_window_extent(renderer))
+
+
 def plot_pareto(points: dict[str, tuple[float, float, float]], path: str | os.PathLike[str], title: str = "") -> Path:
     """Accuracy against latency, one marker per model, marker area proportional to file size, the Pareto front
     dashed.
@@ -227,24 +245,29 @@ def plot_pareto(points: dict[str, tuple[float, float, float]], path: str | os.Pa
     )
     latencies = np.log([latency for latency, _, _ in points.values()])
     middle = (latencies.min() + latencies.max()) / 2
+    labels = []
     for label, (latency, accuracy, size) in points.items():
         area = 40 + 960 * size / largest  # points squared
         ax.scatter([latency], [100 * accuracy], s=area, alpha=0.6)
         right_half = np.log(latency) > middle  # its label goes to the left, inside the axes
         clear = 0.75 * np.sqrt(area / np.pi) + 2  # off the marker's edge, diagonally
-        ax.annotate(
-            f"{label}\n{size / 1e6:.2f} MB",
-            (latency, 100 * accuracy),
-            fontsize=7,
-            xytext=(-clear if right_half else clear, clear),
-            textcoords="offset points",
-            ha="right" if right_half else "left",
+        labels.append(
+            ax.annotate(
+                f"{label}\n{size / 1e6:.2f} MB",
+                (latency, 100 * accuracy),
+                fontsize=7,
+                xytext=(-clear if right_half else clear, clear),
+                textcoords="offset points",
+                ha="right" if right_half else "left",
+            )
         )
     ax.set_xscale("log")
     ax.margins(x=0.25, y=0.15)
     ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    fig.tight_layout()  # the layout the labels are separated in
+    separate_labels(fig, labels)
     return _finish(
         fig,
         ax,
