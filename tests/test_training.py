@@ -380,6 +380,36 @@ def test_teacher_view_decides_where_the_targets_come_from(tmp_path):
     assert log[-1]["step"] == 1 and "loss_cosine" in log[-1] and "loss_features" not in log[-1]
 
 
+@pytest.mark.slow
+def test_a_compiled_run_computes_what_the_uncompiled_one_does_and_may_resume_either_way(tmp_path):
+    """``--compile`` is an execution choice, not a recipe's: the student's embeddings and gradients are the
+    uncompiled ones (to float rounding), the log says which stretch ran compiled, and its checkpoint resumes
+    uncompiled."""
+    from biometrics.training.distill import distill
+
+    net = FaceEmbedderNet(EmbedderConfig(width=0.25, stages=[1, 3, 5, 7, 13])).train()
+    crops = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (4, 3, 112, 112)).astype(np.float32))
+    results = []
+    for forward in (net.forward_features, torch.compile(net.forward_features, dynamic=False)):
+        net.zero_grad()
+        embedding, _ = forward(crops, [])
+        embedding.square().sum().backward()
+        results.append((embedding.detach(), {name: p.grad.clone() for name, p in net.named_parameters()}))
+    (eager, eager_grads), (compiled, compiled_grads) = results
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-3, atol=1e-3, msg=name)
+
+    recipe = tiny_recipe(
+        tmp_path, "sface-student.yaml", name="compiled", teacher_view="augmented", loss={"cosine": 1.0, "pairwise": 1.0}
+    )
+    distill(recipe, tmp_path / "run", tmp_path / "models", max_steps=2, progress=False, compile_network=True)
+    distill(recipe, tmp_path / "run", tmp_path / "models", max_steps=3, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("compiled", False)) for r in log if "device" in r] == [(0, True), (2, False)]
+    assert log[-1]["step"] == 3 and np.isfinite(log[-1]["loss_cosine"])
+
+
 def test_keep_fp32_depthwise_names_exactly_the_grouped_convs():
     from biometrics.training.export import fp32_nodes
 

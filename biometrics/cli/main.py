@@ -997,6 +997,13 @@ def bench(models, out, thread_counts, iterations, batch, image_paths):
     "reading the datasets.",
 )
 @click.option("--webp-quality", type=click.IntRange(1, 100), default=90, show_default=True, help="For --pack-faces.")
+@click.option(
+    "--compile",
+    "compile_network",
+    is_flag=True,
+    help="Embedder recipes: run the student through torch.compile (needs a C++ compiler; about a minute to "
+    "compile, then faster steps: 0.76x the time on 2 CPU cores). The weights are the same; a run may switch on resume.",
+)
 def distill(
     recipe,
     work_dir,
@@ -1010,6 +1017,7 @@ def distill(
     pack_faces,
     faces_file,
     webp_quality,
+    compile_network,
 ):
     """Train a student from a recipe (pipelines/*.yaml): distil, quantize to INT8, export ONNX + cards."""
     try:
@@ -1025,8 +1033,8 @@ def distill(
     loaded = Recipe.load(recipe)
     from biometrics.registry import cache_dir
 
-    if (pack_faces or faces_file) and loaded.task != "embedding":
-        raise click.UsageError("--pack-faces and --faces are for embedder recipes")
+    if (pack_faces or faces_file or compile_network) and loaded.task != "embedding":
+        raise click.UsageError("--pack-faces, --faces and --compile are for embedder recipes")
     if pack_faces and faces_file:
         raise click.UsageError("--pack-faces reads the datasets, --faces replaces them: give one")
     quality_given = click.get_current_context().get_parameter_source("webp_quality").name == "COMMANDLINE"
@@ -1043,7 +1051,9 @@ def distill(
     if pack_faces:
         click.echo(json.dumps(pack_recipe_faces(loaded, pack_faces, webp_quality, progress), indent=2))
         return
-    options = {"faces_file": faces_file} if faces_file else {}
+    options = ({"faces_file": faces_file} if faces_file else {}) | (
+        {"compile_network": True} if compile_network else {}
+    )
     run_distill = distill_detector if loaded.task == "detection" else distill_embedder
     with sigterm_as_interrupt():  # a checkpoint of the steps taken, then exit 130
         summary = run_distill(

@@ -326,16 +326,21 @@ def distill(
     device: str = "cpu",
     export_unfinished: bool = False,
     faces_file: Path | None = None,
+    compile_network: bool = False,
 ) -> dict:
     """Run (or resume) a recipe on ``device`` ("cpu", "cuda"); export FP32 and INT8 ONNX with cards into
     ``models_dir`` when it finishes, or where it stops with ``export_unfinished`` (to score a run mid-way).
     ``faces_file``: train on a packed face set (``pack_recipe_faces``) instead of the recipe's datasets.
-    Returns a summary."""
+    ``compile_network``: the student's training forward and backward run through ``torch.compile`` (the same
+    weights and arithmetic, fused: on 2 CPU cores a half-width student's step took 10.7 s instead of 14 after a
+    minute of compiling), so a run may switch either way when it resumes. Returns a summary."""
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(recipe.seed)
     on = training_device(device)
     if on.type != "cpu" and recipe.quantization.get("aware"):
         raise RecipeError(f"recipe {recipe.name}: quantization-aware training runs on the CPU (--device cpu)")
+    if compile_network and recipe.quantization.get("aware"):
+        raise RecipeError(f"recipe {recipe.name}: quantization-aware training runs uncompiled (leave out --compile)")
     work_dir.mkdir(parents=True, exist_ok=True)
     faces, holdout_idx, train_idx = training_faces(recipe, progress, faces_file)
     # A checkpoint of another recipe is refused before the student and the targets are made (a face set made for
@@ -348,6 +353,7 @@ def distill(
 
     net, kept, fit_errors = build_student(recipe if not resuming else _without_reconstruction(recipe), crops, train_idx)
     net = net.to(on, memory_format=torch.channels_last)
+    forward = torch.compile(net.forward_features, dynamic=False) if compile_network else net.forward_features
     kept = {stage: channels.to(on) for stage, channels in kept.items()}  # indexes the teacher's hints every step
     teacher_online = None
     if teacher_view(recipe) == "augmented":
@@ -379,7 +385,7 @@ def distill(
         run.log(initial)
     generator = torch.Generator().manual_seed(recipe.seed + run.step)
     limit = total_steps if max_steps is None else min(total_steps, max_steps)
-    run.log_stretch(on, limit)
+    run.log_stretch(on, limit, compiled=compile_network)
     bar = tqdm(total=limit, initial=run.step, desc=f"distill {recipe.name}", unit="step", disable=not progress)
     order_epoch = None
     with run.checkpoint_on_interrupt(steps_per_epoch):
@@ -406,10 +412,10 @@ def distill(
             view = augment(images, recipe.augmentation, generator)
             if teacher_online is None:
                 target = to_device(torch.from_numpy(targets[batch_idx, flip.numpy().astype(np.int64)]), on)
-                loss, terms = distillation_loss(net(view), target, recipe.loss, same_person=same_person)
+                loss, terms = distillation_loss(forward(view, [])[0], target, recipe.loss, same_person=same_person)
             else:
                 target, teacher_hints = teacher_online(view)
-                embedding, hints = net.forward_features(view, teacher_online.stages)
+                embedding, hints = forward(view, teacher_online.stages)
                 teacher_hints = {k: v[:, kept[k]] for k, v in teacher_hints.items()}
                 pairs = (hints, teacher_hints) if hints else None
                 loss, terms = distillation_loss(embedding, target, recipe.loss, pairs, same_person)

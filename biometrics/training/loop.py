@@ -223,10 +223,14 @@ class TrainingRun:
                 )
         self.log({"step": 0, **origin})
 
-    def log_stretch(self, device: torch.device, limit: int) -> None:
-        """Record where the steps about to run (up to ``limit``) run: a resumed run may change machines."""
+    def log_stretch(self, device: torch.device, limit: int, compiled: bool = False) -> None:
+        """Record where (and whether through ``torch.compile``) the steps about to run, up to ``limit``, run: a
+        resumed run may change machines."""
         if self.step < limit:
-            self.log({"step": self.step, "device": str(device), "torch": torch.__version__})
+            self.log(
+                {"step": self.step, "device": str(device), "torch": torch.__version__}
+                | ({"compiled": True} if compiled else {})
+            )
 
     def set_learning_rate(self) -> None:
         for group in self.optimizer.param_groups:
