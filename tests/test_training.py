@@ -400,6 +400,15 @@ def test_a_compiled_run_computes_what_the_uncompiled_one_does_and_may_resume_eit
     for name, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-3, atol=1e-3, msg=name)
 
+    from biometrics.training.distill import OnlineTeacher, TorchTeacher
+
+    teacher = TorchTeacher("sface-teacher", [], torch.device("cpu"))
+    teacher.compile()  # what a compiled run's targets come from, instead of ONNX Runtime's graph
+    views = crops.contiguous(memory_format=torch.channels_last)
+    targets = torch.nn.functional.normalize(teacher(views)[0], dim=1)
+    reference = torch.nn.functional.normalize(OnlineTeacher("sface-teacher", [], threads=2)(views)[0], dim=1)
+    assert float((targets * reference).sum(1).min()) > 0.9999
+
     recipe = tiny_recipe(
         tmp_path, "sface-student.yaml", name="compiled", teacher_view="augmented", loss={"cosine": 1.0, "pairwise": 1.0}
     )

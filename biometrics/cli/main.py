@@ -1001,8 +1001,9 @@ def bench(models, out, thread_counts, iterations, batch, image_paths):
     "--compile",
     "compile_network",
     is_flag=True,
-    help="Embedder recipes: run the student through torch.compile (needs a C++ compiler; about a minute to "
-    "compile, then faster steps: 0.76x the time on 2 CPU cores). The weights are the same; a run may switch on resume.",
+    help="Embedder recipes: run the student (and an online teacher) through torch.compile (needs a C++ compiler; "
+    "a minute or two to compile, then faster steps: 0.74x the time on 2 CPU cores). The weights are the same; a run "
+    "may switch on resume.",
 )
 def distill(
     recipe,
