@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import signal
@@ -1055,6 +1056,8 @@ def distill(
     options = ({"faces_file": faces_file} if faces_file else {}) | (
         {"compile_network": True} if compile_network else {}
     )
+    if compile_network:  # else a CPU-only compile warns "No CUDA runtime is found", which is no fault here
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     run_distill = distill_detector if loaded.task == "detection" else distill_embedder
     with sigterm_as_interrupt():  # a checkpoint of the steps taken, then exit 130
         summary = run_distill(
