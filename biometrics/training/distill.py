@@ -12,7 +12,7 @@ computed once (ONNX Runtime) and cached, so every augmented view is pulled towar
 
 On a GPU (``device``) the faces live on the device as uint8, are augmented there, and an online teacher runs as
 PyTorch (its weights dequantized by ``sface_to_torch``): ONNX Runtime's CPU graph would starve the GPU. On the
-CPU, ``compile_network`` runs student and teacher through ``torch.compile``, faster there than ONNX Runtime too.
+CPU, ``compile_network`` runs student and teacher through ``torch.compile``, a little faster than ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ class OnlineTeacher(_Teacher):
     Feature hints need the teacher's activations on the very view the student sees, so it runs on every
     augmented batch (and supplies that view's embedding target too). ONNX Runtime runs the int8 teacher about
     1.4x faster than PyTorch does, and it is the exact graph the product uses (``--compile`` runs a compiled
-    ``TorchTeacher`` instead, faster still).
+    ``TorchTeacher`` instead, a little faster).
     """
 
     def __init__(self, teacher: str, stages: list[int], threads: int | None = None):
