@@ -172,16 +172,17 @@ def _card_problem(data: dict) -> str | None:
 
 
 CARD_FIELDS = ("name", "task", "architecture", "source", "input", "threshold", "prepare", "bench_input_shape",
-               "data_split")  # fmt: skip
-"""The top-level card fields that change what the runtime does or reports. A card may hold any others (licence,
-description, its author's notes and measurements)."""
+               "data_split", "recipe", "licence", "licence_note", "description")  # fmt: skip
+"""The top-level card fields that biometrics reads: what the runtime does, what reports say, and the licence a
+recipe checks before taking a model as its teacher. A card may hold any others (its author's notes, measurements)."""
 
 
 def _misspelt_field(data: dict) -> str | None:
     """A top-level key that is nearly one the runtime reads (``inputs``, ``Threshold``): refused, since the runtime
-    would ignore it and run with defaults, e.g. unnormalised pixels or no calibrated threshold."""
+    would ignore it and run with defaults, e.g. unnormalised pixels, no calibrated threshold, or a ``license`` that
+    forbids commercial use going unseen by the teacher check."""
     for key in data:
-        if key in CARD_FIELDS or not isinstance(key, str):
+        if key in CARD_FIELDS:
             continue
         if near := difflib.get_close_matches(key.lower(), CARD_FIELDS, n=1, cutoff=0.8):
             return f"'{key}' is not a card field: did you mean '{near[0]}'?"

@@ -372,7 +372,8 @@ def test_pareto_front_keeps_the_models_nothing_beats_on_both_speed_and_accuracy(
 
 
 def test_pareto_labels_of_models_at_nearly_the_same_point_do_not_overlap():
-    """A network's FP32 and INT8 files often sit on top of each other; both names must stay readable."""
+    """A network's FP32 and INT8 files often sit on top of each other; every name must stay readable: apart from
+    the others and the legend, inside the axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -381,16 +382,20 @@ def test_pareto_labels_of_models_at_nearly_the_same_point_do_not_overlap():
     fig = Figure(figsize=(6.4, 4.8), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.scatter([2.5, 2.51, 2.52], [98.9, 98.9, 98.91])
+    ax.plot([2.5, 30], [98.0, 99.5], label="Pareto front")
+    ax.legend(loc="lower right")
     labels = [
-        ax.annotate(f"model {i}\n1.4 MB", (2.5, 98.9), xytext=(5, 5), textcoords="offset points") for i in range(3)
+        ax.annotate(f"model {i}\n1.4 MB", (2.5, 98.0), xytext=(5, 5), textcoords="offset points") for i in range(6)
     ]
+    fig.tight_layout()
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     assert labels[0].get_window_extent(renderer).overlaps(labels[1].get_window_extent(renderer))
-    separate_labels(fig, labels)
+    separate_labels(ax, labels)
     boxes = [label.get_window_extent(renderer) for label in labels]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    axes, legend = ax.get_window_extent(renderer), ax.get_legend().get_window_extent(renderer)
+    assert all(axes.y0 <= box.y0 and box.y1 <= axes.y1 and not box.overlaps(legend) for box in boxes)
 
 
 def test_log_rate_axes_start_below_the_smallest_rate_the_pairs_can_measure():

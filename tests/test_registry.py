@@ -419,6 +419,7 @@ EMBEDDER_CARD = {"name": "x", "task": "embedding", "architecture": "arcface112"}
             "'inputs' is not a card field: did you mean 'input'?",
         ),
         (EMBEDDER_CARD | {"Threshold": {"value": 0.4}}, "'Threshold' is not a card field: did you mean 'threshold'?"),
+        (EMBEDDER_CARD | {"license": "CC BY-NC 4.0"}, "'license' is not a card field: did you mean 'licence'?"),
         (
             EMBEDDER_CARD | {"input": {"std": 0}},
             "input.std is 0: expected a number above 0, or three (one per channel)",
@@ -458,12 +459,12 @@ def test_a_card_s_channel_order_may_be_any_case_and_its_fields_may_be_left_out(t
 
 
 def test_a_card_may_carry_its_author_s_own_fields(tmp_path):
-    """Only a near-miss of a field the runtime reads is refused (test above); notes, a 'license' spelt the
-    American way or a paper are the author's to add."""
+    """Only a near-miss of a field biometrics reads is refused (test above); notes, a paper or measurements are
+    the author's to add."""
     from biometrics.registry import ModelCard
 
     path = tmp_path / "card.json"
-    path.write_text(json.dumps(EMBEDDER_CARD | {"license": "MIT", "paper": "arXiv:1804.07573", "notes": "v2"}))
+    path.write_text(json.dumps(EMBEDDER_CARD | {"paper": "arXiv:1804.07573", "notes": "v2", "measured": {}}))
     assert ModelCard.from_json(path).data["paper"] == "arXiv:1804.07573"
 
 

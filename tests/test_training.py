@@ -662,6 +662,35 @@ def test_distill_refuses_a_device_it_cannot_use(tmp_path):
     assert result.exit_code == 2 and "unknown device 'abacus'" in result.output
 
 
+def test_compile_is_refused_where_it_cannot_run_before_anything_is_read(tmp_path, monkeypatch):
+    import torch._inductor.cpp_builder
+    from click.testing import CliRunner
+
+    from biometrics.cli.main import cli
+    from biometrics.errors import UsageError
+    from biometrics.training.distill import require_compiler
+
+    recipe = tiny_recipe(tmp_path, "sface-student.yaml")
+    with pytest.raises(UsageError, match="--compile is for CPU runs; on cuda leave it out"):
+        require_compiler(torch.device("cuda"), recipe)
+    with pytest.raises(RecipeError, match="quantization-aware training runs uncompiled"):
+        require_compiler(torch.device("cpu"), Recipe.load(ROOT / "pipelines" / "sface-student-qat.yaml"))
+
+    def no_compiler():
+        raise RuntimeError("Unsupported: no C++ compiler found")
+
+    monkeypatch.setattr(torch._inductor.cpp_builder, "get_cpp_compiler", no_compiler)
+    with pytest.raises(UsageError, match="--compile needs a C\\+\\+ compiler .*no C\\+\\+ compiler found"):
+        require_compiler(torch.device("cpu"), recipe)
+
+    detector_recipe = str(ROOT / "pipelines" / "yunet-student.yaml")
+    result = CliRunner().invoke(cli, ["distill", detector_recipe, "--compile", "--no-progress"])
+    assert result.exit_code == 2 and "--compile are for embedder recipes" in result.output
+    embedder_recipe = str(ROOT / "pipelines" / "sface-student.yaml")
+    result = CliRunner().invoke(cli, ["distill", embedder_recipe, "--compile", "--pack-faces", str(tmp_path / "f.npz")])
+    assert result.exit_code == 2 and "--compile is for training" in result.output
+
+
 def test_rotation_augmentation_turns_the_face_and_leaves_the_draws_of_other_recipes_alone():
     from biometrics.training.distill import augment
 

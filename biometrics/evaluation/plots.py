@@ -45,9 +45,19 @@ def _save(fig: Figure, path: str | os.PathLike[str], private: bool) -> Path:
 
 
 def _finish(
-    fig: Figure, ax, path, *, xlabel: str, ylabel: str, title: str, legend: str | None, private: bool = False
+    fig: Figure,
+    ax,
+    path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    legend: str | None,
+    private: bool = False,
+    labels: list | None = None,
 ) -> Path:
-    """The ending every plot shares: labels, title, grid, optional legend, layout, PNG."""
+    """The ending every plot shares: axis labels, title, grid, optional legend, layout, then the point labels
+    (annotations) kept apart in that layout, PNG."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -55,6 +65,8 @@ def _finish(
     if legend:
         ax.legend(loc=legend)
     fig.tight_layout()
+    if labels:
+        separate_labels(ax, labels)
     return _save(fig, path, private)
 
 
@@ -204,22 +216,30 @@ def pareto_front(points: dict[str, tuple[float, float, float]]) -> list[str]:
     return front
 
 
-def separate_labels(fig: Figure, labels: list) -> None:
-    """Moves each annotation that overlaps one above it down until it clears them all, so that models of nearly
-    the same latency and accuracy (a network's FP32 and INT8 files) keep readable names."""
+def separate_labels(ax, labels: list) -> None:
+    """Moves each annotation (placed in offset points) up or down, as little as it can, so that it overlaps no
+    label above it and not the legend, and stays inside the axes: models of nearly the same latency and accuracy
+    (a network's FP32 and INT8 files) keep readable names. Call it once the figure is laid out."""
+    fig = ax.figure
     fig.canvas.draw()  # text has no extent before it is drawn once
     renderer = fig.canvas.get_renderer()
-    points_per_pixel = 72 / fig.dpi
-    placed = []
+    inside = ax.get_window_extent(renderer)
+    taken = [ax.get_legend().get_window_extent(renderer)] if ax.get_legend() else []
     for label in sorted(labels, key=lambda a: -a.get_window_extent(renderer).y1):
-        for _ in range(len(labels)):
-            box = label.get_window_extent(renderer)
-            below = [other.y0 for other in placed if other.overlaps(box)]
-            if not below:
-                break
-            offset_x, offset_y = label.xyann
-            label.xyann = (offset_x, offset_y - (box.y1 - min(below) + 2) * points_per_pixel)
-        placed.append(label.get_window_extent(renderer))
+        box = label.get_window_extent(renderer)
+        shifts = [0.0, *(o.y0 - 2 - box.y1 for o in taken), *(o.y1 + 2 - box.y0 for o in taken)]
+
+        def fits(shift: float, box=box) -> bool:
+            moved = box.translated(0, shift)
+            return inside.y0 <= moved.y0 and moved.y1 <= inside.y1 and not any(o.overlaps(moved) for o in taken)
+
+        shift = min((s for s in shifts if fits(s)), key=abs, default=0.0)
+        offset_x, offset_y = label.xyann
+        label.xyann = (offset_x, offset_y + shift * 72 / fig.dpi)  # pixels to points
+        taken.append(box.translated(0, shift))
+        if shift:  # a thin leader line says which marker a moved name belongs to
+            leader = {"arrowstyle": "-", "color": "0.6", "linewidth": 0.5, "shrinkA": 0, "shrinkB": 0}
+            ax.annotate("", label.xy, xytext=label.xyann, textcoords="offset points", arrowprops=leader)
 
 
 def plot_pareto(points: dict[str, tuple[float, float, float]], path: str | os.PathLike[str], title: str = "") -> Path:
@@ -266,8 +286,6 @@ def plot_pareto(points: dict[str, tuple[float, float, float]], path: str | os.Pa
     ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-    fig.tight_layout()  # the layout the labels are separated in
-    separate_labels(fig, labels)
     return _finish(
         fig,
         ax,
@@ -276,6 +294,7 @@ def plot_pareto(points: dict[str, tuple[float, float, float]], path: str | os.Pa
         ylabel="LFW accuracy (%)",
         title=title or "Accuracy vs latency (marker area = file size)",
         legend="lower right",
+        labels=labels,
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from biometrics.errors import UsageError
 from biometrics.registry import ModelRegistry
 from biometrics.runtime import create_session
 from biometrics.training.export import crops_to_inputs, export_onnx, quantize_int8, write_card
@@ -180,17 +182,17 @@ class TorchTeacher(_Teacher):
         net = sface_to_torch(ModelRegistry().resolve(teacher, task="embedding").onnx_bytes)
         self.net = net.to(device, memory_format=torch.channels_last).eval()  # the layout of the student's batches
         self.stages, self.device, self.embedding_dim = stages, device, self.net.config.embedding_dim
-        self.forward_features = self.net.forward_features
+        self._forward = self.net.forward_features
 
     @torch.no_grad()
     def __call__(self, rgb: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        return self.forward_features(rgb, self.stages)
+        return self._forward(rgb, self.stages)
 
     def compile(self) -> None:
         """From now on the network runs through ``torch.compile`` (``distill --compile``; each new batch size
         compiles again). On 2 CPU cores it is a little faster than ONNX Runtime's graph: the patient recipe's step
         took 10.3 s with it, 10.7 s with ONNX Runtime's teacher beside the compiled student."""
-        self.forward_features = torch.compile(self.net.forward_features, dynamic=False)
+        self._forward = torch.compile(self.net.forward_features, dynamic=False)
 
 
 def augment(batch: torch.Tensor, spec: dict, generator: torch.Generator) -> torch.Tensor:
@@ -316,6 +318,32 @@ def teacher_view(recipe: Recipe) -> str:
     return view
 
 
+class _NoCpuOnlyCudaNotice(logging.Filter):
+    """torch's compiler set-up says "No CUDA runtime is found" on a CPU-only machine: no fault of a CPU run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No CUDA runtime is found" not in record.getMessage()
+
+
+def require_compiler(device: torch.device, recipe: Recipe) -> None:
+    """Refuses ``compile_network`` where it is not supported, before any face is read: a GPU run (not tested
+    compiled), quantization-aware training (its fake-quantized graph runs uncompiled), or a machine without the C++
+    compiler torch.compile builds its CPU kernels with (else the run fails at its first step, in a traceback)."""
+    if device.type != "cpu":
+        raise UsageError(f"--compile is for CPU runs; on {device} leave it out")
+    if recipe.quantization.get("aware"):
+        raise RecipeError(f"recipe {recipe.name}: quantization-aware training runs uncompiled (leave out --compile)")
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as exc:  # noqa: BLE001 - torch raises its own types, which vary by version
+        raise UsageError(f"--compile needs a C++ compiler (g++ or clang++; $CXX names another): {exc}") from None
+    cpp_extension_log = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCpuOnlyCudaNotice) for f in cpp_extension_log.filters):
+        cpp_extension_log.addFilter(_NoCpuOnlyCudaNotice())
+
+
 def _without_reconstruction(recipe: Recipe) -> Recipe:
     """The recipe with ``teacher-reconstructed`` downgraded to ``teacher-pruned`` (same architecture and channels)."""
     if recipe.student.get("init") != "teacher-reconstructed":
@@ -340,17 +368,17 @@ def distill(
     """Run (or resume) a recipe on ``device`` ("cpu", "cuda"); export FP32 and INT8 ONNX with cards into
     ``models_dir`` when it finishes, or where it stops with ``export_unfinished`` (to score a run mid-way).
     ``faces_file``: train on a packed face set (``pack_recipe_faces``) instead of the recipe's datasets.
-    ``compile_network``: the student's training forward and backward run through ``torch.compile`` (the same
-    weights and arithmetic, fused; an online teacher runs compiled too: on 2 CPU cores the patient recipe's step
-    took 10.3 s instead of 14 after a minute or two of compiling), so a run may switch either way when it
-    resumes. Returns a summary."""
+    ``compile_network`` (CPU only): the student's training forward and backward run through ``torch.compile``
+    (the same weights and arithmetic, fused, so equal to rounding; an online teacher runs compiled too: on 2 CPU
+    cores the patient recipe's step took 10.3 s instead of 14 after about 1.5 min of compiling), so a run may
+    switch either way when it resumes. Returns a summary."""
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(recipe.seed)
     on = training_device(device)
     if on.type != "cpu" and recipe.quantization.get("aware"):
         raise RecipeError(f"recipe {recipe.name}: quantization-aware training runs on the CPU (--device cpu)")
-    if compile_network and recipe.quantization.get("aware"):
-        raise RecipeError(f"recipe {recipe.name}: quantization-aware training runs uncompiled (leave out --compile)")
+    if compile_network:
+        require_compiler(on, recipe)
     work_dir.mkdir(parents=True, exist_ok=True)
     faces, holdout_idx, train_idx = training_faces(recipe, progress, faces_file)
     # A checkpoint of another recipe is refused before the student and the targets are made (a face set made for
