@@ -171,21 +171,29 @@ def _card_problem(data: dict) -> str | None:
     return None
 
 
-CARD_FIELDS = ("name", "task", "architecture", "source", "input", "threshold", "prepare", "bench_input_shape",
-               "data_split", "recipe", "licence", "licence_note", "description")  # fmt: skip
-"""The top-level card fields that biometrics reads: what the runtime does, what reports say, and the licence a
-recipe checks before taking a model as its teacher. A card may hold any others (its author's notes, measurements)."""
+CARD_FIELDS = {
+    "": ("name", "task", "architecture", "source", "input", "threshold", "prepare", "bench_input_shape", "data_split",
+         "recipe", "licence", "licence_note", "description"),
+    "source": ("file", "path", "package", "attribute", "shared", "url", "sha256", "obtain"),
+    "threshold": ("value", "fmr", "by_fmr"),
+}  # fmt: skip
+"""The card fields biometrics reads, at the top and in the blocks that hold them: what the runtime does and checks
+(a ``sha256`` spelt otherwise would load an unverified file), what reports say, and the licence a recipe checks
+before taking a model as its teacher. A card may hold any others (its author's notes, measurements)."""
 
 
 def _misspelt_field(data: dict) -> str | None:
-    """A top-level key that is nearly one the runtime reads (``inputs``, ``Threshold``): refused, since the runtime
-    would ignore it and run with defaults, e.g. unnormalised pixels, no calibrated threshold, or a ``license`` that
-    forbids commercial use going unseen by the teacher check."""
-    for key in data:
-        if key in CARD_FIELDS:
-            continue
-        if near := difflib.get_close_matches(key.lower(), CARD_FIELDS, n=1, cutoff=0.8):
-            return f"'{key}' is not a card field: did you mean '{near[0]}'?"
+    """A key that is nearly one biometrics reads (``inputs``, ``Threshold``, ``source.sha-256``): refused, since it
+    would be ignored and the defaults used: unnormalised pixels, no calibrated threshold, an unchecked file, or a
+    ``license`` that forbids commercial use unseen by the teacher check."""
+    for block, fields in CARD_FIELDS.items():
+        keys = data.get(block, {}) if block else data
+        for key in keys if isinstance(keys, dict) else ():
+            if key in fields:
+                continue
+            if near := difflib.get_close_matches(key.lower(), fields, n=1, cutoff=0.8):
+                where = f"{block}." if block else ""
+                return f"'{where}{key}' is not a card field: did you mean '{where}{near[0]}'?"
     return None
 
 

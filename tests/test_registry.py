@@ -421,6 +421,14 @@ EMBEDDER_CARD = {"name": "x", "task": "embedding", "architecture": "arcface112"}
         (EMBEDDER_CARD | {"Threshold": {"value": 0.4}}, "'Threshold' is not a card field: did you mean 'threshold'?"),
         (EMBEDDER_CARD | {"license": "CC BY-NC 4.0"}, "'license' is not a card field: did you mean 'licence'?"),
         (
+            EMBEDDER_CARD | {"source": {"file": "m.onnx", "sha-256": "ab"}},
+            "'source.sha-256' is not a card field: did you mean 'source.sha256'?",
+        ),
+        (
+            EMBEDDER_CARD | {"threshold": {"value": 0.4, "fmr": 1e-3, "by_fmrs": {"1e-4": 0.5}}},
+            "'threshold.by_fmrs' is not a card field: did you mean 'threshold.by_fmr'?",
+        ),
+        (
             EMBEDDER_CARD | {"input": {"std": 0}},
             "input.std is 0: expected a number above 0, or three (one per channel)",
         ),
