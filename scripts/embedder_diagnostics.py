@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from biometrics.registry import ModelRegistry
+from biometrics.registry import ModelRegistry, cache_dir
 from biometrics.training.distill import _to_tensor, _without_reconstruction, build_student, training_faces
 from biometrics.training.loop import checkpoint_path, load_checkpoint
 from biometrics.training.recipe import Recipe
@@ -76,9 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("recipes", nargs="+", type=Path, help="embedder recipes whose runs to inspect")
     parser.add_argument("--faces", type=int, default=512, help="held-out faces (of the first recipe's split)")
-    parser.add_argument("--runs-dir", type=Path, default=Path.home() / ".cache" / "biometrics" / "runs")
+    parser.add_argument(
+        "--runs-dir", type=Path, default=None, help="where distill keeps its runs (default: <cache>/runs, as distill)"
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    args.runs_dir = args.runs_dir or cache_dir() / "runs"
     torch.manual_seed(0)
     recipes = [Recipe.load(path) for path in args.recipes]
     teacher = sface_to_torch(ModelRegistry().resolve(recipes[0].teacher, task="embedding").onnx_bytes).eval()
