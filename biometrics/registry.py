@@ -100,6 +100,12 @@ def shared_path(*parts: str) -> Path | None:
     return next((path for path in (folder.joinpath(*parts) for folder in shared_dirs()) if path.exists()), None)
 
 
+def shared_data(name: str) -> Path:
+    """A benchmark's default folder: ``data/<name>`` in the shared data folder (the first of ``shared_dirs`` that
+    has it, else where the first would keep it, for the error that names it)."""
+    return shared_path("data", name) or shared_dirs()[0] / "data" / name
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from biometrics.cli.main import shared_data
 from biometrics.evaluation.lfw import images_in_folds, locate_images, read_pairs
 from biometrics.evaluation.report import write_table_report
 from biometrics.face import face_width
 from biometrics.imaging import load_image, shrink_to_side
 from biometrics.pipeline import FacePipeline, select_face
+from biometrics.registry import shared_data
 
 
 def face_sizes(pipeline: FacePipeline, images: list[Path], side: int) -> tuple[float, float]:

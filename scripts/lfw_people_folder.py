@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from biometrics.cli.main import shared_data
 from biometrics.evaluation.lfw import images_in_folds, locate_images, parse_folds, people_in_folds, read_pairs
+from biometrics.registry import shared_data
 
 
 def main() -> None:

@@ -86,7 +86,7 @@ def test_evaluate_lfw_puts_the_baseline_beside_our_pipeline(tmp_path):
 
 
 def test_the_command_line_offers_every_baseline():
-    from biometrics.cli.main import evaluate_lfw_command
+    from biometrics.cli.evaluate_commands import evaluate_lfw_command
     from biometrics.evaluation.baselines import BASELINES
 
     option = next(param for param in evaluate_lfw_command.params if param.name == "baselines")

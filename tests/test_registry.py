@@ -689,7 +689,7 @@ def test_a_bad_thread_count_is_its_own_error_not_the_models(monkeypatch, tmp_pat
 
 
 def test_benchmark_data_is_found_where_biometrics_shared_says(monkeypatch, tmp_path):
-    from biometrics.cli.main import shared_data
+    from biometrics.registry import shared_data
 
     (tmp_path / "data" / "lfw").mkdir(parents=True)
     monkeypatch.setenv("BIOMETRICS_SHARED", str(tmp_path))

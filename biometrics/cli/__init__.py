@@ -1,4 +1,5 @@
-"""The ``biometrics`` command line: its commands in ``biometrics.cli.main``, started by ``biometrics.__main__``."""
+"""The ``biometrics`` command line: the root group in ``biometrics.cli.main`` (which registers the commands of the
+``*_commands`` modules), started by ``biometrics.__main__``."""
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
