@@ -48,8 +48,8 @@ def _echo_accuracy(label: str, run: dict, folds: str) -> None:
 
 
 def _pipelines_by_detector(detectors, embedders, threads, threshold):
-    """For each detector (default ours), its pipelines with each embedder: an evaluation scores them together, on the
-    faces that detector finds."""
+    """For each detector (default: the pipeline's), its pipelines with each embedder: an evaluation scores them
+    together, on the faces that detector finds."""
     from biometrics.pipeline import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, FacePipeline
 
     for detector in detectors or (DEFAULT_DETECTOR,):
