@@ -448,7 +448,7 @@ EMBEDDER_CARD = {"name": "x", "task": "embedding", "architecture": "arcface112"}
 def test_a_card_a_command_could_not_use_as_written_is_refused_naming_the_field(tmp_path, content, reason):
     """Not read as something else (a channel order other than RGB taken for BGR, a threshold no pair reaches), nor
     refused later in words that point elsewhere ('not an embedder for 1x1 crops')."""
-    from biometrics.registry import ModelCard
+    from biometrics.card import ModelCard
 
     path = tmp_path / "card.json"
     path.write_text(json.dumps(content))
@@ -457,7 +457,7 @@ def test_a_card_a_command_could_not_use_as_written_is_refused_naming_the_field(t
 
 
 def test_a_card_s_channel_order_may_be_any_case_and_its_fields_may_be_left_out(tmp_path):
-    from biometrics.registry import ModelCard
+    from biometrics.card import ModelCard
 
     path = tmp_path / "card.json"
     path.write_text(json.dumps(EMBEDDER_CARD | {"input": {"channel_order": "bgr", "layout": "NCHW"}}))
@@ -469,7 +469,7 @@ def test_a_card_s_channel_order_may_be_any_case_and_its_fields_may_be_left_out(t
 def test_a_card_may_carry_its_author_s_own_fields(tmp_path):
     """Only a near-miss of a field biometrics reads is refused (test above); notes, a paper or measurements are
     the author's to add."""
-    from biometrics.registry import ModelCard
+    from biometrics.card import ModelCard
 
     path = tmp_path / "card.json"
     path.write_text(json.dumps(EMBEDDER_CARD | {"paper": "arXiv:1804.07573", "notes": "v2", "measured": {}}))

@@ -15,10 +15,11 @@ import numpy as np
 
 from biometrics import detection, embedding
 from biometrics.alignment import align_face
+from biometrics.card import is_similarity
 from biometrics.errors import ImageError, ModelError, NoFaceError, UsageError
 from biometrics.face import SELECTIONS, Face
 from biometrics.imaging import load_image
-from biometrics.registry import ModelRegistry, ResolvedModel, is_similarity
+from biometrics.registry import ModelRegistry, ResolvedModel
 
 DEFAULT_DETECTOR = "yunet-teacher"
 DEFAULT_EMBEDDER = "sface-student"  # ours, INT8: LFW folds 6-10 98.97% at 0.08x SFace's latency (README)
