@@ -21,12 +21,20 @@ from biometrics.cli.main import (
 )
 from biometrics.cli.model_commands import all_thread_counts, benchmark_models
 from biometrics.errors import DataError, UsageError
-from biometrics.registry import shared_data
+
+
+def _shared_data(name: str) -> Path:
+    """``biometrics.registry.shared_data``, imported when a default is needed: the command line starts without the
+    registry, as it did when this lived in ``main``."""
+    from biometrics.registry import shared_data
+
+    return shared_data(name)
+
 
 lfw_data_option = click.option(
     "--data",
     type=click.Path(file_okay=False, path_type=Path),
-    default=lambda: shared_data("lfw"),
+    default=lambda: _shared_data("lfw"),
     show_default="../shared/data/lfw, or $BIOMETRICS_SHARED/data/lfw",
     help="Folder with pairs.txt and lfw-deepfunneled.tgz (or the unpacked folder).",
 )
@@ -224,7 +232,7 @@ def evaluate_folder_command(
 @click.option(
     "--data",
     type=click.Path(file_okay=False, path_type=Path),
-    default=lambda: shared_data("wider"),
+    default=lambda: _shared_data("wider"),
     show_default="../shared/data/wider, or $BIOMETRICS_SHARED/data/wider",
     help="Folder with wider_val488.tgz (or the unpacked wider_val488 folder).",
 )
