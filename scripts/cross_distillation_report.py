@@ -8,7 +8,8 @@ people it never saw, combined into one 10-fold accuracy.
 
 Each fold's accuracy is taken as its own report computed it: the threshold chosen on the other folds of that
 report (the same student), never on the fold itself. The teacher's numbers, from the same two reports, are
-combined the same way so the comparison is like for like.
+combined the same way so the comparison is like for like. INT8 results move with the CPU's integer instructions
+(VNNI or not), so halves whose reports record different ones are refused: measure both on one machine.
 """
 
 from __future__ import annotations
@@ -20,12 +21,29 @@ from pathlib import Path
 
 import numpy as np
 
+from biometrics.runtime import int8_text
+
 
 def per_fold(report: dict, embedder: str) -> tuple[str, list[dict]]:
     for label, result in report["results"].items():
         if label.split("+")[-1].strip() == embedder:
             return label, result["summary"]["per_fold"]
     raise SystemExit(f"no result for embedder {embedder}")
+
+
+def int8_instructions(report: dict) -> list[str] | None:
+    """The INT8 instructions of the CPU a report ran on; None where it predates their recording."""
+    return (report.get("meta", {}).get("machine") or {}).get("int8_instructions")
+
+
+def same_int8_kernels(parts: list[tuple[dict, str]]) -> None:
+    recorded = {tuple(found) for found in map(int8_instructions, (report for report, _ in parts)) if found is not None}
+    if len(recorded) > 1:
+        raise SystemExit(
+            "the halves ran on CPUs with different INT8 instructions ("
+            + "; ".join(int8_text(list(found)) for found in sorted(recorded))
+            + "): INT8 accuracy moves with them, so measure both halves on one machine"
+        )
 
 
 def combine(parts: list[tuple[dict, str]]) -> dict:
@@ -47,6 +65,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     parts = [(json.loads(Path(path).read_text()), name) for path, name in (p.rsplit(":", 1) for p in args.parts)]
+    same_int8_kernels(parts)
     student = combine(parts)
     teacher = combine([(report, args.teacher) for report, _ in parts])
     args.out.mkdir(parents=True, exist_ok=True)
@@ -54,6 +73,7 @@ def main() -> None:
         "command": " ".join(["python scripts/cross_distillation_report.py", *sys.argv[1:]]),
         "method": "cross-distillation: each fold reported by the student that did not see its people",
         "sources": args.parts,
+        "int8_instructions": [int8_instructions(report) for report, _ in parts],  # per source; None: not recorded
         "student": student,
         "teacher": teacher,
     }
@@ -76,6 +96,7 @@ def main() -> None:
             + " |"
         )
     lines += ["", "Sources: " + ", ".join(f"`{p}`" for p in args.parts)]
+    lines += ["", "CPU INT8 instructions, per source: " + "; ".join(map(int8_text, result["int8_instructions"]))]
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

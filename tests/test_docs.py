@@ -139,12 +139,13 @@ def test_the_shell_reading_of_a_block_follows_bash():
 @pytest.mark.parametrize(("where", "commands"), documented_commands())
 def test_every_documented_command_is_one_the_cli_accepts(where, commands, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)  # the docs' commands run from the repository root
-    written = set()  # files an earlier command of the block writes (--pack-faces, --out), not there yet
+    written = set()  # files an earlier command of the block writes (--pack-faces, --out, a script's), not there yet
     for words in commands:
         line = " ".join(words)
         if words[0] in ("python", "python3") and words[1].endswith(".py"):
             error = script_parse_error(Path(words[1]), words[2:], monkeypatch, capsys)
             assert error is None, f"{where}: `{line}`: {error}"
+            written |= {word for word in words[2:] if "/" in word and not Path(word).exists()}  # what it makes
         if Path(words[0]).name != "biometrics" or any(word.startswith("[") for word in words):
             continue  # not ours, or a synopsis ([--option]...) rather than a command
         try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import runpy
 import sys
 import tarfile
 
@@ -24,7 +25,7 @@ from biometrics.evaluation.lfw import (
 from biometrics.evaluation.report import run_metadata, write_verification_report
 from biometrics.imaging import load_image
 from biometrics.runtime import int8_instructions, int8_text
-from tests.conftest import shared_file
+from tests.conftest import ROOT, shared_file
 
 
 def test_official_pairs_file_has_ten_identity_disjoint_folds():
@@ -343,3 +344,33 @@ def test_table_report_records_the_command_beside_the_numbers(tmp_path):
         "|---|---|",
         "| a | 1.5 |",
     ]
+
+
+def run_cross_distillation(parts: list[str], out, monkeypatch) -> dict:
+    """``python scripts/cross_distillation_report.py PARTS --out OUT``, in this process."""
+    monkeypatch.setattr(sys, "argv", ["cross_distillation_report.py", *parts, "--out", str(out)])
+    runpy.run_path(str(ROOT / "scripts" / "cross_distillation_report.py"), run_name="__main__")
+    return json.loads((out / "report.json").read_text())
+
+
+def test_cross_distillation_combines_two_halves_and_refuses_mixed_int8_kernels(tmp_path, monkeypatch, capsys):
+    """The README's all-pairs row for the free step, remade from its two committed halves, gives the committed
+    figures; the same halves with one report from a CPU of other INT8 instructions are refused, since INT8
+    accuracy moves with them (VNNI or not)."""
+    folds_6_10 = ROOT / "reports/lfw-students-chain-vnni-folds6-10/report.json"
+    folds_1_5 = ROOT / "reports/lfw-students-b-free-folds1-5/report.json"
+    parts = [f"{folds_6_10}:sface-student-free", f"{folds_1_5}:sface-student-b-free"]
+    remade = run_cross_distillation(parts, tmp_path / "remade", monkeypatch)
+    committed = json.loads((ROOT / "reports/lfw-cross-distillation-free/report.json").read_text())
+    assert (remade["student"], remade["teacher"]) == (committed["student"], committed["teacher"])
+    assert remade["int8_instructions"] == [["avx2", "avx512bw", "avx512_vnni"]] * 2
+    assert "CPU INT8 instructions, per source: avx2, avx512bw, avx512_vnni;" in capsys.readouterr().out
+
+    elsewhere = json.loads(folds_1_5.read_text())
+    elsewhere["meta"]["machine"]["int8_instructions"] = ["avx2"]
+    (tmp_path / "avx2.json").write_text(json.dumps(elsewhere))
+    with pytest.raises(SystemExit, match="different INT8 instructions .avx2; avx2, avx512bw, avx512_vnni."):
+        run_cross_distillation(
+            [parts[0], f"{tmp_path / 'avx2.json'}:sface-student-b-free"], tmp_path / "x", monkeypatch
+        )
+    assert not (tmp_path / "x").exists()
