@@ -31,13 +31,13 @@ def per_fold(report: dict, embedder: str) -> tuple[str, list[dict]]:
     raise SystemExit(f"no result for embedder {embedder}")
 
 
-def int8_instructions(report: dict) -> list[str] | None:
+def recorded_int8_instructions(report: dict) -> list[str] | None:
     """The INT8 instructions of the CPU a report ran on; None where it predates their recording."""
     return (report.get("meta", {}).get("machine") or {}).get("int8_instructions")
 
 
-def same_int8_kernels(parts: list[tuple[dict, str]]) -> None:
-    recorded = {tuple(found) for found in map(int8_instructions, (report for report, _ in parts)) if found is not None}
+def same_int8_kernels(per_source: list[list[str] | None]) -> None:
+    recorded = {tuple(found) for found in per_source if found is not None}
     if len(recorded) > 1:
         raise SystemExit(
             "the halves ran on CPUs with different INT8 instructions ("
@@ -65,7 +65,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     parts = [(json.loads(Path(path).read_text()), name) for path, name in (p.rsplit(":", 1) for p in args.parts)]
-    same_int8_kernels(parts)
+    int8_per_source = [recorded_int8_instructions(report) for report, _ in parts]  # None: not recorded
+    same_int8_kernels(int8_per_source)
     student = combine(parts)
     teacher = combine([(report, args.teacher) for report, _ in parts])
     args.out.mkdir(parents=True, exist_ok=True)
@@ -73,7 +74,7 @@ def main() -> None:
         "command": " ".join(["python scripts/cross_distillation_report.py", *sys.argv[1:]]),
         "method": "cross-distillation: each fold reported by the student that did not see its people",
         "sources": args.parts,
-        "int8_instructions": [int8_instructions(report) for report, _ in parts],  # per source; None: not recorded
+        "int8_instructions": int8_per_source,
         "student": student,
         "teacher": teacher,
     }
@@ -96,7 +97,7 @@ def main() -> None:
             + " |"
         )
     lines += ["", "Sources: " + ", ".join(f"`{p}`" for p in args.parts)]
-    lines += ["", "CPU INT8 instructions, per source: " + "; ".join(map(int8_text, result["int8_instructions"]))]
+    lines += ["", "CPU INT8 instructions, per source: " + "; ".join(map(int8_text, int8_per_source))]
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
